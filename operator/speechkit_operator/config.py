@@ -1,0 +1,82 @@
+"""The operator's one settings object, read from ``SPEECHKIT_OPERATOR_*`` environment variables.
+
+Every field is documented in README.md ("Configuration"); keep the two in step.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, HttpUrl, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPEECHKIT_OPERATOR_", extra="ignore", frozen=True)
+
+    # --- Scope -----------------------------------------------------------------------------------
+    #: Namespaces to watch, comma-separated; empty means the whole cluster.
+    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # --- SpeechKit ------------------------------------------------------------------------------
+    #: Base URL of the v2 submission API (``POST /speech/stt/v2/longRunningRecognize``).
+    stt_url: HttpUrl = HttpUrl("https://transcribe.api.cloud.yandex.net")
+    #: Base URL of the Operations API (``GET /operations/{id}``).
+    operation_url: HttpUrl = HttpUrl("https://operation.api.cloud.yandex.net")
+    #: The IAM token exchange for service-account authorized keys.
+    iam_token_url: HttpUrl = HttpUrl("https://iam.api.cloud.yandex.net/iam/v1/tokens")
+    #: Secret used when a job names no ``credentialsSecret``.
+    default_credentials_secret: str = "speechkit-credentials"
+    #: Seconds before one HTTP call to SpeechKit or IAM is abandoned.
+    http_timeout: float = Field(default=30.0, gt=0)
+    #: Attempts per call for transient failures (429, 5xx, connection errors) before the job is retried later.
+    retry_attempts: int = Field(default=4, ge=1)
+    #: First backoff delay in seconds; doubles per attempt, with full jitter.
+    retry_base_delay: float = Field(default=0.5, ge=0)
+    #: Longest single backoff delay in seconds.
+    retry_max_delay: float = Field(default=30.0, ge=0)
+
+    # --- Storage --------------------------------------------------------------------------------
+    #: Secret with S3 keys used when a job names no ``storageSecret``.
+    default_storage_secret: str = "speechkit-storage"
+    #: S3 endpoint used when the storage Secret has no ``endpoint``.
+    storage_endpoint: HttpUrl = HttpUrl("https://storage.yandexcloud.net")
+    #: S3 region used when the storage Secret has no ``region``.
+    storage_region: str = "ru-central1"
+    #: Give SpeechKit a presigned URL of the source (needed by MinIO and the self-hosted service;
+    #: Yandex Object Storage ignores the signature and checks the service account's rights).
+    presign_source_urls: bool = True
+    #: Lifetime of a presigned source URL in seconds (deferred models may start hours later).
+    presign_expiry_seconds: int = Field(default=6 * 3600, ge=60, le=7 * 24 * 3600)
+
+    #: First delay before a job whose submission could not be made (Secret missing, storage or API
+    #: unavailable) is tried again; it doubles per attempt up to ``submit_retry_max_seconds``.
+    submit_retry_base_seconds: float = Field(default=10.0, gt=0)
+    submit_retry_max_seconds: float = Field(default=300.0, gt=0)
+
+    # --- Polling --------------------------------------------------------------------------------
+    #: How often the poll timer wakes per running job; it checks only when a check is due.
+    poll_tick_seconds: float = Field(default=5.0, gt=0)
+    #: Expected processing time per minute of audio per channel (the docs say about 10 s).
+    seconds_per_audio_minute: float = Field(default=10.0, ge=0)
+    #: The first check never comes sooner than this after submission.
+    first_check_min_seconds: float = Field(default=5.0, ge=0)
+    #: Interval after the first check; it grows by ``poll_backoff_factor`` per check.
+    poll_initial_interval_seconds: float = Field(default=5.0, gt=0)
+    poll_backoff_factor: float = Field(default=1.5, ge=1.0)
+    #: The longest interval between two checks.
+    poll_max_interval_seconds: float = Field(default=300.0, gt=0)
+
+    # --- Kubernetes API and kopf ---------------------------------------------------------------
+    watch_server_timeout: int = Field(default=300, gt=0)
+    watch_client_timeout: int = Field(default=330, gt=0)
+    request_timeout: float = Field(default=60.0, gt=0)
+    #: How long a Secret read stays cached, in seconds.
+    secret_cache_seconds: float = Field(default=30.0, ge=0)
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

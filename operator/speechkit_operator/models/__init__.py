@@ -1,0 +1,1 @@
+"""Pydantic models: the TranscriptionJob resource, audio facts, and recognition results."""

@@ -1,0 +1,129 @@
+"""The TranscriptionJob resource: its spec as the user writes it, and the status the operator writes.
+
+Field names follow the CRD (camelCase); Python attributes are snake_case. The CRD in
+``deploy/crds/`` enforces the same constraints on the API server; these models enforce them again
+so that a spec that slipped past (KMock, an older CRD) still fails with a clear message.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+from speechkit_operator.models.audio import AudioEncoding
+
+BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+KEY_PATTERN = r"^[^/\x00-\x1f][^\x00-\x1f]*$"
+PREFIX_PATTERN = r"^([^/\x00-\x1f][^\x00-\x1f]*)?$"
+LANGUAGE_PATTERN = r"^([a-z]{2,3}-[A-Z]{2}|auto)$"
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+
+
+class OutputFormat(enum.StrEnum):
+    JSON = "json"
+    TXT = "txt"
+    SRT = "srt"
+    VTT = "vtt"
+
+
+ALL_FORMATS: tuple[OutputFormat, ...] = tuple(OutputFormat)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class SourceSpec(_Model):
+    bucket: Annotated[str, Field(pattern=BUCKET_PATTERN)]
+    key: Annotated[str, Field(pattern=KEY_PATTERN, max_length=1024)]
+
+
+class OutputSpec(_Model):
+    bucket: Annotated[str | None, Field(pattern=BUCKET_PATTERN)] = None
+    prefix: Annotated[str, Field(pattern=PREFIX_PATTERN, max_length=512)] = "out/"
+    formats: Annotated[list[OutputFormat], Field(min_length=1)] = Field(
+        default_factory=lambda: list(ALL_FORMATS)
+    )
+
+    @field_validator("formats")
+    @classmethod
+    def _unique(cls, formats: list[OutputFormat]) -> list[OutputFormat]:
+        return list(dict.fromkeys(formats))
+
+
+class RecognitionSpec(_Model):
+    language_code: Annotated[str, Field(pattern=LANGUAGE_PATTERN)] = "ru-RU"
+    model: Annotated[str, Field(min_length=1, max_length=64)] = "general"
+    profanity_filter: bool = False
+    literature_text: bool = False
+    raw_results: bool = False
+    audio_encoding: AudioEncoding | None = None
+    sample_rate_hertz: Literal[8000, 16000, 48000] | None = None
+    audio_channel_count: Annotated[int | None, Field(ge=1, le=8)] = None
+
+
+class TranscriptionJobSpec(_Model):
+    source: SourceSpec
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    recognition: RecognitionSpec = Field(default_factory=RecognitionSpec)
+    credentials_secret: Annotated[str | None, Field(pattern=SECRET_NAME_PATTERN)] = None
+    storage_secret: Annotated[str | None, Field(pattern=SECRET_NAME_PATTERN)] = None
+
+    @property
+    def output_bucket(self) -> str:
+        return self.output.bucket or self.source.bucket
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+
+class ConditionType(enum.StrEnum):
+    SUBMITTED = "Submitted"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class Condition(_Model):
+    """A KEP-1623 condition."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class JobStatus(_Model):
+    """The part of ``status`` the operator reads back to decide what to do next."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    phase: Phase | None = None
+    operation_id: str | None = None
+    submitted_at: str | None = None
+    completed_at: str | None = None
+    last_check_at: str | None = None
+    next_check_at: str | None = None
+    checks: int = 0
+    audio: dict[str, Any] | None = None
+    outputs: dict[str, str] | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+
+    @classmethod
+    def from_body(cls, status: Any) -> JobStatus:
+        return cls.model_validate(dict(status or {}))
