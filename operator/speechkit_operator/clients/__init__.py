@@ -1,0 +1,1 @@
+"""Small I/O clients: speech recognition APIs, object storage and Kubernetes Secrets."""

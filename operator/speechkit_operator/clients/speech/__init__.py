@@ -1,0 +1,1 @@
+"""Speech recognition API clients behind one interface (:class:`SpeechClient`)."""

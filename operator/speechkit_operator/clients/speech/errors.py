@@ -1,0 +1,212 @@
+"""The error taxonomy of speech API calls: transient (retry later) or permanent (fail the job)."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import re
+from collections.abc import Iterable
+
+#: gRPC status codes by number, as SpeechKit reports them in error bodies.
+GRPC_CODE_NAMES: dict[int, str] = {
+    0: "OK",
+    1: "CANCELLED",
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    6: "ALREADY_EXISTS",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    10: "ABORTED",
+    11: "OUT_OF_RANGE",
+    12: "UNIMPLEMENTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    15: "DATA_LOSS",
+    16: "UNAUTHENTICATED",
+}
+
+#: The gRPC code the REST gateway uses for each HTTP status.
+HTTP_TO_GRPC: dict[int, int] = {
+    400: 3,
+    401: 16,
+    403: 7,
+    404: 5,
+    409: 6,
+    429: 8,
+    499: 1,
+    500: 13,
+    501: 12,
+    503: 14,
+    504: 4,
+}
+
+
+def grpc_reason(code: int) -> str:
+    """A CamelCase condition reason for a gRPC code: 3 -> ``InvalidArgument``."""
+    name = GRPC_CODE_NAMES.get(code, "UNKNOWN")
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def is_transient_http_status(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+class SpeechApiError(Exception):
+    """A call to a speech API failed.
+
+    ``http_status`` is None for failures below HTTP (connection errors, timeouts).
+    ``message`` is safe to show: it never holds credentials or presigned URLs.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        grpc_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+        self.grpc_code = grpc_code if grpc_code is not None else HTTP_TO_GRPC.get(http_status or 0)
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        if self.http_status is None:
+            return True
+        return is_transient_http_status(self.http_status)
+
+    @property
+    def reason(self) -> str:
+        """A CamelCase reason for conditions and events, from the API's code."""
+        if self.http_status is None:
+            return "SpeechApiUnreachable"
+        return grpc_reason(self.grpc_code if self.grpc_code is not None else 2)
+
+    def __str__(self) -> str:
+        code = f" ({GRPC_CODE_NAMES.get(self.grpc_code, '?')})" if self.grpc_code is not None else ""
+        status = f"HTTP {self.http_status}{code}: " if self.http_status is not None else ""
+        return f"{status}{self.message}"
+
+
+class OperationNotFoundError(SpeechApiError):
+    """The operation is unknown: never existed, or its result expired (retention is 3 days)."""
+
+
+class CredentialsError(SpeechApiError):
+    """The credentials themselves are unusable (for example a private key that does not load).
+
+    Retrying cannot help, so the error is permanent whatever the transport said.
+    """
+
+    @property
+    def transient(self) -> bool:
+        return False
+
+    @property
+    def reason(self) -> str:
+        return "InvalidCredentials"
+
+
+class MalformedResponseError(SpeechApiError):
+    """The API answered, but not with the shape it documents (not JSON, a missing id, ...).
+
+    Treated as transient: it is usually a proxy or an outage page. Clients do not repeat a
+    non-idempotent call because of it; the caller decides when to look again.
+    """
+
+    @property
+    def transient(self) -> bool:
+        return True
+
+    @property
+    def reason(self) -> str:
+        return "MalformedResponse"
+
+
+_REDACTED = "***"
+_MAX_API_MESSAGE = 300
+_SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # Authorization header values, whatever follows the scheme.
+    (re.compile(r"(?i)\b(bearer|api-key)\s+\S+"), rf"\1 {_REDACTED}"),
+    # JWTs: three base64url parts, the first one a JSON object ("eyJ").
+    (re.compile(r"eyJ[\w-]*\.[\w-]+\.[\w-]*"), _REDACTED),
+    # Yandex Cloud IAM tokens ("t1.<...>").
+    (re.compile(r"\bt1\.[\w.-]{8,}"), _REDACTED),
+    # Any URL: presigned object URLs carry credentials in their query.
+    (re.compile(r"(?i)\b(?:https?|s3)://\S+"), "<url>"),
+)
+
+
+def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """Remove known secrets and anything that looks like a credential or a URL from ``text``.
+
+    Use it on every text that came from outside (error bodies) before it goes into an
+    exception message, a condition or a log line.
+    """
+    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, _REDACTED)
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None if absent or bad."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - now
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def api_error_from_body(
+    what: str,
+    status: int,
+    body: bytes,
+    *,
+    retry_after: float | None = None,
+    secrets: Iterable[str | None] = (),
+    error_class: type[SpeechApiError] = SpeechApiError,
+) -> SpeechApiError:
+    """Build the error for a non-2xx answer with the REST error body ``{"code", "message", "details"}``.
+
+    Bodies that are not JSON (proxies, load balancers) are tolerated: only the HTTP status counts then.
+    The API's message is scrubbed of ``secrets``, credentials and URLs, and shortened.
+    """
+    grpc_code: int | None = None
+    api_message = ""
+    try:
+        parsed: object = json.loads(body.decode("utf-8", errors="replace")) if body else None
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        code = parsed.get("code")
+        if isinstance(code, int) and not isinstance(code, bool) and 0 < code <= 16:
+            grpc_code = code
+        message = parsed.get("message")
+        if isinstance(message, str):
+            api_message = scrub(message, secrets).strip()
+    if len(api_message) > _MAX_API_MESSAGE:
+        api_message = api_message[:_MAX_API_MESSAGE] + "..."
+    text = f"{what} failed: {api_message}" if api_message else f"{what} failed"
+    return error_class(text, http_status=status, grpc_code=grpc_code, retry_after=retry_after)

@@ -1,0 +1,292 @@
+"""The SpeechKit asynchronous recognition API v2 over REST, with aiohttp.
+
+- Submit: ``POST {stt_url}/speech/stt/v2/longRunningRecognize``.
+- Look: ``GET {operation_url}/operations/{id}``.
+
+Transient failures (connection errors, timeouts, 429, 5xx) are retried with a :class:`RetryPolicy`
+and then raised as transient :class:`SpeechApiError` s (``retry_after`` set when the server named
+one). Other HTTP errors are permanent. A 404 on an operation is :class:`OperationNotFoundError`.
+
+Messages never hold the Authorization header, keys, tokens, JWTs or the audio URI, which may be a
+presigned URL. Request bodies are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from speechkit_operator.clients.retry import RetryPolicy, with_retries
+from speechkit_operator.clients.speech.auth import (
+    RawResponse,
+    SpeechAuthenticator,
+    json_object,
+    send_request,
+)
+from speechkit_operator.clients.speech.base import (
+    Credentials,
+    OperationError,
+    OperationState,
+    RecognitionRequest,
+    ServiceAccountKeyCredentials,
+)
+from speechkit_operator.clients.speech.errors import (
+    GRPC_CODE_NAMES,
+    MalformedResponseError,
+    OperationNotFoundError,
+    SpeechApiError,
+    api_error_from_body,
+    scrub,
+)
+from speechkit_operator.clients.speech.v2_parsing import parse_v2_response
+from speechkit_operator.config import Settings
+from speechkit_operator.models.audio import AudioEncoding
+
+logger = logging.getLogger(__name__)
+
+SUBMIT_PATH = "/speech/stt/v2/longRunningRecognize"
+OPERATIONS_PATH = "/operations/"
+
+
+def _is_retried(exc: Exception) -> bool:
+    # Malformed answers are not repeated inside one call: a submit could then be made twice.
+    return isinstance(exc, SpeechApiError) and exc.transient and not isinstance(exc, MalformedResponseError)
+
+
+def _retry_after_of(exc: Exception) -> float | None:
+    return exc.retry_after if isinstance(exc, SpeechApiError) else None
+
+
+def _uri_secrets(uri: str) -> tuple[str, ...]:
+    base = uri.split("?", 1)[0]
+    return (uri, base) if base != uri else (uri,)
+
+
+def build_submit_body(request: RecognitionRequest, folder_id: str | None) -> dict[str, Any]:
+    """The JSON body of ``longRunningRecognize`` for ``request``."""
+    specification: dict[str, Any] = {
+        "languageCode": request.language_code,
+        "model": request.model,
+        "profanityFilter": request.profanity_filter,
+        "literature_text": request.literature_text,
+        "audioEncoding": AudioEncoding(request.audio_encoding).value,
+        "rawResults": request.raw_results,
+    }
+    if request.audio_encoding == AudioEncoding.LINEAR16_PCM:
+        if request.sample_rate_hertz is not None:
+            specification["sampleRateHertz"] = request.sample_rate_hertz
+        if request.audio_channel_count is not None:
+            specification["audioChannelCount"] = request.audio_channel_count
+    config: dict[str, Any] = {"specification": specification}
+    if folder_id:
+        config["folderId"] = folder_id
+    return {"config": config, "audio": {"uri": request.audio_uri}}
+
+
+def parse_operation(body: dict[str, Any], *, secrets: Iterable[str] = ()) -> OperationState:
+    """An :class:`OperationState` from an Operation object; the transcript is parsed once done."""
+    secrets = tuple(secrets)
+    op_id = body.get("id")
+    if not isinstance(op_id, str) or not op_id:
+        raise MalformedResponseError("the operation has no id")
+    done = body.get("done") is True
+    error: OperationError | None = None
+    raw_error = body.get("error")
+    if isinstance(raw_error, dict):
+        code = raw_error.get("code")
+        if isinstance(code, bool) or not isinstance(code, int) or code not in GRPC_CODE_NAMES:
+            code = 2  # UNKNOWN
+        message = raw_error.get("message")
+        error = OperationError(code=code, message=scrub(message if isinstance(message, str) else "", secrets))
+    elif raw_error is not None:
+        raise MalformedResponseError(f"operation {op_id}: error is not an object")
+    response = body.get("response")
+    if response is not None and not isinstance(response, dict):
+        raise MalformedResponseError(f"operation {op_id}: response is not an object")
+    transcript = None
+    if done and response is not None:
+        try:
+            transcript = parse_v2_response(response)
+        except (ValueError, TypeError):
+            raise MalformedResponseError(
+                f"operation {op_id}: the recognition result has an unknown shape"
+            ) from None
+    return OperationState(
+        id=op_id,
+        done=done,
+        error=error,
+        response=dict(response) if response is not None else None,
+        transcript=transcript,
+    )
+
+
+class SpeechKitV2Client:
+    """:class:`~speechkit_operator.clients.speech.base.SpeechClient` for the v2 async REST API.
+
+    ``session`` is used as given and never closed here; without one, a session is created on first
+    use and closed by :meth:`close`. ``sleep`` and ``clock`` are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        stt_url: str,
+        operation_url: str,
+        iam_token_url: str,
+        *,
+        timeout: float = 30.0,
+        retry_policy: RetryPolicy | None = None,
+        session: aiohttp.ClientSession | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._submit_url = str(stt_url).rstrip("/") + SUBMIT_PATH
+        self._operations_url = str(operation_url).rstrip("/") + OPERATIONS_PATH
+        self._timeout = timeout
+        self._policy = retry_policy if retry_policy is not None else RetryPolicy()
+        self._session = session
+        self._owns_session = session is None
+        self._sleep = sleep
+        self._clock = clock
+        self.auth = SpeechAuthenticator(str(iam_token_url), self._get_session, timeout=timeout, clock=clock)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, session: aiohttp.ClientSession | None = None
+    ) -> SpeechKitV2Client:
+        return cls(
+            str(settings.stt_url),
+            str(settings.operation_url),
+            str(settings.iam_token_url),
+            timeout=settings.http_timeout,
+            retry_policy=RetryPolicy.from_settings(settings),
+            session=session,
+        )
+
+    # --- SpeechClient ---------------------------------------------------------------------------
+
+    async def submit(self, request: RecognitionRequest, credentials: Credentials) -> OperationState:
+        body = build_submit_body(request, credentials.folder_id)
+        uri_secrets = _uri_secrets(request.audio_uri)
+        raw = await self._call(
+            "SpeechKit submit", "POST", self._submit_url, credentials, json_body=body, secrets=uri_secrets
+        )
+        return parse_operation(json_object(raw, "SpeechKit submit"), secrets=uri_secrets)
+
+    async def get_operation(self, operation_id: str, credentials: Credentials) -> OperationState:
+        if not operation_id:
+            raise ValueError("operation_id must not be empty")
+        what = f"SpeechKit operation {scrub(operation_id)}"
+        url = self._operations_url + quote(operation_id, safe="")
+        raw = await self._call(what, "GET", url, credentials, not_found=OperationNotFoundError)
+        return parse_operation(json_object(raw, what))
+
+    async def close(self) -> None:
+        if self._owns_session and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def __aenter__(self) -> SpeechKitV2Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- Plumbing -------------------------------------------------------------------------------
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or (self._owns_session and self._session.closed):
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout))
+            self._owns_session = True
+        return self._session
+
+    async def _call(
+        self,
+        what: str,
+        method: str,
+        url: str,
+        credentials: Credentials,
+        *,
+        json_body: dict[str, Any] | None = None,
+        secrets: Iterable[str] = (),
+        not_found: type[SpeechApiError] | None = None,
+    ) -> RawResponse:
+        """One API call with retries; returns a 2xx answer or raises :class:`SpeechApiError`."""
+        extra_secrets = tuple(secrets)
+        reauthenticated = False
+
+        async def once(authorization: str) -> RawResponse:
+            raw = await send_request(
+                self._get_session(),
+                method,
+                url,
+                what=what,
+                time_limit=self._timeout,
+                json_body=json_body,
+                headers={"Authorization": authorization},
+                clock=self._clock,
+            )
+            if 200 <= raw.status < 300:
+                return raw
+            error_class = not_found if (not_found is not None and raw.status == 404) else SpeechApiError
+            raise api_error_from_body(
+                what,
+                raw.status,
+                raw.body,
+                retry_after=raw.retry_after,
+                secrets=(
+                    authorization,
+                    authorization.partition(" ")[2],
+                    *self.auth.secrets_of(credentials),
+                    *extra_secrets,
+                ),
+                error_class=error_class,
+            )
+
+        async def attempt() -> RawResponse:
+            nonlocal reauthenticated
+            authorization = await self.auth.authorization(credentials)
+            try:
+                return await once(authorization)
+            except SpeechApiError as exc:
+                if (
+                    exc.http_status != 401
+                    or reauthenticated
+                    or not isinstance(credentials, ServiceAccountKeyCredentials)
+                ):
+                    raise
+            # A cached IAM token can be revoked before it expires: get a fresh one, once per call.
+            reauthenticated = True
+            logger.info("%s: the IAM token was refused; exchanging the service account key again", what)
+            self.auth.invalidate(credentials, authorization)
+            return await once(await self.auth.authorization(credentials))
+
+        def notice(failed_attempt: int, exc: Exception, delay: float) -> None:
+            logger.warning(
+                "%s: attempt %d of %d failed (%s); retrying in %.2fs",
+                what,
+                failed_attempt,
+                self._policy.attempts,
+                exc,
+                delay,
+            )
+
+        return await with_retries(
+            attempt,
+            self._policy,
+            is_transient=_is_retried,
+            retry_after_of=_retry_after_of,
+            on_retry=notice,
+            sleep=self._sleep,
+        )
