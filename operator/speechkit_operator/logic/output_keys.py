@@ -1,0 +1,20 @@
+"""Where transcripts go in S3."""
+
+from __future__ import annotations
+
+
+def output_base_key(source_key: str, prefix: str) -> str:
+    """The key every output of ``source_key`` starts with: ``prefix`` followed by the full source key.
+
+    The source key keeps its extension, so ``talk.wav`` and ``talk.mp3`` get ``out/talk.wav.json`` and
+    ``out/talk.mp3.json`` and never overwrite each other. The prefix is used exactly as given: a prefix
+    that does not end in ``/`` is glued to the key (``out`` + ``talk.wav`` gives ``outtalk.wav``), which
+    lets users write both ``transcripts/`` folders and ``transcript-`` name prefixes. An empty prefix puts
+    outputs next to the source (``talk.wav.json``).
+    """
+    return f"{prefix}{source_key}"
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    """``s3://bucket/key``."""
+    return f"s3://{bucket}/{key}"
