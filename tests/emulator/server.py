@@ -1,0 +1,689 @@
+"""An in-process emulator of Yandex SpeechKit's async API v2, the Operation API and IAM token exchange.
+
+One aiohttp server answers all three APIs:
+
+* ``POST /speech/stt/v2/longRunningRecognize`` (transcribe.api.cloud.yandex.net),
+* ``GET /operations/{id}`` (operation.api.cloud.yandex.net),
+* ``POST /iam/v1/tokens`` (iam.api.cloud.yandex.net).
+
+Accepted submissions download their audio in the background, like the real service reads the object from
+Object Storage, then finish after ``completion_delay`` with a result built from :attr:`transcripts`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import math
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+from urllib.parse import unquote, urlsplit
+
+import aiohttp
+import jwt
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from tests.emulator.results import Word, build_response
+
+Endpoint = Literal["submit", "operation", "token"]
+
+#: The gRPC code the REST gateways put into error bodies for each HTTP status.
+GRPC_CODE_BY_HTTP_STATUS: Final[dict[int, int]] = {
+    400: 3,  # INVALID_ARGUMENT
+    401: 16,  # UNAUTHENTICATED
+    403: 7,  # PERMISSION_DENIED
+    404: 5,  # NOT_FOUND
+    405: 12,  # UNIMPLEMENTED
+    409: 6,  # ALREADY_EXISTS
+    413: 3,  # INVALID_ARGUMENT
+    429: 8,  # RESOURCE_EXHAUSTED
+    499: 1,  # CANCELLED
+    500: 13,  # INTERNAL
+    501: 12,  # UNIMPLEMENTED
+    503: 14,  # UNAVAILABLE
+    504: 4,  # DEADLINE_EXCEEDED
+}
+UNKNOWN_GRPC_CODE: Final = 2
+
+IAM_AUDIENCE: Final = "https://iam.api.cloud.yandex.net/iam/v1/tokens"
+MAX_JWT_LIFETIME_SECONDS: Final = 3600
+QUOTA_WINDOW_SECONDS: Final = 3600.0
+OPERATION_DESCRIPTION: Final = "STT async recognition"
+#: ``createdBy`` of operations submitted with an API key or a static IAM token.
+DEFAULT_CREATOR: Final = "ajeemulatorserviceac"
+SUPPORTED_ENCODINGS: Final = frozenset({"LINEAR16_PCM", "OGG_OPUS", "MP3"})
+SUPPORTED_SAMPLE_RATES: Final = frozenset({8000, 16000, 48000})
+DEFAULT_ENCODING: Final = "OGG_OPUS"
+DEFAULT_SAMPLE_RATE: Final = 48000
+MAX_CHANNELS: Final = 8
+DOWNLOAD_TIMEOUT_SECONDS: Final = 30.0
+
+_ID_ALPHABET: Final = "0123456789abcdefghijklmnopqrstuv"
+_DEFAULT_MESSAGES: Final[dict[int, str]] = {
+    400: "Invalid argument",
+    401: "The request is missing valid authentication credentials",
+    403: "Permission denied",
+    404: "Not found",
+    429: "Quota exceeded",
+    500: "Internal error",
+    503: "Service is temporarily unavailable",
+    504: "Deadline exceeded",
+}
+
+
+def grpc_code_for(status: int) -> int:
+    return GRPC_CODE_BY_HTTP_STATUS.get(status, UNKNOWN_GRPC_CODE)
+
+
+def rfc3339(moment: datetime, *, fraction: bool = False) -> str:
+    """``2019-04-21T22:49:29Z`` (or with microseconds when ``fraction``)."""
+    moment = moment.astimezone(UTC)
+    if fraction:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _random_id(prefix: str, length: int = 20) -> str:
+    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length - len(prefix)))
+
+
+def _format_retry_after(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else repr(float(seconds))
+
+
+def error_response(
+    status: int, message: str, *, code: int | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    """The documented REST error: ``{"code": <gRPC code>, "message": ..., "details": []}``."""
+    body = {"code": grpc_code_for(status) if code is None else code, "message": message, "details": []}
+    return web.json_response(body, status=status, headers=headers)
+
+
+class InvalidRequestError(Exception):
+    """A submission that the real service would refuse with INVALID_ARGUMENT."""
+
+
+class _DownloadError(Exception):
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass
+class _Fault:
+    status: int | None
+    remaining: int
+    retry_after: float | None
+    delay: float
+    message: str | None
+
+
+@dataclass(frozen=True)
+class _FailureRule:
+    code: int
+    message: str
+    visible_while_running: bool
+
+
+@dataclass(frozen=True)
+class _IssuedToken:
+    expires_at: float  # time.time()
+    service_account_id: str
+
+
+@dataclass(frozen=True)
+class _ServiceAccountKey:
+    service_account_id: str
+    public_key: RSAPublicKey
+
+
+@dataclass
+class EmulatedOperation:
+    """The emulator's record of one recognition operation."""
+
+    id: str
+    request: dict[str, Any]
+    audio_uri: str
+    #: The unquoted path of ``audio_uri``, without the query string.
+    audio_path: str
+    created_by: str
+    created_at: datetime
+    modified_at: datetime
+    done: bool = False
+    error: dict[str, Any] | None = None
+    response: dict[str, Any] | None = None
+    #: Bytes read from ``audio_uri``; None until a download succeeded.
+    downloaded_bytes: int | None = None
+    #: HTTP status the audio download got; None before it or when the connection failed.
+    download_status: int | None = None
+    #: ``time.monotonic()`` when the operation finished.
+    completed_at: float | None = None
+    expired: bool = False
+    task: asyncio.Task[None] | None = field(default=None, repr=False, compare=False)
+
+    def to_json(self, visible_error: dict[str, Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "description": OPERATION_DESCRIPTION,
+            "createdAt": rfc3339(self.created_at),
+            "createdBy": self.created_by,
+            "modifiedAt": rfc3339(self.modified_at),
+            "done": self.done,
+        }
+        if self.done:
+            if self.error is not None:
+                body["error"] = self.error
+            else:
+                body["response"] = self.response
+        elif visible_error is not None:
+            body["error"] = visible_error
+        return body
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class SpeechKitEmulator:
+    """A faithful-enough SpeechKit v2 async service for tests; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        api_keys: set[str] | frozenset[str] = frozenset({"test-api-key"}),
+        iam_tokens: set[str] | frozenset[str] = frozenset(),
+        completion_delay: float = 0.3,
+        retention_seconds: float = 3 * 24 * 3600,
+        submit_quota_per_hour: int = 500,
+        check_quota_per_hour: int = 2500,
+        token_lifetime_seconds: float = 12 * 3600,
+    ) -> None:
+        self.api_keys: set[str] = set(api_keys)
+        self.iam_tokens: set[str] = set(iam_tokens)
+        self.completion_delay = completion_delay
+        self.retention_seconds = retention_seconds
+        self.submit_quota_per_hour = submit_quota_per_hour
+        self.check_quota_per_hour = check_quota_per_hour
+        self.token_lifetime_seconds = token_lifetime_seconds
+
+        #: key suffix -> channelTag -> words; the first suffix the audio path ends with is recognised.
+        self.transcripts: dict[str, dict[str, list[tuple[str, float, float]]]] = {}
+        #: Requests received per endpoint ("submit", "operation", "token"), whatever was answered.
+        self.counts: collections.Counter[str] = collections.Counter()
+        #: JSON bodies of accepted submissions, in order.
+        self.submissions: list[dict[str, Any]] = []
+        self.operations: dict[str, EmulatedOperation] = {}
+        #: IAM tokens issued by ``POST /iam/v1/tokens``.
+        self.issued_tokens: dict[str, _IssuedToken] = {}
+
+        self._keys: dict[str, _ServiceAccountKey] = {}
+        self._faults: dict[Endpoint, collections.deque[_Fault]] = {
+            "submit": collections.deque(),
+            "operation": collections.deque(),
+            "token": collections.deque(),
+        }
+        self._failures: dict[str, _FailureRule] = {}
+        self._quota_windows: dict[Endpoint, collections.deque[float]] = {
+            "submit": collections.deque(),
+            "operation": collections.deque(),
+        }
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._stopping: asyncio.Event | None = None
+        self._url: str | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def url(self) -> str:
+        """The base URL of the running server, without a trailing slash."""
+        if self._url is None:
+            raise RuntimeError("the emulator is not started")
+        return self._url
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        if self._runner is not None:
+            raise RuntimeError("the emulator is already started")
+        self._stopping = asyncio.Event()
+        app = web.Application(middlewares=[self._error_middleware])
+        app.router.add_post("/speech/stt/v2/longRunningRecognize", self._handle_submit)
+        app.router.add_get("/operations/{operation_id}", self._handle_operation)
+        app.router.add_post("/iam/v1/tokens", self._handle_token)
+        runner = web.AppRunner(app, shutdown_timeout=1.0, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DOWNLOAD_TIMEOUT_SECONDS))
+        bound_host, bound_port = runner.addresses[0][:2]
+        shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+        self._url = f"http://{shown_host}:{bound_port}"
+
+    async def stop(self) -> None:
+        """Stop serving and cancel the background work; safe to call twice."""
+        if self._stopping is not None:
+            self._stopping.set()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._url = None
+
+    async def __aenter__(self) -> SpeechKitEmulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ test controls
+
+    def add_service_account_key(self, key_id: str, service_account_id: str, public_key_pem: str) -> None:
+        """Accept JWTs with header ``kid=key_id`` signed by this RSA key, issued by ``service_account_id``."""
+        public_key = load_pem_public_key(public_key_pem.encode())
+        if not isinstance(public_key, RSAPublicKey):
+            raise TypeError("service account keys are RSA keys")
+        self._keys[key_id] = _ServiceAccountKey(service_account_id, public_key)
+
+    def inject(
+        self,
+        endpoint: Endpoint,
+        status: int | None,
+        *,
+        count: int = 1,
+        retry_after: float | None = None,
+        delay: float = 0.0,
+        message: str | None = None,
+    ) -> None:
+        """Make the next ``count`` requests to ``endpoint`` sleep ``delay`` s, then answer ``status``.
+
+        With ``status=None`` the requests are only delayed and then served normally. Injections queue up:
+        a second call takes effect after the first one is used up.
+        """
+        if endpoint not in self._faults:
+            raise ValueError(f"unknown endpoint {endpoint!r}")
+        if status is not None and not 400 <= status <= 599:
+            raise ValueError("injected statuses are HTTP errors (400..599)")
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        if delay < 0:
+            raise ValueError("delay must not be negative")
+        self._faults[endpoint].append(_Fault(status, count, retry_after, delay, message))
+
+    def fail_operations(
+        self,
+        key_suffix: str,
+        code: int = 3,
+        message: str = "audio could not be recognized",
+        *,
+        visible_while_running: bool = False,
+    ) -> None:
+        """Operations whose audio path ends with ``key_suffix`` finish with this error instead of a result.
+
+        Applies to operations that have not finished yet, including those already submitted.
+        """
+        self._failures[key_suffix] = _FailureRule(code, message, visible_while_running)
+
+    def expire(self, operation_id: str) -> None:
+        """From now on ``GET /operations/{operation_id}`` answers 404, as after the retention period."""
+        operation = self.operations[operation_id]
+        operation.expired = True
+        if operation.task is not None:
+            operation.task.cancel()
+
+    # ------------------------------------------------------------------ plumbing
+
+    @web.middleware
+    async def _error_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            allow = exc.headers.get("Allow")
+            return error_response(exc.status, exc.reason, headers={"Allow": allow} if allow else None)
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        assert self._stopping is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    async def _apply_fault(self, endpoint: Endpoint) -> web.Response | None:
+        queue = self._faults[endpoint]
+        if not queue:
+            return None
+        fault = queue[0]
+        fault.remaining -= 1
+        if fault.remaining <= 0:
+            queue.popleft()
+        await self._sleep(fault.delay)
+        if fault.status is None:
+            return None
+        headers: dict[str, str] = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = _format_retry_after(fault.retry_after)
+        message = fault.message or _DEFAULT_MESSAGES.get(fault.status, "Injected failure")
+        return error_response(fault.status, message, headers=headers)
+
+    def _authenticate(self, request: web.Request) -> str | None:
+        """The caller's service account id, or None when the credentials are not valid."""
+        scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+        credentials = credentials.strip()
+        if not credentials:
+            return None
+        if scheme.lower() == "api-key":
+            return DEFAULT_CREATOR if credentials in self.api_keys else None
+        if scheme.lower() == "bearer":
+            if credentials in self.iam_tokens:
+                return DEFAULT_CREATOR
+            issued = self.issued_tokens.get(credentials)
+            if issued is not None and issued.expires_at > time.time():
+                return issued.service_account_id
+        return None
+
+    def _take_quota(self, endpoint: Endpoint, per_hour: int) -> web.Response | None:
+        """Use one slot of a sliding one-hour window, or answer 429 when none is free."""
+        window = self._quota_windows[endpoint]
+        now = time.monotonic()
+        while window and window[0] <= now - QUOTA_WINDOW_SECONDS:
+            window.popleft()
+        if len(window) >= per_hour:
+            wait = window[0] + QUOTA_WINDOW_SECONDS - now if window else QUOTA_WINDOW_SECONDS
+            retry_after = max(1, math.ceil(wait))
+            return error_response(
+                429,
+                f"Quota limit exceeded: at most {per_hour} requests per hour",
+                headers={"Retry-After": str(retry_after)},
+            )
+        window.append(now)
+        return None
+
+    async def _guard(self, request: web.Request, endpoint: Endpoint, per_hour: int) -> str | web.Response:
+        """Count, inject faults, authenticate and charge the quota; the caller's account id when all pass."""
+        self.counts[endpoint] += 1
+        fault = await self._apply_fault(endpoint)
+        if fault is not None:
+            return fault
+        creator = self._authenticate(request)
+        if creator is None:
+            return error_response(401, "The request is unauthenticated: the API key or IAM token is invalid")
+        quota = self._take_quota(endpoint, per_hour)
+        if quota is not None:
+            return quota
+        return creator
+
+    def _failure_for(self, operation: EmulatedOperation) -> _FailureRule | None:
+        for suffix, rule in self._failures.items():
+            if operation.audio_path.endswith(suffix):
+                return rule
+        return None
+
+    def _transcript_for(self, operation: EmulatedOperation) -> dict[str, list[Word]] | None:
+        for suffix, channels in self.transcripts.items():
+            if operation.audio_path.endswith(suffix):
+                return channels
+        return None
+
+    # ------------------------------------------------------------------ submit
+
+    async def _handle_submit(self, request: web.Request) -> web.Response:
+        guarded = await self._guard(request, "submit", self.submit_quota_per_hour)
+        if isinstance(guarded, web.Response):
+            return guarded
+        try:
+            body = _parse_json_object(await request.read())
+            uri = validate_submission(body)
+        except InvalidRequestError as exc:
+            return error_response(400, str(exc))
+        now = datetime.now(UTC)
+        operation = EmulatedOperation(
+            id=self._new_operation_id(),
+            request=body,
+            audio_uri=uri,
+            audio_path=unquote(urlsplit(uri).path),
+            created_by=guarded,
+            created_at=now,
+            modified_at=now,
+        )
+        self.operations[operation.id] = operation
+        self.submissions.append(body)
+        task = asyncio.get_running_loop().create_task(
+            self._recognize(operation), name=f"recognize-{operation.id}"
+        )
+        operation.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return web.json_response(operation.to_json())
+
+    def _new_operation_id(self) -> str:
+        while True:
+            operation_id = _random_id("e03")
+            if operation_id not in self.operations:
+                return operation_id
+
+    async def _download(self, uri: str) -> tuple[int, int]:
+        """Read the audio like the service reads the object; (HTTP status, bytes)."""
+        assert self._session is not None
+        try:
+            async with self._session.get(uri) as response:
+                if response.status != 200:
+                    message = f"audio could not be downloaded: HTTP {response.status}"
+                    raise _DownloadError(message, response.status)
+                size = 0
+                async for block in response.content.iter_chunked(64 * 1024):
+                    size += len(block)
+                return response.status, size
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise _DownloadError(f"audio could not be downloaded: {type(exc).__name__}", None) from None
+
+    async def _recognize(self, operation: EmulatedOperation) -> None:
+        download_error: str | None = None
+        try:
+            operation.download_status, size = await self._download(operation.audio_uri)
+            if size == 0:
+                download_error = "audio could not be downloaded: the object is empty"
+            else:
+                operation.downloaded_bytes = size
+        except _DownloadError as exc:
+            download_error, operation.download_status = exc.message, exc.status
+        if download_error is not None and self._failure_for(operation) is None:
+            self._finish(operation, error={"code": 3, "message": download_error, "details": []})
+            return
+        await asyncio.sleep(self.completion_delay)
+        rule = self._failure_for(operation)
+        if rule is not None:
+            self._finish(operation, error={"code": rule.code, "message": rule.message, "details": []})
+        elif download_error is not None:
+            self._finish(operation, error={"code": 3, "message": download_error, "details": []})
+        else:
+            self._finish(operation, response=build_response(self._transcript_for(operation)))
+
+    @staticmethod
+    def _finish(
+        operation: EmulatedOperation,
+        *,
+        error: dict[str, Any] | None = None,
+        response: dict[str, Any] | None = None,
+    ) -> None:
+        operation.error = error
+        operation.response = response
+        operation.done = True
+        operation.modified_at = datetime.now(UTC)
+        operation.completed_at = time.monotonic()
+
+    # ------------------------------------------------------------------ operations
+
+    async def _handle_operation(self, request: web.Request) -> web.Response:
+        guarded = await self._guard(request, "operation", self.check_quota_per_hour)
+        if isinstance(guarded, web.Response):
+            return guarded
+        operation_id = request.match_info["operation_id"]
+        operation = self.operations.get(operation_id)
+        if operation is None or operation.expired or self._past_retention(operation):
+            return error_response(404, f"Operation {operation_id} not found")
+        visible_error: dict[str, Any] | None = None
+        if not operation.done:
+            operation.modified_at = datetime.now(UTC)
+            rule = self._failure_for(operation)
+            if rule is not None and rule.visible_while_running:
+                visible_error = {"code": rule.code, "message": rule.message, "details": []}
+        return web.json_response(operation.to_json(visible_error))
+
+    def _past_retention(self, operation: EmulatedOperation) -> bool:
+        return (
+            operation.completed_at is not None
+            and time.monotonic() - operation.completed_at >= self.retention_seconds
+        )
+
+    # ------------------------------------------------------------------ IAM
+
+    async def _handle_token(self, request: web.Request) -> web.Response:
+        self.counts["token"] += 1
+        fault = await self._apply_fault("token")
+        if fault is not None:
+            return fault
+        try:
+            body = _parse_json_object(await request.read())
+        except InvalidRequestError as exc:
+            return error_response(400, str(exc))
+        token = body.get("jwt")
+        if not isinstance(token, str) or not token:
+            return error_response(400, "jwt: a signed JWT is required")
+        try:
+            service_account_id = self._verify_jwt(token)
+        except jwt.PyJWTError as exc:
+            return error_response(401, f"Invalid JWT: {exc}")
+        now = time.time()
+        iam_token = "t1." + secrets.token_urlsafe(48)
+        self.issued_tokens[iam_token] = _IssuedToken(now + self.token_lifetime_seconds, service_account_id)
+        expires_at = datetime.fromtimestamp(now + self.token_lifetime_seconds, UTC)
+        return web.json_response({"iamToken": iam_token, "expiresAt": rfc3339(expires_at, fraction=True)})
+
+    def _verify_jwt(self, token: str) -> str:
+        header = jwt.get_unverified_header(token)
+        if header.get("typ") != "JWT":
+            raise jwt.InvalidTokenError("the header must have typ JWT")
+        if header.get("alg") != "PS256":
+            raise jwt.InvalidAlgorithmError("the header must have alg PS256")
+        kid = header.get("kid")
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise jwt.InvalidKeyError("unknown key id")
+        claims = jwt.decode(
+            token,
+            key.public_key,
+            algorithms=["PS256"],
+            audience=IAM_AUDIENCE,
+            issuer=key.service_account_id,
+            options={"require": ["iss", "aud", "iat", "exp"], "verify_iat": False},
+        )
+        issued_at, expires = claims["iat"], claims["exp"]
+        if not isinstance(issued_at, int | float) or not isinstance(expires, int | float):
+            raise jwt.InvalidTokenError("iat and exp must be numbers")
+        if expires - issued_at > MAX_JWT_LIFETIME_SECONDS:
+            raise jwt.InvalidTokenError("exp - iat must not exceed 3600 seconds")
+        return key.service_account_id
+
+
+def _parse_json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidRequestError("The request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object")
+    return body
+
+
+def _int_field(value: object, name: str) -> int:
+    """An int64 protobuf field: a JSON integer, or a decimal string."""
+    if isinstance(value, bool):
+        raise InvalidRequestError(f"{name}: expected an integer, got {json.dumps(value)}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise InvalidRequestError(f"{name}: expected an integer, got {json.dumps(value)}")
+
+
+def _optional_type(spec: dict[str, Any], name: str, kind: type) -> None:
+    if name in spec and not isinstance(spec[name], kind):
+        raise InvalidRequestError(f"config.specification.{name}: expected a {kind.__name__}")
+
+
+def validate_submission(body: dict[str, Any]) -> str:
+    """Check a ``longRunningRecognize`` body like the service does; the audio URI when it is valid."""
+    config = body.get("config")
+    if not isinstance(config, dict):
+        raise InvalidRequestError("config: required field is missing")
+    spec = config.get("specification")
+    if not isinstance(spec, dict):
+        raise InvalidRequestError("config.specification: required field is missing")
+    if "folderId" in config and not isinstance(config["folderId"], str):
+        raise InvalidRequestError("config.folderId: expected a string")
+    for name in ("languageCode", "model"):
+        _optional_type(spec, name, str)
+    for name in ("profanityFilter", "literature_text", "rawResults"):
+        _optional_type(spec, name, bool)
+
+    encoding = spec.get("audioEncoding", DEFAULT_ENCODING)
+    if encoding not in SUPPORTED_ENCODINGS:
+        raise InvalidRequestError(
+            f"config.specification.audioEncoding: unsupported value {json.dumps(encoding)}; "
+            f"expected one of {', '.join(sorted(SUPPORTED_ENCODINGS))}"
+        )
+    if "sampleRateHertz" in spec:
+        rate = _int_field(spec["sampleRateHertz"], "config.specification.sampleRateHertz")
+        if rate not in SUPPORTED_SAMPLE_RATES:
+            raise InvalidRequestError(
+                f"config.specification.sampleRateHertz: unsupported value {rate}; "
+                "expected 8000, 16000 or 48000"
+            )
+    if "audioChannelCount" in spec:
+        channels = _int_field(spec["audioChannelCount"], "config.specification.audioChannelCount")
+        if encoding != "LINEAR16_PCM":
+            raise InvalidRequestError(
+                "config.specification.audioChannelCount: only allowed with LINEAR16_PCM; "
+                f"{encoding} carries its own channel count"
+            )
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise InvalidRequestError(
+                f"config.specification.audioChannelCount: must be between 1 and {MAX_CHANNELS}, "
+                f"got {channels}"
+            )
+
+    audio = body.get("audio")
+    if not isinstance(audio, dict):
+        raise InvalidRequestError("audio: required field is missing")
+    uri = audio.get("uri")
+    if not isinstance(uri, str) or not uri:
+        raise InvalidRequestError("audio.uri: required field is missing")
+    parts = urlsplit(uri)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise InvalidRequestError("audio.uri: must be an http(s) link to an Object Storage object")
+    return uri
