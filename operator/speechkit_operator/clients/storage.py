@@ -1,0 +1,143 @@
+"""S3-compatible object storage with boto3, kept off the event loop.
+
+Every call runs in a worker thread. boto3 clients are created once per distinct configuration and
+shared: they are thread-safe, creating them is not cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+_NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
+_DENIED_CODES = {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    endpoint: str
+    region: str
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ObjectHead:
+    size: int
+    content_type: str | None
+
+
+class StorageError(Exception):
+    """A storage call failed. ``kind`` is ``not_found``, ``denied``, ``invalid`` or ``unavailable``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        return self.kind == "unavailable"
+
+
+def _classify(exc: Exception, what: str) -> StorageError:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in _NOT_FOUND_CODES or status == 404:
+            return StorageError("not_found", f"{what}: not found ({code or status})")
+        if code in _DENIED_CODES or status == 403:
+            return StorageError("denied", f"{what}: access denied ({code or status})")
+        if status >= 500 or status == 429 or code in {"SlowDown", "ServiceUnavailable", "InternalError"}:
+            return StorageError("unavailable", f"{what}: storage unavailable ({code or status})")
+        return StorageError("invalid", f"{what}: storage refused the request ({code or status})")
+    return StorageError("unavailable", f"{what}: storage unreachable ({type(exc).__name__})")
+
+
+class ObjectStorage:
+    """One S3 endpoint with one set of keys."""
+
+    def __init__(self, config: StorageConfig, *, timeout: float = 30.0) -> None:
+        self.config = config
+        self._client: S3Client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=config.endpoint,
+            region_name=config.region,
+            aws_access_key_id=config.access_key_id,
+            aws_secret_access_key=config.secret_access_key,
+            config=BotoConfig(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                connect_timeout=timeout,
+                read_timeout=timeout,
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
+        )
+
+    async def _run(self, what: str, fn: Any, /, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, **kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise _classify(exc, what) from None
+
+    async def head(self, bucket: str, key: str) -> ObjectHead:
+        answer = await self._run(f"s3://{bucket}/{key}", self._client.head_object, Bucket=bucket, Key=key)
+        return ObjectHead(size=int(answer.get("ContentLength", 0)), content_type=answer.get("ContentType"))
+
+    async def read_range(self, bucket: str, key: str, byte_range: str) -> bytes:
+        """``byte_range`` as in HTTP: ``bytes=0-65535`` or ``bytes=-65536`` (the last bytes)."""
+        answer = await self._run(
+            f"s3://{bucket}/{key}", self._client.get_object, Bucket=bucket, Key=key, Range=byte_range
+        )
+        body = answer["Body"]
+        try:
+            data: bytes = await asyncio.to_thread(body.read)
+        finally:
+            body.close()
+        return data
+
+    async def put(self, bucket: str, key: str, body: bytes, content_type: str) -> None:
+        await self._run(
+            f"s3://{bucket}/{key}",
+            self._client.put_object,
+            Bucket=bucket,
+            Key=key,
+            Body=body,
+            ContentType=content_type,
+        )
+
+    def object_url(self, bucket: str, key: str, *, presign: bool, expires_in: int) -> str:
+        """The HTTPS URL that SpeechKit fetches. A presigned URL is a credential: never log it."""
+        if presign:
+            url: str = self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_in
+            )
+            return url
+        return f"{self.config.endpoint}/{bucket}/{quote(key)}"
+
+
+class StorageFactory:
+    """Shares one :class:`ObjectStorage` per configuration."""
+
+    def __init__(self, *, timeout: float = 30.0) -> None:
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._cache: dict[StorageConfig, ObjectStorage] = {}
+
+    def get(self, config: StorageConfig) -> ObjectStorage:
+        with self._lock:
+            storage = self._cache.get(config)
+            if storage is None:
+                storage = self._cache[config] = ObjectStorage(config, timeout=self._timeout)
+            return storage

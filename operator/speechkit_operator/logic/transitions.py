@@ -1,0 +1,181 @@
+"""How a job's status changes: pure functions from facts to status patches.
+
+Each function returns the fields to merge into ``status``. Conditions are whole lists (a merge
+patch replaces lists), computed from the current ones so that unchanged conditions keep their
+``lastTransitionTime``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from speechkit_operator.clients.speech.base import OperationState
+from speechkit_operator.clients.speech.errors import grpc_reason
+from speechkit_operator.logic.conditions import set_condition
+from speechkit_operator.logic.redaction import redact
+from speechkit_operator.logic.timestamps import format_time
+from speechkit_operator.models.audio import AudioInfo
+from speechkit_operator.models.job import ConditionType, Phase
+
+Status = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What every transition needs: the moment, the generation observed, the current conditions."""
+
+    now: datetime
+    generation: int | None
+    conditions: Sequence[Mapping[str, Any]]
+
+    @property
+    def stamp(self) -> str:
+        return format_time(self.now)
+
+
+def _base(facts: Facts, phase: Phase, reason: str, message: str) -> Status:
+    status: Status = {"phase": phase.value, "reason": reason, "message": redact(message)}
+    if facts.generation is not None:
+        status["observedGeneration"] = facts.generation
+    return status
+
+
+def waiting(facts: Facts, reason: str, message: str) -> Status:
+    """Not submitted yet, and will be retried (a missing Secret, storage or the API unavailable)."""
+    status = _base(facts, Phase.PENDING, reason, message)
+    status["conditions"] = set_condition(
+        facts.conditions,
+        type=ConditionType.SUBMITTED,
+        status="False",
+        reason=reason,
+        message=status["message"],
+        now=facts.stamp,
+        generation=facts.generation,
+    )
+    return status
+
+
+def submitted(facts: Facts, *, operation_id: str, audio: AudioInfo, first_check: datetime) -> Status:
+    message = f"submitted as operation {operation_id}; first check at {format_time(first_check)}"
+    status = _base(facts, Phase.RUNNING, "Submitted", message)
+    status.update(
+        operationId=operation_id,
+        submittedAt=facts.stamp,
+        nextCheckAt=format_time(first_check),
+        checks=0,
+        audio=audio.to_status(),
+    )
+    status["conditions"] = set_condition(
+        facts.conditions,
+        type=ConditionType.SUBMITTED,
+        status="True",
+        reason="Submitted",
+        message=message,
+        now=facts.stamp,
+        generation=facts.generation,
+    )
+    return status
+
+
+def checked(
+    facts: Facts, *, checks: int, next_check: datetime, reason: str = "Running", message: str | None = None
+) -> Status:
+    """A check that did not finish the job. Only the scheduling fields and the message change."""
+    return {
+        "phase": Phase.RUNNING.value,
+        "reason": reason,
+        "message": redact(message or f"recognition in progress; next check at {format_time(next_check)}"),
+        "lastCheckAt": facts.stamp,
+        "checks": checks,
+        "nextCheckAt": format_time(next_check),
+    }
+
+
+def failed(facts: Facts, reason: str, message: str) -> Status:
+    status = _base(facts, Phase.FAILED, reason, message)
+    status["completedAt"] = facts.stamp
+    status["nextCheckAt"] = None
+    conditions = set_condition(
+        facts.conditions,
+        type=ConditionType.FAILED,
+        status="True",
+        reason=reason,
+        message=status["message"],
+        now=facts.stamp,
+        generation=facts.generation,
+    )
+    status["conditions"] = set_condition(
+        conditions,
+        type=ConditionType.SUCCEEDED,
+        status="False",
+        reason=reason,
+        message=status["message"],
+        now=facts.stamp,
+        generation=facts.generation,
+    )
+    return status
+
+
+def succeeded(facts: Facts, *, checks: int, outputs: Mapping[str, str], preview: str) -> Status:
+    message = f"transcripts written: {', '.join(sorted(outputs))}" if outputs else "no outputs requested"
+    if not preview:
+        message += " (no speech was recognised)"
+    status = _base(facts, Phase.SUCCEEDED, "Succeeded", message)
+    status.update(
+        completedAt=facts.stamp,
+        lastCheckAt=facts.stamp,
+        nextCheckAt=None,
+        checks=checks,
+        outputs=dict(outputs),
+        preview=preview,
+    )
+    status["conditions"] = set_condition(
+        facts.conditions,
+        type=ConditionType.SUCCEEDED,
+        status="True",
+        reason="Succeeded",
+        message=message,
+        now=facts.stamp,
+        generation=facts.generation,
+    )
+    return status
+
+
+@dataclass(frozen=True)
+class StillRunning:
+    pass
+
+
+@dataclass(frozen=True)
+class OperationFailed:
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class OperationSucceeded:
+    operation: OperationState
+
+
+OperationVerdict = StillRunning | OperationFailed | OperationSucceeded
+
+
+def judge_operation(operation: OperationState) -> OperationVerdict:
+    """An error ends the job even while ``done`` is false (the API may report it early)."""
+    if operation.error is not None:
+        code = operation.error.code
+        return OperationFailed(
+            reason=grpc_reason(code),
+            message=f"recognition failed with code {code}: {operation.error.message}",
+        )
+    if not operation.done:
+        return StillRunning()
+    return OperationSucceeded(operation)
+
+
+def retry_delay(attempt: int, *, base: float = 10.0, cap: float = 300.0) -> float:
+    """Delay before retrying a handler for the ``attempt``-th time (0-based): 10 s doubling to 5 min."""
+    return float(min(cap, base * 2 ** min(attempt, 16)))
