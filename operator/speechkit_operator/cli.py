@@ -1,0 +1,86 @@
+"""The ``speechkit-operator`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import kopf
+from pydantic import ValidationError
+
+from speechkit_operator import __version__
+from speechkit_operator.config import Settings
+from speechkit_operator.handlers import register
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speechkit-operator",
+        description="Kubernetes operator that transcribes speech in S3 buckets with Yandex SpeechKit.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator (wraps `kopf run`)")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        dest="namespaces",
+        action="append",
+        default=[],
+        metavar="NAMESPACE",
+        help="watch this namespace (repeatable; globs allowed). Default: SPEECHKIT_OPERATOR_NAMESPACES, "
+        "else the whole cluster",
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch the whole cluster")
+    verbosity = run.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    run.add_argument(
+        "--liveness-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve kopf's liveness probe at http://0.0.0.0:PORT/healthz",
+    )
+    return parser
+
+
+def _configure_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-8s %(name)s: %(message)s")
+    # The Kubernetes and AWS clients are chatty at DEBUG and may print request details.
+    for name in ("urllib3", "botocore", "boto3", "s3transfer", "kubernetes"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"speechkit-operator: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    _configure_logging(args.verbose, args.quiet)
+    namespaces = [] if args.all_namespaces else (args.namespaces or settings.namespaces)
+    # The default registry carries kopf's login handlers (kubeconfig or in-cluster service account).
+    registry = register(kopf.get_default_registry(), settings)
+    liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
+    kopf.run(
+        registry=registry,
+        memo=kopf.Memo(settings=settings),
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return run(args)
+    return 2  # pragma: no cover - argparse enforces a command

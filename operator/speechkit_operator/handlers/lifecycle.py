@@ -1,0 +1,41 @@
+"""The operator's startup and cleanup: kopf settings and the shared context."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from speechkit_operator.config import Settings
+from speechkit_operator.constants import ANNOTATION_PREFIX, FINALIZER
+from speechkit_operator.context import OperatorContext, build_context
+
+
+def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
+    """kopf's bookkeeping lives in annotations under ``speechkit.dev/``, never in status."""
+    kopf_settings.persistence.finalizer = FINALIZER
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    kopf_settings.watching.server_timeout = settings.watch_server_timeout
+    kopf_settings.watching.client_timeout = settings.watch_client_timeout
+    kopf_settings.networking.request_timeout = settings.request_timeout
+    kopf_settings.posting.level = logging.INFO
+    kopf_settings.peering.standalone = True
+
+
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    context = memo.get("context")
+    if not isinstance(context, OperatorContext):
+        configured = memo.get("settings")
+        context = build_context(configured if isinstance(configured, Settings) else Settings())
+        memo["context"] = context
+    configure_kopf(settings, context.settings)
+
+
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    context = memo.get("context")
+    if isinstance(context, OperatorContext):
+        await context.close()

@@ -1,0 +1,28 @@
+"""Register every handler on a kopf registry, with intervals taken from the settings."""
+
+from __future__ import annotations
+
+import kopf
+
+from speechkit_operator.config import Settings
+from speechkit_operator.constants import GROUP, JOB_PLURAL, VERSION
+from speechkit_operator.handlers import jobs, lifecycle
+
+
+def register(registry: kopf.OperatorRegistry, settings: Settings) -> kopf.OperatorRegistry:
+    kopf.on.startup(registry=registry)(lifecycle.startup)
+    kopf.on.cleanup(registry=registry)(lifecycle.cleanup)
+    kopf.on.create(GROUP, VERSION, JOB_PLURAL, id="submit", registry=registry)(jobs.submit_job)
+    # The timer matches Running jobs only: it (and kopf's finalizer with it) is gone once a job ends.
+    # It wakes every tick; the workflow decides whether a check is due.
+    kopf.timer(
+        GROUP,
+        VERSION,
+        JOB_PLURAL,
+        id="poll",
+        interval=settings.poll_tick_seconds,
+        field="status.phase",
+        value="Running",
+        registry=registry,
+    )(jobs.poll_job)
+    return registry

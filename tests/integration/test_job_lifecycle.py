@@ -1,0 +1,284 @@
+"""A TranscriptionJob's whole life, with the real operator against KMock, moto S3 and the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.emulator import SpeechKitEmulator
+from tests.integration.conftest import Cluster, Starter, upload
+from tests.support.audio import reference_text
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+pytestmark = pytest.mark.integration
+
+SRT_TIME = re.compile(r"^(\d{2}):(\d{2}):(\d{2}),(\d{3}) --> (\d{2}):(\d{2}):(\d{2}),(\d{3})$", re.M)
+
+
+def read(s3: S3Client, uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    answer = s3.get_object(Bucket=bucket, Key=key)
+    return answer["Body"].read().decode(), answer["ContentType"]
+
+
+def spec(bucket: str, key: str, **extra: Any) -> dict[str, Any]:
+    return {"source": {"bucket": bucket, "key": key}, "recognition": {"languageCode": "en-US"}, **extra}
+
+
+async def test_wav_job_succeeds_with_all_four_outputs(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    key = upload(s3, bucket, "librivox-0870.wav")
+    await start_operator()
+    await k8s.create_job("meeting", spec(bucket, key))
+
+    status = await k8s.wait_for_phase("meeting", "Succeeded", "Failed")
+
+    assert status["phase"] == "Succeeded", status
+    assert status["operationId"]
+    assert status["audio"] == {
+        "encoding": "LINEAR16_PCM",
+        "sampleRateHertz": 16000,
+        "channels": 1,
+        "durationSeconds": pytest.approx(7.1, abs=0.05),
+        "sizeBytes": 227244,
+    }
+    assert set(status["outputs"]) == {"json", "txt", "srt", "vtt"}
+    expected = reference_text("librivox-0870.wav")["1"]
+    assert status["preview"].startswith("and mister john dashwood")
+    assert status["checks"] >= 1
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Submitted"]["status"] == "True"
+    assert conditions["Succeeded"]["status"] == "True"
+
+    # The request SpeechKit got: the WAV header's rate, never a blind 48 kHz.
+    submitted = speechkit.submissions[0]["config"]
+    assert submitted["specification"]["audioEncoding"] == "LINEAR16_PCM"
+    assert submitted["specification"]["sampleRateHertz"] == 16000
+    assert submitted["specification"]["languageCode"] == "en-US"
+    assert submitted["folderId"] == "b1gfolder"
+
+    txt, txt_type = read(s3, status["outputs"]["txt"])
+    assert txt.strip() == expected
+    assert txt_type.startswith("text/plain")
+    raw, json_type = read(s3, status["outputs"]["json"])
+    assert json_type.startswith("application/json")
+    words = [w["word"] for c in json.loads(raw)["chunks"] for w in c["alternatives"][0]["words"]]
+    assert " ".join(words) == expected
+    srt, srt_type = read(s3, status["outputs"]["srt"])
+    assert srt_type.startswith("application/x-subrip")
+    assert SRT_TIME.search(srt)
+    assert " ".join(line for line in srt.splitlines() if re.search("[a-z]", line)) == expected
+    vtt, vtt_type = read(s3, status["outputs"]["vtt"])
+    assert vtt.startswith("WEBVTT") and vtt_type.startswith("text/vtt")
+    assert status["outputs"]["txt"] == f"s3://{bucket}/out/{key}.txt"
+
+    succeeded = await k8s.wait_for_event("Succeeded")
+    assert succeeded["type"] == "Normal"
+    assert succeeded["involvedObject"]["name"] == "meeting"
+    reasons = [event["reason"] for event in k8s.events()]
+    assert reasons.count("Submitted") == 1 and reasons.count("Succeeded") == 1
+
+
+async def test_stereo_ogg_and_output_bucket(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    stereo = upload(s3, bucket, "librivox-stereo-0880L-0930R.wav")
+    ogg = upload(s3, bucket, "librivox-0870.ogg")
+    s3.create_bucket(Bucket=f"{bucket}-out")
+    await start_operator()
+    await k8s.create_job("stereo", spec(bucket, stereo, output={"bucket": f"{bucket}-out", "prefix": "t/"}))
+    await k8s.create_job("opus", spec(bucket, ogg, output={"formats": ["txt"]}))
+
+    stereo_status = await k8s.wait_for_phase("stereo", "Succeeded", "Failed")
+    opus_status = await k8s.wait_for_phase("opus", "Succeeded", "Failed")
+
+    assert stereo_status["phase"] == "Succeeded", stereo_status
+    assert set(stereo_status["outputs"]) == {"json", "txt", "srt:1", "srt:2", "vtt:1", "vtt:2"}
+    txt, _ = read(s3, stereo_status["outputs"]["txt"])
+    assert "[channel 1] he was not an ill disposed young man" in txt
+    assert "[channel 2] he might even have been made amiable himself" in txt
+    assert stereo_status["outputs"]["txt"].startswith(f"s3://{bucket}-out/t/")
+    assert opus_status["phase"] == "Succeeded", opus_status
+    assert set(opus_status["outputs"]) == {"txt"}
+    assert opus_status["audio"]["encoding"] == "OGG_OPUS"
+    specs = [submission["config"]["specification"] for submission in speechkit.submissions]
+    assert {s["audioEncoding"] for s in specs} == {"LINEAR16_PCM", "OGG_OPUS"}
+    pcm = next(s for s in specs if s["audioEncoding"] == "LINEAR16_PCM")
+    assert pcm["audioChannelCount"] == 2
+    opus = next(s for s in specs if s["audioEncoding"] == "OGG_OPUS")
+    assert "sampleRateHertz" not in opus and "audioChannelCount" not in opus
+
+
+async def test_missing_object_fails_with_source_not_found(
+    k8s: Cluster, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    await start_operator()
+    await k8s.create_job("ghost", spec(bucket, "incoming/nothing-here.wav"))
+
+    status = await k8s.wait_for_phase("ghost", "Failed", "Succeeded")
+
+    assert status["phase"] == "Failed"
+    assert status["reason"] == "SourceNotFound"
+    assert "incoming/nothing-here.wav" in status["message"]
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "SourceNotFound"
+    assert speechkit.counts["submit"] == 0
+
+
+async def test_invalid_spec_fails_with_a_clear_message(
+    k8s: Cluster, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    await start_operator()
+    await k8s.create_job("bad", {"source": {"bucket": bucket}, "output": {"formats": ["docx"]}})
+
+    status = await k8s.wait_for_phase("bad", "Failed")
+
+    assert status["reason"] == "InvalidSpec"
+    assert "spec.source.key" in status["message"]
+    assert "spec.output.formats.0" in status["message"]
+    assert speechkit.counts["submit"] == 0
+
+
+async def test_unauthenticated_fails_without_retrying(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    key = upload(s3, bucket, "librivox-0880.wav")
+    await k8s.create_secret("wrong-key", {"api-key": "not-a-valid-key"})
+    await start_operator()
+    await k8s.create_job("denied", spec(bucket, key, credentialsSecret="wrong-key"))
+
+    status = await k8s.wait_for_phase("denied", "Failed", "Succeeded")
+
+    assert status["reason"] == "Unauthenticated"
+    assert "not-a-valid-key" not in json.dumps(status)
+    assert speechkit.counts["submit"] == 1
+
+
+async def test_operation_error_fails_the_job(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    key = upload(s3, bucket, "librivox-0890.wav")
+    speechkit.fail_operations("librivox-0890.wav", code=3, message="audio is too noisy")
+    await start_operator()
+    await k8s.create_job("noisy", spec(bucket, key))
+
+    status = await k8s.wait_for_phase("noisy", "Failed", "Succeeded")
+
+    assert status["reason"] == "InvalidArgument"
+    assert "audio is too noisy" in status["message"]
+    assert status["operationId"]
+    failed = await k8s.wait_for_event("Failed")
+    assert failed["type"] == "Warning"
+    assert "audio is too noisy" in failed["message"]
+
+
+async def test_error_while_not_done_fails_the_job(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    key = upload(s3, bucket, "librivox-0890.wav")
+    speechkit.fail_operations(
+        "librivox-0890.wav", code=13, message="engine crashed", visible_while_running=True
+    )
+    await start_operator()
+    await k8s.create_job("crashed", spec(bucket, key))
+
+    status = await k8s.wait_for_phase("crashed", "Failed", "Succeeded")
+
+    assert status["reason"] == "Internal"
+
+
+async def test_429_and_5xx_storm_then_success(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    key = upload(s3, bucket, "librivox-0920.wav")
+    speechkit.inject("submit", 429, count=2, retry_after=0.1)
+    speechkit.inject("submit", 503, count=1)
+    speechkit.inject("operation", 429, count=2, retry_after=0.1)
+    speechkit.inject("operation", 500, count=3)
+    await start_operator()
+    await k8s.create_job("storm", spec(bucket, key))
+
+    status = await k8s.wait_for_phase("storm", "Succeeded", "Failed", timeout=30)
+
+    assert status["phase"] == "Succeeded", status
+    assert speechkit.counts["submit"] == 4  # three refused, one accepted
+    assert len(speechkit.submissions) == 1
+    assert speechkit.counts["operation"] >= 6
+
+
+async def test_expired_operation_fails_with_result_expired(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    speechkit.completion_delay = 30
+    key = upload(s3, bucket, "librivox-0930.wav")
+    await start_operator()
+    await k8s.create_job("old", spec(bucket, key))
+    running = await k8s.wait_for_phase("old", "Running")
+
+    speechkit.expire(running["operationId"])
+    status = await k8s.wait_for_phase("old", "Failed", "Succeeded")
+
+    assert status["reason"] == "ResultExpired"
+
+
+async def test_restart_between_submit_and_completion_submits_once(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    speechkit.completion_delay = 2.0
+    key = upload(s3, bucket, "librivox-0870.wav")
+    first = await start_operator()
+    await k8s.create_job("restart", spec(bucket, key))
+    running = await k8s.wait_for_phase("restart", "Running")
+    await first.stop()
+
+    await start_operator()
+    status = await k8s.wait_for_phase("restart", "Succeeded", "Failed")
+
+    assert status["phase"] == "Succeeded"
+    assert status["operationId"] == running["operationId"]
+    assert speechkit.counts["submit"] == 1
+    assert len(speechkit.submissions) == 1
+
+
+async def test_deletion_while_running_leaves_no_finalizer(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    speechkit.completion_delay = 60
+    key = upload(s3, bucket, "librivox-0880.wav")
+    await start_operator()
+    await k8s.create_job("doomed", spec(bucket, key))
+    await k8s.wait_for_phase("doomed", "Running")
+
+    await k8s.delete_job("doomed")
+
+    for _ in range(200):
+        if k8s.job("doomed") is None:
+            break
+        await asyncio.sleep(0.05)
+    assert k8s.job("doomed") is None
+
+
+async def test_secrets_never_reach_status_or_events(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    key = upload(s3, bucket, "librivox-0880.wav")
+    speechkit.fail_operations(
+        "librivox-0880.wav", code=7, message="cannot read https://x/y?X-Amz-Signature=abc"
+    )
+    await start_operator()
+    await k8s.create_job("leaky", spec(bucket, key))
+
+    status = await k8s.wait_for_phase("leaky", "Failed", "Succeeded")
+    await k8s.wait_for_event("Failed")
+
+    written = json.dumps(status) + json.dumps(k8s.events())
+    assert "X-Amz-Signature=abc" not in written
+    assert "test-api-key" not in written
+    assert status["reason"] == "PermissionDenied"
