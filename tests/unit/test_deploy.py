@@ -1,0 +1,847 @@
+"""The deployment artefacts (CRD, Helm chart, examples) agree with the code that reads them.
+
+The API server enforces the CRD; the operator enforces the pydantic models in
+``speechkit_operator.models``. When the two drift apart, jobs are accepted by one and rejected by the
+other, or status fields the operator writes are silently pruned. These tests fail on such drift.
+
+A few tests render the Helm chart and run only where a ``helm`` binary is on PATH.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from speechkit_operator import constants
+from speechkit_operator.clients.speech.base import (
+    ApiKeyCredentials,
+    IamTokenCredentials,
+    ServiceAccountKeyCredentials,
+)
+from speechkit_operator.config import Settings
+from speechkit_operator.logic import credentials
+from speechkit_operator.models.audio import SUPPORTED_PCM_RATES, AudioEncoding, AudioInfo, ContainerFormat
+from speechkit_operator.models.job import (
+    ALL_FORMATS,
+    BUCKET_PATTERN,
+    KEY_PATTERN,
+    LANGUAGE_PATTERN,
+    PREFIX_PATTERN,
+    SECRET_NAME_PATTERN,
+    Condition,
+    JobStatus,
+    OutputFormat,
+    OutputSpec,
+    Phase,
+    RecognitionSpec,
+    TranscriptionJobSpec,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_PATH = ROOT / "deploy" / "crds" / "transcriptionjobs.speechkit.dev.yaml"
+CHART = ROOT / "deploy" / "helm" / "speechkit-operator"
+CHART_CRD_PATH = CHART / "crds" / "transcriptionjobs.speechkit.dev.yaml"
+EXAMPLES = ROOT / "examples"
+JOB_EXAMPLES = sorted(EXAMPLES.glob("transcriptionjob*.yaml"))
+
+Schema = dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers: load YAML, walk schemas, apply defaults and validate the way a structural CRD does.
+# --------------------------------------------------------------------------------------------------
+
+
+def _load(path: Path) -> Any:
+    with path.open(encoding="utf-8") as stream:
+        return yaml.safe_load(stream)
+
+
+def _load_all(path: Path) -> list[Any]:
+    with path.open(encoding="utf-8") as stream:
+        return [doc for doc in yaml.safe_load_all(stream) if doc is not None]
+
+
+def _at(schema: Schema, dotted: str) -> Schema:
+    """The sub-schema at a dotted path of property names (``items`` steps into an array)."""
+    node = schema
+    for part in dotted.split("."):
+        node = node["items"] if part == "items" else node["properties"][part]
+    return node
+
+
+def _walk(schema: Schema, path: str = "") -> Iterator[tuple[str, Schema]]:
+    yield path, schema
+    for name, sub in schema.get("properties", {}).items():
+        yield from _walk(sub, f"{path}.{name}" if path else name)
+    if isinstance(schema.get("items"), dict):
+        yield from _walk(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from _walk(schema["additionalProperties"], f"{path}{{}}")
+
+
+def _apply_defaults(value: Any, schema: Schema) -> Any:
+    """Default like the API server: a missing property with a default gets it, then its own defaults."""
+    if schema.get("type") == "object" and isinstance(value, dict):
+        for name, sub in schema.get("properties", {}).items():
+            if name not in value and "default" in sub:
+                value[name] = copy.deepcopy(sub["default"])
+            if name in value:
+                value[name] = _apply_defaults(value[name], sub)
+    elif schema.get("type") == "array" and isinstance(value, list) and "items" in schema:
+        value = [_apply_defaults(item, schema["items"]) for item in value]
+    return value
+
+
+def _is_date_time(value: str) -> bool:
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+def _check_scalar(value: Any, schema: Schema, path: str) -> list[str]:
+    kind = schema.get("type")
+    if kind == "string":
+        if not isinstance(value, str):
+            return [f"{path}: {value!r} is not a string"]
+        problems = []
+        if "pattern" in schema and re.search(schema["pattern"], value) is None:
+            problems.append(f"{path}: {value!r} does not match {schema['pattern']!r}")
+        if len(value) > schema.get("maxLength", len(value)) or len(value) < schema.get("minLength", 0):
+            problems.append(f"{path}: {value!r} has a length out of bounds")
+        if schema.get("format") == "date-time" and not _is_date_time(value):
+            problems.append(f"{path}: {value!r} is not a date-time")
+        return problems
+    if kind == "integer" and (not isinstance(value, int) or isinstance(value, bool)):
+        return [f"{path}: {value!r} is not an integer"]
+    if kind == "number" and (not isinstance(value, int | float) or isinstance(value, bool)):
+        return [f"{path}: {value!r} is not a number"]
+    if kind == "boolean" and not isinstance(value, bool):
+        return [f"{path}: {value!r} is not a boolean"]
+    if kind in ("integer", "number") and not (
+        schema.get("minimum", value) <= value <= schema.get("maximum", value)
+    ):
+        return [f"{path}: {value!r} is out of bounds"]
+    return []
+
+
+def _validate(value: Any, schema: Schema, path: str = "") -> list[str]:
+    """The problems the API server would report for ``value`` (CEL rules aside).
+
+    Unknown fields count as problems: the API server would prune them silently, which in an example
+    or in what the operator writes is always a mistake.
+    """
+    if "enum" in schema and value not in schema["enum"]:
+        return [f"{path}: {value!r} is not one of {schema['enum']}"]
+    kind = schema.get("type")
+    if kind == "object":
+        if not isinstance(value, dict):
+            return [f"{path}: {value!r} is not an object"]
+        problems = [f"{path}: {name} is required" for name in schema.get("required", []) if name not in value]
+        properties: dict[str, Schema] = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for name, item in value.items():
+            if name in properties:
+                problems += _validate(item, properties[name], f"{path}.{name}")
+            elif isinstance(extra, dict):
+                problems += _validate(item, extra, f"{path}.{name}")
+            elif properties or extra is not None:
+                problems.append(f"{path}: unknown field {name!r} would be pruned")
+        return problems
+    if kind == "array":
+        if not isinstance(value, list):
+            return [f"{path}: {value!r} is not an array"]
+        problems = []
+        if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value)):
+            problems.append(f"{path}: {len(value)} items is out of bounds")
+        if schema.get("x-kubernetes-list-type") == "set" and len({json.dumps(v) for v in value}) < len(value):
+            problems.append(f"{path}: duplicate items in a set")
+        for index, item in enumerate(value):
+            problems += _validate(item, schema["items"], f"{path}[{index}]")
+        return problems
+    return _check_scalar(value, schema, path)
+
+
+@pytest.fixture(scope="module")
+def crd() -> Any:
+    return _load(CRD_PATH)
+
+
+@pytest.fixture(scope="module")
+def version(crd: Any) -> Any:
+    [only] = crd["spec"]["versions"]
+    return only
+
+
+@pytest.fixture(scope="module")
+def root_schema(version: Any) -> Schema:
+    schema: Schema = version["schema"]["openAPIV3Schema"]
+    return schema
+
+
+@pytest.fixture(scope="module")
+def spec_schema(root_schema: Schema) -> Schema:
+    return _at(root_schema, "spec")
+
+
+@pytest.fixture(scope="module")
+def status_schema(root_schema: Schema) -> Schema:
+    return _at(root_schema, "status")
+
+
+# --------------------------------------------------------------------------------------------------
+# (a) The chart's copy of the CRD.
+# --------------------------------------------------------------------------------------------------
+
+
+def test_chart_crd_is_a_byte_identical_copy() -> None:
+    assert CHART_CRD_PATH.read_bytes() == CRD_PATH.read_bytes(), (
+        f"{CHART_CRD_PATH.relative_to(ROOT)} drifted from {CRD_PATH.relative_to(ROOT)}: copy it over again"
+    )
+
+
+def test_crd_names_the_resource_the_operator_watches(crd: Any, version: Any) -> None:
+    spec = crd["spec"]
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
+    assert crd["metadata"]["name"] == f"{constants.JOB_PLURAL}.{constants.GROUP}"
+    assert spec["group"] == constants.GROUP
+    assert spec["scope"] == "Namespaced"
+    assert spec["names"]["kind"] == constants.JOB_KIND
+    assert spec["names"]["plural"] == constants.JOB_PLURAL
+    assert spec["names"]["singular"] == "transcriptionjob"
+    assert spec["names"]["shortNames"] == ["tj"]
+    assert spec["names"]["categories"] == ["speechkit"]
+    assert version["name"] == constants.VERSION
+    assert version["served"] is True
+    assert version["storage"] is True
+    assert version["subresources"] == {"status": {}}
+
+
+# --------------------------------------------------------------------------------------------------
+# (b) The spec schema agrees with the pydantic models.
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "pattern"),
+    [
+        ("source.bucket", BUCKET_PATTERN),
+        ("source.key", KEY_PATTERN),
+        ("output.bucket", BUCKET_PATTERN),
+        ("output.prefix", PREFIX_PATTERN),
+        ("recognition.languageCode", LANGUAGE_PATTERN),
+        ("credentialsSecret", SECRET_NAME_PATTERN),
+        ("storageSecret", SECRET_NAME_PATTERN),
+    ],
+)
+def test_spec_patterns_are_the_models_patterns(spec_schema: Schema, path: str, pattern: str) -> None:
+    assert _at(spec_schema, path)["pattern"] == pattern
+
+
+def test_spec_enums_are_the_models_enums(spec_schema: Schema) -> None:
+    assert _at(spec_schema, "output.formats.items")["enum"] == [f.value for f in OutputFormat]
+    assert _at(spec_schema, "recognition.audioEncoding")["enum"] == [e.value for e in AudioEncoding]
+    assert _at(spec_schema, "recognition.sampleRateHertz")["enum"] == list(SUPPORTED_PCM_RATES)
+    assert "default" not in _at(spec_schema, "recognition.audioEncoding"), "absent means: detect"
+
+
+def test_spec_defaults_are_the_models_defaults(spec_schema: Schema) -> None:
+    output = OutputSpec()
+    recognition = RecognitionSpec()
+    assert _at(spec_schema, "output.prefix")["default"] == output.prefix
+    assert _at(spec_schema, "output.formats")["default"] == [f.value for f in ALL_FORMATS]
+    assert _at(spec_schema, "output.formats")["default"] == [f.value for f in output.formats]
+    assert _at(spec_schema, "recognition.languageCode")["default"] == recognition.language_code
+    assert _at(spec_schema, "recognition.model")["default"] == recognition.model
+    for flag in ("profanityFilter", "literatureText", "rawResults"):
+        assert _at(spec_schema, f"recognition.{flag}")["default"] is False
+    # Empty objects by default, so that the API server fills in their inner defaults.
+    assert _at(spec_schema, "output")["default"] == {}
+    assert _at(spec_schema, "recognition")["default"] == {}
+
+
+_SPECS = [
+    {"source": {"bucket": "audio", "key": "a.ogg"}},
+    {"source": {"bucket": "audio", "key": "a.ogg"}, "output": {"bucket": "texts"}},
+    {"source": {"bucket": "audio", "key": "a.ogg"}, "output": {"prefix": "", "formats": ["srt"]}},
+    {"source": {"bucket": "audio", "key": "a.wav"}, "recognition": {"languageCode": "auto"}},
+    {
+        "source": {"bucket": "audio", "key": "a.pcm"},
+        "recognition": {"audioEncoding": "LINEAR16_PCM", "sampleRateHertz": 8000, "rawResults": True},
+        "credentialsSecret": "creds",
+    },
+]
+
+
+@pytest.mark.parametrize("spec", _SPECS)
+def test_api_server_defaulting_gives_what_the_model_assumes(spec_schema: Schema, spec: Any) -> None:
+    """Whatever the user leaves out, the API server and the model fill in alike."""
+    defaulted = _apply_defaults(copy.deepcopy(spec), spec_schema)
+    assert _validate(defaulted, spec_schema) == []
+    model = TranscriptionJobSpec.model_validate(spec)
+    assert defaulted == model.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _resolve(schema: Schema, defs: dict[str, Schema]) -> Schema:
+    """A pydantic JSON schema node with ``$ref`` followed and ``X | None`` reduced to ``X``."""
+    if "$ref" in schema:
+        target = defs[schema["$ref"].rsplit("/", 1)[-1]]
+        rest = {key: value for key, value in schema.items() if key != "$ref"}
+        return _resolve({**target, **rest}, defs)
+    if "anyOf" in schema:
+        [option] = [option for option in schema["anyOf"] if option.get("type") != "null"]
+        rest = {key: value for key, value in schema.items() if key != "anyOf"}
+        return _resolve({**option, **rest}, defs)
+    return schema
+
+
+_COMPARED = (
+    "type",
+    "pattern",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "minItems",
+    "maxItems",
+    "enum",
+)
+
+
+def _disagreements(model: Schema, crd: Schema, defs: dict[str, Schema], path: str) -> list[str]:
+    model = _resolve(model, defs)
+    problems = [
+        f"{path}: {keyword} is {crd.get(keyword)!r} in the CRD but {model[keyword]!r} in the model"
+        for keyword in _COMPARED
+        if keyword in model and model[keyword] != crd.get(keyword)
+    ]
+    if sorted(model.get("required", [])) != sorted(crd.get("required", [])):
+        problems.append(
+            f"{path}: required {crd.get('required')} in the CRD, {model.get('required')} in the model"
+        )
+    model_props: dict[str, Schema] = model.get("properties", {})
+    crd_props: dict[str, Schema] = crd.get("properties", {})
+    if set(model_props) != set(crd_props):
+        problems.append(
+            f"{path}: properties {sorted(crd_props)} in the CRD, {sorted(model_props)} in the model"
+        )
+    for name in set(model_props) & set(crd_props):
+        problems += _disagreements(model_props[name], crd_props[name], defs, f"{path}.{name}")
+    if "items" in model:
+        problems += _disagreements(model["items"], crd.get("items", {}), defs, f"{path}[]")
+    return problems
+
+
+def test_spec_schema_has_every_constraint_of_the_model(spec_schema: Schema) -> None:
+    """Field names, types, patterns, lengths, bounds, enums and required fields, the whole tree down."""
+    model_schema = TranscriptionJobSpec.model_json_schema(by_alias=True)
+    assert _disagreements(model_schema, spec_schema, model_schema.get("$defs", {}), "spec") == []
+
+
+#: Length limits only the CRD states. Each makes explicit what the pattern already implies, so that
+#: an over-long name gets a plain "at most N chars" message.
+_CRD_ONLY_LIMITS = {
+    "source.bucket": ("a" * 63, "a" * 64),
+    "output.bucket": ("a" * 63, "a" * 64),
+    "credentialsSecret": ("a" * 253, "a" * 254),
+    "storageSecret": ("a" * 253, "a" * 254),
+}
+
+
+@pytest.mark.parametrize(("path", "samples"), sorted(_CRD_ONLY_LIMITS.items()))
+def test_crd_only_length_limits_are_implied_by_the_patterns(
+    spec_schema: Schema, path: str, samples: tuple[str, str]
+) -> None:
+    longest, too_long = samples
+    schema = _at(spec_schema, path)
+    assert len(longest) == schema["maxLength"]
+    assert re.search(schema["pattern"], longest)
+    assert not re.search(schema["pattern"], too_long)
+
+
+def _crd_only(model: Schema, crd: Schema, defs: dict[str, Schema], path: str) -> set[tuple[str, str]]:
+    """The constraints the CRD states and the model does not: (path, keyword)."""
+    model = _resolve(model, defs)
+    found = {(path, keyword) for keyword in _COMPARED if keyword in crd and keyword not in model}
+    model_props: dict[str, Schema] = model.get("properties", {})
+    for name, sub in crd.get("properties", {}).items():
+        if name in model_props:
+            found |= _crd_only(model_props[name], sub, defs, f"{path}.{name}")
+    if "items" in model and "items" in crd:
+        found |= _crd_only(model["items"], crd["items"], defs, f"{path}[]")
+    return found
+
+
+def test_crd_is_stricter_than_the_model_only_where_intended(spec_schema: Schema) -> None:
+    model_schema = TranscriptionJobSpec.model_json_schema(by_alias=True)
+    extras = _crd_only(model_schema, spec_schema, model_schema.get("$defs", {}), "spec")
+    assert extras == {(f"spec.{path}", "maxLength") for path in _CRD_ONLY_LIMITS} | {
+        ("spec.output.formats", "maxItems")  # a set of the four formats has at most four
+    }
+
+
+def test_formats_are_a_set_of_at_most_every_format(spec_schema: Schema) -> None:
+    formats = _at(spec_schema, "output.formats")
+    assert formats["x-kubernetes-list-type"] == "set"
+    assert formats["maxItems"] == len(OutputFormat)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("source.bucket", "Bad_Bucket"),
+        ("source.key", "/leading-slash.wav"),
+        ("output.prefix", "/abs/"),
+        ("output.formats", []),
+        ("output.formats", ["doc"]),
+        ("recognition.languageCode", "russian"),
+        ("recognition.sampleRateHertz", 44100),
+        ("recognition.audioChannelCount", 9),
+        ("recognition.audioEncoding", "FLAC"),
+        ("credentialsSecret", "Not_A_Name"),
+    ],
+)
+def test_crd_rejects_what_the_model_rejects(spec_schema: Schema, path: str, value: Any) -> None:
+    spec: dict[str, Any] = {"source": {"bucket": "audio", "key": "a.ogg"}}
+    *parents, leaf = path.split(".")
+    node = spec
+    for parent in parents:
+        node = node.setdefault(parent, {})
+    node[leaf] = value
+    assert _validate(spec, spec_schema) != []
+    with pytest.raises(ValueError, match="validation error"):
+        TranscriptionJobSpec.model_validate(spec)
+
+
+def test_every_spec_field_is_documented_and_typed(spec_schema: Schema) -> None:
+    """``kubectl explain`` shows the descriptions; a structural schema needs a type everywhere."""
+    for path, node in _walk(spec_schema, "spec"):
+        assert node.get("type"), f"{path} has no type"
+        if not path.endswith("[]"):
+            assert node.get("description"), f"{path} has no description"
+
+
+def test_every_default_is_valid_under_its_own_schema(root_schema: Schema) -> None:
+    """The API server refuses a CRD whose defaults fail its own schema."""
+    for path, node in _walk(root_schema):
+        if "default" in node:
+            defaulted = _apply_defaults(copy.deepcopy(node["default"]), node)
+            assert _validate(defaulted, node, path) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# (c) Every status field the operator writes is declared (undeclared ones would be pruned).
+# --------------------------------------------------------------------------------------------------
+
+
+def _aliases(model: type[Any]) -> set[str]:
+    return {field.alias or name for name, field in model.model_fields.items() if field.exclude is not True}
+
+
+def test_status_declares_every_field_of_the_status_model(status_schema: Schema) -> None:
+    declared = set(status_schema["properties"])
+    written = _aliases(JobStatus) | {"message", "reason", "preview"}
+    assert written - declared == set()
+    assert "x-kubernetes-preserve-unknown-fields" not in status_schema
+    assert _at(status_schema, "phase")["enum"] == [phase.value for phase in Phase]
+
+
+def test_status_declares_every_field_of_a_condition(status_schema: Schema) -> None:
+    conditions = _at(status_schema, "conditions")
+    item = conditions["items"]
+    assert _aliases(Condition) - set(item["properties"]) == set()
+    assert item["required"] == ["type", "status"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert set(conditions["x-kubernetes-list-map-keys"]) <= set(item["required"])
+
+
+def test_status_declares_every_field_of_the_audio_info(status_schema: Schema) -> None:
+    audio = _at(status_schema, "audio")
+    assert _aliases(AudioInfo) - set(audio["properties"]) == set()
+    assert "container" not in audio["properties"], "AudioInfo excludes it from the status"
+
+
+def _full_status() -> dict[str, Any]:
+    audio = AudioInfo(
+        encoding=AudioEncoding.LINEAR16_PCM,
+        container=ContainerFormat.WAV,
+        sample_rate_hertz=16000,
+        channels=2,
+        duration_seconds=3.29,
+        size_bytes=210_604,
+    )
+    condition = Condition(
+        type="Succeeded",
+        status="True",
+        reason="TranscriptsWritten",
+        message="4 transcripts written",
+        last_transition_time="2024-05-01T10:00:30Z",
+        observed_generation=1,
+    )
+    status = JobStatus(
+        phase=Phase.SUCCEEDED,
+        operation_id="e03sup6d5h1qr574ht99",
+        submitted_at="2024-05-01T10:00:00Z",
+        completed_at="2024-05-01T10:00:30Z",
+        last_check_at="2024-05-01T10:00:30Z",
+        next_check_at="2024-05-01T10:00:40Z",
+        checks=3,
+        audio=audio.to_status(),
+        outputs={"json": "out/a.json", "srt": "out/a.srt", "srt:1": "out/a.1.srt", "srt:2": "out/a.2.srt"},
+        conditions=[condition],
+        observed_generation=1,
+    )
+    written = status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    written |= {"message": "Transcribed 3.3 s of audio", "reason": "Succeeded", "preview": "he might"}
+    return written
+
+
+def test_a_full_status_passes_the_status_schema_unpruned(status_schema: Schema) -> None:
+    written = _full_status()
+    assert set(written) >= _aliases(JobStatus)
+    assert _validate(written, status_schema, "status") == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("phase", "Done"), ("checks", "3"), ("submittedAt", "yesterday"), ("outputs", {"json": 1})],
+)
+def test_status_schema_rejects_malformed_values(status_schema: Schema, field: str, value: Any) -> None:
+    assert _validate(_full_status() | {field: value}, status_schema, "status") != []
+
+
+# --------------------------------------------------------------------------------------------------
+# (d) Printer columns. (e) CEL rules.
+# --------------------------------------------------------------------------------------------------
+
+
+def test_printer_columns(version: Any) -> None:
+    columns = [
+        (column["name"], column["jsonPath"], column["type"], column.get("priority", 0))
+        for column in version["additionalPrinterColumns"]
+    ]
+    assert columns == [
+        ("Phase", ".status.phase", "string", 0),
+        ("Language", ".spec.recognition.languageCode", "string", 0),
+        ("Duration", ".status.audio.durationSeconds", "number", 0),
+        ("Age", ".metadata.creationTimestamp", "date", 0),
+        ("Operation", ".status.operationId", "string", 1),
+        ("Message", ".status.message", "string", 1),
+    ]
+    [duration] = [c for c in version["additionalPrinterColumns"] if c["name"] == "Duration"]
+    assert duration["description"] == "audio seconds"
+
+
+def test_printer_columns_point_at_declared_fields(root_schema: Schema, version: Any) -> None:
+    for column in version["additionalPrinterColumns"]:
+        path = column["jsonPath"].lstrip(".")
+        if path.startswith("metadata."):
+            continue
+        assert _at(root_schema, path)["type"] == column["type"], column["name"]
+
+
+def test_spec_is_immutable(spec_schema: Schema) -> None:
+    assert {
+        "rule": "self == oldSelf",
+        "message": "spec is immutable: delete and re-create the TranscriptionJob to change it",
+    } in spec_schema["x-kubernetes-validations"]
+
+
+def test_pcm_only_fields_are_guarded_by_a_rule(spec_schema: Schema) -> None:
+    [rule] = _at(spec_schema, "recognition")["x-kubernetes-validations"]
+    for field in ("audioEncoding", "sampleRateHertz", "audioChannelCount", "'LINEAR16_PCM'"):
+        assert field in rule["rule"]
+    assert "sampleRateHertz and audioChannelCount" in rule["message"]
+    assert "LINEAR16_PCM" in rule["message"]
+
+
+# --------------------------------------------------------------------------------------------------
+# (f) Chart values.
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def values() -> Any:
+    return _load(CHART / "values.yaml")
+
+
+def _env_text(value: Any) -> str:
+    """The text the chart's envValue helper renders (Helm reads numbers as float64)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def _clear_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("SPEECHKIT_OPERATOR_"):
+            monkeypatch.delenv(name)
+
+
+def test_settings_keys_are_settings_fields(values: Any) -> None:
+    fields = set(Settings.model_fields)
+    assert set(values["settings"]) - fields == set()
+    assert "namespaces" not in values["settings"], "the chart sets namespaces through watchNamespaces"
+
+
+def test_settings_values_are_the_operators_defaults(values: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rendered as the chart renders them, the values parse, and change none of the operator's defaults."""
+    _clear_settings_env(monkeypatch)
+    defaults = Settings()
+    for key, value in values["settings"].items():
+        monkeypatch.setenv(f"SPEECHKIT_OPERATOR_{key.upper()}", _env_text(value))
+    assert Settings() == defaults
+
+
+def test_values_run_the_operator_unprivileged_and_alone(values: Any) -> None:
+    pod, container = values["podSecurityContext"], values["securityContext"]
+    assert pod["runAsNonRoot"] is True
+    assert pod["runAsUser"] == 10001
+    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["runAsNonRoot"] is True
+    assert container["runAsUser"] == 10001
+    assert container["readOnlyRootFilesystem"] is True
+    assert container["allowPrivilegeEscalation"] is False
+    assert container["capabilities"] == {"drop": ["ALL"]}
+    assert values["watchNamespaces"] == []
+    assert values["rbac"]["create"] is True
+    assert values["serviceAccount"]["create"] is True
+
+
+def test_chart_metadata() -> None:
+    chart = _load(CHART / "Chart.yaml")
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == "speechkit-operator"
+    assert chart["version"] == "0.1.0"
+    assert chart["appVersion"] == "0.1.0"
+
+
+# --------------------------------------------------------------------------------------------------
+# (g) Examples.
+# --------------------------------------------------------------------------------------------------
+
+
+def test_there_are_job_examples() -> None:
+    assert {path.name for path in JOB_EXAMPLES} >= {"transcriptionjob.yaml", "transcriptionjob-stereo.yaml"}
+
+
+@pytest.mark.parametrize("path", JOB_EXAMPLES, ids=lambda path: path.name)
+def test_job_example_is_valid_for_the_crd_and_the_model(path: Path, root_schema: Schema) -> None:
+    [job] = _load_all(path)
+    assert job["apiVersion"] == constants.API_VERSION
+    assert job["kind"] == constants.JOB_KIND
+    assert _validate(job["spec"], _at(root_schema, "spec"), "spec") == []
+    spec = TranscriptionJobSpec.model_validate(job["spec"])
+    defaulted = _apply_defaults(copy.deepcopy(job["spec"]), _at(root_schema, "spec"))
+    assert defaulted == spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def test_stereo_example_is_multichannel_pcm() -> None:
+    [job] = _load_all(EXAMPLES / "transcriptionjob-stereo.yaml")
+    recognition = TranscriptionJobSpec.model_validate(job["spec"]).recognition
+    assert recognition.audio_channel_count == 2
+    assert recognition.audio_encoding in (AudioEncoding.LINEAR16_PCM, None)
+    assert job["spec"]["source"]["key"].endswith(".wav")
+
+
+def _secrets() -> dict[str, dict[str, bytes]]:
+    docs = _load_all(EXAMPLES / "secrets.yaml")
+    assert all(doc["apiVersion"] == "v1" and doc["kind"] == "Secret" for doc in docs)
+    return {
+        doc["metadata"]["name"]: {key: value.encode() for key, value in doc["stringData"].items()}
+        for doc in docs
+    }
+
+
+def test_example_credentials_secrets_show_each_kind_of_credentials() -> None:
+    kinds: dict[type, str] = {}
+    for name, data in _secrets().items():
+        if name == "speechkit-storage":
+            continue
+        assert data[credentials.FOLDER_ID], name
+        found = credentials.parse_speech_credentials(name, data)
+        kinds[type(found)] = name
+        assert "PLACEHOLDER" in json.dumps({key: value.decode() for key, value in data.items()})
+    assert set(kinds) == {ApiKeyCredentials, IamTokenCredentials, ServiceAccountKeyCredentials}
+    assert kinds[ApiKeyCredentials] == Settings.model_fields["default_credentials_secret"].default
+
+
+def test_example_storage_secret_has_every_key() -> None:
+    data = _secrets()["speechkit-storage"]
+    assert set(data) == {
+        credentials.ACCESS_KEY_ID,
+        credentials.SECRET_ACCESS_KEY,
+        credentials.ENDPOINT,
+        credentials.REGION,
+    }
+    assert Settings.model_fields["default_storage_secret"].default == "speechkit-storage"
+    config = credentials.parse_storage_secret(
+        "speechkit-storage", data, default_endpoint="http://unused", default_region="unused"
+    )
+    assert config.endpoint == "https://storage.yandexcloud.net"
+    assert config.access_key_id.startswith("PLACEHOLDER")
+
+
+# --------------------------------------------------------------------------------------------------
+# The rendered chart (only where a helm binary is available).
+# --------------------------------------------------------------------------------------------------
+
+HELM = shutil.which("helm")
+needs_helm = pytest.mark.skipif(HELM is None, reason="no helm binary on PATH")
+
+
+def _render(*flags: str) -> list[dict[str, Any]]:
+    assert HELM is not None
+    result = subprocess.run(
+        [HELM, "template", "speech", str(CHART), "--namespace", "ops", *flags],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def _one(docs: list[dict[str, Any]], kind: str, namespace: str | None = None) -> dict[str, Any]:
+    [doc] = [d for d in docs if d["kind"] == kind and d["metadata"].get("namespace") in (namespace, None)]
+    return doc
+
+
+def _rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+_JOB_RULES = {
+    *(("speechkit.dev", "transcriptionjobs", verb) for verb in ("get", "list", "watch", "patch")),
+    ("speechkit.dev", "transcriptionjobs/status", "get"),
+    ("speechkit.dev", "transcriptionjobs/status", "patch"),
+    ("", "events", "create"),
+    ("", "secrets", "get"),
+}
+_CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions", verb) for verb in ("list", "watch")}
+
+
+@needs_helm
+def test_rendered_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = _render()
+    deployment = _one(docs, "Deployment", "ops")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["image"] == "speechkit-operator:0.1.0"
+    assert container["args"] == ["run", "--liveness-port", "8080"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["serviceAccountName"] == _one(docs, "ServiceAccount", "ops")["metadata"]["name"]
+    _clear_settings_env(monkeypatch)
+    defaults = Settings()
+    for env in container["env"]:
+        assert env["name"].startswith("SPEECHKIT_OPERATOR_")
+        assert env["name"].removeprefix("SPEECHKIT_OPERATOR_").lower() in Settings.model_fields
+        monkeypatch.setenv(env["name"], env["value"])
+    assert Settings() == defaults
+
+
+@needs_helm
+def test_rendered_cluster_wide_rbac() -> None:
+    docs = _render()
+    assert _rules(_one(docs, "ClusterRole")) == _JOB_RULES | _CRD_RULES
+    binding = _one(docs, "ClusterRoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "speech-speechkit-operator", "namespace": "ops"}
+    ]
+    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+
+
+@needs_helm
+def test_rendered_namespaced_rbac_and_args() -> None:
+    docs = _render("--set", "watchNamespaces={team-a,team-b}", "--set", "logLevel=debug")
+    [container] = _one(docs, "Deployment", "ops")["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == [
+        "run", "--liveness-port", "8080", "--namespace", "team-a", "--namespace", "team-b", "--verbose",
+    ]  # fmt: skip
+    assert _rules(_one(docs, "ClusterRole")) == _CRD_RULES | {
+        ("", "namespaces", "list"),
+        ("", "namespaces", "watch"),
+    }
+    for namespace in ("team-a", "team-b"):
+        assert _rules(_one(docs, "Role", namespace)) == _JOB_RULES
+        binding = _one(docs, "RoleBinding", namespace)
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["subjects"][0]["namespace"] == "ops"
+
+
+@needs_helm
+def test_rendered_without_rbac_or_service_account() -> None:
+    docs = _render("--set", "rbac.create=false", "--set", "serviceAccount.create=false")
+    assert {doc["kind"] for doc in docs} == {"Deployment"}
+    assert _one(docs, "Deployment", "ops")["spec"]["template"]["spec"]["serviceAccountName"] == "default"
+
+
+@needs_helm
+def test_rendered_settings_values() -> None:
+    docs = _render(
+        "--set", "settings.presign_expiry_seconds=604800",
+        "--set", "settings.storage_region=",
+        "--set-json", "settings.poll_backoff_factor=2.5",
+        "--set-json", "settings.secret_cache_seconds=1000000",
+    )  # fmt: skip
+    [container] = _one(docs, "Deployment", "ops")["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["SPEECHKIT_OPERATOR_PRESIGN_EXPIRY_SECONDS"] == "604800"
+    assert env["SPEECHKIT_OPERATOR_POLL_BACKOFF_FACTOR"] == "2.5"
+    assert env["SPEECHKIT_OPERATOR_SECRET_CACHE_SECONDS"] == "1000000", "never 1e+06"
+    assert "SPEECHKIT_OPERATOR_STORAGE_REGION" not in env, "an empty value leaves the default"
+
+
+@needs_helm
+def test_chart_refuses_namespaces_in_settings() -> None:
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        _render("--set", "settings.namespaces=a")
+    assert "watchNamespaces" in failure.value.stderr
+
+
+@needs_helm
+def test_rendered_log_levels() -> None:
+    for level, flags in (("info", []), ("debug", ["--verbose"]), ("warning", ["--quiet"])):
+        docs = _render("--set", f"logLevel={level}", "--set", "livenessProbe.enabled=false")
+        [container] = _one(docs, "Deployment", "ops")["spec"]["template"]["spec"]["containers"]
+        assert container["args"] == ["run", *flags], level
+        assert "livenessProbe" not in container
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        _render("--set", "logLevel=trace")
+    assert "logLevel" in failure.value.stderr
+
+
+@needs_helm
+def test_chart_refuses_namespace_globs() -> None:
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        _render("--set", "watchNamespaces={team-*}")
+    assert "no globs" in failure.value.stderr
