@@ -282,3 +282,44 @@ async def test_secrets_never_reach_status_or_events(
     assert "X-Amz-Signature=abc" not in written
     assert "test-api-key" not in written
     assert status["reason"] == "PermissionDenied"
+
+
+async def test_missing_secret_waits_then_proceeds_once_it_exists(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    key = upload(s3, bucket, "librivox-0930.wav")
+    await start_operator()
+    await k8s.create_job("patient", spec(bucket, key, credentialsSecret="arrives-later"))
+
+    waiting = await k8s.wait_for(
+        "patient", lambda status: status.get("reason") == "CredentialsSecretNotFound"
+    )
+    assert waiting["phase"] == "Pending"
+    assert "arrives-later" in waiting["message"]
+    submitted = next(c for c in waiting["conditions"] if c["type"] == "Submitted")
+    assert submitted["status"] == "False"
+    retry = await k8s.wait_for_event("RetryScheduled")
+    assert retry["type"] == "Warning"
+    assert speechkit.counts["submit"] == 0
+
+    await k8s.create_secret("arrives-later", {"api-key": "test-api-key"})
+    status = await k8s.wait_for_phase("patient", "Succeeded", "Failed", timeout=30)
+
+    assert status["phase"] == "Succeeded", status
+    assert speechkit.counts["submit"] == 1
+
+
+async def test_deletion_while_pending_finishes(
+    k8s: Cluster, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    await start_operator()
+    await k8s.create_job("stuck", spec(bucket, "incoming/a.wav", storageSecret="never-created"))
+    await k8s.wait_for("stuck", lambda status: status.get("phase") == "Pending")
+
+    await k8s.delete_job("stuck")
+
+    for _ in range(100):
+        if k8s.job("stuck") is None:
+            break
+        await asyncio.sleep(0.05)
+    assert k8s.job("stuck") is None
