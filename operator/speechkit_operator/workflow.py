@@ -40,7 +40,7 @@ from speechkit_operator.logic.credentials import SecretProblem, parse_speech_cre
 from speechkit_operator.logic.output_keys import output_base_key, s3_uri
 from speechkit_operator.logic.redaction import redact
 from speechkit_operator.logic.rendering import preview, render_outputs
-from speechkit_operator.logic.timestamps import parse_time, utcnow
+from speechkit_operator.logic.timestamps import format_time, parse_time, utcnow
 from speechkit_operator.models.audio import AudioEncoding, AudioInfo
 from speechkit_operator.models.job import JobStatus, Phase, TranscriptionJobSpec
 from speechkit_operator.models.recognition import Transcript
@@ -81,12 +81,17 @@ class Outcome:
     retry_in: float | None = None
 
 
-class _Stop(Exception):
-    """Ends a step early with the outcome it carries."""
+class _Problem(Exception):
+    """Why a step could not go on: permanent problems fail the job, others are retried later."""
 
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__()
-        self.outcome = outcome
+    def __init__(
+        self, reason: str, message: str, *, permanent: bool, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.permanent = permanent
+        self.retry_after = retry_after
 
 
 def format_validation_error(error: ValidationError) -> str:
@@ -128,16 +133,19 @@ class JobWorkflow:
             return Outcome()
         if job.uid is not None and job.uid in self._submitted:
             return Outcome(status=dict(self._submitted[job.uid]))
-        facts = self._facts(job, status)
         try:
-            spec = self._parse_spec(facts, raw_spec)
-            credentials = await self._credentials(job, spec, facts, attempt)
-            storage = await self._storage(job, spec, facts, attempt)
-            audio = await self._probe_source(spec, storage, facts, attempt)
+            spec = self._parse_spec(raw_spec)
+            credentials = await self._credentials(job, spec)
+            storage = await self._storage(job, spec)
+            audio = await self._probe_source(spec, storage)
             request = self._request(spec, storage, audio)
-            operation = await self._call_submit(request, credentials, facts, attempt)
-        except _Stop as stop:
-            return stop.outcome
+            operation = await self._call_submit(request, credentials)
+        except _Problem as problem:
+            facts = self._facts(job, status)
+            if problem.permanent:
+                return self._fail(facts, problem.reason, problem.message)
+            delay = max(self._retry_delay(attempt), polling.honoured_retry_after(problem.retry_after))
+            return self._wait(facts, problem.reason, problem.message, delay)
 
         # The operation id is the one thing never to lose: nothing slow comes between here and
         # the status patch that records it.
@@ -154,27 +162,24 @@ class JobWorkflow:
             notes=[Note("Normal", "Submitted", f"submitted to SpeechKit as operation {operation.id}")],
         )
 
-    def _parse_spec(self, facts: transitions.Facts, raw_spec: Mapping[str, Any]) -> TranscriptionJobSpec:
+    def _parse_spec(self, raw_spec: Mapping[str, Any]) -> TranscriptionJobSpec:
         try:
             return TranscriptionJobSpec.model_validate(dict(raw_spec))
         except ValidationError as exc:
-            raise _Stop(self._fail(facts, "InvalidSpec", format_validation_error(exc))) from None
+            raise _Problem("InvalidSpec", format_validation_error(exc), permanent=True) from None
 
-    async def _credentials(
-        self, job: JobRef, spec: TranscriptionJobSpec, facts: transitions.Facts, attempt: int
-    ) -> Credentials:
+    async def _credentials(self, job: JobRef, spec: TranscriptionJobSpec) -> Credentials:
         name = spec.credentials_secret or self.settings.default_credentials_secret
-        data = await self._read_secret(job, name, "CredentialsSecret", facts, attempt)
+        data = await self._read_secret(job, name, "CredentialsSecret")
         try:
             return parse_speech_credentials(name, data)
         except SecretProblem as exc:
-            raise _Stop(self._wait(facts, exc.reason, exc.message, attempt)) from None
+            # A Secret can be fixed without re-creating the job: wait for it.
+            raise _Problem(exc.reason, exc.message, permanent=False) from None
 
-    async def _storage(
-        self, job: JobRef, spec: TranscriptionJobSpec, facts: transitions.Facts, attempt: int
-    ) -> ObjectStorage:
+    async def _storage(self, job: JobRef, spec: TranscriptionJobSpec) -> ObjectStorage:
         name = spec.storage_secret or self.settings.default_storage_secret
-        data = await self._read_secret(job, name, "StorageSecret", facts, attempt)
+        data = await self._read_secret(job, name, "StorageSecret")
         try:
             config = parse_storage_secret(
                 name,
@@ -183,22 +188,18 @@ class JobWorkflow:
                 default_region=self.settings.storage_region,
             )
         except SecretProblem as exc:
-            raise _Stop(self._wait(facts, exc.reason, exc.message, attempt)) from None
+            raise _Problem(exc.reason, exc.message, permanent=False) from None
         return self.storage.get(config)
 
-    async def _read_secret(
-        self, job: JobRef, name: str, role: str, facts: transitions.Facts, attempt: int
-    ) -> Mapping[str, bytes]:
+    async def _read_secret(self, job: JobRef, name: str, role: str) -> Mapping[str, bytes]:
         try:
             return await self.secrets.read(job.namespace, name)
         except SecretNotFoundError as exc:
-            raise _Stop(self._wait(facts, f"{role}NotFound", str(exc), attempt)) from None
+            raise _Problem(f"{role}NotFound", str(exc), permanent=False) from None
         except SecretUnreadableError as exc:
-            raise _Stop(self._wait(facts, f"{role}Unreadable", str(exc), attempt)) from None
+            raise _Problem(f"{role}Unreadable", str(exc), permanent=False) from None
 
-    async def _probe_source(
-        self, spec: TranscriptionJobSpec, storage: ObjectStorage, facts: transitions.Facts, attempt: int
-    ) -> AudioInfo:
+    async def _probe_source(self, spec: TranscriptionJobSpec, storage: ObjectStorage) -> AudioInfo:
         bucket, key = spec.source.bucket, spec.source.key
         where = s3_uri(bucket, key)
         try:
@@ -209,9 +210,10 @@ class JobWorkflow:
                 tail = await storage.read_range(bucket, key, f"bytes=-{TAIL_BYTES}")
         except StorageError as exc:
             if exc.transient:
-                raise _Stop(self._wait(facts, "StorageUnavailable", exc.message, attempt)) from None
+                raise _Problem("StorageUnavailable", exc.message, permanent=False) from None
             reason = "SourceNotFound" if exc.kind == "not_found" else "SourceUnreadable"
-            raise _Stop(self._fail(facts, reason, f"source {where} cannot be used: {exc.message}")) from None
+            message = f"source {where} cannot be used: {exc.message}"
+            raise _Problem(reason, message, permanent=True) from None
         recognition = spec.recognition
         declared = DeclaredAudio(
             encoding=recognition.audio_encoding,
@@ -221,7 +223,7 @@ class JobWorkflow:
         try:
             return probe_audio(first, head.size, declared, tail)
         except AudioProbeError as exc:
-            raise _Stop(self._fail(facts, exc.reason, f"source {where}: {exc.message}")) from None
+            raise _Problem(exc.reason, f"source {where}: {exc.message}", permanent=True) from None
 
     def _request(
         self, spec: TranscriptionJobSpec, storage: ObjectStorage, audio: AudioInfo
@@ -245,18 +247,18 @@ class JobWorkflow:
             raw_results=recognition.raw_results,
         )
 
-    async def _call_submit(
-        self, request: RecognitionRequest, credentials: Credentials, facts: transitions.Facts, attempt: int
-    ) -> OperationState:
+    async def _call_submit(self, request: RecognitionRequest, credentials: Credentials) -> OperationState:
         try:
             return await self.speech.submit(request, credentials)
         except SpeechApiError as exc:
             if exc.transient:
-                delay = max(self._retry_delay(attempt), exc.retry_after or 0.0)
-                raise _Stop(
-                    self._wait(facts, exc.reason, f"submission failed, will retry: {exc}", attempt, delay)
+                raise _Problem(
+                    exc.reason,
+                    f"submission failed, will retry: {exc}",
+                    permanent=False,
+                    retry_after=exc.retry_after,
                 ) from None
-            raise _Stop(self._fail(facts, exc.reason, f"SpeechKit rejected the job: {exc}")) from None
+            raise _Problem(exc.reason, f"SpeechKit rejected the job: {exc}", permanent=True) from None
 
     # -- checking ------------------------------------------------------------------------------
 
@@ -271,21 +273,15 @@ class JobWorkflow:
         if status.phase is not Phase.RUNNING or not status.operation_id:
             return Outcome()
         facts = self._facts(job, status)
-        checks = status.checks + 1
         try:
-            spec = self._parse_spec(facts, raw_spec)
-            credentials = await self._credentials(job, spec, facts, attempt=0)
-        except _Stop as stop:
-            if stop.outcome.status.get("phase") == Phase.FAILED.value:
-                return stop.outcome
-            return self._later(
-                facts,
-                status.checks,
-                stop.outcome.status.get("reason", "Retrying"),
-                stop.outcome.status.get("message", ""),
-                CHECK_RETRY_SECONDS,
-                stop.outcome.notes,
-            )
+            spec = self._parse_spec(raw_spec)
+            credentials = await self._credentials(job, spec)
+        except _Problem as problem:
+            if problem.permanent:
+                return self._fail(facts, problem.reason, problem.message)
+            return self._later(facts, status.checks, problem.reason, problem.message, CHECK_RETRY_SECONDS)
+
+        checks = status.checks + 1
         try:
             operation = await self.speech.get_operation(status.operation_id, credentials)
         except OperationNotFoundError:
@@ -295,21 +291,11 @@ class JobWorkflow:
                 f"operation {status.operation_id} is unknown to SpeechKit: results are kept for 3 days",
             )
         except SpeechApiError as exc:
+            message = f"checking operation {status.operation_id} failed: {exc}"
             if not exc.transient:
-                return self._fail(
-                    facts, exc.reason, f"checking operation {status.operation_id} failed: {exc}"
-                )
+                return self._fail(facts, exc.reason, message)
             upcoming = polling.next_check_at(facts.now, checks, self.policy, exc.retry_after)
-            return Outcome(
-                status=transitions.checked(
-                    facts,
-                    checks=checks,
-                    next_check=upcoming,
-                    reason=exc.reason,
-                    message=f"check failed, will retry: {exc}",
-                ),
-                notes=[Note("Warning", "RetryScheduled", redact(f"check failed, will retry: {exc}"))],
-            )
+            return self._later(facts, checks, exc.reason, message, upcoming)
 
         verdict = transitions.judge_operation(operation)
         if isinstance(verdict, transitions.OperationFailed):
@@ -317,55 +303,40 @@ class JobWorkflow:
         if isinstance(verdict, transitions.StillRunning):
             upcoming = polling.next_check_at(facts.now, checks, self.policy)
             return Outcome(status=transitions.checked(facts, checks=checks, next_check=upcoming))
-        return await self._finish(job, spec, status, facts, checks, verdict.operation)
+        return await self._finish(job, spec, facts, checks, verdict.operation)
 
     async def _finish(
         self,
         job: JobRef,
         spec: TranscriptionJobSpec,
-        status: JobStatus,
         facts: transitions.Facts,
         checks: int,
         operation: OperationState,
     ) -> Outcome:
+        """Write every requested transcript, then mark the job done. On failure, try again later:
+        SpeechKit keeps the result for 3 days, so nothing is lost by waiting."""
         transcript = operation.transcript or Transcript()
-        response = operation.response or {}
         bucket = spec.output_bucket
         base_key = output_base_key(spec.source.key, spec.output.prefix)
-        rendered = render_outputs(response, transcript, spec.output.formats, base_key)
+        rendered = render_outputs(operation.response or {}, transcript, spec.output.formats, base_key)
         try:
-            storage = await self._storage(job, spec, facts, attempt=0)
+            storage = await self._storage(job, spec)
             await asyncio.gather(
                 *(storage.put(bucket, out.key, out.body, out.content_type) for out in rendered)
             )
-        except _Stop as stop:
-            return self._later(
-                facts,
-                checks,
-                stop.outcome.status.get("reason", "Retrying"),
-                stop.outcome.status.get("message", ""),
-                CHECK_RETRY_SECONDS,
-                stop.outcome.notes,
-            )
+        except _Problem as problem:
+            return self._later(facts, checks, problem.reason, problem.message, CHECK_RETRY_SECONDS)
         except StorageError as exc:
-            message = f"writing transcripts to s3://{bucket}/ failed, will retry: {exc.message}"
-            return self._later(
-                facts,
-                checks,
-                "OutputWriteFailed",
-                message,
-                CHECK_RETRY_SECONDS,
-                [Note("Warning", "RetryScheduled", message)],
-            )
+            message = f"writing transcripts to s3://{bucket}/ failed: {exc.message}"
+            return self._later(facts, checks, "OutputWriteFailed", message, CHECK_RETRY_SECONDS)
         outputs = {out.name: s3_uri(bucket, out.key) for out in rendered}
-        text = preview(transcript)
         logger.info("job %s succeeded: %d outputs", job, len(outputs))
         return Outcome(
-            status=transitions.succeeded(facts, checks=checks, outputs=outputs, preview=text),
+            status=transitions.succeeded(facts, checks=checks, outputs=outputs, preview=preview(transcript)),
             notes=[Note("Normal", "Succeeded", f"transcripts written to s3://{bucket}/{base_key}.*")],
         )
 
-    # -- helpers -------------------------------------------------------------------------------
+    # -- outcomes ------------------------------------------------------------------------------
 
     def _facts(self, job: JobRef, status: JobStatus) -> transitions.Facts:
         conditions = [c.model_dump(by_alias=True, exclude_none=True) for c in status.conditions]
@@ -380,10 +351,8 @@ class JobWorkflow:
         status = transitions.failed(facts, reason, message)
         return Outcome(status=status, notes=[Note("Warning", "Failed", f"{reason}: {status['message']}")])
 
-    def _wait(
-        self, facts: transitions.Facts, reason: str, message: str, attempt: int, delay: float | None = None
-    ) -> Outcome:
-        delay = self._retry_delay(attempt) if delay is None else delay
+    def _wait(self, facts: transitions.Facts, reason: str, message: str, delay: float) -> Outcome:
+        """Not submitted: the submit handler runs again after ``delay`` seconds."""
         status = transitions.waiting(facts, reason, f"{message}; retrying in {delay:.0f}s")
         return Outcome(
             status=status,
@@ -397,13 +366,14 @@ class JobWorkflow:
         checks: int,
         reason: str,
         message: str,
-        delay: float,
-        notes: list[Note],
+        when: float | datetime,
     ) -> Outcome:
-        upcoming = facts.now + timedelta(seconds=delay)
+        """Still running, but this look did not get through: look again at ``when``."""
+        upcoming = when if isinstance(when, datetime) else facts.now + timedelta(seconds=when)
+        text = redact(f"{message}; next check at {format_time(upcoming)}")
         return Outcome(
             status=transitions.checked(
-                facts, checks=checks, next_check=upcoming, reason=reason, message=message
+                facts, checks=checks, next_check=upcoming, reason=reason, message=text
             ),
-            notes=notes,
+            notes=[Note("Warning", "RetryScheduled", f"{reason}: {text}")],
         )

@@ -8,6 +8,7 @@ later) asks :func:`check_due` and nothing else.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -49,20 +50,31 @@ def first_check_at(
     return submitted_at + timedelta(seconds=wait)
 
 
+#: The longest a server's ``Retry-After`` may push a check out; results are kept only 3 days anyway.
+MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
+
+
 def interval_after(checks_done: int, policy: PollPolicy) -> float:
     """The wait after the ``checks_done``-th check (1-based): initial, then times the factor, capped."""
     exponent = max(0, checks_done - 1)
-    # Cap the exponent so that a very long-running job cannot overflow the float.
-    interval = policy.initial_interval_seconds * policy.backoff_factor ** min(exponent, 64)
+    try:
+        interval = policy.initial_interval_seconds * policy.backoff_factor**exponent
+    except OverflowError:  # a long-running job with a steep factor: long past the cap
+        return policy.max_interval_seconds
     return min(policy.max_interval_seconds, interval)
+
+
+def honoured_retry_after(retry_after: float | None) -> float:
+    """A server's ``Retry-After`` in seconds, bounded to something schedulable (0 when absent)."""
+    if retry_after is None or math.isnan(retry_after):
+        return 0.0
+    return min(max(retry_after, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 def next_check_at(
     checked_at: datetime, checks_done: int, policy: PollPolicy, retry_after: float | None = None
 ) -> datetime:
-    wait = interval_after(checks_done, policy)
-    if retry_after is not None:
-        wait = max(wait, retry_after)
+    wait = max(interval_after(checks_done, policy), honoured_retry_after(retry_after))
     return checked_at + timedelta(seconds=wait)
 
 

@@ -10,6 +10,9 @@ def utcnow() -> datetime:
 
 
 def format_time(moment: datetime) -> str:
+    """A naive datetime is taken as UTC, as :func:`parse_time` takes naive text."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
