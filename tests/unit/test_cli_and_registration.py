@@ -1,0 +1,67 @@
+"""The command line and what it registers with kopf."""
+
+from __future__ import annotations
+
+import kopf
+import pytest
+
+from speechkit_operator import __version__
+from speechkit_operator.cli import main
+from speechkit_operator.config import Settings
+from speechkit_operator.constants import ANNOTATION_PREFIX, FINALIZER
+from speechkit_operator.handlers import register
+from speechkit_operator.handlers.lifecycle import configure_kopf
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_run_refuses_invalid_configuration_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SPEECHKIT_OPERATOR_POLL_TICK_SECONDS", "-1")
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid configuration" in err
+    assert "poll_tick_seconds" in err
+
+
+def test_namespace_and_all_namespaces_are_exclusive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--namespace", "a", "--all-namespaces"])
+    assert exited.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_register_adds_the_submit_handler_and_a_timer_filtered_to_running_jobs() -> None:
+    settings = Settings(poll_tick_seconds=7.5)
+    registry = register(kopf.OperatorRegistry(), settings)
+
+    resources = list(registry._changing.get_all_handlers())  # kopf has no public listing
+    timers = list(registry._spawning.get_all_handlers())
+    assert [handler.id for handler in resources] == ["submit"]
+    assert [handler.id for handler in timers] == ["poll/status.phase"]
+    timer = timers[0]
+    assert timer.interval == 7.5  # type: ignore[attr-defined]
+    assert timer.field == ("status", "phase")
+    assert timer.value == "Running"
+
+
+def test_startup_settings_keep_kopf_bookkeeping_under_our_prefix() -> None:
+    kopf_settings = kopf.OperatorSettings()
+    configure_kopf(kopf_settings, Settings(watch_server_timeout=123, watch_client_timeout=150))
+
+    assert kopf_settings.persistence.finalizer == FINALIZER
+    progress = kopf_settings.persistence.progress_storage
+    assert isinstance(progress, kopf.AnnotationsProgressStorage)
+    assert progress.prefix == ANNOTATION_PREFIX
+    diffbase = kopf_settings.persistence.diffbase_storage
+    assert isinstance(diffbase, kopf.AnnotationsDiffBaseStorage)
+    assert diffbase.prefix == ANNOTATION_PREFIX
+    assert kopf_settings.watching.server_timeout == 123
+    assert kopf_settings.watching.client_timeout == 150
+    assert kopf_settings.peering.standalone is True
