@@ -748,8 +748,7 @@ def _rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 
 _JOB_RULES = {
-    *(("speechkit.dev", "transcriptionjobs", verb) for verb in ("get", "list", "watch", "patch")),
-    ("speechkit.dev", "transcriptionjobs/status", "get"),
+    *(("speechkit.dev", "transcriptionjobs", verb) for verb in ("list", "watch", "patch")),
     ("speechkit.dev", "transcriptionjobs/status", "patch"),
     ("", "events", "create"),
     ("", "secrets", "get"),

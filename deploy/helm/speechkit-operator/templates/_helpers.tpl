@@ -83,7 +83,8 @@ integers instead. Lists are joined with commas.
 
 {{/*
 The rules the operator needs in each namespace it watches.
-- transcriptionjobs: kopf lists and watches them, and patches finalizers and its annotations;
+- transcriptionjobs: kopf lists and watches them, and patches finalizers and its annotations
+  (no get: kopf works from the watch stream);
 - transcriptionjobs/status: the operator writes the status through the status subresource;
 - events: kopf posts core/v1 Events about the jobs;
 - secrets: the operator reads (only reads, by name) the credentials and storage Secrets jobs name.
@@ -91,10 +92,10 @@ The rules the operator needs in each namespace it watches.
 {{- define "speechkit-operator.namespacedRules" -}}
 - apiGroups: ["speechkit.dev"]
   resources: ["transcriptionjobs"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["speechkit.dev"]
   resources: ["transcriptionjobs/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -1,0 +1,429 @@
+"""The Helm chart with the real helm binary: lint, render, server-side dry-run, install and uninstall.
+
+Nothing runs the operator here (the e2e cluster has no kubelet): these tests check what the chart
+asks the API server for, and that the API server accepts it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from speechkit_operator.config import Settings
+from tests.e2e.components import REPO_ROOT, KubeCluster, Response
+from tests.e2e.crd_fixtures import (  # noqa: F401  (fixtures)
+    InstalledCrd,
+    crd_installed,
+    create_namespace,
+    delete_namespace,
+    unique_name,
+)
+
+CHART = REPO_ROOT / "deploy" / "helm" / "speechkit-operator"
+RELEASE = "e2e-helm"  # not the release tests/e2e/operator_fixtures.py renders: no shared ClusterRole
+FULLNAME = "e2e-helm-speechkit-operator"  # the chart's fullname rule: "<release>-<chart>"
+IMAGE_REPOSITORY = "registry.example.com/speechkit-operator"
+SETTINGS_PREFIX = "SPEECHKIT_OPERATOR_"
+
+
+def custom_values(watch_namespaces: list[str]) -> dict[str, Any]:
+    """Non-default values touching every part of the chart."""
+    return {
+        "watchNamespaces": watch_namespaces,
+        "logLevel": "debug",
+        "image": {"repository": IMAGE_REPOSITORY, "tag": "0.1.0-rc1"},
+        "settings": {
+            "poll_tick_seconds": 2,
+            "http_timeout": 12.5,
+            "presign_expiry_seconds": 604_800,  # a float64 to Helm: must render as an integer
+            "storage_endpoint": "http://minio.storage.svc:9000",
+            "storage_region": None,  # unset: the operator's built-in default applies
+        },
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "64Mi"},
+            "limits": {"cpu": "250m", "memory": "256Mi"},
+        },
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.example:3128"}],
+    }
+
+
+def _values_file(directory: Path, values: dict[str, Any] | None) -> list[str]:
+    """Helm arguments for ``values``: none for the chart's defaults, else ``-f <file>``."""
+    if values is None:
+        return []
+    path = directory / "values.yaml"
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    return ["-f", str(path)]
+
+
+def render(
+    cluster: KubeCluster, namespace: str, values_args: list[str], *extra: str
+) -> tuple[str, list[dict[str, Any]]]:
+    """`helm template` of the chart as release RELEASE in ``namespace``: the text and its objects."""
+    text = cluster.helm(
+        "template", RELEASE, str(CHART), "--namespace", namespace, *values_args, *extra
+    ).stdout
+    return text, [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def only(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [obj for obj in objects if obj["kind"] == kind]
+    assert len(found) == 1, (kind, [obj["kind"] for obj in objects])
+    return found[0]
+
+
+def container_env(deployment: dict[str, Any]) -> dict[str, str]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {item["name"]: item["value"] for item in container["env"]}
+
+
+def rule_resources(rules: list[dict[str, Any]]) -> set[str]:
+    return {resource for rule in rules for resource in rule["resources"]}
+
+
+def wait_until(what: str, condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting until {what}"
+        time.sleep(0.2)
+
+
+def _gone(cluster: KubeCluster, path: str) -> Callable[[], bool]:
+    return lambda: cluster.request("GET", path).status == 404
+
+
+def _empty(cluster: KubeCluster, list_path: str) -> Callable[[], bool]:
+    return lambda: _ok(cluster.request("GET", list_path))["items"] == []
+
+
+def _ok(response: Response) -> Any:
+    assert response.status == 200, (response.status, response.body[:2000])
+    return response.json()
+
+
+# --------------------------------------------------------------------------- lint
+
+
+@pytest.mark.parametrize("custom", [False, True], ids=["default-values", "custom-values"])
+def test_helm_lint_strict_passes(kube_cluster: KubeCluster, tmp_path: Path, custom: bool) -> None:
+    values_args = _values_file(tmp_path, custom_values(["team-a", "team-b"]) if custom else None)
+
+    result = kube_cluster.helm("lint", "--strict", str(CHART), *values_args)
+
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout, result.stdout
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
+    # Lint mode turns the chart's `fail` into an [INFO] line and exits 0 (helm/helm#11957): look for it.
+    assert "Fail:" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        pytest.param(
+            {"logLevel": "trace"}, 'logLevel must be debug, info or warning, not "trace"', id="log-level"
+        ),
+        pytest.param(
+            {"watchNamespaces": ["team-*"]}, 'watchNamespaces: "team-*" is not a namespace name', id="glob"
+        ),
+        pytest.param(
+            {"settings": {"namespaces": "team-a"}},
+            "settings.namespaces is not supported: list the namespaces in watchNamespaces",
+            id="settings-namespaces",
+        ),
+    ],
+)
+def test_invalid_values_are_refused_with_the_charts_message(
+    kube_cluster: KubeCluster, tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    """The chart's own checks stop `helm template` (and so `helm install`) with a clear message."""
+    result = kube_cluster.helm("template", RELEASE, str(CHART), *_values_file(tmp_path, values), check=False)
+
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+# --------------------------------------------------------------------------- render + server-side dry run
+
+
+@pytest.mark.parametrize("custom", [False, True], ids=["cluster-wide", "namespaced"])
+def test_rendered_chart_passes_a_server_side_dry_run(
+    kube_cluster: KubeCluster,
+    crd_installed: InstalledCrd,  # noqa: F811
+    tmp_path: Path,
+    custom: bool,
+) -> None:
+    release_namespace = create_namespace(kube_cluster, unique_name("helm-ops"))
+    watched = [create_namespace(kube_cluster, unique_name(f"helm-team-{t}")) for t in "ab"] if custom else []
+    try:
+        values_args = _values_file(tmp_path, custom_values(watched) if custom else None)
+        text, objects = render(kube_cluster, release_namespace, values_args, "--include-crds")
+
+        kinds = Counter(obj["kind"] for obj in objects)
+        expected = {
+            "CustomResourceDefinition": 1,
+            "ServiceAccount": 1,
+            "ClusterRole": 1,
+            "ClusterRoleBinding": 1,
+            "Deployment": 1,
+        }
+        if custom:
+            expected |= {"Role": 2, "RoleBinding": 2}
+        assert kinds == expected
+
+        deployment = only(objects, "Deployment")
+        assert deployment["metadata"]["namespace"] == release_namespace
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+        service_account = only(objects, "ServiceAccount")
+        assert (
+            deployment["spec"]["template"]["spec"]["serviceAccountName"]
+            == service_account["metadata"]["name"]
+        )
+        subject = {"kind": "ServiceAccount", "name": FULLNAME, "namespace": release_namespace}
+        cluster_role = only(objects, "ClusterRole")
+        assert only(objects, "ClusterRoleBinding")["subjects"] == [subject]
+        if custom:
+            # Least privilege: the job rules live in a Role per watched namespace only.
+            roles = [obj for obj in objects if obj["kind"] == "Role"]
+            bindings = [obj for obj in objects if obj["kind"] == "RoleBinding"]
+            assert sorted(role["metadata"]["namespace"] for role in roles) == sorted(watched)
+            assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(watched)
+            assert all(b["subjects"] == [subject] for b in bindings)
+            for role in roles:
+                assert {"transcriptionjobs", "transcriptionjobs/status", "secrets"} <= rule_resources(
+                    role["rules"]
+                )
+            assert rule_resources(cluster_role["rules"]) == {"customresourcedefinitions", "namespaces"}
+        else:
+            assert {"transcriptionjobs", "transcriptionjobs/status", "secrets", "events"} <= rule_resources(
+                cluster_role["rules"]
+            )
+
+        manifest = tmp_path / "rendered.yaml"
+        manifest.write_text(text, encoding="utf-8")
+        applied = kube_cluster.kubectl("apply", "--dry-run=server", "-f", str(manifest))
+
+        lines = applied.stdout.splitlines()
+        assert len(lines) == len(objects), applied.stdout
+        assert all(line.endswith("(server dry run)") for line in lines), applied.stdout
+        assert f"deployment.apps/{FULLNAME} created (server dry run)" in lines
+        # A dry run stores nothing.
+        path = f"/apis/apps/v1/namespaces/{release_namespace}/deployments/{FULLNAME}"
+        assert kube_cluster.request("GET", path).status == 404
+    finally:
+        for namespace in [release_namespace, *watched]:
+            delete_namespace(kube_cluster, namespace)
+
+
+# --------------------------------------------------------------------------- the Deployment
+
+
+def test_rendered_deployment_runs_unprivileged(kube_cluster: KubeCluster) -> None:
+    _, objects = render(kube_cluster, "speechkit-system", [])
+    pod = only(objects, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["runAsUser"] != 0
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    # The one writable place is a size-limited emptyDir.
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+
+
+def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The operator's Settings as the container would build them from ``env``."""
+    for name in list(os.environ):
+        if name.startswith(SETTINGS_PREFIX):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith(SETTINGS_PREFIX):
+            monkeypatch.setenv(name, value)
+    return Settings()
+
+
+def test_settings_values_become_the_operators_environment(
+    kube_cluster: KubeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, default_objects = render(kube_cluster, "speechkit-system", [])
+    default_env = container_env(only(default_objects, "Deployment"))
+    values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    assert set(default_env) == {SETTINGS_PREFIX + key.upper() for key in values["settings"]}
+    with monkeypatch.context() as patch:
+        built_in = _settings_from({}, patch).model_dump()
+        assert _settings_from(default_env, patch).model_dump() == built_in, (
+            "chart defaults = operator defaults"
+        )
+
+    _, objects = render(kube_cluster, "speechkit-system", _values_file(tmp_path, custom_values(["a", "b"])))
+    deployment = only(objects, "Deployment")
+    env = container_env(deployment)
+    assert env[SETTINGS_PREFIX + "POLL_TICK_SECONDS"] == "2"
+    assert env[SETTINGS_PREFIX + "HTTP_TIMEOUT"] == "12.5"
+    assert env[SETTINGS_PREFIX + "PRESIGN_EXPIRY_SECONDS"] == "604800"
+    assert env[SETTINGS_PREFIX + "STORAGE_ENDPOINT"] == "http://minio.storage.svc:9000"
+    assert SETTINGS_PREFIX + "STORAGE_REGION" not in env
+    assert SETTINGS_PREFIX + "NAMESPACES" not in env, "the namespaces go in as --namespace arguments"
+    assert env[SETTINGS_PREFIX + "RETRY_ATTEMPTS"] == default_env[SETTINGS_PREFIX + "RETRY_ATTEMPTS"]
+    assert env["HTTPS_PROXY"] == "http://proxy.example:3128"
+
+    settings = _settings_from(env, monkeypatch)
+    assert settings.poll_tick_seconds == 2.0
+    assert settings.http_timeout == 12.5
+    assert settings.presign_expiry_seconds == 604_800
+    assert str(settings.storage_endpoint) == "http://minio.storage.svc:9000/"
+    assert settings.storage_region == "ru-central1"
+
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"{IMAGE_REPOSITORY}:0.1.0-rc1"
+    assert container["args"] == [
+        "run",
+        "--liveness-port",
+        "8080",
+        "--namespace",
+        "a",
+        "--namespace",
+        "b",
+        "--verbose",
+    ]
+    assert container["resources"] == custom_values([])["resources"]
+
+
+# --------------------------------------------------------------------------- install for real
+
+
+#: (verb, API group, resource, subresource) as a SubjectAccessReview asks about them
+Access = tuple[str, str, str, str]
+
+
+def _allowed(cluster: KubeCluster, service_account: tuple[str, str], access: Access) -> bool:
+    """Whether RBAC lets the ServiceAccount do ``access`` in every namespace (a cluster-wide ask)."""
+    namespace, name = service_account
+    verb, group, resource, subresource = access
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": f"system:serviceaccount:{namespace}:{name}",
+            "groups": [
+                "system:serviceaccounts",
+                f"system:serviceaccounts:{namespace}",
+                "system:authenticated",
+            ],
+            "resourceAttributes": {
+                "verb": verb,
+                "group": group,
+                "resource": resource,
+                "subresource": subresource,
+            },
+        },
+    }
+    response = cluster.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body=review)
+    assert response.status == 201, (response.status, response.body[:2000])
+    return bool(response.json()["status"].get("allowed", False))
+
+
+def test_helm_install_deploys_and_uninstall_removes(
+    kube_cluster: KubeCluster,
+    crd_installed: InstalledCrd,  # noqa: F811
+) -> None:
+    namespace = unique_name("helm-install")
+    uninstalled = False
+    try:
+        result = kube_cluster.helm(
+            "install",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--create-namespace",
+            "--set",
+            f"image.repository={IMAGE_REPOSITORY}",
+            "--set",
+            "image.tag=0.1.0",
+        )
+        assert "STATUS: deployed" in result.stdout, result.stdout
+
+        (listed,) = json.loads(kube_cluster.helm("list", "--namespace", namespace, "-o", "json").stdout)
+        assert (listed["name"], listed["namespace"], listed["status"]) == (RELEASE, namespace, "deployed")
+        assert (listed["chart"], listed["app_version"]) == ("speechkit-operator-0.1.0", "0.1.0")
+
+        namespaced = {
+            "deployment": f"/apis/apps/v1/namespaces/{namespace}/deployments/{FULLNAME}",
+            "serviceaccount": f"/api/v1/namespaces/{namespace}/serviceaccounts/{FULLNAME}",
+        }
+        cluster_scoped = {
+            "clusterrole": f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{FULLNAME}",
+            "clusterrolebinding": f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{FULLNAME}",
+        }
+        stored = {
+            kind: _ok(kube_cluster.request("GET", path))
+            for kind, path in (namespaced | cluster_scoped).items()
+        }
+        deployment = stored["deployment"]
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"]["type"] == "Recreate"
+        assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"{IMAGE_REPOSITORY}:0.1.0"
+        for obj in stored.values():
+            assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+            assert obj["metadata"]["annotations"]["meta.helm.sh/release-name"] == RELEASE
+
+        # The RBAC is in force for the operator's ServiceAccount, and no wider than it needs.
+        account = (namespace, FULLNAME)
+        allowed: list[Access] = [
+            ("watch", "speechkit.dev", "transcriptionjobs", ""),
+            ("patch", "speechkit.dev", "transcriptionjobs", ""),
+            ("patch", "speechkit.dev", "transcriptionjobs", "status"),
+            ("get", "", "secrets", ""),
+            ("create", "", "events", ""),
+            ("watch", "apiextensions.k8s.io", "customresourcedefinitions", ""),
+        ]
+        denied: list[Access] = [
+            ("get", "speechkit.dev", "transcriptionjobs", ""),
+            ("create", "speechkit.dev", "transcriptionjobs", ""),
+            ("delete", "speechkit.dev", "transcriptionjobs", ""),
+            ("list", "", "secrets", ""),
+            ("create", "", "pods", ""),
+            ("create", "apiextensions.k8s.io", "customresourcedefinitions", ""),
+        ]
+        assert [access for access in allowed if not _allowed(kube_cluster, account, access)] == []
+        assert [access for access in denied if _allowed(kube_cluster, account, access)] == []
+
+        result = kube_cluster.helm("uninstall", RELEASE, "--namespace", namespace)
+        uninstalled = True
+        assert f'release "{RELEASE}" uninstalled' in result.stdout, result.stdout
+        assert json.loads(kube_cluster.helm("list", "--namespace", namespace, "-o", "json").stdout) == []
+
+        for kind, path in (namespaced | cluster_scoped).items():
+            wait_until(f"the {kind} is deleted", _gone(kube_cluster, path))
+        # The Deployment's ReplicaSet and (never scheduled) Pod go with it, by garbage collection.
+        query = urllib.parse.urlencode({"labelSelector": f"app.kubernetes.io/instance={RELEASE}"})
+        for collection in (
+            f"/apis/apps/v1/namespaces/{namespace}/replicasets",
+            f"/api/v1/namespaces/{namespace}/pods",
+        ):
+            wait_until(f"{collection} is empty", _empty(kube_cluster, f"{collection}?{query}"))
+        # Helm never deletes CRDs: the TranscriptionJobs of everyone else survive.
+        crd_path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd_installed.name}"
+        assert kube_cluster.request("GET", crd_path).status == 200
+    finally:
+        if not uninstalled:  # also a release that failed to install: keep `helm list -A` empty
+            kube_cluster.helm(
+                "uninstall", RELEASE, "--namespace", namespace, "--ignore-not-found", check=False
+            )
+        delete_namespace(kube_cluster, namespace)
