@@ -23,7 +23,7 @@ from moto.server import ThreadedMotoServer
 from speechkit_operator.clients.secrets import SecretReader
 from speechkit_operator.config import Settings
 from speechkit_operator.constants import API_VERSION, GROUP, JOB_KIND, JOB_PLURAL, VERSION
-from speechkit_operator.context import build_context
+from speechkit_operator.context import OperatorContext, build_context
 from speechkit_operator.handlers import register
 from tests.emulator import SpeechKitEmulator, words_for_text
 from tests.support.audio import audio_dir, manifest, reference_text
@@ -223,11 +223,14 @@ def make_settings(speechkit: SpeechKitEmulator, **overrides: Any) -> Settings:
 class OperatorHandle:
     stop_flag: asyncio.Event
     task: asyncio.Task[None]
+    context: OperatorContext
 
     async def stop(self) -> None:
         self.stop_flag.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(self.task, timeout=15)
+        # kopf's cleanup closes it too; closing again is harmless and covers a cut-short stop.
+        await self.context.close()
 
 
 @dataclass
@@ -262,7 +265,7 @@ class OperatorFactory:
                 clusterwide=True,
             )
         )
-        handle = OperatorHandle(stop_flag=stop_flag, task=task)
+        handle = OperatorHandle(stop_flag=stop_flag, task=task, context=context)
         self.running.append(handle)
         await asyncio.wait_for(ready_flag.wait(), timeout=10)
         # Let the watch streams start, so that objects created next are not also listed.

@@ -737,8 +737,9 @@ async def test_a_given_session_is_not_closed(api: FakeSpeechKit) -> None:
         await client.get_operation("e03sup6d5h1q", ApiKeyCredentials(api_key=API_KEY))
         await client.close()
         assert not session.closed
-        await client.get_operation("e03sup6d5h1q", ApiKeyCredentials(api_key=API_KEY))
-    assert len(api.seen("/operations/")) == 2
+        with pytest.raises(SpeechApiError, match="closed"):
+            await client.get_operation("e03sup6d5h1q", ApiKeyCredentials(api_key=API_KEY))
+    assert len(api.seen("/operations/")) == 1
 
 
 # --- with_retries ---------------------------------------------------------------------------------
@@ -910,3 +911,11 @@ def test_api_error_from_body_shapes() -> None:
 
     nf = api_error_from_body("Op", 404, b"{}", error_class=OperationNotFoundError)
     assert isinstance(nf, OperationNotFoundError)
+
+
+async def test_a_closed_client_opens_no_new_session() -> None:
+    client = SpeechKitV2Client("http://127.0.0.1:9", "http://127.0.0.1:9", "http://127.0.0.1:9/iam/v1/tokens")
+    await client.close()
+    with pytest.raises(SpeechApiError, match="closed") as raised:
+        await client.get_operation("e03abc", ApiKeyCredentials(api_key="k"))
+    assert raised.value.transient

@@ -152,6 +152,7 @@ class SpeechKitV2Client:
         self._policy = retry_policy if retry_policy is not None else RetryPolicy()
         self._session = session
         self._owns_session = session is None
+        self._closed = False
         self._sleep = sleep
         self._clock = clock
         self.auth = SpeechAuthenticator(str(iam_token_url), self._get_session, timeout=timeout, clock=clock)
@@ -188,6 +189,7 @@ class SpeechKitV2Client:
         return parse_operation(json_object(raw, what))
 
     async def close(self) -> None:
+        self._closed = True
         if self._owns_session and self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -206,6 +208,10 @@ class SpeechKitV2Client:
     # --- Plumbing -------------------------------------------------------------------------------
 
     def _get_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            # A call that outlives close() (a handler still running at shutdown) must not open a
+            # session that nobody would close.
+            raise SpeechApiError("the SpeechKit client is closed: the operator is shutting down")
         if self._session is None or (self._owns_session and self._session.closed):
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout))
             self._owns_session = True
