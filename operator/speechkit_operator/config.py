@@ -5,9 +5,9 @@ Every field is documented in README.md ("Configuration"); keep the two in step.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, HttpUrl, field_validator
+from pydantic import Field, HttpUrl, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -19,6 +19,12 @@ class Settings(BaseSettings):
     namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- SpeechKit ------------------------------------------------------------------------------
+    #: ``cloud``: Yandex SpeechKit at the URLs below. ``self-hosted``: the SpeechKit-compatible
+    #: service (``speechkit-operator serve``) at ``self_hosted_url``, for both submission and
+    #: operations; the same client speaks to both.
+    backend: Literal["cloud", "self-hosted"] = "cloud"
+    #: Base URL of the self-hosted service, e.g. ``http://speechkit-recognizer.speech:8088``.
+    self_hosted_url: HttpUrl | None = None
     #: Base URL of the v2 submission API (``POST /speech/stt/v2/longRunningRecognize``).
     stt_url: HttpUrl = HttpUrl("https://transcribe.api.cloud.yandex.net")
     #: Base URL of the Operations API (``GET /operations/{id}``).
@@ -73,6 +79,28 @@ class Settings(BaseSettings):
     request_timeout: float = Field(default=60.0, gt=0)
     #: How long a Secret read stays cached, in seconds.
     secret_cache_seconds: float = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _backend_has_an_address(self) -> Settings:
+        if self.backend == "self-hosted" and self.self_hosted_url is None:
+            raise ValueError(
+                "backend 'self-hosted' needs self_hosted_url (SPEECHKIT_OPERATOR_SELF_HOSTED_URL)"
+            )
+        return self
+
+    @property
+    def submit_base_url(self) -> str:
+        """Where ``longRunningRecognize`` is posted, for the configured backend."""
+        if self.backend == "self-hosted" and self.self_hosted_url is not None:
+            return str(self.self_hosted_url).rstrip("/")
+        return str(self.stt_url).rstrip("/")
+
+    @property
+    def operations_base_url(self) -> str:
+        """Where operations are looked at, for the configured backend."""
+        if self.backend == "self-hosted" and self.self_hosted_url is not None:
+            return str(self.self_hosted_url).rstrip("/")
+        return str(self.operation_url).rstrip("/")
 
     @field_validator("namespaces", mode="before")
     @classmethod

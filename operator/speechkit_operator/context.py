@@ -25,8 +25,8 @@ class OperatorContext:
 
 def build_context(settings: Settings, *, secrets: SecretReader | None = None) -> OperatorContext:
     speech = SpeechKitV2Client(
-        stt_url=str(settings.stt_url),
-        operation_url=str(settings.operation_url),
+        stt_url=settings.submit_base_url,
+        operation_url=settings.operations_base_url,
         iam_token_url=str(settings.iam_token_url),
         timeout=settings.http_timeout,
         retry_policy=RetryPolicy(

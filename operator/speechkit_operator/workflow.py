@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from speechkit_operator.clients.secrets import SecretNotFoundError, SecretReader, SecretUnreadableError
 from speechkit_operator.clients.speech.base import (
+    AnonymousCredentials,
     Credentials,
     OperationState,
     RecognitionRequest,
@@ -170,7 +171,15 @@ class JobWorkflow:
 
     async def _credentials(self, job: JobRef, spec: TranscriptionJobSpec) -> Credentials:
         name = spec.credentials_secret or self.settings.default_credentials_secret
-        data = await self._read_secret(job, name, "CredentialsSecret")
+        try:
+            data = await self._read_secret(job, name, "CredentialsSecret")
+        except _Problem as problem:
+            # A self-hosted service may run without API keys: a job that names no Secret, in a
+            # namespace without the default one, goes without an Authorization header.
+            missing = problem.reason == "CredentialsSecretNotFound"
+            if missing and self.settings.backend == "self-hosted" and spec.credentials_secret is None:
+                return AnonymousCredentials()
+            raise
         try:
             return parse_speech_credentials(name, data)
         except SecretProblem as exc:

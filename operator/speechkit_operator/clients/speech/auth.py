@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from speechkit_operator.clients.speech.base import (
+    AnonymousCredentials,
     ApiKeyCredentials,
     Credentials,
     IamTokenCredentials,
@@ -232,8 +233,10 @@ class SpeechAuthenticator:
         self._cache: dict[_CacheKey, IamToken] = {}
         self._inflight: dict[_CacheKey, asyncio.Task[IamToken]] = {}
 
-    async def authorization(self, credentials: Credentials) -> str:
-        """The value of the ``Authorization`` header for ``credentials``."""
+    async def authorization(self, credentials: Credentials) -> str | None:
+        """The value of the ``Authorization`` header for ``credentials`` (None: send none)."""
+        if isinstance(credentials, AnonymousCredentials):
+            return None
         if isinstance(credentials, ApiKeyCredentials):
             return f"Api-Key {_static_secret(credentials.api_key, 'API key')}"
         if isinstance(credentials, IamTokenCredentials):
@@ -246,6 +249,8 @@ class SpeechAuthenticator:
             return (credentials.api_key,)
         if isinstance(credentials, IamTokenCredentials):
             return (credentials.iam_token,)
+        if isinstance(credentials, AnonymousCredentials):
+            return ()
         cached = self._cache.get(_cache_key(credentials))
         return (credentials.private_key,) + ((cached.value,) if cached else ())
 

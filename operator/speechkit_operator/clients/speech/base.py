@@ -35,7 +35,14 @@ class ServiceAccountKeyCredentials:
     folder_id: str | None = None
 
 
-Credentials = ApiKeyCredentials | IamTokenCredentials | ServiceAccountKeyCredentials
+@dataclass(frozen=True)
+class AnonymousCredentials:
+    """No ``Authorization`` header: for a self-hosted service that runs without API keys."""
+
+    folder_id: str | None = None
+
+
+Credentials = ApiKeyCredentials | IamTokenCredentials | ServiceAccountKeyCredentials | AnonymousCredentials
 
 
 @dataclass(frozen=True)

@@ -232,7 +232,7 @@ class SpeechKitV2Client:
         extra_secrets = tuple(secrets)
         reauthenticated = False
 
-        async def once(authorization: str) -> RawResponse:
+        async def once(authorization: str | None) -> RawResponse:
             raw = await send_request(
                 self._get_session(),
                 method,
@@ -240,7 +240,7 @@ class SpeechKitV2Client:
                 what=what,
                 time_limit=self._timeout,
                 json_body=json_body,
-                headers={"Authorization": authorization},
+                headers={"Authorization": authorization} if authorization else {},
                 clock=self._clock,
             )
             if 200 <= raw.status < 300:
@@ -252,8 +252,7 @@ class SpeechKitV2Client:
                 raw.body,
                 retry_after=raw.retry_after,
                 secrets=(
-                    authorization,
-                    authorization.partition(" ")[2],
+                    *((authorization, authorization.partition(" ")[2]) if authorization else ()),
                     *self.auth.secrets_of(credentials),
                     *extra_secrets,
                 ),
