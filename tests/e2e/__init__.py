@@ -1,5 +1,5 @@
 """The slow end-to-end tier: real kube-apiserver, kube-controller-manager, etcd, MinIO and Helm.
 
 The binaries are built from their Go modules by `.ci/build-components` at the versions pinned in
-`tests/e2e/versions.env`; `tests/e2e/components.py` finds and starts them.
+`devstack/versions.env`; `devstack/components.py` finds and starts them.
 """

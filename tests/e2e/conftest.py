@@ -1,6 +1,6 @@
 """Session-scoped fixtures of the e2e tier: a real Kubernetes control plane and a real MinIO.
 
-Binaries come from `.ci/build-components` (see tests/e2e/components.py for where they are looked
+Binaries come from `.ci/build-components` (see devstack/components.py for where they are looked
 for). When they are missing the e2e tests are skipped with a loud reason -- or fail, when the `CI`
 environment variable is set, so that CI never passes by skipping its slowest tier.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.components import (
+from devstack.components import (
     BUILD_SCRIPT,
     Binaries,
     ComponentError,

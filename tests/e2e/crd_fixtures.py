@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.e2e.components import REPO_ROOT, KubeCluster
+from devstack.components import REPO_ROOT, KubeCluster
 
 CRD_DIR = REPO_ROOT / "deploy" / "crds"
 

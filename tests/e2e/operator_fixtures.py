@@ -38,8 +38,7 @@ import pytest_asyncio
 import yaml
 from botocore.config import Config
 
-from speechkit_operator.constants import API_VERSION, GROUP, JOB_KIND, JOB_PLURAL, VERSION
-from tests.e2e.components import (
+from devstack.components import (
     REPO_ROOT,
     Binaries,
     KubeCluster,
@@ -49,6 +48,7 @@ from tests.e2e.components import (
     http_request,
     write_kubeconfig,
 )
+from speechkit_operator.constants import API_VERSION, GROUP, JOB_KIND, JOB_PLURAL, VERSION
 from tests.e2e.crd_fixtures import InstalledCrd
 from tests.emulator import SpeechKitEmulator, words_for_text
 from tests.support.audio import audio_dir, manifest, reference_text

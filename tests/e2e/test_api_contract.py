@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
+from devstack.components import KubeCluster, Response
 from speechkit_operator.logic.output_keys import s3_uri
 from speechkit_operator.logic.timestamps import format_time
 from speechkit_operator.logic.transitions import Facts, Status, submitted, succeeded, waiting
 from speechkit_operator.models.audio import AudioEncoding, AudioInfo, ContainerFormat
 from speechkit_operator.models.job import LANGUAGE_PATTERN
-from tests.e2e.components import KubeCluster, Response
 from tests.e2e.crd_fixtures import (  # noqa: F401  (fixtures)
     InstalledCrd,
     crd_installed,

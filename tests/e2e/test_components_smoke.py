@@ -12,7 +12,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from tests.e2e.components import SERVICE_ACCOUNT_ISSUER, KubeCluster, MinioServer, Response, http_request
+from devstack.components import SERVICE_ACCOUNT_ISSUER, KubeCluster, MinioServer, Response, http_request
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from devstack.components import REPO_ROOT, KubeCluster, Response
 from speechkit_operator.config import Settings
-from tests.e2e.components import REPO_ROOT, KubeCluster, Response
 from tests.e2e.crd_fixtures import (  # noqa: F401  (fixtures)
     InstalledCrd,
     crd_installed,

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from devstack.components import KubeCluster
 from speechkit_operator.constants import GROUP, JOB_PLURAL
-from tests.e2e.components import KubeCluster
 from tests.e2e.crd_fixtures import crd_installed
 from tests.e2e.operator_fixtures import (
     E2E,

@@ -33,7 +33,7 @@ def test_self_hosted_backend_without_an_address_is_refused() -> None:
 
 def test_unknown_backend_is_refused() -> None:
     with pytest.raises(ValidationError):
-        Settings(backend="on-prem")  # type: ignore[arg-type]
+        Settings(backend="on-prem")
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from devstack.components import locate_binaries
 from speechkit_operator import constants
 from speechkit_operator.clients.speech.base import (
     ApiKeyCredentials,
@@ -47,7 +48,6 @@ from speechkit_operator.models.job import (
     RecognitionSpec,
     TranscriptionJobSpec,
 )
-from tests.e2e.components import locate_binaries
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "deploy" / "crds" / "transcriptionjobs.speechkit.dev.yaml"

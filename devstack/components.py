@@ -1,7 +1,9 @@
-"""Find and run the real components of the e2e tier: etcd, kube-apiserver, kube-controller-manager, MinIO.
+"""Find and run the real components of the e2e tier and the demo.
+
+etcd, kube-apiserver, kube-controller-manager and MinIO, with kubectl and helm beside them.
 
 The binaries are built by `.ci/build-components` into a cache outside the repository at the versions
-pinned in `tests/e2e/versions.env` (the one place the pins live). A binary is taken from, in order:
+pinned in `devstack/versions.env` (the one place the pins live). A binary is taken from, in order:
 
 1. `SPEECHKIT_<BINARY>` (e.g. `SPEECHKIT_KUBE_APISERVER=/path/to/kube-apiserver`; `<cache>/env.sh`,
    written by the build script, exports all of them);
@@ -24,6 +26,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -41,10 +44,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.support.free_port import free_port
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
 
 HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent.parent
+REPO_ROOT = HERE.parent
 VERSIONS_FILE = HERE / "versions.env"
 BUILD_SCRIPT = ".ci/build-components"
 
@@ -127,7 +137,7 @@ class Lookup:
         lines = [
             "the real e2e components are not built: "
             + ", ".join(f"{name} (looked for {path})" for name, path in self.missing.items()),
-            f"build them with `{BUILD_SCRIPT}` (pinned in tests/e2e/versions.env: "
+            f"build them with `{BUILD_SCRIPT}` (pinned in devstack/versions.env: "
             + ", ".join(f"{k}={v}" for k, v in self.versions.items())
             + "); a cold build takes tens of minutes on 2 cores, a warm rerun seconds",
         ]
