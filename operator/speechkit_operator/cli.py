@@ -13,6 +13,8 @@ from pydantic import ValidationError
 from speechkit_operator import __version__
 from speechkit_operator.config import Settings
 from speechkit_operator.handlers import register
+from speechkit_operator.selfhosted.app import run as run_service
+from speechkit_operator.selfhosted.config import ServiceSettings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +48,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="serve kopf's liveness probe at http://0.0.0.0:PORT/healthz",
     )
+    serve = commands.add_parser(
+        "serve",
+        help="run the self-hosted, SpeechKit-compatible recognition service",
+        description="Serve the SpeechKit v2 async API (and v1 sync recognition) with an embedded engine. "
+        "Settings come from SPEECHKIT_SERVE_* variables; see README.md.",
+    )
+    serve.add_argument("--host", default=None, help="address to listen on (SPEECHKIT_SERVE_HOST)")
+    serve.add_argument("--port", type=int, default=None, help="port to listen on (SPEECHKIT_SERVE_PORT)")
+    serve_verbosity = serve.add_mutually_exclusive_group()
+    serve_verbosity.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    serve_verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     return parser
 
 
@@ -79,8 +92,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve(args: argparse.Namespace) -> int:
+    overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
+    try:
+        settings = ServiceSettings(**overrides)
+    except ValidationError as exc:
+        print(f"speechkit-operator serve: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    _configure_logging(args.verbose, args.quiet)
+    run_service(settings)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return run(args)
+    if args.command == "serve":
+        return serve(args)
     return 2  # pragma: no cover - argparse enforces a command

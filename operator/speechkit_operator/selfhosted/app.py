@@ -1,0 +1,629 @@
+"""``speechkit-operator serve``: a self-hosted recognition service that speaks SpeechKit's REST APIs.
+
+Routes (every error answer has SpeechKit's shape ``{"code", "message", "details": []}``):
+
+* ``POST /speech/stt/v2/longRunningRecognize``: the v2 async API. The body is checked like SpeechKit checks
+  it; the answer is an Operation with ``done: false``. The audio (``audio.uri``: http, https or
+  ``s3://bucket/key``; or base64 ``audio.content``) is read and recognised in the background.
+* ``GET /operations/{id}``: the Operation, while it runs and for ``retention_seconds`` after it finished;
+  404 NOT_FOUND for unknown and expired ids.
+* ``POST /speech/v1/stt:recognize?lang=..&format=lpcm|oggopus|mp3&sampleRateHertz=..``: the v1 synchronous
+  API. The body is the audio (at most ``sync_max_bytes``, ``sync_max_seconds``, mono); the answer is
+  ``{"result": "<text>"}``.
+* ``GET /healthz`` (the process answers) and ``GET /readyz`` (the workers have loaded their engine).
+
+With ``api_keys`` set, the recognition and operation routes want ``Authorization: Api-Key <key>``, as
+SpeechKit does for service accounts; IAM tokens (``Bearer``) are not accepted. Any accepted key may read any
+operation, so rotating keys does not lose operations in flight.
+
+At most ``workers + queue_size`` recognitions are in flight; more are refused with 429 RESOURCE_EXHAUSTED
+and a ``Retry-After``. Before the workers are up, recognition routes answer 503 UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import aiohttp
+from aiohttp import web
+
+from speechkit_operator.logic.redaction import redact
+from speechkit_operator.models.audio import AudioEncoding
+from speechkit_operator.selfhosted.config import ServiceSettings
+from speechkit_operator.selfhosted.operations import Clock, OperationStore, utc_now
+from speechkit_operator.selfhosted.protocol import (
+    ApiError,
+    GrpcCode,
+    LongRunningRequest,
+    check_language,
+    error_body,
+    format_seconds,
+    invalid_argument,
+    parse_json_object,
+    parse_long_running_request,
+    parse_sync_request,
+    render_recognition_response,
+    render_sync_result,
+)
+from speechkit_operator.selfhosted.workers import (
+    Admission,
+    Decoder,
+    EngineFactory,
+    EngineInfo,
+    PoolClosedError,
+    RecognitionJob,
+    RecognitionPool,
+    WorkerSetup,
+    load_engine,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+logger = logging.getLogger(__name__)
+
+SUBMIT_PATH: Final = "/speech/stt/v2/longRunningRecognize"
+OPERATION_PATH: Final = "/operations/{operation_id}"
+SYNC_PATH: Final = "/speech/v1/stt:recognize"
+#: Seconds a client should wait while the workers are starting.
+STARTING_RETRY_AFTER: Final = 5
+_READ_BLOCK: Final = 256 * 1024
+_OPERATION_ID = re.compile(r"^[0-9a-z]{1,64}$")
+
+#: gRPC code of error answers made from aiohttp's own HTTP errors (unknown route, wrong method, ...).
+_CODE_BY_STATUS: Final[dict[int, GrpcCode]] = {
+    400: GrpcCode.INVALID_ARGUMENT,
+    401: GrpcCode.UNAUTHENTICATED,
+    404: GrpcCode.NOT_FOUND,
+    405: GrpcCode.UNIMPLEMENTED,
+    413: GrpcCode.INVALID_ARGUMENT,
+    429: GrpcCode.RESOURCE_EXHAUSTED,
+    501: GrpcCode.UNIMPLEMENTED,
+    503: GrpcCode.UNAVAILABLE,
+    504: GrpcCode.DEADLINE_EXCEEDED,
+}
+#: HTTP status of a synchronous answer whose job failed with this code.
+_STATUS_BY_CODE: Final[dict[GrpcCode, int]] = {
+    GrpcCode.INVALID_ARGUMENT: 400,
+    GrpcCode.NOT_FOUND: 404,
+    GrpcCode.PERMISSION_DENIED: 403,
+    GrpcCode.RESOURCE_EXHAUSTED: 429,
+    GrpcCode.UNAVAILABLE: 503,
+    GrpcCode.DEADLINE_EXCEEDED: 504,
+}
+
+S3ClientFactory = Callable[[], "S3Client"]
+
+
+# --- Authentication --------------------------------------------------------------------------------
+
+
+class Authenticator:
+    """Checks ``Authorization: Api-Key <key>``; answers the caller's ``createdBy``."""
+
+    ANONYMOUS: Final = "anonymous"
+
+    def __init__(self, api_keys: tuple[str, ...]) -> None:
+        self._keys = [key.encode() for key in api_keys]
+        # createdBy is derived from the key with a per-process secret, so it never reveals the key.
+        self._salt = secrets.token_bytes(16)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def authenticate(self, header: str | None) -> str:
+        if not self._keys:
+            return self.ANONYMOUS
+        if not header:
+            raise ApiError(
+                401,
+                GrpcCode.UNAUTHENTICATED,
+                "Authentication required: send the header Authorization: Api-Key <key>",
+            )
+        scheme, _, credentials = header.strip().partition(" ")
+        if scheme.lower() != "api-key":
+            raise ApiError(
+                401,
+                GrpcCode.UNAUTHENTICATED,
+                "Unsupported authorization scheme: this service accepts Api-Key only",
+            )
+        presented = credentials.strip().encode()
+        # Compare with every key, so the time taken does not tell which one nearly matched.
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(presented, key)
+        if not matched:
+            raise ApiError(401, GrpcCode.UNAUTHENTICATED, "The API key is not valid")
+        digest = hmac.new(self._salt, presented, hashlib.sha256).digest()
+        alphabet = "0123456789abcdefghijklmnopqrstuv"
+        return "aje" + "".join(alphabet[byte % 32] for byte in digest[:17])
+
+
+# --- Reading audio from audio.uri ---------------------------------------------------------------------
+
+
+class FetchError(Exception):
+    """The audio could not be read; ``message`` never holds a query string or credentials."""
+
+    def __init__(self, code: GrpcCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def safe_uri(uri: str) -> str:
+    """``uri`` as it may be shown: no user info, query string or fragment."""
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+    except ValueError:
+        return "the audio URI"
+    return redact(urlunsplit((parts.scheme, host, parts.path, "", "")), limit=300)
+
+
+def _code_for_http_status(status: int) -> GrpcCode:
+    if status in {401, 403}:
+        return GrpcCode.PERMISSION_DENIED
+    if status in {404, 410}:
+        return GrpcCode.NOT_FOUND
+    if status in {408, 429} or status >= 500:
+        return GrpcCode.UNAVAILABLE
+    return GrpcCode.INVALID_ARGUMENT
+
+
+class AudioFetcher:
+    """Reads ``http(s)://`` audio with aiohttp and ``s3://bucket/key`` audio with boto3 (in a thread)."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        session: aiohttp.ClientSession,
+        s3_client_factory: S3ClientFactory | None = None,
+    ) -> None:
+        self._settings = settings
+        self._session = session
+        self._s3_client_factory = s3_client_factory or functools.partial(make_s3_client, settings)
+        self._s3_client: S3Client | None = None
+
+    async def fetch(self, uri: str) -> bytes:
+        scheme = urlsplit(uri).scheme.lower()
+        data = await (self._fetch_s3(uri) if scheme == "s3" else self._fetch_http(uri))
+        if not data:
+            raise FetchError(GrpcCode.INVALID_ARGUMENT, f"The audio at {safe_uri(uri)} is empty")
+        return data
+
+    def _too_large(self, uri: str) -> FetchError:
+        limit = self._settings.max_audio_bytes
+        return FetchError(
+            GrpcCode.INVALID_ARGUMENT, f"The audio at {safe_uri(uri)} is larger than {limit} bytes"
+        )
+
+    async def _fetch_http(self, uri: str) -> bytes:
+        limit = self._settings.max_audio_bytes
+        timeout = aiohttp.ClientTimeout(total=self._settings.fetch_timeout)
+        try:
+            async with self._session.get(uri, timeout=timeout) as response:
+                if response.status != 200:
+                    raise FetchError(
+                        _code_for_http_status(response.status),
+                        f"The audio could not be downloaded from {safe_uri(uri)}: HTTP {response.status}",
+                    )
+                if response.content_length is not None and response.content_length > limit:
+                    raise self._too_large(uri)
+                data = bytearray()
+                async for block in response.content.iter_chunked(_READ_BLOCK):
+                    data += block
+                    if len(data) > limit:
+                        raise self._too_large(uri)
+                return bytes(data)
+        except TimeoutError:
+            raise FetchError(
+                GrpcCode.DEADLINE_EXCEEDED,
+                f"The audio could not be downloaded from {safe_uri(uri)} "
+                f"within {format_seconds(self._settings.fetch_timeout)} s",
+            ) from None
+        except aiohttp.ClientError as exc:
+            # aiohttp's messages may quote the whole URL: show the kind of failure only.
+            raise FetchError(
+                GrpcCode.UNAVAILABLE,
+                f"The audio could not be downloaded from {safe_uri(uri)}: {type(exc).__name__}",
+            ) from None
+
+    async def _fetch_s3(self, uri: str) -> bytes:
+        parts = urlsplit(uri)
+        bucket, key = parts.netloc, unquote(parts.path.lstrip("/"))
+        return await asyncio.to_thread(self._read_s3_object, uri, bucket, key)
+
+    def _read_s3_object(self, uri: str, bucket: str, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415 - only with s3:// URIs
+
+        limit = self._settings.max_audio_bytes
+        try:
+            if self._s3_client is None:
+                self._s3_client = self._s3_client_factory()
+            response = self._s3_client.get_object(Bucket=bucket, Key=key)
+            body = response["Body"]
+            try:
+                if response.get("ContentLength", 0) > limit:
+                    raise self._too_large(uri)
+                data = body.read(limit + 1)
+            finally:
+                body.close()
+        except ClientError as exc:
+            error_code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
+            code = GrpcCode.UNAVAILABLE
+            if error_code in {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}:
+                code = GrpcCode.NOT_FOUND
+            elif error_code in {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+                code = GrpcCode.PERMISSION_DENIED
+            raise FetchError(
+                code, f"The audio could not be read from {safe_uri(uri)}: {redact(error_code, limit=64)}"
+            ) from None
+        except BotoCoreError as exc:
+            raise FetchError(
+                GrpcCode.UNAVAILABLE,
+                f"The audio could not be read from {safe_uri(uri)}: {type(exc).__name__}",
+            ) from None
+        if len(data) > limit:
+            raise self._too_large(uri)
+        return data
+
+
+def make_s3_client(settings: ServiceSettings) -> S3Client:
+    import boto3  # noqa: PLC0415 - boto3 is slow to import and only needed for s3:// URIs
+    from botocore.config import Config  # noqa: PLC0415
+
+    config = Config(
+        connect_timeout=min(settings.fetch_timeout, 30.0),
+        read_timeout=settings.fetch_timeout,
+        retries={"max_attempts": 3, "mode": "standard"},
+        s3={"addressing_style": "path" if settings.storage_endpoint else "auto"},
+    )
+    access_key = settings.storage_access_key_id
+    secret_key = settings.storage_secret_access_key
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=settings.storage_endpoint,
+        region_name=settings.storage_region,
+        aws_access_key_id=access_key.get_secret_value() if access_key else None,
+        aws_secret_access_key=secret_key.get_secret_value() if secret_key else None,
+        config=config,
+    )
+
+
+# --- The application ---------------------------------------------------------------------------------
+
+
+class Service:
+    """Everything the handlers share; one per application."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        pool: RecognitionPool,
+        store: OperationStore,
+        *,
+        s3_client_factory: S3ClientFactory | None,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.store = store
+        self.auth = Authenticator(settings.api_key_values)
+        self.s3_client_factory = s3_client_factory
+        self.fetcher: AudioFetcher | None = None
+        # A JSON body holds base64 content, 4 characters for every 3 bytes, plus the config.
+        self.max_body = settings.inline_limit * 4 // 3 + 64 * 1024
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def cancel_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def require_engine(self) -> EngineInfo:
+        """The engine's languages; 503 UNAVAILABLE while the workers start."""
+        info = self.pool.info
+        if info is None or not self.pool.ready:
+            raise ApiError(
+                503,
+                GrpcCode.UNAVAILABLE,
+                "The recognition workers are starting; try again shortly",
+                retry_after=STARTING_RETRY_AFTER,
+            )
+        return info
+
+    # --- the background part of an async recognition ---
+
+    async def process(self, operation_id: str, request: LongRunningRequest, admission: Admission) -> None:
+        with admission:
+            self.store.mark_running(operation_id)
+            spec = request.spec
+            job = RecognitionJob(
+                language_code=spec.language_code,
+                encoding=spec.audio_encoding,
+                sample_rate_hertz=spec.decoder_sample_rate,
+                channel_count=spec.decoder_channel_count,
+                max_seconds=self.settings.max_audio_seconds,
+            )
+            try:
+                audio = await self._audio(request)
+                outcome = await self.pool.run(audio, job)
+            except FetchError as exc:
+                logger.info("Operation %s failed: %s", operation_id, exc.message)
+                self.store.fail(operation_id, exc.code, exc.message)
+                return
+            except PoolClosedError:
+                self.store.fail(operation_id, GrpcCode.UNAVAILABLE, "The service is shutting down")
+                return
+            except Exception:
+                logger.exception("Operation %s failed", operation_id)
+                self.store.fail(operation_id, GrpcCode.INTERNAL, "Internal error")
+                return
+            if outcome.failure is not None:
+                logger.info("Operation %s failed: %s", operation_id, outcome.failure.message)
+                self.store.fail(operation_id, outcome.failure.code, outcome.failure.message)
+            else:
+                logger.info(
+                    "Operation %s done: %.1f s of audio, %d channel(s), %d utterance(s) in %.1f s",
+                    operation_id,
+                    outcome.duration_seconds,
+                    outcome.channels,
+                    len(outcome.chunks),
+                    outcome.processing_seconds,
+                )
+                self.store.complete(operation_id, render_recognition_response(outcome.chunks))
+
+    async def _audio(self, request: LongRunningRequest) -> bytes:
+        if request.content is not None:
+            return request.content
+        if request.uri is None or self.fetcher is None:
+            raise RuntimeError("no audio source, or the service is not started")
+        return await self.fetcher.fetch(request.uri)
+
+    async def purge_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.purge_interval_seconds)
+            dropped = self.store.purge()
+            if dropped:
+                logger.info("Dropped %d expired operation(s)", dropped)
+
+
+SERVICE: Final = web.AppKey("speechkit_service", Service)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error_response(error: ApiError) -> web.Response:
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+    return web.json_response(error.body(), status=error.http_status, headers=headers)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _CODE_BY_STATUS.get(exc.status, GrpcCode.UNKNOWN if exc.status < 500 else GrpcCode.INTERNAL)
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        message = exc.reason
+        if exc.status == 413:
+            message = f"The request body is larger than {request.app[SERVICE].max_body} bytes"
+        return web.json_response(error_body(code, message), status=exc.status, headers=headers)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("Unexpected error in %s %s", request.method, request.path)
+        return web.json_response(error_body(GrpcCode.INTERNAL, "Internal error"), status=500)
+
+
+async def _submit(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    created_by = service.auth.authenticate(request.headers.get("Authorization"))
+    engine = service.require_engine()
+    service.pool.check_capacity()
+    raw = await request.read()
+    # A body may carry tens of megabytes of base64: parse and decode it off the event loop.
+    parsed = await asyncio.to_thread(_parse_submission, raw, service.settings.inline_limit)
+    check_language(parsed.spec.language_code, engine.languages, field="config.specification.languageCode")
+    admission = service.pool.admit()
+    try:
+        operation = service.store.create(created_by)
+        service.spawn(service.process(operation.id, parsed, admission), name=f"recognize-{operation.id}")
+    except BaseException:
+        admission.release()
+        raise
+    logger.info(
+        "Operation %s accepted: %s, %s, %s",
+        operation.id,
+        parsed.spec.language_code,
+        parsed.spec.audio_encoding.value,
+        safe_uri(parsed.uri) if parsed.uri else f"{len(parsed.content or b'')} bytes inline",
+    )
+    return web.json_response(operation.to_json())
+
+
+def _parse_submission(raw: bytes, max_content_bytes: int) -> LongRunningRequest:
+    return parse_long_running_request(parse_json_object(raw), max_content_bytes=max_content_bytes)
+
+
+async def _get_operation(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    service.auth.authenticate(request.headers.get("Authorization"))
+    operation_id = request.match_info["operation_id"]
+    operation = service.store.get(operation_id)
+    if operation is None:
+        shown = operation_id if _OPERATION_ID.match(operation_id) else "with this id"
+        raise ApiError(404, GrpcCode.NOT_FOUND, f"Operation {shown} not found")
+    return web.json_response(operation.to_json())
+
+
+async def _recognize_sync(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    settings = service.settings
+    service.auth.authenticate(request.headers.get("Authorization"))
+    engine = service.require_engine()
+    spec = parse_sync_request(request.query)
+    check_language(spec.language_code, engine.languages, field="lang")
+    service.pool.check_capacity()
+    audio = await _read_body(request, settings.sync_max_bytes)
+    if not audio:
+        raise invalid_argument("The request body (the audio) is empty")
+    if spec.audio_encoding is AudioEncoding.LINEAR16_PCM:
+        seconds = len(audio) / (2 * spec.sample_rate_hertz)
+        if seconds > settings.sync_max_seconds:
+            raise invalid_argument(
+                f"The audio is {format_seconds(seconds)} s long; "
+                f"this API takes at most {format_seconds(settings.sync_max_seconds)} s"
+            )
+    job = RecognitionJob(
+        language_code=spec.language_code,
+        encoding=spec.audio_encoding,
+        sample_rate_hertz=spec.decoder_sample_rate,
+        channel_count=1 if spec.audio_encoding is AudioEncoding.LINEAR16_PCM else None,
+        max_seconds=settings.sync_max_seconds,
+        max_channels=1,
+    )
+    with service.pool.admit():
+        try:
+            outcome = await service.pool.run(audio, job)
+        except PoolClosedError:
+            raise ApiError(503, GrpcCode.UNAVAILABLE, "The service is shutting down") from None
+    if outcome.failure is not None:
+        status = _STATUS_BY_CODE.get(outcome.failure.code, 500)
+        raise ApiError(status, outcome.failure.code, outcome.failure.message)
+    return web.json_response(render_sync_result(outcome.chunks))
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    too_large = invalid_argument(f"The audio is larger than {limit} bytes; this API takes at most {limit}")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    data = bytearray()
+    async for block in request.content.iter_chunked(_READ_BLOCK):
+        data += block
+        if len(data) > limit:
+            raise too_large
+    return bytes(data)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    info = service.pool.info
+    if info is None or not service.pool.ready:
+        body = error_body(GrpcCode.UNAVAILABLE, "The recognition workers are starting")
+        return web.json_response(body, status=503)
+    return web.json_response(
+        {
+            "status": "ready",
+            "engine": info.name,
+            "languages": sorted(info.languages),
+            "workers": service.pool.workers,
+            "inFlight": service.pool.in_flight,
+            "capacity": service.pool.capacity,
+        }
+    )
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    service = app[SERVICE]
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=service.settings.fetch_timeout),
+        headers={"User-Agent": "speechkit-operator-serve"},
+    )
+    service.fetcher = AudioFetcher(service.settings, session, service.s3_client_factory)
+    starting = asyncio.get_running_loop().create_task(service.pool.start_until_ready(), name="start-workers")
+    purging = asyncio.get_running_loop().create_task(service.purge_forever(), name="purge-operations")
+    try:
+        yield
+    finally:
+        for task in (starting, purging):
+            task.cancel()
+        await asyncio.gather(starting, purging, return_exceptions=True)
+        await service.cancel_tasks()
+        await session.close()
+        await service.pool.close()
+
+
+def create_app(
+    settings: ServiceSettings,
+    *,
+    engine_factory: EngineFactory | None = None,
+    decoder: Decoder | None = None,
+    client_errors: tuple[type[Exception], ...] | None = None,
+    clock: Clock = utc_now,
+    s3_client_factory: S3ClientFactory | None = None,
+) -> web.Application:
+    """The service as an aiohttp application; the worker processes start with it.
+
+    ``engine_factory`` builds the engine in each worker process, so it must be picklable (a module-level
+    function or a ``functools.partial`` of one); the default loads ``settings.engine``. ``decoder`` replaces
+    the audio decoder in the workers (also picklable), and ``client_errors`` the exceptions of the decoder
+    and engine that mean bad input (INVALID_ARGUMENT, their message shown to the client); ``clock`` gives
+    the operations' times; ``s3_client_factory`` builds the boto3 client for ``s3://`` URIs.
+    """
+    factory = engine_factory or functools.partial(load_engine, settings.engine)
+    pool = RecognitionPool(
+        WorkerSetup(engine_factory=factory, decoder=decoder, client_errors=client_errors),
+        workers=settings.workers,
+        queue_size=settings.queue_size,
+        start_method=settings.start_method,
+    )
+    store = OperationStore(retention_seconds=settings.retention_seconds, clock=clock)
+    service = Service(settings, pool, store, s3_client_factory=s3_client_factory)
+    app = web.Application(middlewares=[_errors], client_max_size=service.max_body)
+    app[SERVICE] = service
+    app.router.add_post(SUBMIT_PATH, _submit)
+    app.router.add_get(OPERATION_PATH, _get_operation)
+    app.router.add_post(SYNC_PATH, _recognize_sync)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+def run(settings: ServiceSettings) -> None:
+    """Serve until SIGINT or SIGTERM; the caller configures logging."""
+    if not settings.auth_enabled:
+        logger.warning("No API keys configured (SPEECHKIT_SERVE_API_KEYS): every request is accepted")
+    app = create_app(settings)
+    with contextlib.suppress(KeyboardInterrupt):
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            access_log=None,
+            shutdown_timeout=5.0,
+            handler_cancellation=True,
+            print=lambda *args: logger.info(
+                "Serving SpeechKit-compatible recognition on %s:%d", settings.host, settings.port
+            ),
+        )

@@ -1,0 +1,111 @@
+"""Settings of the self-hosted recognition service, read from ``SPEECHKIT_SERVE_*`` environment variables.
+
+``speechkit-operator serve`` answers the SpeechKit v2 async API (and the v1 synchronous API) with a local
+engine, so the operator, or any SpeechKit client, can use it instead of the cloud without a code change.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPEECHKIT_SERVE_", extra="ignore", frozen=True)
+
+    # --- HTTP ------------------------------------------------------------------------------------
+    #: Address to listen on; ``0.0.0.0`` in a container.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8088, ge=0, le=65535)
+    #: Accepted API keys, comma-separated; clients send ``Authorization: Api-Key <key>``.
+    #: Empty means no authentication (only for a service reachable by trusted clients alone).
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+
+    # --- Recognition -----------------------------------------------------------------------------
+    #: The engine every worker process loads (see ``selfhosted.engines``).
+    engine: str = "pocketsphinx"
+    #: Worker processes; each recognises one audio file at a time and holds its own engine.
+    workers: int = Field(default=2, ge=1, le=64)
+    #: Operations that may wait for a worker; more are refused with 429 RESOURCE_EXHAUSTED.
+    queue_size: int = Field(default=16, ge=0, le=10_000)
+    #: How worker processes are started. Both avoid forking the threads of the event loop's process.
+    start_method: Literal["forkserver", "spawn"] = "forkserver"
+    #: Longest audio accepted by the async API, in seconds (SpeechKit's limit is 4 hours).
+    max_audio_seconds: float = Field(default=4 * 3600.0, gt=0)
+
+    # --- Operations ------------------------------------------------------------------------------
+    #: How long a finished operation is kept; afterwards ``GET /operations/{id}`` answers 404.
+    retention_seconds: float = Field(default=3 * 24 * 3600.0, gt=0)
+    #: How often expired operations are dropped from memory.
+    purge_interval_seconds: float = Field(default=60.0, gt=0)
+
+    # --- Audio input -----------------------------------------------------------------------------
+    #: Largest audio read from ``audio.uri``. Audio waiting for a worker stays in memory, so the
+    #: service may hold up to ``(workers + queue_size) * max_audio_bytes``.
+    max_audio_bytes: int = Field(default=100 * MIB, ge=1)
+    #: Largest decoded ``audio.content`` (base64 in the JSON body); never more than ``max_audio_bytes``.
+    max_inline_bytes: int = Field(default=60 * MIB, ge=1)
+    #: Seconds allowed for downloading one audio file (connecting and reading).
+    fetch_timeout: float = Field(default=120.0, gt=0)
+
+    # --- Synchronous API (v1 ``stt:recognize``) --------------------------------------------------
+    #: Longest audio the synchronous API takes, in seconds (SpeechKit: 30 s).
+    sync_max_seconds: float = Field(default=30.0, gt=0)
+    #: Largest request body of the synchronous API (SpeechKit: 1 MB).
+    sync_max_bytes: int = Field(default=1 * MIB, ge=1)
+
+    # --- S3 (for ``s3://bucket/key`` URIs) ----------------------------------------------------
+    #: Endpoint of the S3-compatible storage; empty means AWS's default endpoint resolution.
+    storage_endpoint: str | None = None
+    storage_region: str | None = None
+    #: Static keys; when both are empty boto3's default credential chain is used.
+    storage_access_key_id: SecretStr | None = None
+    storage_secret_access_key: SecretStr | None = None
+
+    # --- Shutdown ---------------------------------------------------------------------------------
+    #: Seconds running recognitions get to finish at shutdown before their workers are terminated.
+    shutdown_timeout: float = Field(default=10.0, ge=0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("storage_endpoint", "storage_region", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if (self.storage_access_key_id is None) != (self.storage_secret_access_key is None):
+            raise ValueError("set both storage_access_key_id and storage_secret_access_key, or neither")
+        if any(not key.get_secret_value() or " " in key.get_secret_value() for key in self.api_keys):
+            raise ValueError("api_keys must not contain spaces")
+        return self
+
+    @property
+    def api_key_values(self) -> tuple[str, ...]:
+        return tuple(key.get_secret_value() for key in self.api_keys)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    @property
+    def inline_limit(self) -> int:
+        """The largest accepted ``audio.content``, in decoded bytes."""
+        return min(self.max_inline_bytes, self.max_audio_bytes)
+
+    @property
+    def capacity(self) -> int:
+        """Operations that may be in flight (recognising or waiting) at once."""
+        return self.workers + self.queue_size

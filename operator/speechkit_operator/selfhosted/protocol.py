@@ -1,0 +1,492 @@
+"""The wire format of SpeechKit's recognition APIs, as pure functions: no I/O, no clock, no globals.
+
+* :func:`parse_long_running_request` checks a v2 ``longRunningRecognize`` body like SpeechKit does and
+  returns a typed :class:`LongRunningRequest`, or raises :class:`ApiError` naming the field;
+* :func:`parse_sync_request` does the same for the query of v1 ``stt:recognize``;
+* :func:`render_operation`, :func:`render_recognition_response` and :func:`error_body` build the JSON the
+  service answers with.
+
+Field names follow protobuf's JSON mapping: the lowerCamel name (``languageCode``) and the proto name
+(``language_code``) are both accepted, unknown fields are ignored (``literature_text`` is one SpeechKit
+documents but its proto does not declare), and int64 fields may be JSON numbers or decimal strings.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import math
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from speechkit_operator.models.audio import SUPPORTED_PCM_RATES, AudioEncoding
+from speechkit_operator.models.recognition import Chunk
+
+#: The ``@type`` of a v2 async recognition result.
+RESPONSE_TYPE: Final = "type.googleapis.com/yandex.cloud.ai.stt.v2.LongRunningRecognitionResponse"
+#: ``description`` of recognition operations.
+OPERATION_DESCRIPTION: Final = "STT async recognition"
+
+DEFAULT_LANGUAGE: Final = "ru-RU"
+DEFAULT_MODEL: Final = "general"
+DEFAULT_ENCODING: Final = AudioEncoding.OGG_OPUS
+DEFAULT_SAMPLE_RATE: Final = 48000
+MAX_CHANNELS: Final = 8
+URI_SCHEMES: Final = frozenset({"http", "https", "s3"})
+
+_SPEC = "config.specification"
+_ID_ALPHABET: Final = "0123456789abcdefghijklmnopqrstuv"
+_ID_LENGTH: Final = 20
+_OPERATION_ID_PREFIX: Final = "e03"
+
+
+class GrpcCode(enum.IntEnum):
+    """The gRPC status codes SpeechKit puts into error bodies."""
+
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, gRPC code and a message that is safe to show the caller."""
+
+    def __init__(
+        self, http_status: int, grpc_code: GrpcCode, message: str, *, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.grpc_code = grpc_code
+        self.message = message
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.grpc_code, self.message)
+
+
+def invalid_argument(message: str) -> ApiError:
+    return ApiError(400, GrpcCode.INVALID_ARGUMENT, message)
+
+
+def error_body(code: GrpcCode | int, message: str) -> dict[str, Any]:
+    """The REST error shape: ``{"code": <gRPC code>, "message": ..., "details": []}``.
+
+    Operations carry the same shape in their ``error`` field.
+    """
+    return {"code": int(code), "message": message, "details": []}
+
+
+# --- Requests ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecognitionSpec:
+    """``config.specification`` with SpeechKit's defaults filled in."""
+
+    language_code: str = DEFAULT_LANGUAGE
+    model: str = DEFAULT_MODEL
+    profanity_filter: bool = False
+    literature_text: bool = False
+    raw_results: bool = False
+    audio_encoding: AudioEncoding = DEFAULT_ENCODING
+    sample_rate_hertz: int = DEFAULT_SAMPLE_RATE
+    audio_channel_count: int = 1
+
+    @property
+    def decoder_sample_rate(self) -> int | None:
+        """The rate to tell the decoder: only headerless PCM needs one."""
+        return self.sample_rate_hertz if self.audio_encoding is AudioEncoding.LINEAR16_PCM else None
+
+    @property
+    def decoder_channel_count(self) -> int | None:
+        return self.audio_channel_count if self.audio_encoding is AudioEncoding.LINEAR16_PCM else None
+
+
+@dataclass(frozen=True)
+class LongRunningRequest:
+    """A valid ``longRunningRecognize`` request: exactly one of ``uri`` and ``content`` is set."""
+
+    spec: RecognitionSpec
+    uri: str | None = None
+    content: bytes | None = None
+    folder_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.uri is None) == (self.content is None):
+            raise ValueError("exactly one of uri and content must be set")
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise invalid_argument("The request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise invalid_argument("The request body must be a JSON object")
+    return body
+
+
+def parse_long_running_request(body: Mapping[str, Any], *, max_content_bytes: int) -> LongRunningRequest:
+    """Check a ``longRunningRecognize`` body; raises :class:`ApiError` (400, INVALID_ARGUMENT) naming the
+    first offending field.
+
+    ``audio.content`` is decoded here (standard or URL-safe base64, padding optional); more than
+    ``max_content_bytes`` decoded bytes are refused.
+    """
+    config = body.get("config")
+    if not isinstance(config, Mapping):
+        raise invalid_argument(
+            "config: required field is missing" if config is None else "config: not an object"
+        )
+    raw_spec = config.get("specification")
+    if not isinstance(raw_spec, Mapping):
+        if raw_spec is None:
+            raise invalid_argument(f"{_SPEC}: required field is missing")
+        raise invalid_argument(f"{_SPEC}: not an object")
+    folder_id = _field(config, "config", "folderId", "folder_id")
+    if folder_id is not None and not isinstance(folder_id, str):
+        raise invalid_argument("config.folderId: expected a string")
+    spec = parse_specification(raw_spec)
+    uri, content = _parse_audio(body.get("audio"), max_content_bytes)
+    return LongRunningRequest(spec=spec, uri=uri, content=content, folder_id=folder_id or None)
+
+
+def parse_specification(spec: Mapping[str, Any]) -> RecognitionSpec:
+    language = _string(spec, "languageCode", "language_code", DEFAULT_LANGUAGE)
+    model = _string(spec, "model", "model", DEFAULT_MODEL)
+    profanity = _boolean(spec, "profanityFilter", "profanity_filter")
+    literature = _boolean(spec, "literature_text", "literatureText")
+    raw_results = _boolean(spec, "rawResults", "raw_results")
+    _boolean(spec, "partialResults", "partial_results")  # streaming only; checked, then ignored
+    _boolean(spec, "singleUtterance", "single_utterance")
+
+    raw_encoding = _field(spec, _SPEC, "audioEncoding", "audio_encoding")
+    encoding = _encoding(raw_encoding)
+    rate = DEFAULT_SAMPLE_RATE
+    raw_rate = _field(spec, _SPEC, "sampleRateHertz", "sample_rate_hertz")
+    if raw_rate is not None:
+        rate = _int64(raw_rate, f"{_SPEC}.sampleRateHertz")
+        if rate == 0:  # the proto3 default: "not set"
+            rate = DEFAULT_SAMPLE_RATE
+        elif rate not in SUPPORTED_PCM_RATES:
+            raise invalid_argument(
+                f"{_SPEC}.sampleRateHertz: unsupported value {rate}; expected 8000, 16000 or 48000"
+            )
+    channels = 1
+    raw_channels = _field(spec, _SPEC, "audioChannelCount", "audio_channel_count")
+    if raw_channels is not None:
+        channels = _int64(raw_channels, f"{_SPEC}.audioChannelCount")
+        if encoding is not AudioEncoding.LINEAR16_PCM:
+            raise invalid_argument(
+                f"{_SPEC}.audioChannelCount: only allowed with LINEAR16_PCM; "
+                f"{encoding.value} carries its own channel count"
+            )
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise invalid_argument(
+                f"{_SPEC}.audioChannelCount: must be between 1 and {MAX_CHANNELS}, got {channels}"
+            )
+    return RecognitionSpec(
+        language_code=language,
+        model=model,
+        profanity_filter=profanity,
+        literature_text=literature,
+        raw_results=raw_results,
+        audio_encoding=encoding,
+        sample_rate_hertz=rate,
+        audio_channel_count=channels,
+    )
+
+
+def _field(mapping: Mapping[str, Any], where: str, json_name: str, proto_name: str) -> Any:
+    """A field under either of its protobuf JSON names; None when absent or null."""
+    if json_name != proto_name and mapping.get(json_name) is not None and mapping.get(proto_name) is not None:
+        raise invalid_argument(f"{where}.{json_name}: given twice (as {json_name} and {proto_name})")
+    value = mapping.get(json_name)
+    return mapping.get(proto_name) if value is None else value
+
+
+def _string(spec: Mapping[str, Any], json_name: str, proto_name: str, default: str) -> str:
+    value = _field(spec, _SPEC, json_name, proto_name)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise invalid_argument(f"{_SPEC}.{json_name}: expected a string, got {_shown(value)}")
+    return value.strip() or default
+
+
+def _boolean(spec: Mapping[str, Any], json_name: str, proto_name: str) -> bool:
+    value = _field(spec, _SPEC, json_name, proto_name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise invalid_argument(f"{_SPEC}.{json_name}: expected true or false, got {_shown(value)}")
+    return value
+
+
+def _encoding(value: object) -> AudioEncoding:
+    if value is None or value == "AUDIO_ENCODING_UNSPECIFIED":
+        return DEFAULT_ENCODING
+    if isinstance(value, str):
+        try:
+            return AudioEncoding(value)
+        except ValueError:
+            pass
+    expected = ", ".join(member.value for member in AudioEncoding)
+    raise invalid_argument(
+        f"{_SPEC}.audioEncoding: unsupported value {_shown(value)}; expected one of {expected}"
+    )
+
+
+def _int64(value: object, name: str) -> int:
+    """An int64 in protobuf JSON: a number with no fraction, or a decimal string."""
+    if isinstance(value, bool):
+        raise invalid_argument(f"{name}: expected an integer, got {_shown(value)}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit() and text.isascii():
+            return int(text)
+    raise invalid_argument(f"{name}: expected an integer, got {_shown(value)}")
+
+
+def format_seconds(seconds: float) -> str:
+    """Seconds for a message: ``61``, ``10.5``, ``0.025``."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".")
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 64 else text[:63] + "…"
+
+
+def _parse_audio(audio: object, max_content_bytes: int) -> tuple[str | None, bytes | None]:
+    if audio is None:
+        raise invalid_argument("audio: required field is missing")
+    if not isinstance(audio, Mapping):
+        raise invalid_argument("audio: not an object")
+    uri = audio.get("uri")
+    content = audio.get("content")
+    if uri is not None and content is not None:
+        raise invalid_argument("audio: set either uri or content, not both")
+    if content is not None:
+        return None, _parse_content(content, max_content_bytes)
+    if uri is None:
+        raise invalid_argument("audio: one of audio.uri and audio.content is required")
+    if not isinstance(uri, str) or not uri.strip():
+        raise invalid_argument("audio.uri: expected a non-empty string")
+    return _parse_uri(uri.strip()), None
+
+
+def _parse_uri(uri: str) -> str:
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        raise invalid_argument("audio.uri: not a valid URI") from None
+    scheme = parts.scheme.lower()
+    if scheme not in URI_SCHEMES or not parts.netloc:
+        raise invalid_argument("audio.uri: expected an http://, https:// or s3://bucket/key URI")
+    if scheme == "s3" and not parts.path.lstrip("/"):
+        raise invalid_argument("audio.uri: an s3:// URI needs a bucket and a key: s3://bucket/key")
+    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in uri):
+        raise invalid_argument("audio.uri: must not contain spaces or control characters")
+    return uri
+
+
+def _parse_content(content: object, max_content_bytes: int) -> bytes:
+    if not isinstance(content, str):
+        raise invalid_argument("audio.content: expected a base64 string")
+    text = content.strip()
+    # Every 4 base64 characters hold 3 bytes: refuse oversized content before decoding it.
+    if len(text) // 4 * 3 > max_content_bytes + 3:
+        raise invalid_argument(f"audio.content: larger than {max_content_bytes} bytes; use audio.uri")
+    text = text.replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid_argument("audio.content: not valid base64") from None
+    if not data:
+        raise invalid_argument("audio.content: must not be empty")
+    if len(data) > max_content_bytes:
+        raise invalid_argument(f"audio.content: larger than {max_content_bytes} bytes; use audio.uri")
+    return data
+
+
+def check_language(language_code: str, supported: Iterable[str], *, field: str) -> None:
+    """Refuse a language the engine does not recognise, naming the ones it does (tags compare
+    case-insensitively, as in BCP 47)."""
+    languages = sorted(set(supported))
+    if language_code.lower() not in {language.lower() for language in languages}:
+        listed = ", ".join(languages) or "none"
+        raise invalid_argument(
+            f"{field}: language {_shown(language_code)} is not supported by this service; supported: {listed}"
+        )
+
+
+# --- The v1 synchronous API -----------------------------------------------------------------------
+
+#: ``format`` of ``POST /speech/v1/stt:recognize`` -> encoding.
+SYNC_FORMATS: Final[Mapping[str, AudioEncoding]] = {
+    "lpcm": AudioEncoding.LINEAR16_PCM,
+    "oggopus": AudioEncoding.OGG_OPUS,
+    "mp3": AudioEncoding.MP3,
+}
+
+
+def parse_sync_request(query: Mapping[str, str]) -> RecognitionSpec:
+    """The query of ``stt:recognize``: ``lang``, ``topic``, ``format``, ``sampleRateHertz``,
+    ``profanityFilter``, ``rawResults`` (and ``folderId``, ignored). The audio is always mono."""
+    language = query.get("lang", "").strip() or DEFAULT_LANGUAGE
+    model = query.get("topic", "").strip() or DEFAULT_MODEL
+    name = query.get("format", "").strip().lower() or "oggopus"
+    encoding = SYNC_FORMATS.get(name)
+    if encoding is None:
+        raise invalid_argument(
+            f"format: unsupported value {_shown(name)}; expected one of lpcm, oggopus, mp3"
+        )
+    rate = DEFAULT_SAMPLE_RATE
+    raw_rate = query.get("sampleRateHertz", "").strip()
+    if raw_rate:
+        rate = _int64(raw_rate, "sampleRateHertz")
+        if rate not in SUPPORTED_PCM_RATES:
+            raise invalid_argument(
+                f"sampleRateHertz: unsupported value {rate}; expected 8000, 16000 or 48000"
+            )
+    return RecognitionSpec(
+        language_code=language,
+        model=model,
+        profanity_filter=_query_boolean(query, "profanityFilter"),
+        raw_results=_query_boolean(query, "rawResults"),
+        audio_encoding=encoding,
+        sample_rate_hertz=rate,
+        audio_channel_count=1,
+    )
+
+
+def _query_boolean(query: Mapping[str, str], name: str) -> bool:
+    value = query.get(name, "").strip().lower()
+    if value in {"", "false", "0"}:
+        return False
+    if value in {"true", "1"}:
+        return True
+    raise invalid_argument(f"{name}: expected true or false, got {_shown(value)}")
+
+
+def render_sync_result(chunks: Iterable[Chunk]) -> dict[str, Any]:
+    """``{"result": "<text>"}``: the utterances in time order, joined by spaces."""
+    ordered = sorted(chunks, key=lambda chunk: chunk.start)
+    return {"result": " ".join(chunk.text for chunk in ordered if chunk.text)}
+
+
+# --- Operations -------------------------------------------------------------------------------------
+
+
+def new_operation_id() -> str:
+    """A random id in SpeechKit's style: 20 characters of ``[0-9a-v]`` starting with ``e03``."""
+    random_part = (secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH - len(_OPERATION_ID_PREFIX)))
+    return _OPERATION_ID_PREFIX + "".join(random_part)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """A protobuf Timestamp in RFC 3339, UTC, whole seconds: ``2019-04-21T22:49:29Z``."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def render_operation(
+    *,
+    operation_id: str,
+    created_at: datetime,
+    created_by: str,
+    modified_at: datetime,
+    done: bool,
+    error: Mapping[str, Any] | None = None,
+    response: Mapping[str, Any] | None = None,
+    description: str = OPERATION_DESCRIPTION,
+) -> dict[str, Any]:
+    """An Operation; when ``done`` exactly one of ``error`` and ``response`` is set, before that no
+    ``response`` (an ``error`` may show early, as SpeechKit allows)."""
+    if done and (error is None) == (response is None):
+        raise ValueError("a done operation has exactly one of error and response")
+    if not done and response is not None:
+        raise ValueError("an operation that is not done has no response")
+    body: dict[str, Any] = {
+        "id": operation_id,
+        "description": description,
+        "createdAt": format_timestamp(created_at),
+        "createdBy": created_by,
+        "modifiedAt": format_timestamp(modified_at),
+        "done": done,
+    }
+    if error is not None:
+        body["error"] = dict(error)
+    if response is not None:
+        body["response"] = dict(response)
+    return body
+
+
+def format_duration(seconds: float) -> str:
+    """A protobuf Duration in its canonical JSON form: ``1s``, ``0.880s``, ``1.000250s``, ``0.879999999s``."""
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a finite duration: {seconds!r}")
+    total_nanos = round(seconds * 1_000_000_000)
+    sign = "-" if total_nanos < 0 else ""
+    whole, nanos = divmod(abs(total_nanos), 1_000_000_000)
+    if nanos == 0:
+        return f"{sign}{whole}s"
+    if nanos % 1_000_000 == 0:
+        return f"{sign}{whole}.{nanos // 1_000_000:03d}s"
+    if nanos % 1_000 == 0:
+        return f"{sign}{whole}.{nanos // 1_000:06d}s"
+    return f"{sign}{whole}.{nanos:09d}s"
+
+
+def render_recognition_response(chunks: Iterable[Chunk]) -> dict[str, Any]:
+    """A v2 ``LongRunningRecognitionResponse``: one chunk per utterance, ordered by start time (then
+    channel), string ``channelTag``s, Duration word times, confidences of 1. Utterances with neither
+    text nor words are left out, and with nothing recognised there is no ``chunks`` key at all."""
+    kept = [chunk for chunk in chunks if chunk.text or chunk.words]
+    kept.sort(key=lambda chunk: (chunk.start, _channel_order(chunk.channel)))
+    response: dict[str, Any] = {"@type": RESPONSE_TYPE}
+    if kept:
+        response["chunks"] = [_render_chunk(chunk) for chunk in kept]
+    return response
+
+
+def _channel_order(tag: str) -> tuple[int, str]:
+    return (int(tag), tag) if tag.isdigit() else (1 << 30, tag)
+
+
+def _render_chunk(chunk: Chunk) -> dict[str, Any]:
+    text = chunk.text or " ".join(word.text for word in chunk.words if word.text)
+    words = [
+        {
+            "startTime": format_duration(max(word.start, 0.0)),
+            "endTime": format_duration(max(word.end, word.start, 0.0)),
+            "word": word.text,
+            "confidence": 1,
+        }
+        for word in chunk.words
+    ]
+    return {
+        "alternatives": [{"words": words, "text": text, "confidence": 1}],
+        "channelTag": str(chunk.channel),
+    }
