@@ -21,7 +21,7 @@ def test_every_setting_is_documented_in_the_configuration_table() -> None:
 def test_the_quick_start_commands_exist_and_ci_runs_the_test_command() -> None:
     block = README.split("## Quick start", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
     commands = [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
-    assert commands == ["./scripts/run-operator", "./scripts/test"]
+    assert commands == ["./scripts/demo", "./scripts/test"]
     for command in commands:
         path = ROOT / command
         assert path.is_file() and os.access(path, os.X_OK), command
