@@ -7,15 +7,28 @@ import re
 from pathlib import Path
 
 from speechkit_operator.config import Settings
+from speechkit_operator.selfhosted.config import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 
 
-def test_every_setting_is_documented_in_the_configuration_table() -> None:
-    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", README, flags=re.MULTILINE))
-    expected = {name.upper() for name in Settings.model_fields}
-    assert documented == expected
+def _documented(section: str) -> set[str]:
+    """Variable names in the first column of the tables of one README section."""
+    text = README.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    names: set[str] = set()
+    for first_cell in re.findall(r"^\| ([^|]+) \|", text, flags=re.MULTILINE):
+        names.update(re.findall(r"`([A-Z_]+)`", first_cell))
+    return names
+
+
+def test_every_operator_setting_is_documented_in_the_configuration_table() -> None:
+    assert _documented("Configuration") == {name.upper() for name in Settings.model_fields}
+
+
+def test_every_service_setting_is_documented() -> None:
+    documented = _documented("Self-hosted recognition")
+    assert documented == {name.upper() for name in ServiceSettings.model_fields}
 
 
 def test_the_quick_start_commands_exist_and_ci_runs_the_test_command() -> None:

@@ -575,6 +575,47 @@ async def test_the_default_engine_and_decoder_recognise_real_speech() -> None:
         await client.close()
 
 
+@module_loop
+async def test_bad_audio_ends_in_a_clear_error_and_the_service_keeps_serving() -> None:
+    """Corrupt audio, a declared encoding the bytes contradict, an empty file: real decoder, real engine."""
+    ogg = read_corpus_file("librivox-0870.ogg")
+    wav = read_corpus_file("librivox-0880.wav")
+    corrupt = ogg[:200] + bytes(byte ^ 0x5A for byte in ogg[200:4000])
+    mib = 1024 * 1024
+    client = await start_service(create_app(settings(max_audio_bytes=mib, max_inline_bytes=mib)))
+    try:
+        service = Service(client)
+        await service.wait_ready()
+        cases = {
+            "corrupt": ({"content": base64.b64encode(corrupt).decode()}, {"audioEncoding": "OGG_OPUS"}),
+            "mismatch": ({"content": base64.b64encode(ogg).decode()}, {"audioEncoding": "MP3"}),
+            "empty": ({"content": ""}, {"audioEncoding": "OGG_OPUS"}),
+        }
+        messages: dict[str, str] = {}
+        for case, (audio, spec) in cases.items():
+            response = await service.submit(audio, {"languageCode": "en-US", **spec})
+            if response.status == 400:  # refused up front: equally clear, nothing to poll
+                body = await response.json()
+            else:
+                assert response.status == 200, await response.text()
+                body = (await service.wait_done((await response.json())["id"], timeout=60))["error"]
+            assert body["code"] == 3, (case, body)
+            messages[case] = body["message"]
+        assert "MP3" in messages["mismatch"] and "Ogg" in messages["mismatch"]
+        assert "empty" in messages["empty"].lower()
+        assert messages["corrupt"]
+
+        # ... and a good request right after is served as usual.
+        good = await service.submit_ok(
+            {"content": base64.b64encode(wav).decode()},
+            {"languageCode": "en-US", "audioEncoding": "LINEAR16_PCM", "sampleRateHertz": 16000},
+        )
+        done = await service.wait_done(good["id"], timeout=60)
+        assert "young man" in done["response"]["chunks"][0]["alternatives"][0]["text"]
+    finally:
+        await client.close()
+
+
 # --- Requests the service refuses -------------------------------------------------------------------
 
 
