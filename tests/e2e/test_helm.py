@@ -33,6 +33,8 @@ RELEASE = "e2e-helm"  # not the release tests/e2e/operator_fixtures.py renders: 
 FULLNAME = "e2e-helm-speechkit-operator"  # the chart's fullname rule: "<release>-<chart>"
 IMAGE_REPOSITORY = "registry.example.com/speechkit-operator"
 SETTINGS_PREFIX = "SPEECHKIT_OPERATOR_"
+RECOGNIZER = f"{FULLNAME}-recognizer"
+RECOGNIZER_IMAGE_REPOSITORY = "registry.example.com/speechkit-recognizer"
 
 
 def custom_values(watch_namespaces: list[str]) -> dict[str, Any]:
@@ -53,6 +55,28 @@ def custom_values(watch_namespaces: list[str]) -> dict[str, Any]:
             "limits": {"cpu": "250m", "memory": "256Mi"},
         },
         "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.example:3128"}],
+    }
+
+
+def recognizer_values(api_key_secret: str = "recognizer-api-key") -> dict[str, Any]:
+    """The recognition service enabled, with non-default values in each of its parts."""
+    return {
+        "image": {"repository": IMAGE_REPOSITORY, "tag": "0.1.0"},
+        "recognizer": {
+            "enabled": True,
+            "replicas": 2,
+            "image": {"repository": RECOGNIZER_IMAGE_REPOSITORY, "tag": "0.1.0"},
+            "workers": 3,
+            "queueSize": 8,
+            "retentionSeconds": 86_400,
+            "apiKeySecret": {"name": api_key_secret, "key": "api-key"},
+            "logLevel": "warning",
+            "settings": {"max_audio_bytes": 52_428_800, "fetch_timeout": 60},
+            "extraEnv": [{"name": "OMP_NUM_THREADS", "value": "1"}],
+            "service": {"sessionAffinity": "ClientIP", "sessionAffinityTimeoutSeconds": 3600},
+            "podAnnotations": {"example.com/team": "speech"},
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+        },
     }
 
 
@@ -113,9 +137,14 @@ def _ok(response: Response) -> Any:
 # --------------------------------------------------------------------------- lint
 
 
-@pytest.mark.parametrize("custom", [False, True], ids=["default-values", "custom-values"])
-def test_helm_lint_strict_passes(kube_cluster: KubeCluster, tmp_path: Path, custom: bool) -> None:
-    values_args = _values_file(tmp_path, custom_values(["team-a", "team-b"]) if custom else None)
+@pytest.mark.parametrize("variant", ["default-values", "custom-values", "recognizer"])
+def test_helm_lint_strict_passes(kube_cluster: KubeCluster, tmp_path: Path, variant: str) -> None:
+    values = {
+        "default-values": None,
+        "custom-values": custom_values(["team-a", "team-b"]),
+        "recognizer": recognizer_values(),
+    }[variant]
+    values_args = _values_file(tmp_path, values)
 
     result = kube_cluster.helm("lint", "--strict", str(CHART), *values_args)
 
@@ -138,6 +167,19 @@ def test_helm_lint_strict_passes(kube_cluster: KubeCluster, tmp_path: Path, cust
             {"settings": {"namespaces": "team-a"}},
             "settings.namespaces is not supported: list the namespaces in watchNamespaces",
             id="settings-namespaces",
+        ),
+        pytest.param(
+            {"recognizer": {"enabled": True, "replicas": 3}},
+            "recognizer.replicas > 1 needs recognizer.service.sessionAffinity=ClientIP",
+            id="recognizer-replicas",
+        ),
+        pytest.param(
+            {
+                "recognizer": {"enabled": True},
+                "extraEnv": [{"name": "SPEECHKIT_OPERATOR_BACKEND", "value": "x"}],
+            },
+            "extraEnv: SPEECHKIT_OPERATOR_BACKEND is set by the chart",
+            id="duplicate-env",
         ),
     ],
 )
@@ -225,6 +267,82 @@ def test_rendered_chart_passes_a_server_side_dry_run(
             delete_namespace(kube_cluster, namespace)
 
 
+def test_chart_with_the_recognizer_passes_a_server_side_dry_run(
+    kube_cluster: KubeCluster,
+    crd_installed: InstalledCrd,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The recognition service's Deployment, Service and ServiceAccount, and the operator aimed at it."""
+    release_namespace = create_namespace(kube_cluster, unique_name("helm-rec"))
+    try:
+        values_args = _values_file(tmp_path, recognizer_values())
+        text, objects = render(kube_cluster, release_namespace, values_args)
+
+        assert Counter(obj["kind"] for obj in objects) == {
+            "ServiceAccount": 2,
+            "ClusterRole": 1,
+            "ClusterRoleBinding": 1,
+            "Deployment": 2,
+            "Service": 1,
+        }
+        (operator,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == FULLNAME]
+        (recognizer,) = [
+            o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == RECOGNIZER
+        ]
+        service = only(objects, "Service")
+        url = f"http://{RECOGNIZER}.{release_namespace}.svc:8088"
+        (operator_container,) = operator["spec"]["template"]["spec"]["containers"]
+        names = [item["name"] for item in operator_container["env"]]
+        assert len(names) == len(set(names)), names
+        env = container_env(operator)
+        assert env[SETTINGS_PREFIX + "BACKEND"] == "self-hosted"
+        assert env[SETTINGS_PREFIX + "SELF_HOSTED_URL"] == url
+        settings = _settings_from(env, monkeypatch)
+        assert settings.submit_base_url == settings.operations_base_url == url
+
+        pod = recognizer["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert recognizer["spec"]["replicas"] == 2
+        assert container["image"] == f"{RECOGNIZER_IMAGE_REPOSITORY}:0.1.0"
+        assert container["args"] == ["serve", "--host", "0.0.0.0", "--port", "8088", "--quiet"]
+        assert pod["serviceAccountName"] == RECOGNIZER
+        assert pod["automountServiceAccountToken"] is False
+        assert service["metadata"]["name"] == RECOGNIZER
+        assert service["spec"]["sessionAffinityConfig"] == {"clientIP": {"timeoutSeconds": 3600}}
+        subjects = [s for o in objects if o["kind"].endswith("RoleBinding") for s in o["subjects"]]
+        assert [s["name"] for s in subjects] == [FULLNAME], "the recognition service gets no RBAC"
+
+        manifest = tmp_path / "rendered.yaml"
+        manifest.write_text(text, encoding="utf-8")
+        applied = kube_cluster.kubectl("apply", "--dry-run=server", "-f", str(manifest))
+
+        lines = applied.stdout.splitlines()
+        assert len(lines) == len(objects), applied.stdout
+        assert all(line.endswith("(server dry run)") for line in lines), applied.stdout
+        for created in (
+            f"deployment.apps/{RECOGNIZER}",
+            f"service/{RECOGNIZER}",
+            f"serviceaccount/{RECOGNIZER}",
+            f"deployment.apps/{FULLNAME}",
+        ):
+            assert f"{created} created (server dry run)" in lines, applied.stdout
+        path = f"/apis/apps/v1/namespaces/{release_namespace}/deployments/{RECOGNIZER}"
+        assert kube_cluster.request("GET", path).status == 404
+
+        # helm's own server-side dry run of the install, NOTES included.
+        installed = kube_cluster.helm(
+            "install", RELEASE, str(CHART), "--namespace", release_namespace, "--dry-run=server", *values_args
+        )
+        assert "STATUS: pending-install" in installed.stdout, installed.stdout
+        notes = installed.stdout.split("NOTES:", 1)[1]
+        assert f"self-hosted recognition service {RECOGNIZER}" in notes
+        assert url in notes
+        assert 'API keys from Secret "recognizer-api-key"' in notes
+    finally:
+        delete_namespace(kube_cluster, release_namespace)
+
+
 # --------------------------------------------------------------------------- the Deployment
 
 
@@ -263,7 +381,11 @@ def test_settings_values_become_the_operators_environment(
     _, default_objects = render(kube_cluster, "speechkit-system", [])
     default_env = container_env(only(default_objects, "Deployment"))
     values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
-    assert set(default_env) == {SETTINGS_PREFIX + key.upper() for key in values["settings"]}
+    assert set(default_env) == {
+        SETTINGS_PREFIX + key.upper() for key, value in values["settings"].items() if value not in (None, "")
+    }
+    assert default_env[SETTINGS_PREFIX + "BACKEND"] == "cloud"
+    assert SETTINGS_PREFIX + "SELF_HOSTED_URL" not in default_env, "empty: unset"
     with monkeypatch.context() as patch:
         built_in = _settings_from({}, patch).model_dump()
         assert _settings_from(default_env, patch).model_dump() == built_in, (

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ import pytest
 import yaml
 
 from devstack.components import locate_binaries
-from speechkit_operator import constants
+from speechkit_operator import cli, constants
 from speechkit_operator.clients.speech.base import (
     ApiKeyCredentials,
     IamTokenCredentials,
@@ -48,6 +49,7 @@ from speechkit_operator.models.job import (
     RecognitionSpec,
     TranscriptionJobSpec,
 )
+from speechkit_operator.selfhosted.config import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "deploy" / "crds" / "transcriptionjobs.speechkit.dev.yaml"
@@ -608,8 +610,12 @@ def test_settings_values_are_the_operators_defaults(values: Any, monkeypatch: py
     _clear_settings_env(monkeypatch)
     defaults = Settings()
     for key, value in values["settings"].items():
+        if value is None or value == "":
+            continue  # the chart leaves the variable unset
         monkeypatch.setenv(f"SPEECHKIT_OPERATOR_{key.upper()}", _env_text(value))
     assert Settings() == defaults
+    assert values["settings"]["backend"] == "cloud"
+    assert values["settings"]["self_hosted_url"] == ""
 
 
 def test_values_run_the_operator_unprivileged_and_alone(values: Any) -> None:
@@ -633,6 +639,156 @@ def test_chart_metadata() -> None:
     assert chart["name"] == "speechkit-operator"
     assert chart["version"] == "0.1.0"
     assert chart["appVersion"] == "0.1.0"
+
+
+def test_recognizer_is_off_by_default_and_its_values_are_the_services_defaults(values: Any) -> None:
+    recognizer = values["recognizer"]
+    assert recognizer["enabled"] is False
+    assert recognizer["replicas"] == 1
+    assert recognizer["strategy"] == {"type": "Recreate"}
+    assert recognizer["image"] == {
+        "repository": "speechkit-recognizer",
+        "tag": "",
+        "pullPolicy": "IfNotPresent",
+    }
+    service_defaults = ServiceSettings.model_fields
+    assert recognizer["workers"] == service_defaults["workers"].default
+    assert recognizer["queueSize"] == service_defaults["queue_size"].default
+    assert recognizer["retentionSeconds"] == service_defaults["retention_seconds"].default
+    assert recognizer["apiKeySecret"] == {"name": "", "key": "api-key"}
+    assert recognizer["service"]["port"] == service_defaults["port"].default == 8088
+    assert recognizer["service"]["sessionAffinity"] == "None"
+    assert recognizer["resources"]["requests"] == {"cpu": "1", "memory": "512Mi"}
+    assert set(recognizer["settings"]) <= set(service_defaults)
+
+
+def _undocumented(text: str, prefixes: tuple[str, ...]) -> list[str]:
+    """Dotted paths of keys under ``prefixes`` whose line is not directly below a comment line."""
+    found: list[str] = []
+    stack: list[tuple[int, str]] = []
+    previous = ""
+    for line in text.splitlines():
+        match = re.match(r"^( *)([A-Za-z][A-Za-z0-9_]*):", line)
+        if match:
+            indent, key = len(match.group(1)), match.group(2)
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            stack.append((indent, key))
+            path = ".".join(name for _, name in stack)
+            if path.startswith(prefixes) and not previous.lstrip().startswith("#"):
+                found.append(path)
+        if line.strip():
+            previous = line
+    return found
+
+
+def test_recognizer_values_are_documented() -> None:
+    """Every key of the recognizer block (and of its chart-specific groups) has a comment above it."""
+    text = (CHART / "values.yaml").read_text(encoding="utf-8")
+    groups = ("image", "apiKeySecret", "service", "readinessProbe", "livenessProbe", "serviceAccount")
+    prefixes = ("recognizer", "settings.backend", "settings.self_hosted_url")
+    undocumented = [
+        path for path in _undocumented(text, prefixes) if path.count(".") <= 1 or path.split(".")[1] in groups
+    ]
+    assert undocumented == []
+    assert _undocumented("a:\n  # yes\n  b: 1\n  c: 2\n", ("a.",)) == ["a.c"], "the check itself"
+
+
+def test_values_document_sticky_routing_for_recognizer_replicas() -> None:
+    text = (CHART / "values.yaml").read_text(encoding="utf-8")
+    block = text[text.index("\nrecognizer:") :]
+    assert "sessionAffinity: ClientIP" in block
+    assert "Prefer 1 replica with more" in block
+    assert "overriding settings.backend and settings.self_hosted_url" in text
+
+
+# --------------------------------------------------------------------------------------------------
+# Dockerfile: the operator image by default, the recognition service as target `recognizer`.
+# --------------------------------------------------------------------------------------------------
+
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def _stages() -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Stage name -> (base, [(INSTRUCTION, arguments)]), in file order, continuations joined."""
+    logical: list[str] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    stages: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    current: list[tuple[str, str]] = []
+    for line in logical:
+        instruction, _, arguments = line.partition(" ")
+        if instruction.upper() == "FROM":
+            base, _, name = arguments.partition(" AS ")
+            current = []
+            stages[name.strip()] = (base.strip(), current)
+        elif stages:
+            current.append((instruction.upper(), arguments.strip()))
+    return stages
+
+
+def _instruction(stage: list[tuple[str, str]], name: str) -> list[str]:
+    return [arguments for instruction, arguments in stage if instruction == name]
+
+
+def test_dockerfile_stages_and_default_target() -> None:
+    stages = _stages()
+    assert list(stages)[-1] == "runtime", "a plain `docker build .` must keep producing the operator"
+    assert {"builder", "builder-selfhosted", "recognizer", "runtime"} <= set(stages)
+    assert stages["builder-selfhosted"][0] == "builder"
+    assert stages["recognizer"][0] == stages["runtime"][0] == "base"
+    header = DOCKERFILE.read_text(encoding="utf-8").split("\nARG ", 1)[0]
+    assert "docker build -t speechkit-operator:0.1.0 ." in header
+    assert "docker build --target recognizer -t speechkit-recognizer:0.1.0 ." in header
+
+
+def test_dockerfile_operator_image_is_unchanged() -> None:
+    _, runtime = _stages()["runtime"]
+    [run] = _instruction(runtime, "RUN")
+    assert "from=builder," in run, "the operator installs the wheels without the extra"
+    assert "install --no-index --find-links=/wheels speechkit-operator " in run
+    assert _instruction(runtime, "ENTRYPOINT") == ['["speechkit-operator"]']
+    assert _instruction(runtime, "CMD") == ['["run"]']
+    assert _instruction(runtime, "EXPOSE") == ["8080"]
+    assert _instruction(runtime, "USER") == ["${UID}:${GID}"]
+
+
+def test_dockerfile_recognizer_target() -> None:
+    stages = _stages()
+    _, extra = stages["builder-selfhosted"]
+    [wheels] = _instruction(extra, "RUN")
+    assert 'pip wheel ".[selfhosted]"' in wheels
+    assert "--only-binary=pocketsphinx,av,numpy" in wheels
+    _, recognizer = stages["recognizer"]
+    [run] = _instruction(recognizer, "RUN")
+    assert "from=builder-selfhosted," in run
+    assert '"speechkit-operator[selfhosted]"' in run
+    assert "--no-index" in run
+    assert _instruction(recognizer, "USER") == _instruction(stages["runtime"][1], "USER")
+    assert (
+        _instruction(recognizer, "ARG")
+        == _instruction(stages["runtime"][1], "ARG")
+        == [
+            "UID=10001",
+            "GID=10001",
+        ]
+    )
+    assert _instruction(recognizer, "EXPOSE") == [str(ServiceSettings.model_fields["port"].default)]
+    [entrypoint] = _instruction(recognizer, "ENTRYPOINT")
+    [command] = _instruction(recognizer, "CMD")
+    assert json.loads(entrypoint) == ["speechkit-operator"]
+    assert json.loads(command) == ["serve", "--host", "0.0.0.0"]
+    # The image's command is one the CLI accepts.
+    args = cli._parser().parse_args(json.loads(command))
+    assert (args.command, args.host, args.port) == ("serve", "0.0.0.0", None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -856,3 +1012,283 @@ def test_chart_refuses_namespace_globs() -> None:
     with pytest.raises(subprocess.CalledProcessError) as failure:
         _render("--set", "watchNamespaces={team-*}")
     assert "no globs" in failure.value.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# The rendered recognition service (recognizer.enabled).
+# --------------------------------------------------------------------------------------------------
+
+RECOGNIZER = "speech-speechkit-operator-recognizer"
+RECOGNIZER_URL = f"http://{RECOGNIZER}.ops.svc:8088"
+OPERATOR = "speech-speechkit-operator"
+
+
+def _named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    [doc] = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    result: dict[str, Any] = container
+    return result
+
+
+def _env_names(container: dict[str, Any]) -> list[str]:
+    return [item["name"] for item in container.get("env", [])]
+
+
+def _plain_env(container: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
+
+
+def _is_recognizer_related(doc: dict[str, Any]) -> bool:
+    component = doc["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+    return "recognizer" in doc["metadata"]["name"] or component == "recognizer"
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def _operator_settings(container: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    _clear_settings_env(monkeypatch)
+    for name, value in _plain_env(container).items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+@needs_helm
+def test_recognizer_disabled_renders_nothing_of_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = _render()
+    assert [d["metadata"]["name"] for d in docs if _is_recognizer_related(d)] == []
+    assert not [d for d in docs if d["kind"] == "Service"]
+    container = _container(_one(docs, "Deployment", "ops"))
+    env = _plain_env(container)
+    assert env["SPEECHKIT_OPERATOR_BACKEND"] == "cloud"
+    assert "SPEECHKIT_OPERATOR_SELF_HOSTED_URL" not in env
+    settings = _operator_settings(container, monkeypatch)
+    assert settings.backend == "cloud"
+    assert settings.submit_base_url == "https://transcribe.api.cloud.yandex.net"
+
+
+@needs_helm
+def test_recognizer_enabled_renders_deployment_service_and_service_account() -> None:
+    docs = _render("--set", "recognizer.enabled=true")
+    assert Counter(d["kind"] for d in docs) == Counter(
+        {"Deployment": 2, "ServiceAccount": 2, "Service": 1, "ClusterRole": 1, "ClusterRoleBinding": 1}
+    )
+    deployment = _named(docs, "Deployment", RECOGNIZER)
+    assert deployment["metadata"]["namespace"] == "ops"
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    assert container["image"] == "speechkit-recognizer:0.1.0"
+    assert container["args"] == ["serve", "--host", "0.0.0.0", "--port", "8088"]
+    assert container["env"] == [
+        {"name": "SPEECHKIT_SERVE_WORKERS", "value": "2"},
+        {"name": "SPEECHKIT_SERVE_QUEUE_SIZE", "value": "16"},
+        {"name": "SPEECHKIT_SERVE_RETENTION_SECONDS", "value": "259200"},
+    ]
+    assert container["ports"] == [{"name": "http", "containerPort": 8088, "protocol": "TCP"}]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["resources"]["requests"] == {"cpu": "1", "memory": "512Mi"}
+
+    # The same hardened security context as the operator, and a writable /tmp for the forkserver.
+    operator_pod = _named(docs, "Deployment", OPERATOR)["spec"]["template"]["spec"]
+    assert pod["securityContext"] == operator_pod["securityContext"]
+    assert container["securityContext"] == _container(_named(docs, "Deployment", OPERATOR))["securityContext"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+
+    # Its own ServiceAccount, without a token and without any RBAC.
+    account = _named(docs, "ServiceAccount", RECOGNIZER)
+    assert account["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == RECOGNIZER
+    assert pod["automountServiceAccountToken"] is False
+    subjects = [s for d in docs if d["kind"].endswith("RoleBinding") for s in d["subjects"]]
+    assert subjects and all(s["name"] == OPERATOR for s in subjects)
+
+    service = _named(docs, "Service", RECOGNIZER)
+    assert service["metadata"]["namespace"] == "ops"
+    assert service["spec"]["type"] == "ClusterIP"
+    [port] = service["spec"]["ports"]
+    assert port == {"name": "http", "port": 8088, "targetPort": "http", "protocol": "TCP"}
+    assert service["spec"]["sessionAffinity"] == "None"
+    assert "sessionAffinityConfig" not in service["spec"]
+
+    # The Service selects the service's pods, and neither Deployment selects the other's pods.
+    recognizer_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    operator_deployment = _named(docs, "Deployment", OPERATOR)
+    operator_labels = operator_deployment["spec"]["template"]["metadata"]["labels"]
+    assert _matches(service["spec"]["selector"], recognizer_labels)
+    assert not _matches(service["spec"]["selector"], operator_labels)
+    assert _matches(deployment["spec"]["selector"]["matchLabels"], recognizer_labels)
+    assert not _matches(deployment["spec"]["selector"]["matchLabels"], operator_labels)
+    assert not _matches(operator_deployment["spec"]["selector"]["matchLabels"], recognizer_labels)
+
+
+@needs_helm
+def test_recognizer_enabled_points_the_operator_at_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = _render("--set", "recognizer.enabled=true")
+    container = _container(_named(docs, "Deployment", OPERATOR))
+    names = _env_names(container)
+    assert [name for name, count in Counter(names).items() if count > 1] == []
+    env = _plain_env(container)
+    assert env["SPEECHKIT_OPERATOR_BACKEND"] == "self-hosted"
+    assert env["SPEECHKIT_OPERATOR_SELF_HOSTED_URL"] == RECOGNIZER_URL
+    settings = _operator_settings(container, monkeypatch)
+    assert settings.submit_base_url == settings.operations_base_url == RECOGNIZER_URL
+    service = _named(docs, "Service", RECOGNIZER)
+    [port] = service["spec"]["ports"]
+    assert f"http://{service['metadata']['name']}.ops.svc:{port['port']}" == RECOGNIZER_URL
+
+
+@needs_helm
+def test_recognizer_wins_over_settings_backend_without_duplicates() -> None:
+    docs = _render(
+        "--set", "recognizer.enabled=true",
+        "--set", "settings.backend=cloud",
+        "--set", "settings.self_hosted_url=http://elsewhere.example:9000",
+        "--set", "recognizer.service.port=9090",
+        "--set-json", 'extraEnv=[{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}]',
+    )  # fmt: skip
+    container = _container(_named(docs, "Deployment", OPERATOR))
+    names = _env_names(container)
+    assert len(names) == len(set(names))
+    env = _plain_env(container)
+    assert env["SPEECHKIT_OPERATOR_BACKEND"] == "self-hosted"
+    assert env["SPEECHKIT_OPERATOR_SELF_HOSTED_URL"] == f"http://{RECOGNIZER}.ops.svc:9090"
+    assert names[-1] == "HTTPS_PROXY"
+    assert _named(docs, "Service", RECOGNIZER)["spec"]["ports"][0]["port"] == 9090
+    assert _container(_named(docs, "Deployment", RECOGNIZER))["ports"][0]["containerPort"] == 8088
+
+
+@needs_helm
+def test_recognizer_values_become_its_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = _render(
+        "--set", "recognizer.enabled=true",
+        "--set", "recognizer.workers=4",
+        "--set", "recognizer.queueSize=0",
+        "--set-json", "recognizer.retentionSeconds=1000000",
+        "--set", "recognizer.apiKeySecret.name=recognizer-keys",
+        "--set", "recognizer.apiKeySecret.key=keys",
+        "--set-json", "recognizer.settings.max_audio_bytes=52428800",
+        "--set", "recognizer.settings.storage_region=",
+        "--set", "recognizer.logLevel=debug",
+        "--set", "recognizer.image.repository=registry.example.com/recognizer",
+        "--set", "recognizer.image.tag=1.2.3",
+        "--set-json", 'recognizer.extraEnv=[{"name": "OMP_NUM_THREADS", "value": "1"}]',
+    )  # fmt: skip
+    container = _container(_named(docs, "Deployment", RECOGNIZER))
+    assert container["image"] == "registry.example.com/recognizer:1.2.3"
+    assert container["args"][-1] == "--verbose"
+    [api_keys] = [item for item in container["env"] if item["name"] == "SPEECHKIT_SERVE_API_KEYS"]
+    assert api_keys == {
+        "name": "SPEECHKIT_SERVE_API_KEYS",
+        "valueFrom": {"secretKeyRef": {"name": "recognizer-keys", "key": "keys"}},
+    }
+    env = _plain_env(container)
+    assert env == {
+        "SPEECHKIT_SERVE_WORKERS": "4",
+        "SPEECHKIT_SERVE_QUEUE_SIZE": "0",
+        "SPEECHKIT_SERVE_RETENTION_SECONDS": "1000000",
+        "SPEECHKIT_SERVE_MAX_AUDIO_BYTES": "52428800",
+        "OMP_NUM_THREADS": "1",
+    }
+    # The service reads them as meant (the API key comes from the Secret in the cluster).
+    for name in list(os.environ):
+        if name.startswith("SPEECHKIT_SERVE_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SPEECHKIT_SERVE_API_KEYS", "key-one,key-two")
+    settings = ServiceSettings(host="0.0.0.0", port=8088)
+    assert (settings.workers, settings.queue_size, settings.retention_seconds) == (4, 0, 1_000_000)
+    assert settings.max_audio_bytes == 52_428_800
+    assert settings.storage_region is None
+    assert settings.api_key_values == ("key-one", "key-two")
+
+
+@needs_helm
+def test_recognizer_replicas_need_sticky_routing() -> None:
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        _render("--set", "recognizer.enabled=true", "--set", "recognizer.replicas=2")
+    assert "sessionAffinity=ClientIP" in failure.value.stderr
+    docs = _render(
+        "--set", "recognizer.enabled=true",
+        "--set", "recognizer.replicas=2",
+        "--set", "recognizer.service.sessionAffinity=ClientIP",
+    )  # fmt: skip
+    assert _named(docs, "Deployment", RECOGNIZER)["spec"]["replicas"] == 2
+    service = _named(docs, "Service", RECOGNIZER)["spec"]
+    assert service["sessionAffinity"] == "ClientIP"
+    assert service["sessionAffinityConfig"] == {"clientIP": {"timeoutSeconds": 10800}}
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--set-json", 'extraEnv=[{"name": "SPEECHKIT_OPERATOR_BACKEND", "value": "cloud"}]'],
+            "extraEnv: SPEECHKIT_OPERATOR_BACKEND is set by the chart",
+        ),
+        (
+            [
+                "--set", "recognizer.enabled=true",
+                "--set-json", 'extraEnv=[{"name": "SPEECHKIT_OPERATOR_SELF_HOSTED_URL", "value": "http://x"}]',
+            ],
+            "extraEnv: SPEECHKIT_OPERATOR_SELF_HOSTED_URL is set by the chart",
+        ),
+        (
+            [
+                "--set", "recognizer.enabled=true",
+                "--set-json", 'recognizer.extraEnv=[{"name": "SPEECHKIT_SERVE_WORKERS", "value": "9"}]',
+            ],
+            "recognizer.extraEnv: SPEECHKIT_SERVE_WORKERS is set by the chart",
+        ),
+        (
+            ["--set", "recognizer.enabled=true", "--set", "recognizer.settings.workers=3"],
+            "recognizer.settings.workers is set by the chart",
+        ),
+        (["--set", "recognizer.enabled=true", "--set", "recognizer.settings.Bad=1"], "snake_case"),
+        (["--set", "recognizer.enabled=true", "--set", "recognizer.workers=0"], "recognizer.workers must be"),
+        (["--set", "recognizer.enabled=true", "--set", "recognizer.logLevel=trace"], "recognizer.logLevel"),
+        (
+            ["--set", "recognizer.enabled=true", "--set", "recognizer.service.sessionAffinity=Sticky"],
+            "sessionAffinity must be None or ClientIP",
+        ),
+        (["--set", "settings.backend=self-hosted"], "needs settings.self_hosted_url"),
+    ],
+)  # fmt: skip
+def test_chart_refuses_conflicting_recognizer_values(flags: list[str], message: str) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        _render(*flags)
+    assert message in failure.value.stderr
+
+
+@needs_helm
+def test_self_hosted_backend_without_the_recognizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = _render(
+        "--set", "settings.backend=self-hosted",
+        "--set", "settings.self_hosted_url=http://recognizer.speech.svc:8088",
+    )  # fmt: skip
+    assert [d for d in docs if _is_recognizer_related(d)] == []
+    settings = _operator_settings(_container(_one(docs, "Deployment", "ops")), monkeypatch)
+    assert settings.backend == "self-hosted"
+    assert settings.submit_base_url == "http://recognizer.speech.svc:8088"
+
+
+@needs_helm
+def test_recognizer_names_stay_dns_labels() -> None:
+    long_name = "a" * 63
+    docs = _render("--set", "recognizer.enabled=true", "--set", f"fullnameOverride={long_name}")
+    names = {d["metadata"]["name"] for d in docs if _is_recognizer_related(d)}
+    assert names == {"a" * 52 + "-recognizer"}
+    labels = _named(docs, "Service", "a" * 52 + "-recognizer")["metadata"]["labels"]
+    assert all(len(value) <= 63 for value in labels.values())

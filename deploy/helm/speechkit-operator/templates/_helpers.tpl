@@ -113,3 +113,131 @@ resource kinds appear, change and disappear.
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
 {{- end }}
+
+{{/*
+The operator container's environment: the settings as SPEECHKIT_OPERATOR_* variables, then extraEnv.
+With recognizer.enabled the chart's own recognition service wins over settings.backend and
+settings.self_hosted_url, so that each name appears once. extraEnv may not repeat a name set here.
+*/}}
+{{- define "speechkit-operator.env" -}}
+{{- $settings := deepCopy (.Values.settings | default dict) }}
+{{- if .Values.recognizer.enabled }}
+{{- $_ := set $settings "backend" "self-hosted" }}
+{{- $_ := set $settings "self_hosted_url" (include "speechkit-operator.recognizer.url" .) }}
+{{- else if and (eq (toString $settings.backend) "self-hosted") (eq (toString ($settings.self_hosted_url | default "")) "") }}
+{{- fail "settings.backend self-hosted needs settings.self_hosted_url (or recognizer.enabled=true)" }}
+{{- end }}
+{{- $names := list }}
+{{- range $key, $value := $settings }}
+{{- if not (or (kindIs "invalid" $value) (eq (toString $value) "")) }}
+{{- $name := printf "SPEECHKIT_OPERATOR_%s" (upper $key) }}
+{{- $names = append $names $name }}
+- name: {{ $name }}
+  value: {{ include "speechkit-operator.envValue" $value | quote }}
+{{- end }}
+{{- end }}
+{{- range .Values.extraEnv }}
+{{- if has .name $names }}
+{{- fail (printf "extraEnv: %s is set by the chart; set it in settings instead" .name) }}
+{{- end }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The recognition service's resources: "<fullname>-recognizer", at most 63 characters.
+*/}}
+{{- define "speechkit-operator.recognizer.fullname" -}}
+{{- printf "%s-recognizer" (include "speechkit-operator.fullname" . | trunc 52 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+The recognition service's ServiceAccount.
+*/}}
+{{- define "speechkit-operator.recognizer.serviceAccountName" -}}
+{{- default (include "speechkit-operator.recognizer.fullname" .) .Values.recognizer.serviceAccount.name }}
+{{- end }}
+
+{{/*
+The address the operator reaches the recognition service at, through its Service.
+*/}}
+{{- define "speechkit-operator.recognizer.url" -}}
+{{- printf "http://%s.%s.svc:%v" (include "speechkit-operator.recognizer.fullname" .) .Release.Namespace (include "speechkit-operator.envValue" .Values.recognizer.service.port) }}
+{{- end }}
+
+{{/*
+Labels that select the recognition service's pods. Their app.kubernetes.io/name differs from the
+operator's, so that neither Deployment's selector matches the other's pods.
+*/}}
+{{- define "speechkit-operator.recognizer.selectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-recognizer" (include "speechkit-operator.name" . | trunc 52 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: recognizer
+{{- end }}
+
+{{/*
+Labels of the recognition service's resources.
+*/}}
+{{- define "speechkit-operator.recognizer.labels" -}}
+helm.sh/chart: {{ include "speechkit-operator.chart" . }}
+{{ include "speechkit-operator.recognizer.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: speechkit-operator
+{{- end }}
+
+{{/*
+The recognition service's image: repository and tag, the tag defaulting to the chart's appVersion.
+*/}}
+{{- define "speechkit-operator.recognizer.image" -}}
+{{- printf "%s:%s" .Values.recognizer.image.repository (default .Chart.AppVersion (toString .Values.recognizer.image.tag)) }}
+{{- end }}
+
+{{/*
+The recognition service container's environment: workers, queue size, retention, the API key from
+a Secret, recognizer.settings as SPEECHKIT_SERVE_* variables, then recognizer.extraEnv. Host and
+port are command-line arguments.
+*/}}
+{{- define "speechkit-operator.recognizer.env" -}}
+{{- $recognizer := .Values.recognizer }}
+{{- $explicit := dict "workers" $recognizer.workers "queue_size" $recognizer.queueSize "retention_seconds" $recognizer.retentionSeconds }}
+{{- $names := list "SPEECHKIT_SERVE_HOST" "SPEECHKIT_SERVE_PORT" }}
+{{- range $key := list "workers" "queue_size" "retention_seconds" }}
+{{- $name := printf "SPEECHKIT_SERVE_%s" (upper $key) }}
+{{- $names = append $names $name }}
+- name: {{ $name }}
+  value: {{ include "speechkit-operator.envValue" (get $explicit $key) | quote }}
+{{- end }}
+{{- with $recognizer.apiKeySecret.name }}
+{{- $names = append $names "SPEECHKIT_SERVE_API_KEYS" }}
+- name: SPEECHKIT_SERVE_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ . | quote }}
+      key: {{ required "recognizer.apiKeySecret.key is required with recognizer.apiKeySecret.name" $recognizer.apiKeySecret.key | quote }}
+{{- end }}
+{{- range $key, $value := ($recognizer.settings | default dict) }}
+{{- if not (regexMatch "^[a-z][a-z0-9_]*$" $key) }}
+{{- fail (printf "recognizer.settings.%s: keys are ServiceSettings field names in snake_case" $key) }}
+{{- end }}
+{{- if has $key (list "host" "port" "workers" "queue_size" "retention_seconds" "api_keys") }}
+{{- fail (printf "recognizer.settings.%s is set by the chart: use recognizer.workers, queueSize, retentionSeconds or apiKeySecret" $key) }}
+{{- end }}
+{{- if not (or (kindIs "invalid" $value) (eq (toString $value) "")) }}
+{{- $name := printf "SPEECHKIT_SERVE_%s" (upper $key) }}
+{{- $names = append $names $name }}
+- name: {{ $name }}
+  value: {{ include "speechkit-operator.envValue" $value | quote }}
+{{- end }}
+{{- end }}
+{{- range $recognizer.extraEnv }}
+{{- if has .name $names }}
+{{- fail (printf "recognizer.extraEnv: %s is set by the chart; use the recognizer values instead" .name) }}
+{{- end }}
+{{- end }}
+{{- with $recognizer.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
