@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 
-from devstack.components import REPO_ROOT, Binaries
+from devstack.components import REPO_ROOT, Binaries, KubeCluster
 from devstack.demo import SAMPLES
 
 
@@ -47,3 +47,25 @@ def test_demo_ends_with_every_job_succeeded_and_transcripts_shown(e2e_binaries: 
     assert "leisure" in sections["short-mp3"].split()
     for sample in SAMPLES:
         assert f"s3://recordings/transcripts/incoming/{sample.file}.json" in output
+
+
+def test_demo_runs_against_the_current_kubectl_context(kube_cluster: KubeCluster) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SPEECHKIT_OPERATOR_")}
+    env["KUBECONFIG"] = str(kube_cluster.kubeconfig)
+    result = subprocess.run(
+        [sys.executable, "-m", "devstack.demo", "--current-context", "--exit-when-done", "--timeout", "300"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    output = result.stdout
+    assert result.returncode == 0, output + result.stderr
+    assert "using the current kubectl context 'e2e'" in output
+    assert "starting etcd" not in output  # no cluster of its own
+    assert "every job Succeeded" in output
+    # It cleans up after itself: the demo namespace is on its way out.
+    namespace = kube_cluster.kubectl("get", "namespace", "speechkit-demo", "-o", "json", check=False)
+    assert namespace.returncode != 0 or '"Terminating"' in namespace.stdout
