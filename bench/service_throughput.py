@@ -33,26 +33,11 @@ sys.path.insert(0, str(ROOT))
 
 from devstack.components import ManagedProcess, free_port, http_request, wait_until  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine_quality import edit_distance, references  # noqa: E402
+
 AUDIO_DIR = ROOT.parent / "shared" / "audio"
 SUBMIT = "/speech/stt/v2/longRunningRecognize"
-
-
-def word_errors(reference: list[str], hypothesis: list[str]) -> int:
-    previous = list(range(len(hypothesis) + 1))
-    for i, ref in enumerate(reference, 1):
-        current = [i]
-        for j, hyp in enumerate(hypothesis, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref != hyp)))
-        previous = current
-    return previous[-1]
-
-
-def reference_for(name: str) -> list[str]:
-    files = json.loads((AUDIO_DIR / "manifest.json").read_text())["files"]
-    entry = files[name]
-    while "text" not in entry and "same_as" in entry:
-        entry = files[entry["same_as"]]
-    return str(entry["text"]).split()
 
 
 async def submit_until_accepted(
@@ -131,7 +116,8 @@ def main() -> int:
     finally:
         server.stop()
 
-    reference = reference_for(args.file)
+    manifest = json.loads((AUDIO_DIR / "manifest.json").read_text())["files"]
+    reference = references(manifest, args.file)["1"].split()
     errors = [op["error"] for op, _ in results if "error" in op]
     wers = []
     for operation, _ in results:
@@ -141,7 +127,7 @@ def main() -> int:
                 for chunk in operation["response"].get("chunks", [])
                 for w in chunk["alternatives"][0]["words"]
             ]
-            wers.append(word_errors(reference, words) / len(reference))
+            wers.append(edit_distance(reference, words) / len(reference))
     latencies = sorted(latency for _, latency in results)
     failures = sum(count for status, count in statuses.items() if status not in (200, 429))
 

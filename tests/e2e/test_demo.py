@@ -15,20 +15,25 @@ from devstack.components import REPO_ROOT, Binaries, KubeCluster
 from devstack.demo import SAMPLES
 
 
-def test_demo_ends_with_every_job_succeeded_and_transcripts_shown(e2e_binaries: Binaries) -> None:
-    del e2e_binaries  # the demo finds the same binaries; the fixture fails or skips when absent
-    env = {key: value for key, value in os.environ.items() if not key.startswith("SPEECHKIT_OPERATOR_")}
+def run_demo(*flags: str, **env: str) -> str:
+    """Run the demo to its end; its output, after checking that it exited with 0."""
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("SPEECHKIT_OPERATOR_")}
     result = subprocess.run(
-        [sys.executable, "-m", "devstack.demo", "--exit-when-done", "--timeout", "300"],
+        [sys.executable, "-m", "devstack.demo", "--exit-when-done", "--timeout", "300", *flags],
         cwd=REPO_ROOT,
-        env=env,
+        env={**environ, **env},
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
-    output = result.stdout
-    assert result.returncode == 0, output + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_demo_ends_with_every_job_succeeded_and_transcripts_shown(e2e_binaries: Binaries) -> None:
+    del e2e_binaries  # the demo finds the same binaries; the fixture fails or skips when absent
+    output = run_demo()
     assert "every job Succeeded" in output
 
     # The live table showed every job reach Succeeded, with its audio duration.
@@ -50,19 +55,7 @@ def test_demo_ends_with_every_job_succeeded_and_transcripts_shown(e2e_binaries: 
 
 
 def test_demo_runs_against_the_current_kubectl_context(kube_cluster: KubeCluster) -> None:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("SPEECHKIT_OPERATOR_")}
-    env["KUBECONFIG"] = str(kube_cluster.kubeconfig)
-    result = subprocess.run(
-        [sys.executable, "-m", "devstack.demo", "--current-context", "--exit-when-done", "--timeout", "300"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    output = result.stdout
-    assert result.returncode == 0, output + result.stderr
+    output = run_demo("--current-context", KUBECONFIG=str(kube_cluster.kubeconfig))
     assert "using the current kubectl context 'e2e'" in output
     assert "starting etcd" not in output  # no cluster of its own
     assert "every job Succeeded" in output
