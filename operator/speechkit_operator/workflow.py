@@ -11,8 +11,8 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -48,8 +48,6 @@ from speechkit_operator.models.recognition import Transcript
 
 logger = logging.getLogger(__name__)
 
-#: How long to wait before retrying an output write, or a check whose Secret could not be read.
-CHECK_RETRY_SECONDS = 30.0
 #: How many recent submissions to remember per process (see ``JobWorkflow.submit``).
 REMEMBERED_SUBMISSIONS = 10_000
 
@@ -144,9 +142,15 @@ class JobWorkflow:
         except _Problem as problem:
             facts = self._facts(job, status)
             if problem.permanent:
-                return self._fail(facts, problem.reason, problem.message)
+                return self._fail(facts, problem.reason, problem.message, submitted=False)
             delay = max(self._retry_delay(attempt), polling.honoured_retry_after(problem.retry_after))
             return self._wait(facts, problem.reason, problem.message, delay)
+        except Exception as exc:  # a bug or an unforeseen library error: visible, and retried
+            logger.exception("job %s: unexpected error while submitting", job)
+            message = f"unexpected {type(exc).__name__} while submitting; see the operator's log"
+            return self._wait(
+                self._facts(job, status), "UnexpectedError", message, self._retry_delay(attempt)
+            )
 
         # The operation id is the one thing never to lose: nothing slow comes between here and
         # the status patch that records it.
@@ -281,6 +285,17 @@ class JobWorkflow:
         """The *how*: look at the operation once and act on what it says."""
         if status.phase is not Phase.RUNNING or not status.operation_id:
             return Outcome()
+        try:
+            return await self._check(job, raw_spec, status)
+        except Exception as exc:  # a bug or an unforeseen library error: visible, and backed off
+            logger.exception("job %s: unexpected error while checking", job)
+            facts = self._facts(job, status)
+            upcoming = polling.next_check_at(facts.now, status.checks + 1, self.policy)
+            message = f"unexpected {type(exc).__name__} while checking; see the operator's log"
+            return self._later(facts, status.checks, "UnexpectedError", message, upcoming)
+
+    async def _check(self, job: JobRef, raw_spec: Mapping[str, Any], status: JobStatus) -> Outcome:
+        assert status.operation_id is not None
         facts = self._facts(job, status)
         try:
             spec = self._parse_spec(raw_spec)
@@ -288,7 +303,8 @@ class JobWorkflow:
         except _Problem as problem:
             if problem.permanent:
                 return self._fail(facts, problem.reason, problem.message)
-            return self._later(facts, status.checks, problem.reason, problem.message, CHECK_RETRY_SECONDS)
+            upcoming = polling.next_check_at(facts.now, status.checks + 1, self.policy)
+            return self._later(facts, status.checks, problem.reason, problem.message, upcoming)
 
         checks = status.checks + 1
         try:
@@ -301,6 +317,17 @@ class JobWorkflow:
             )
         except SpeechApiError as exc:
             message = f"checking operation {status.operation_id} failed: {exc}"
+            if exc.http_status in (401, 403):
+                # Credentials expired or rotated, a role briefly removed: SpeechKit keeps the result
+                # for 3 days, so wait for the Secret to be fixed (re-read at the next check) rather
+                # than throw the result away. An expired result ends the job as ResultExpired.
+                self.secrets.forget(
+                    job.namespace, spec.credentials_secret or self.settings.default_credentials_secret
+                )
+                upcoming = polling.next_check_at(facts.now, checks, self.policy, exc.retry_after)
+                return self._later(
+                    facts, checks, exc.reason, f"{message}; fix the credentials Secret", upcoming
+                )
             if not exc.transient:
                 return self._fail(facts, exc.reason, message)
             upcoming = polling.next_check_at(facts.now, checks, self.policy, exc.retry_after)
@@ -312,7 +339,8 @@ class JobWorkflow:
         if isinstance(verdict, transitions.StillRunning):
             upcoming = polling.next_check_at(facts.now, checks, self.policy)
             return Outcome(status=transitions.checked(facts, checks=checks, next_check=upcoming))
-        return await self._finish(job, spec, facts, checks, verdict.operation)
+        channels = int((status.audio or {}).get("channels") or 1)
+        return await self._finish(job, spec, facts, checks, verdict.operation, channels)
 
     async def _finish(
         self,
@@ -321,10 +349,14 @@ class JobWorkflow:
         facts: transitions.Facts,
         checks: int,
         operation: OperationState,
+        channels: int,
     ) -> Outcome:
-        """Write every requested transcript, then mark the job done. On failure, try again later:
-        SpeechKit keeps the result for 3 days, so nothing is lost by waiting."""
+        """Write every requested transcript, then mark the job done. On failure, try again later
+        (backing off like the checks): SpeechKit keeps the result for 3 days."""
         transcript = operation.transcript or Transcript()
+        if channels > 1:
+            # Multichannel audio gets per-channel outputs even when only one channel had speech.
+            transcript = replace(transcript, channels=tuple(str(tag) for tag in range(1, channels + 1)))
         bucket = spec.output_bucket
         base_key = output_base_key(spec.source.key, spec.output.prefix)
         rendered = render_outputs(operation.response or {}, transcript, spec.output.formats, base_key)
@@ -334,10 +366,12 @@ class JobWorkflow:
                 *(storage.put(bucket, out.key, out.body, out.content_type) for out in rendered)
             )
         except _Problem as problem:
-            return self._later(facts, checks, problem.reason, problem.message, CHECK_RETRY_SECONDS)
+            upcoming = polling.next_check_at(facts.now, checks, self.policy)
+            return self._later(facts, checks, problem.reason, problem.message, upcoming)
         except StorageError as exc:
             message = f"writing transcripts to s3://{bucket}/ failed: {exc.message}"
-            return self._later(facts, checks, "OutputWriteFailed", message, CHECK_RETRY_SECONDS)
+            upcoming = polling.next_check_at(facts.now, checks, self.policy)
+            return self._later(facts, checks, "OutputWriteFailed", message, upcoming)
         outputs = {out.name: s3_uri(bucket, out.key) for out in rendered}
         logger.info("job %s succeeded: %d outputs", job, len(outputs))
         return Outcome(
@@ -356,8 +390,10 @@ class JobWorkflow:
             attempt, base=self.settings.submit_retry_base_seconds, cap=self.settings.submit_retry_max_seconds
         )
 
-    def _fail(self, facts: transitions.Facts, reason: str, message: str) -> Outcome:
-        status = transitions.failed(facts, reason, message)
+    def _fail(
+        self, facts: transitions.Facts, reason: str, message: str, *, submitted: bool = True
+    ) -> Outcome:
+        status = transitions.failed(facts, reason, message, submitted=submitted)
         return Outcome(status=status, notes=[Note("Warning", "Failed", f"{reason}: {status['message']}")])
 
     def _wait(self, facts: transitions.Facts, reason: str, message: str, delay: float) -> Outcome:
@@ -375,10 +411,9 @@ class JobWorkflow:
         checks: int,
         reason: str,
         message: str,
-        when: float | datetime,
+        upcoming: datetime,
     ) -> Outcome:
-        """Still running, but this look did not get through: look again at ``when``."""
-        upcoming = when if isinstance(when, datetime) else facts.now + timedelta(seconds=when)
+        """Still running, but this look did not get through: look again at ``upcoming``."""
         text = redact(f"{message}; next check at {format_time(upcoming)}")
         return Outcome(
             status=transitions.checked(

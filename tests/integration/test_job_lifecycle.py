@@ -323,3 +323,37 @@ async def test_deletion_while_pending_finishes(
             break
         await asyncio.sleep(0.05)
     assert k8s.job("stuck") is None
+
+
+async def test_credentials_refused_while_checking_keep_the_result(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    """An expired token or a rotated key at check time must not throw away a result SpeechKit keeps."""
+    key = upload(s3, bucket, "librivox-0880.wav")
+    speechkit.inject("operation", 401, count=3)
+    await start_operator()
+    await k8s.create_job("rotated", spec(bucket, key))
+
+    refused = await k8s.wait_for("rotated", lambda status: status.get("reason") == "Unauthenticated")
+    assert refused["phase"] == "Running"
+    assert "credentials Secret" in refused["message"]
+    status = await k8s.wait_for_phase("rotated", "Succeeded", "Failed", timeout=30)
+
+    assert status["phase"] == "Succeeded", status
+    assert speechkit.counts["submit"] == 1
+
+
+async def test_stereo_audio_with_speech_on_one_channel_still_gets_per_channel_outputs(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    key = upload(s3, bucket, "librivox-stereo-0880L-0930R.wav", key="incoming/one-sided.wav")
+    speechkit.transcripts["one-sided.wav"] = {"2": [("hello", 0.5, 0.9), ("there", 1.0, 1.4)]}
+    await start_operator()
+    await k8s.create_job("one-sided", spec(bucket, key))
+
+    status = await k8s.wait_for_phase("one-sided", "Succeeded", "Failed")
+
+    assert status["audio"]["channels"] == 2
+    assert set(status["outputs"]) == {"json", "txt", "srt:1", "srt:2", "vtt:1", "vtt:2"}
+    txt, _ = read(s3, status["outputs"]["txt"])
+    assert txt.strip() == "[channel 2] hello there"

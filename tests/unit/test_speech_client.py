@@ -508,7 +508,11 @@ async def test_connection_errors_are_retried_then_transient(sleeps: Sleeps) -> N
     assert len(sleeps.delays) == POLICY.attempts - 1
 
 
-async def test_timeouts_are_retried_then_transient(api: FakeSpeechKit, sleeps: Sleeps) -> None:
+async def test_a_timed_out_submission_is_not_repeated_within_the_call(
+    api: FakeSpeechKit, sleeps: Sleeps
+) -> None:
+    """The server may have created the operation before the answer was lost: sending the request
+    again could make a second, billed operation."""
     api.submit = [reply_slow(0.3)]
     client = SpeechKitV2Client(
         api.base_url, api.base_url, api.base_url + IAM, timeout=0.05, retry_policy=POLICY, sleep=sleeps
@@ -519,8 +523,34 @@ async def test_timeouts_are_retried_then_transient(api: FakeSpeechKit, sleeps: S
     finally:
         await client.close()
     assert info.value.transient
+    assert not info.value.certainly_unprocessed
     assert info.value.http_status is None
-    assert len(api.seen(SUBMIT)) == POLICY.attempts
+    assert len(api.seen(SUBMIT)) == 1
+
+
+async def test_a_refused_connection_is_retried_on_submit(sleeps: Sleeps) -> None:
+    closed = "http://127.0.0.1:9"  # discard port: nothing listens
+    client = SpeechKitV2Client(closed, closed, closed + IAM, timeout=1, retry_policy=POLICY, sleep=sleeps)
+    try:
+        with pytest.raises(SpeechApiError, match="connection failed") as info:
+            await client.submit(lpcm_request(), ApiKeyCredentials(api_key=API_KEY))
+    finally:
+        await client.close()
+    assert info.value.certainly_unprocessed
+    assert len(sleeps.delays) == POLICY.attempts - 1
+
+
+async def test_timeouts_of_operation_checks_are_retried(api: FakeSpeechKit, sleeps: Sleeps) -> None:
+    api.operations = [reply_slow(0.3)]
+    client = SpeechKitV2Client(
+        api.base_url, api.base_url, api.base_url + IAM, timeout=0.05, retry_policy=POLICY, sleep=sleeps
+    )
+    try:
+        with pytest.raises(SpeechApiError, match="no answer within"):
+            await client.get_operation("e03abc", ApiKeyCredentials(api_key=API_KEY))
+    finally:
+        await client.close()
+    assert len(api.seen("/operations/")) == POLICY.attempts
 
 
 async def test_iam_exchange_failures_are_retried_too(

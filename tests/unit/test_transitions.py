@@ -348,3 +348,15 @@ def test_retry_delay_with_custom_base_and_cap() -> None:
 def test_retry_delay_for_a_huge_attempt_stays_at_the_cap() -> None:
     assert retry_delay(10**9) == 300.0
     assert isinstance(retry_delay(3), float)
+
+
+def test_a_job_that_fails_before_submission_says_so_in_its_submitted_condition() -> None:
+    waited = waiting(facts(), "CredentialsSecretNotFound", "Secret missing")
+
+    status = failed(facts(waited["conditions"]), "SourceNotFound", "no such object", submitted=False)
+
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Submitted"]["status"] == "False"
+    assert conditions["Submitted"]["reason"] == "SourceNotFound"
+    assert conditions["Failed"]["status"] == "True"
+    assert conditions["Succeeded"]["status"] == "False"

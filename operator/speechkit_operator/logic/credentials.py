@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from speechkit_operator.clients.speech.base import (
     ApiKeyCredentials,
@@ -94,6 +95,15 @@ def _service_account_key(secret_name: str, raw: str, folder_id: str | None) -> S
     )
 
 
+def _is_http_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and " " not in text
+
+
 def parse_storage_secret(
     secret_name: str, data: Mapping[str, bytes], *, default_endpoint: str, default_region: str
 ) -> StorageConfig:
@@ -113,9 +123,10 @@ def parse_storage_secret(
     ]
     if missing or access_key_id is None or secret_access_key is None:
         raise SecretProblem("InvalidStorageSecret", f"Secret {secret_name!r} lacks {', '.join(missing)}")
-    if not endpoint.startswith(("http://", "https://")):
+    if not _is_http_url(endpoint):
         raise SecretProblem(
-            "InvalidStorageSecret", f"endpoint in Secret {secret_name!r} must start with http:// or https://"
+            "InvalidStorageSecret",
+            f"endpoint in Secret {secret_name!r} must be an http:// or https:// URL with a host",
         )
     return StorageConfig(
         endpoint=endpoint.rstrip("/"),

@@ -94,12 +94,25 @@ def checked(
     }
 
 
-def failed(facts: Facts, reason: str, message: str) -> Status:
+def failed(facts: Facts, reason: str, message: str, *, submitted: bool = True) -> Status:
+    """The end of a job. ``submitted=False``: it never reached SpeechKit, and the ``Submitted``
+    condition says why (instead of keeping an earlier "retrying" message)."""
     status = _base(facts, Phase.FAILED, reason, message)
     status["completedAt"] = facts.stamp
     status["nextCheckAt"] = None
+    conditions: list[dict[str, Any]] = [dict(c) for c in facts.conditions]
+    if not submitted:
+        conditions = set_condition(
+            conditions,
+            type=ConditionType.SUBMITTED,
+            status="False",
+            reason=reason,
+            message=status["message"],
+            now=facts.stamp,
+            generation=facts.generation,
+        )
     conditions = set_condition(
-        facts.conditions,
+        conditions,
         type=ConditionType.FAILED,
         status="True",
         reason=reason,

@@ -149,6 +149,8 @@ async def send_request(
             return RawResponse(status=response.status, body=body, retry_after=retry_after)
     except TimeoutError:
         raise SpeechApiError(f"{what}: no answer within {time_limit:g}s") from None
+    except aiohttp.ClientConnectorError as exc:  # no connection: the request was never sent
+        raise SpeechApiError(f"{what}: connection failed ({type(exc).__name__})", unsent=True) from None
     except aiohttp.ClientError as exc:
         raise SpeechApiError(f"{what}: connection failed ({type(exc).__name__})") from None
 

@@ -69,12 +69,22 @@ class SpeechApiError(Exception):
         http_status: int | None = None,
         grpc_code: int | None = None,
         retry_after: float | None = None,
+        unsent: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.http_status = http_status
         self.grpc_code = grpc_code if grpc_code is not None else HTTP_TO_GRPC.get(http_status or 0)
         self.retry_after = retry_after
+        self._unsent = unsent
+
+    @property
+    def certainly_unprocessed(self) -> bool:
+        """True when the server surely did nothing: no connection was made, or it refused the
+        request outright (429, 503). A timeout, a dropped connection or another 5xx may come after
+        the server acted on the request: repeating a submission then may create a second operation.
+        """
+        return self._unsent or self.http_status in (429, 503)
 
     @property
     def transient(self) -> bool:

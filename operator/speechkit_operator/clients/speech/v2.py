@@ -60,6 +60,11 @@ def _is_retried(exc: Exception) -> bool:
     return isinstance(exc, SpeechApiError) and exc.transient and not isinstance(exc, MalformedResponseError)
 
 
+def _is_retried_submit(exc: Exception) -> bool:
+    # A submission is repeated within the call only when the server surely did not act on it.
+    return _is_retried(exc) and isinstance(exc, SpeechApiError) and exc.certainly_unprocessed
+
+
 def _retry_after_of(exc: Exception) -> float | None:
     return exc.retry_after if isinstance(exc, SpeechApiError) else None
 
@@ -176,7 +181,13 @@ class SpeechKitV2Client:
         body = build_submit_body(request, credentials.folder_id)
         uri_secrets = _uri_secrets(request.audio_uri)
         raw = await self._call(
-            "SpeechKit submit", "POST", self._submit_url, credentials, json_body=body, secrets=uri_secrets
+            "SpeechKit submit",
+            "POST",
+            self._submit_url,
+            credentials,
+            json_body=body,
+            secrets=uri_secrets,
+            retried=_is_retried_submit,
         )
         return parse_operation(json_object(raw, "SpeechKit submit"), secrets=uri_secrets)
 
@@ -227,6 +238,7 @@ class SpeechKitV2Client:
         json_body: dict[str, Any] | None = None,
         secrets: Iterable[str] = (),
         not_found: type[SpeechApiError] | None = None,
+        retried: Callable[[Exception], bool] = _is_retried,
     ) -> RawResponse:
         """One API call with retries; returns a 2xx answer or raises :class:`SpeechApiError`."""
         extra_secrets = tuple(secrets)
@@ -290,7 +302,7 @@ class SpeechKitV2Client:
         return await with_retries(
             attempt,
             self._policy,
-            is_transient=_is_retried,
+            is_transient=retried,
             retry_after_of=_retry_after_of,
             on_retry=notice,
             sleep=self._sleep,
