@@ -273,6 +273,19 @@ class JobWorkflow:
                 ) from None
             raise _Problem(exc.reason, f"SpeechKit rejected the job: {exc}", permanent=True) from None
 
+    def restore(self, job: JobRef, annotated_operation_id: str, status: JobStatus) -> Outcome:
+        """A job whose operation id is in its annotation but not in its status: take it from there."""
+        if status.operation_id or not annotated_operation_id:
+            return Outcome()
+        facts = self._facts(job, status)
+        logger.warning("job %s: restoring operation %s from its annotation", job, annotated_operation_id)
+        return Outcome(
+            status=transitions.restored(facts, operation_id=annotated_operation_id),
+            notes=[
+                Note("Warning", "Restored", f"operation {annotated_operation_id} restored from annotation")
+            ],
+        )
+
     # -- checking ------------------------------------------------------------------------------
 
     def is_check_due(self, status: JobStatus) -> bool:

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from speechkit_operator.constants import GROUP, JOB_PLURAL, OPERATION_ANNOTATION, VERSION
 from tests.emulator import SpeechKitEmulator
-from tests.integration.conftest import Cluster, Starter, upload
+from tests.integration.conftest import NAMESPACE, Cluster, Starter, upload
 from tests.support.audio import reference_text
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ async def test_wav_job_succeeds_with_all_four_outputs(
 
     assert status["phase"] == "Succeeded", status
     assert status["operationId"]
+    annotations = (k8s.job("meeting") or {})["metadata"]["annotations"]
+    assert annotations[OPERATION_ANNOTATION] == status["operationId"]
     assert status["audio"] == {
         "encoding": "LINEAR16_PCM",
         "sampleRateHertz": 16000,
@@ -357,3 +360,53 @@ async def test_stereo_audio_with_speech_on_one_channel_still_gets_per_channel_ou
     assert set(status["outputs"]) == {"json", "txt", "srt:1", "srt:2", "vtt:1", "vtt:2"}
     txt, _ = read(s3, status["outputs"]["txt"])
     assert txt.strip() == "[channel 2] hello there"
+
+
+async def test_an_operation_id_kept_only_in_the_annotation_is_restored_at_startup(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    """The operator died after kopf's metadata patch (handler done, id annotated) but before the
+    status patch: the restarted operator must pick the operation up, not lose or resubmit it."""
+    key = upload(s3, bucket, "librivox-0930.wav")
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=600)
+    body = {
+        "config": {
+            "specification": {
+                "languageCode": "en-US",
+                "audioEncoding": "LINEAR16_PCM",
+                "sampleRateHertz": 16000,
+            }
+        },
+        "audio": {"uri": url},
+    }
+    async with k8s.session.post(
+        f"{speechkit.url}/speech/stt/v2/longRunningRecognize",
+        json=body,
+        headers={"Authorization": "Api-Key test-api-key"},
+    ) as response:
+        operation_id = (await response.json())["id"]
+    job_spec = spec(bucket, key)
+    await k8s.create(
+        f"/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{JOB_PLURAL}",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "TranscriptionJob",
+            "metadata": {
+                "name": "orphan",
+                "namespace": NAMESPACE,
+                "annotations": {
+                    OPERATION_ANNOTATION: operation_id,
+                    f"{GROUP}/last-handled-configuration": json.dumps({"spec": job_spec}) + "\n",
+                },
+            },
+            "spec": job_spec,
+        },
+    )
+
+    await start_operator()
+    status = await k8s.wait_for_phase("orphan", "Succeeded", "Failed")
+
+    assert status["phase"] == "Succeeded", status
+    assert status["operationId"] == operation_id
+    assert speechkit.counts["submit"] == 1  # ours, above: the operator submitted nothing
+    assert (await k8s.wait_for_event("Restored"))["type"] == "Warning"

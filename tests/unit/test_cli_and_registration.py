@@ -8,7 +8,7 @@ import pytest
 from speechkit_operator import __version__
 from speechkit_operator.cli import main
 from speechkit_operator.config import Settings
-from speechkit_operator.constants import ANNOTATION_PREFIX, FINALIZER
+from speechkit_operator.constants import ANNOTATION_PREFIX, FINALIZER, OPERATION_ANNOTATION
 from speechkit_operator.handlers import register
 from speechkit_operator.handlers.lifecycle import configure_kopf
 
@@ -37,13 +37,17 @@ def test_namespace_and_all_namespaces_are_exclusive(capsys: pytest.CaptureFixtur
     assert "not allowed with" in capsys.readouterr().err
 
 
-def test_register_adds_the_submit_handler_and_a_timer_filtered_to_running_jobs() -> None:
+def test_register_adds_submit_restore_and_a_timer_filtered_to_running_jobs() -> None:
     settings = Settings(poll_tick_seconds=7.5)
     registry = register(kopf.OperatorRegistry(), settings)
 
     resources = list(registry._changing.get_all_handlers())  # kopf has no public listing
     timers = list(registry._spawning.get_all_handlers())
-    assert [handler.id for handler in resources] == ["submit"]
+    assert [handler.id for handler in resources] == ["submit", "restore/status.operationId"]
+    restore = resources[1]
+    assert restore.field == ("status", "operationId")
+    assert restore.value is kopf.ABSENT
+    assert restore.annotations == {OPERATION_ANNOTATION: kopf.PRESENT}
     assert [handler.id for handler in timers] == ["poll/status.phase"]
     timer = timers[0]
     assert timer.interval == 7.5  # type: ignore[attr-defined]

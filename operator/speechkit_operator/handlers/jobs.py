@@ -10,6 +10,7 @@ from typing import Any
 
 import kopf
 
+from speechkit_operator.constants import OPERATION_ANNOTATION
 from speechkit_operator.context import OperatorContext
 from speechkit_operator.models.job import JobStatus
 from speechkit_operator.workflow import JobRef, Outcome
@@ -51,9 +52,21 @@ async def submit_job(
     context = _context(memo)
     outcome = await context.workflow.submit(_ref(meta), spec, JobStatus.from_body(status), attempt=retry)
     _apply(outcome, body, patch)
+    if operation_id := outcome.status.get("operationId"):
+        # kopf writes metadata before status: keep the id where it survives a crash in between.
+        patch.metadata.annotations[OPERATION_ANNOTATION] = operation_id
     if outcome.retry_in is not None:
         # Record the retry in status now: kopf applies the patch before it schedules the retry.
         raise kopf.TemporaryError(outcome.status.get("message", "retrying"), delay=outcome.retry_in)
+
+
+async def restore_job(
+    status: kopf.Status, meta: kopf.Meta, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+) -> None:
+    """At startup, for jobs whose status lost the operation id that their annotation kept."""
+    context = _context(memo)
+    annotated = str(meta.annotations.get(OPERATION_ANNOTATION, ""))
+    _apply(context.workflow.restore(_ref(meta), annotated, JobStatus.from_body(status)), body, patch)
 
 
 async def poll_job(

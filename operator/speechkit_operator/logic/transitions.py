@@ -80,6 +80,23 @@ def submitted(facts: Facts, *, operation_id: str, audio: AudioInfo, first_check:
     return status
 
 
+def restored(facts: Facts, *, operation_id: str) -> Status:
+    """The status of a job whose operation id survived only in its annotation: check it now."""
+    message = f"operation {operation_id} restored from the job's annotation after an interrupted status write"
+    status = _base(facts, Phase.RUNNING, "Restored", message)
+    status.update(operationId=operation_id, submittedAt=facts.stamp, nextCheckAt=facts.stamp, checks=0)
+    status["conditions"] = set_condition(
+        facts.conditions,
+        type=ConditionType.SUBMITTED,
+        status="True",
+        reason="Submitted",
+        message=message,
+        now=facts.stamp,
+        generation=facts.generation,
+    )
+    return status
+
+
 def checked(
     facts: Facts, *, checks: int, next_check: datetime, reason: str = "Running", message: str | None = None
 ) -> Status:
