@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import re
 import socket
@@ -35,7 +36,8 @@ from speechkit_operator.clients.speech.v2 import SpeechKitV2Client
 from speechkit_operator.clients.speech.v2_parsing import parse_v2_response
 from speechkit_operator.models.audio import AudioEncoding
 from speechkit_operator.models.recognition import Word
-from speechkit_operator.selfhosted.app import create_app
+from speechkit_operator.selfhosted import app as app_module
+from speechkit_operator.selfhosted.app import SERVICE, create_app
 from speechkit_operator.selfhosted.config import ServiceSettings
 from tests.support.audio import audio_dir
 
@@ -239,6 +241,7 @@ def settings(**overrides: Any) -> ServiceSettings:
         "max_inline_bytes": 2048,
         "sync_max_bytes": 1024,
         "sync_max_seconds": 10,
+        "shutdown_timeout": 1.0,
     }
     values.update(overrides)
     return ServiceSettings(**values)
@@ -283,6 +286,8 @@ async def audio_server() -> AsyncIterator[AudioServer]:
         name = request.match_info["name"]
         if name == "slow.ogg":
             await asyncio.sleep(5)
+        if name == "moved.ogg":
+            raise web.HTTPFound("/bucket/hello.ogg")
         if name not in server.objects:
             return web.Response(status=404, text="<Error><Code>NoSuchKey</Code></Error>")
         return web.Response(body=server.objects[name], content_type="audio/ogg")
@@ -461,6 +466,12 @@ async def test_audio_is_read_from_an_s3_uri(service: Service, fake_s3: FakeS3) -
         ("missing.ogg", 5, "The audio could not be downloaded from {url}/bucket/missing.ogg: HTTP 404"),
         ("big.ogg", 3, "The audio at {url}/bucket/big.ogg is larger than 4096 bytes"),
         ("slow.ogg", 4, "The audio could not be downloaded from {url}/bucket/slow.ogg within 0.5 s"),
+        (
+            "moved.ogg",
+            3,
+            "The audio could not be downloaded from {url}/bucket/moved.ogg: HTTP 302 "
+            "(redirects are not followed; give the final URI)",
+        ),
     ],
 )
 @module_loop
@@ -821,7 +832,7 @@ async def test_starting_then_full_then_free_then_stopped(tmp_path: Path) -> None
     gate = tmp_path / "gate"
     startup = tmp_path / "startup"
     app = create_app(
-        settings(queue_size=1, api_keys=()),
+        settings(queue_size=1, api_keys=(), shutdown_timeout=0.5),
         engine_factory=FakeEngineFactory(languages=("en-US",), gate=str(gate), startup_gate=str(startup)),
         decoder=fake_decode,
         client_errors=(FakeDecodeError,),
@@ -881,7 +892,7 @@ async def test_starting_then_full_then_free_then_stopped(tmp_path: Path) -> None
             assert [word for _, word, _, _ in words_of(done["response"])] == ["blocked"]
         assert (await service.submit(content("free again"), headers=None)).status == 200
 
-        # Stopping does not wait for a stuck recognition: its worker process is stopped too.
+        # Stopping waits shutdown_timeout for a stuck recognition, then its worker process is stopped too.
         gate.unlink()
         pid_file = tmp_path / "pid"
         assert (await service.submit(content(f"!pid:{pid_file} !block"), headers=None)).status == 200
@@ -962,3 +973,229 @@ def test_settings_defaults_and_checks(monkeypatch: pytest.MonkeyPatch) -> None:
         ServiceSettings(storage_access_key_id=SecretStr("AKID"))
     with pytest.raises(ValueError):
         ServiceSettings(workers=0)
+
+
+# --- Bounded memory: a place is taken before a body is read --------------------------------------------
+
+
+async def send_partially(
+    client: TestClient[web.Request, web.Application], path: str, body: bytes, sent: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A request whose first ``sent`` bytes of body are sent; the rest is the caller's to send."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    writer.write(head.encode() + body[:sent])
+    await writer.drain()
+    return reader, writer
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
+    raw = await asyncio.wait_for(reader.read(), timeout=30)
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload)
+
+
+async def wait_in_flight(app: web.Application, count: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while app[SERVICE].pool.in_flight != count:
+        assert time.monotonic() < deadline, f"in flight: {app[SERVICE].pool.in_flight}, expected {count}"
+        await asyncio.sleep(0.02)
+
+
+@module_loop
+async def test_only_admitted_requests_have_their_body_read(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    app = create_app(
+        settings(queue_size=0, api_keys=(), max_audio_bytes=1024 * 1024, max_inline_bytes=1024 * 1024),
+        engine_factory=FakeEngineFactory(gate=str(gate)),
+        decoder=fake_decode,
+        client_errors=(FakeDecodeError,),
+    )
+    client = await start_service(app)
+    service = Service(client)
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        await service.wait_ready()
+        audio = base64.b64encode(b"!block large" + b" " * 300_000).decode()
+        body = json.dumps(
+            {"config": {"specification": {"languageCode": "en-US"}}, "audio": {"content": audio}}
+        )
+        large = body.encode()
+
+        # Five large submissions at once, each sending 1 KB of its body and then waiting: the one that
+        # took the only place waits for its body; the others are refused at once, their bodies unread.
+        connections = await asyncio.gather(*(send_partially(client, SUBMIT, large, 1024) for _ in range(5)))
+        writers = [writer for _, writer in connections]
+        answers: dict[asyncio.Future[tuple[int, dict[str, Any]]], asyncio.StreamWriter] = {
+            asyncio.ensure_future(read_answer(reader)): writer for reader, writer in connections
+        }
+        pending = set(answers)
+        deadline = time.monotonic() + 30
+        while len(pending) > 1:
+            assert time.monotonic() < deadline, "the refusals did not come before the bodies were sent"
+            _, pending = await asyncio.wait(pending, timeout=1, return_when=asyncio.FIRST_COMPLETED)
+        refused = [answer.result() for answer in answers if answer not in pending]
+        assert [status for status, _ in refused] == [429] * 4
+        assert all(payload["code"] == 8 for _, payload in refused)
+        assert app[SERVICE].pool.in_flight == 1
+
+        # The admitted one is answered once its body has come.
+        (admitted,) = pending
+        answers[admitted].write(large[1024:])
+        status, operation = await admitted
+        assert status == 200, operation
+        assert (await service.submit(content("no place"), headers=None)).status == 429
+
+        gate.touch()
+        done = await service.wait_done(operation["id"])
+        assert [word for _, word, _, _ in words_of(done["response"])] == ["large"]
+        await wait_in_flight(app, 0)
+
+        # A synchronous request holds its place while its body comes, too.
+        sync_reader, sync_writer = await send_partially(client, f"{SYNC}?lang=en-US", b"sync words", 4)
+        writers.append(sync_writer)
+        await wait_in_flight(app, 1)
+        assert (await service.submit(content("no place"), headers=None)).status == 429
+        sync_writer.write(b" words")
+        assert await read_answer(sync_reader) == (200, {"result": "sync words"})
+        await wait_in_flight(app, 0)
+
+        # Refused bodies give their place back.
+        assert (await client.post(SUBMIT, data=b"{not json")).status == 400
+        assert (await service.submit({"content": "!!not base64"}, headers=None)).status == 400
+        assert (await service.submit(content("x"), {"languageCode": "xx-XX"}, headers=None)).status == 400
+        empty = await client.post(f"{SYNC}?lang=en-US", data=b"")
+        assert empty.status == 400
+        assert app[SERVICE].pool.in_flight == 0
+        assert (await service.submit(content("free"), headers=None)).status == 200
+    finally:
+        gate.touch()
+        for writer in writers:
+            writer.close()
+        await client.close()
+
+
+# --- Shutdown -------------------------------------------------------------------------------------------
+
+
+def test_the_shutdown_timeout_reaches_the_pool_and_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert create_app(settings(shutdown_timeout=3.5))[SERVICE].pool.stop_timeout == 3.5
+    calls: list[dict[str, Any]] = []
+
+    def fake_run_app(app: web.Application, **kwargs: Any) -> None:
+        assert app[SERVICE].pool.stop_timeout == 7.0
+        calls.append(kwargs)
+
+    monkeypatch.setattr(web, "run_app", fake_run_app)
+    app_module.run(settings(shutdown_timeout=7.0))
+    assert [call["shutdown_timeout"] for call in calls] == [7.0]
+
+
+@module_loop
+async def test_a_running_recognition_may_finish_during_shutdown(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    pid_file = tmp_path / "pid"
+    app = create_app(
+        settings(queue_size=2, shutdown_timeout=20),
+        engine_factory=FakeEngineFactory(gate=str(gate)),
+        decoder=fake_decode,
+        client_errors=(FakeDecodeError,),
+    )
+    client = await start_service(app)
+    service = Service(client)
+    try:
+        await service.wait_ready()
+        running = await service.submit_ok(content(f"!pid:{pid_file} !block finished"))
+        waiting = [await service.submit_ok(content(f"waiting {index}")) for index in (1, 2)]
+        deadline = time.monotonic() + 30
+        while read_pid(pid_file) is None:
+            assert time.monotonic() < deadline, "the blocking job never started"
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        closing = asyncio.ensure_future(client.close())
+        await asyncio.sleep(0.5)
+        assert not closing.done()
+        gate.touch()
+        await closing
+        assert time.monotonic() - started < 15
+        store = app[SERVICE].store
+        finished = store.get(running["id"])
+        assert finished is not None
+        assert [word for _, word, _, _ in words_of(finished.to_json()["response"])] == ["finished"]
+        # Every waiting operation ends too: the process pool may have handed it to the workers ahead of
+        # time (then it ran), or it was still waiting (then it failed).
+        shutting_down = {"code": 14, "message": "The service is shutting down", "details": []}
+        for index, operation in enumerate(waiting, 1):
+            ended = store.get(operation["id"])
+            assert ended is not None
+            body = ended.to_json()
+            assert body["done"] is True
+            if "error" in body:
+                assert body["error"] == shutting_down
+            else:
+                assert [word for _, word, _, _ in words_of(body["response"])] == ["waiting", str(index)]
+    finally:
+        gate.touch()
+        await client.close()
+
+
+# --- Allowed download hosts -------------------------------------------------------------------------------
+
+
+@module_loop
+async def test_downloads_only_from_allowed_hosts(audio_server: AudioServer, fake_s3: FakeS3) -> None:
+    port = int(audio_server.url.rsplit(":", 1)[1])
+    app = create_app(
+        settings(allowed_hosts=f"audio.example.com, 127.0.0.1:{port}"),
+        engine_factory=FakeEngineFactory(),
+        decoder=fake_decode,
+        client_errors=(FakeDecodeError,),
+        s3_client_factory=lambda: cast(Any, fake_s3),
+    )
+    client = await start_service(app)
+    service = Service(client)
+    try:
+        await service.wait_ready()
+        allowed = await service.submit_ok({"uri": audio_server.uri("hello.ogg")})
+        done = await service.wait_done(allowed["id"])
+        assert [word for _, word, _, _ in words_of(done["response"])] == ["hello", "from", "a", "url"]
+        # s3:// URIs go to the configured storage, whatever their bucket.
+        from_s3 = await service.submit_ok({"uri": "s3://bucket/calls/a%20b.wav"})
+        assert "response" in await service.wait_done(from_s3["id"])
+
+        requests_before = len(audio_server.requests)
+        for uri, shown in [
+            (f"https://evil.example.net/a.ogg?{PRESIGNED}", "evil.example.net:443"),
+            (f"http://user:pw@127.0.0.1:{port + 1}/bucket/hello.ogg?{PRESIGNED}", f"127.0.0.1:{port + 1}"),
+            (f"http://AUDIO.example.com.evil.net/a.ogg?{PRESIGNED}", "audio.example.com.evil.net:80"),
+        ]:
+            response = await service.submit({"uri": uri})
+            assert response.status == 400
+            assert await response.json() == {
+                "code": 3,
+                "message": f"audio.uri: downloads from {shown} are not allowed by this service",
+                "details": [],
+            }
+        assert len(audio_server.requests) == requests_before
+        assert app[SERVICE].pool.in_flight == 0
+    finally:
+        await client.close()
+
+
+def test_allowed_hosts_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPEECHKIT_SERVE_ALLOWED_HOSTS", " Audio.example.com, *.cdn.net:8443 ,,[::1]")
+    loaded = ServiceSettings()
+    assert loaded.allowed_hosts == ("audio.example.com", "*.cdn.net:8443", "[::1]")
+    assert loaded.host_allowed("audio.example.com", 443)
+    assert loaded.host_allowed("a.cdn.net", 8443)
+    assert not loaded.host_allowed("a.cdn.net", 443)
+    assert not loaded.host_allowed("cdn.net", 8443)
+    assert loaded.host_allowed("::1", 80)
+    assert not loaded.host_allowed("example.com", 443)
+    assert ServiceSettings(allowed_hosts=()).host_allowed("anything.example", 1)
+    for invalid in ["a.com:x", "user@a.com", "a.com/path", "a.com:99999"]:
+        with pytest.raises(ValueError, match="allowed_hosts"):
+            ServiceSettings(allowed_hosts=invalid)

@@ -45,6 +45,7 @@ from speechkit_operator.selfhosted.protocol import (
     ApiError,
     GrpcCode,
     LongRunningRequest,
+    RecognitionSpec,
     check_language,
     error_body,
     format_seconds,
@@ -78,6 +79,9 @@ SYNC_PATH: Final = "/speech/v1/stt:recognize"
 #: Seconds a client should wait while the workers are starting.
 STARTING_RETRY_AFTER: Final = 5
 _READ_BLOCK: Final = 256 * 1024
+#: Seconds the background tasks get, once the workers stopped, to record their outcome.
+_TASK_GRACE: Final = 1.0
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _OPERATION_ID = re.compile(r"^[0-9a-z]{1,64}$")
 
 #: gRPC code of error answers made from aiohttp's own HTTP errors (unknown route, wrong method, ...).
@@ -174,6 +178,22 @@ def safe_uri(uri: str) -> str:
     return redact(urlunsplit((parts.scheme, host, parts.path, "", "")), limit=300)
 
 
+def check_uri_host(uri: str, settings: ServiceSettings) -> None:
+    """400 INVALID_ARGUMENT when ``uri`` is http(s) and its host is not in ``allowed_hosts``."""
+    try:
+        parts = urlsplit(uri)
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS:
+            return
+        host = (parts.hostname or "").rstrip(".")
+        port = parts.port or _DEFAULT_PORTS[scheme]
+    except ValueError:
+        raise invalid_argument("audio.uri: not a valid URI") from None
+    if not settings.host_allowed(host, port):
+        shown = redact(f"{host}:{port}", limit=300)
+        raise invalid_argument(f"audio.uri: downloads from {shown} are not allowed by this service")
+
+
 def _code_for_http_status(status: int) -> GrpcCode:
     if status in {401, 403}:
         return GrpcCode.PERMISSION_DENIED
@@ -215,7 +235,13 @@ class AudioFetcher:
         limit = self._settings.max_audio_bytes
         timeout = aiohttp.ClientTimeout(total=self._settings.fetch_timeout)
         try:
-            async with self._session.get(uri, timeout=timeout) as response:
+            async with self._session.get(uri, timeout=timeout, allow_redirects=False) as response:
+                if 300 <= response.status < 400:
+                    raise FetchError(
+                        GrpcCode.INVALID_ARGUMENT,
+                        f"The audio could not be downloaded from {safe_uri(uri)}: HTTP {response.status} "
+                        "(redirects are not followed; give the final URI)",
+                    )
                 if response.status != 200:
                     raise FetchError(
                         _code_for_http_status(response.status),
@@ -334,8 +360,12 @@ class Service:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def cancel_tasks(self) -> None:
+    async def cancel_tasks(self, grace: float = 0.0) -> None:
+        """Cancel the background tasks still running after ``grace`` seconds; wait for them to end."""
         tasks = list(self._tasks)
+        if tasks and grace > 0:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            tasks = list(pending)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -445,13 +475,16 @@ async def _submit(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     created_by = service.auth.authenticate(request.headers.get("Authorization"))
     engine = service.require_engine()
-    service.pool.check_capacity()
-    raw = await request.read()
-    # A body may carry tens of megabytes of base64: parse and decode it off the event loop.
-    parsed = await asyncio.to_thread(_parse_submission, raw, service.settings.inline_limit)
-    check_language(parsed.spec.language_code, engine.languages, field="config.specification.languageCode")
+    # The place is taken before the body is read, so at most ``capacity`` bodies are held at once;
+    # every refusal below gives it back.
     admission = service.pool.admit()
     try:
+        raw = await request.read()
+        # A body may carry tens of megabytes of base64: parse and decode it off the event loop.
+        parsed = await asyncio.to_thread(_parse_submission, raw, service.settings.inline_limit)
+        check_language(parsed.spec.language_code, engine.languages, field="config.specification.languageCode")
+        if parsed.uri is not None:
+            check_uri_host(parsed.uri, service.settings)
         operation = service.store.create(created_by)
         service.spawn(service.process(operation.id, parsed, admission), name=f"recognize-{operation.id}")
     except BaseException:
@@ -484,12 +517,18 @@ async def _get_operation(request: web.Request) -> web.Response:
 
 async def _recognize_sync(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    settings = service.settings
     service.auth.authenticate(request.headers.get("Authorization"))
     engine = service.require_engine()
     spec = parse_sync_request(request.query)
     check_language(spec.language_code, engine.languages, field="lang")
-    service.pool.check_capacity()
+    # As for submissions, the place is taken before the body is read.
+    with service.pool.admit():
+        return await _recognize_admitted(request, spec)
+
+
+async def _recognize_admitted(request: web.Request, spec: RecognitionSpec) -> web.Response:
+    service = request.app[SERVICE]
+    settings = service.settings
     audio = await _read_body(request, settings.sync_max_bytes)
     if not audio:
         raise invalid_argument("The request body (the audio) is empty")
@@ -508,11 +547,10 @@ async def _recognize_sync(request: web.Request) -> web.Response:
         max_seconds=settings.sync_max_seconds,
         max_channels=1,
     )
-    with service.pool.admit():
-        try:
-            outcome = await service.pool.run(audio, job)
-        except PoolClosedError:
-            raise ApiError(503, GrpcCode.UNAVAILABLE, "The service is shutting down") from None
+    try:
+        outcome = await service.pool.run(audio, job)
+    except PoolClosedError:
+        raise ApiError(503, GrpcCode.UNAVAILABLE, "The service is shutting down") from None
     if outcome.failure is not None:
         status = _STATUS_BY_CODE.get(outcome.failure.code, 500)
         raise ApiError(status, outcome.failure.code, outcome.failure.message)
@@ -568,9 +606,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         for task in (starting, purging):
             task.cancel()
         await asyncio.gather(starting, purging, return_exceptions=True)
-        await service.cancel_tasks()
-        await session.close()
+        # Running recognitions get up to shutdown_timeout to finish (and their operations to complete);
+        # then the workers are stopped, and what is left (downloads, say) is cancelled.
         await service.pool.close()
+        await service.cancel_tasks(grace=_TASK_GRACE)
+        await session.close()
 
 
 def create_app(
@@ -596,6 +636,7 @@ def create_app(
         workers=settings.workers,
         queue_size=settings.queue_size,
         start_method=settings.start_method,
+        stop_timeout=settings.shutdown_timeout,
     )
     store = OperationStore(retention_seconds=settings.retention_seconds, clock=clock)
     service = Service(settings, pool, store, s3_client_factory=s3_client_factory)
@@ -621,7 +662,7 @@ def run(settings: ServiceSettings) -> None:
             host=settings.host,
             port=settings.port,
             access_log=None,
-            shutdown_timeout=5.0,
+            shutdown_timeout=settings.shutdown_timeout,
             handler_cancellation=True,
             print=lambda *args: logger.info(
                 "Serving SpeechKit-compatible recognition on %s:%d", settings.host, settings.port

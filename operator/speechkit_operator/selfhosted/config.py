@@ -6,12 +6,26 @@ engine, so the operator, or any SpeechKit client, can use it instead of the clou
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1024 * 1024
+
+
+def parse_host_pattern(pattern: str) -> tuple[str, int | None]:
+    """``host`` or ``host:port`` (IPv6 in brackets) as ``(host, port or None)``; ValueError when invalid."""
+    try:
+        parts = urlsplit(f"//{pattern}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or parts.netloc != pattern or "@" in pattern or (pattern.endswith(":") and port is None):
+        raise ValueError(f"allowed_hosts: {pattern!r} is not a host or host:port")
+    return host, port
 
 
 class ServiceSettings(BaseSettings):
@@ -51,6 +65,10 @@ class ServiceSettings(BaseSettings):
     max_inline_bytes: int = Field(default=60 * MIB, ge=1)
     #: Seconds allowed for downloading one audio file (connecting and reading).
     fetch_timeout: float = Field(default=120.0, gt=0)
+    #: Hosts ``http(s)://`` audio may be downloaded from, comma-separated: ``host`` (any port) or
+    #: ``host:port``; ``*`` is a wildcard (``*.example.com``). Empty means any host. Redirects are
+    #: never followed, so the host of ``audio.uri`` is the only one contacted.
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
 
     # --- Synchronous API (v1 ``stt:recognize``) --------------------------------------------------
     #: Longest audio the synchronous API takes, in seconds (SpeechKit: 30 s).
@@ -75,6 +93,22 @@ class ServiceSettings(BaseSettings):
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, (list, tuple)):
+            return tuple(str(part).strip().lower() for part in value if str(part).strip())
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            parse_host_pattern(pattern)
         return value
 
     @field_validator("storage_endpoint", "storage_region", mode="before")
@@ -104,6 +138,16 @@ class ServiceSettings(BaseSettings):
     def inline_limit(self) -> int:
         """The largest accepted ``audio.content``, in decoded bytes."""
         return min(self.max_inline_bytes, self.max_audio_bytes)
+
+    def host_allowed(self, host: str, port: int) -> bool:
+        """Whether audio may be downloaded from ``host:port`` (``host`` lower-case, without brackets)."""
+        if not self.allowed_hosts:
+            return True
+        for pattern in self.allowed_hosts:
+            pattern_host, pattern_port = parse_host_pattern(pattern)
+            if fnmatch.fnmatchcase(host, pattern_host) and pattern_port in {None, port}:
+                return True
+        return False
 
     @property
     def capacity(self) -> int:

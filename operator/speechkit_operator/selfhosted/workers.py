@@ -340,6 +340,11 @@ class RecognitionPool:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def stop_timeout(self) -> float:
+        """Seconds running jobs get to finish when the pool closes."""
+        return self._stop_timeout
+
     # --- startup ---
 
     async def start(self) -> EngineInfo:
@@ -448,6 +453,12 @@ class RecognitionPool:
                     return JobOutcome(failure=JobFailure(GrpcCode.INTERNAL, WORKER_LOST_MESSAGE))
             except RuntimeError:
                 if self._closed:  # "cannot schedule new futures after shutdown"
+                    raise PoolClosedError("the recognition pool is closed") from None
+                raise
+            except asyncio.CancelledError:
+                # A queued job cancelled by close(), not by cancelling the task awaiting it.
+                task = asyncio.current_task()
+                if self._closed and task is not None and not task.cancelling():
                     raise PoolClosedError("the recognition pool is closed") from None
                 raise
         assert outcome is not None
