@@ -50,9 +50,10 @@ from devstack.components import (
 )
 from speechkit_operator.constants import API_VERSION, GROUP, JOB_KIND, JOB_PLURAL, VERSION
 from tests.e2e.crd_fixtures import InstalledCrd
-from tests.emulator import SpeechKitEmulator, words_for_text
-from tests.support.audio import audio_dir, manifest, reference_text
+from tests.emulator import SpeechKitEmulator
+from tests.support.audio import audio_dir
 from tests.support.free_port import free_port
+from tests.support.speechkit import corpus_emulator
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -269,16 +270,8 @@ def s3(minio_server: MinioServer) -> S3Client:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def speechkit() -> AsyncIterator[SpeechKitEmulator]:
     """The SpeechKit emulator in this module's event loop, knowing the transcript of every shared file."""
-    emulator = SpeechKitEmulator(api_keys={API_KEY}, completion_delay=0.3)
-    for name in manifest()["files"]:
-        emulator.transcripts[name] = {
-            channel: words_for_text(text) for channel, text in reference_text(name).items()
-        }
-    await emulator.start()
-    try:
+    async with corpus_emulator(API_KEY) as emulator:
         yield emulator
-    finally:
-        await emulator.stop()
 
 
 # --------------------------------------------------------------------------- the operator process

@@ -25,9 +25,10 @@ from speechkit_operator.config import Settings
 from speechkit_operator.constants import API_VERSION, GROUP, JOB_KIND, JOB_PLURAL, VERSION
 from speechkit_operator.context import OperatorContext, build_context
 from speechkit_operator.handlers import register
-from tests.emulator import SpeechKitEmulator, words_for_text
-from tests.support.audio import audio_dir, manifest, reference_text
+from tests.emulator import SpeechKitEmulator
+from tests.support.audio import audio_dir
 from tests.support.free_port import free_port
+from tests.support.speechkit import corpus_emulator
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -76,16 +77,8 @@ def upload(s3: S3Client, bucket: str, name: str, key: str | None = None) -> str:
 
 @pytest.fixture
 async def speechkit() -> AsyncIterator[SpeechKitEmulator]:
-    emulator = SpeechKitEmulator(api_keys={API_KEY}, completion_delay=0.3)
-    for name in manifest()["files"]:
-        emulator.transcripts[name] = {
-            channel: words_for_text(text) for channel, text in reference_text(name).items()
-        }
-    await emulator.start()
-    try:
+    async with corpus_emulator(API_KEY) as emulator:
         yield emulator
-    finally:
-        await emulator.stop()
 
 
 @pytest.fixture

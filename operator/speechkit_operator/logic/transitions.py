@@ -14,7 +14,7 @@ from typing import Any
 
 from speechkit_operator.clients.speech.base import OperationState
 from speechkit_operator.clients.speech.errors import grpc_reason
-from speechkit_operator.logic.conditions import set_condition
+from speechkit_operator.logic.conditions import ConditionStatus, set_condition
 from speechkit_operator.logic.redaction import redact
 from speechkit_operator.logic.timestamps import format_time
 from speechkit_operator.models.audio import AudioInfo
@@ -43,18 +43,29 @@ def _base(facts: Facts, phase: Phase, reason: str, message: str) -> Status:
     return status
 
 
+def _conditions(
+    facts: Facts,
+    *changes: tuple[ConditionType, ConditionStatus, str, str],
+) -> list[dict[str, Any]]:
+    """``facts.conditions`` with each ``(type, status, reason, message)`` set in turn."""
+    conditions = [dict(c) for c in facts.conditions]
+    for type_, status, reason, message in changes:
+        conditions = set_condition(
+            conditions,
+            type=type_,
+            status=status,
+            reason=reason,
+            message=message,
+            now=facts.stamp,
+            generation=facts.generation,
+        )
+    return conditions
+
+
 def waiting(facts: Facts, reason: str, message: str) -> Status:
     """Not submitted yet, and will be retried (a missing Secret, storage or the API unavailable)."""
     status = _base(facts, Phase.PENDING, reason, message)
-    status["conditions"] = set_condition(
-        facts.conditions,
-        type=ConditionType.SUBMITTED,
-        status="False",
-        reason=reason,
-        message=status["message"],
-        now=facts.stamp,
-        generation=facts.generation,
-    )
+    status["conditions"] = _conditions(facts, (ConditionType.SUBMITTED, "False", reason, status["message"]))
     return status
 
 
@@ -68,15 +79,7 @@ def submitted(facts: Facts, *, operation_id: str, audio: AudioInfo, first_check:
         checks=0,
         audio=audio.to_status(),
     )
-    status["conditions"] = set_condition(
-        facts.conditions,
-        type=ConditionType.SUBMITTED,
-        status="True",
-        reason="Submitted",
-        message=message,
-        now=facts.stamp,
-        generation=facts.generation,
-    )
+    status["conditions"] = _conditions(facts, (ConditionType.SUBMITTED, "True", "Submitted", message))
     return status
 
 
@@ -85,15 +88,7 @@ def restored(facts: Facts, *, operation_id: str) -> Status:
     message = f"operation {operation_id} restored from the job's annotation after an interrupted status write"
     status = _base(facts, Phase.RUNNING, "Restored", message)
     status.update(operationId=operation_id, submittedAt=facts.stamp, nextCheckAt=facts.stamp, checks=0)
-    status["conditions"] = set_condition(
-        facts.conditions,
-        type=ConditionType.SUBMITTED,
-        status="True",
-        reason="Submitted",
-        message=message,
-        now=facts.stamp,
-        generation=facts.generation,
-    )
+    status["conditions"] = _conditions(facts, (ConditionType.SUBMITTED, "True", "Submitted", message))
     return status
 
 
@@ -117,35 +112,15 @@ def failed(facts: Facts, reason: str, message: str, *, submitted: bool = True) -
     status = _base(facts, Phase.FAILED, reason, message)
     status["completedAt"] = facts.stamp
     status["nextCheckAt"] = None
-    conditions: list[dict[str, Any]] = [dict(c) for c in facts.conditions]
+    text = status["message"]
+    changes: list[tuple[ConditionType, ConditionStatus, str, str]] = []
     if not submitted:
-        conditions = set_condition(
-            conditions,
-            type=ConditionType.SUBMITTED,
-            status="False",
-            reason=reason,
-            message=status["message"],
-            now=facts.stamp,
-            generation=facts.generation,
-        )
-    conditions = set_condition(
-        conditions,
-        type=ConditionType.FAILED,
-        status="True",
-        reason=reason,
-        message=status["message"],
-        now=facts.stamp,
-        generation=facts.generation,
-    )
-    status["conditions"] = set_condition(
-        conditions,
-        type=ConditionType.SUCCEEDED,
-        status="False",
-        reason=reason,
-        message=status["message"],
-        now=facts.stamp,
-        generation=facts.generation,
-    )
+        changes.append((ConditionType.SUBMITTED, "False", reason, text))
+    changes += [
+        (ConditionType.FAILED, "True", reason, text),
+        (ConditionType.SUCCEEDED, "False", reason, text),
+    ]
+    status["conditions"] = _conditions(facts, *changes)
     return status
 
 
@@ -162,15 +137,7 @@ def succeeded(facts: Facts, *, checks: int, outputs: Mapping[str, str], preview:
         outputs=dict(outputs),
         preview=preview,
     )
-    status["conditions"] = set_condition(
-        facts.conditions,
-        type=ConditionType.SUCCEEDED,
-        status="True",
-        reason="Succeeded",
-        message=message,
-        now=facts.stamp,
-        generation=facts.generation,
-    )
+    status["conditions"] = _conditions(facts, (ConditionType.SUCCEEDED, "True", "Succeeded", message))
     return status
 
 
