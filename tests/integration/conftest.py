@@ -18,7 +18,6 @@ import kmock
 import kopf
 import kubernetes
 import pytest
-from moto.server import ThreadedMotoServer
 
 from speechkit_operator.clients.secrets import SecretReader
 from speechkit_operator.config import Settings
@@ -27,7 +26,7 @@ from speechkit_operator.context import OperatorContext, build_context
 from speechkit_operator.handlers import register
 from tests.emulator import SpeechKitEmulator
 from tests.support.audio import audio_dir
-from tests.support.free_port import free_port
+from tests.support.moto_server import moto_s3_server
 from tests.support.speechkit import corpus_emulator
 
 if TYPE_CHECKING:
@@ -40,13 +39,8 @@ API_KEY = "test-api-key"
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    with moto_s3_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 import aiohttp
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 from yarl import URL
 
 from speechkit_operator.clients import storage as storage_module
@@ -22,6 +21,7 @@ from speechkit_operator.clients.storage import (
     StorageFactory,
 )
 from tests.support.free_port import free_port
+from tests.support.moto_server import moto_s3_server
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -34,13 +34,8 @@ PAYLOAD = b"0123456789abcdefghijklmnopqrstuvwxyz"
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    with moto_s3_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")
