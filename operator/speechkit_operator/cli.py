@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 import kopf
-from pydantic import ValidationError
 
 from speechkit_operator import __version__
+from speechkit_operator.clients.kube_preflight import PreflightError, preflight
 from speechkit_operator.config import Settings
+from speechkit_operator.envconfig import ConfigurationError, load_settings
 from speechkit_operator.handlers import register
+from speechkit_operator.logs import LOG_FORMATS, configure_logging
 from speechkit_operator.selfhosted.app import run as run_service
 from speechkit_operator.selfhosted.config import ServiceSettings
+
+#: Exit status for a usage or configuration error (as argparse's), and for a setup that cannot work.
+EXIT_CONFIGURATION = 2
+EXIT_SETUP = 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     run.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="plain", help="plain text, or one JSON object per line"
+    )
+    run.add_argument(
+        "--skip-preflight",
+        action="store_true",
+        help="start without first checking the API server, the CRD and RBAC",
+    )
+    run.add_argument(
         "--liveness-port",
         type=int,
         default=None,
@@ -59,25 +72,26 @@ def _parser() -> argparse.ArgumentParser:
     serve_verbosity = serve.add_mutually_exclusive_group()
     serve_verbosity.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     serve_verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    serve.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="plain", help="plain text, or one JSON object per line"
+    )
     return parser
-
-
-def _configure_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-8s %(name)s: %(message)s")
-    # The Kubernetes and AWS clients are chatty at DEBUG and may print request details.
-    for name in ("urllib3", "botocore", "boto3", "s3transfer", "kubernetes"):
-        logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        settings = Settings()
-    except ValidationError as exc:
-        print(f"speechkit-operator: invalid configuration:\n{exc}", file=sys.stderr)
-        return 2
-    _configure_logging(args.verbose, args.quiet)
+        settings = load_settings(Settings)
+    except ConfigurationError as exc:
+        _refuse("speechkit-operator", exc)
+        return EXIT_CONFIGURATION
+    configure_logging(verbose=args.verbose, quiet=args.quiet, log_format=args.log_format)
     namespaces = [] if args.all_namespaces else (args.namespaces or settings.namespaces)
+    if not args.skip_preflight:
+        try:
+            preflight(namespaces)
+        except PreflightError as exc:
+            print(f"speechkit-operator: {exc}", file=sys.stderr)
+            return EXIT_SETUP
     # The default registry carries kopf's login handlers (kubeconfig or in-cluster service account).
     registry = register(kopf.get_default_registry(), settings)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
@@ -95,13 +109,19 @@ def run(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
     try:
-        settings = ServiceSettings(**overrides)
-    except ValidationError as exc:
-        print(f"speechkit-operator serve: invalid configuration:\n{exc}", file=sys.stderr)
-        return 2
-    _configure_logging(args.verbose, args.quiet)
+        settings = load_settings(ServiceSettings, **overrides)
+    except ConfigurationError as exc:
+        _refuse("speechkit-operator serve", exc)
+        return EXIT_CONFIGURATION
+    configure_logging(verbose=args.verbose, quiet=args.quiet, log_format=args.log_format)
     run_service(settings)
     return 0
+
+
+def _refuse(command: str, error: ConfigurationError) -> None:
+    print(f"{command}: invalid configuration:", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

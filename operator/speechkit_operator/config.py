@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, HttpUrl, field_validator, model_validator
+from pydantic import Field, FilePath, HttpUrl, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
+    # Unknown variables under the prefix are refused by envconfig.load_settings, which the CLI uses.
     model_config = SettingsConfigDict(env_prefix="SPEECHKIT_OPERATOR_", extra="ignore", frozen=True)
 
     # --- Scope -----------------------------------------------------------------------------------
@@ -41,6 +42,12 @@ class Settings(BaseSettings):
     retry_base_delay: float = Field(default=0.5, ge=0)
     #: Longest single backoff delay in seconds.
     retry_max_delay: float = Field(default=30.0, ge=0)
+
+    # --- Network --------------------------------------------------------------------------------
+    #: A PEM file of CA certificates trusted for SpeechKit, IAM and S3 over TLS, instead of the
+    #: system's (a private CA, a MinIO with its own certificate, a TLS-intercepting proxy).
+    #: Proxies come from the usual HTTPS_PROXY, HTTP_PROXY and NO_PROXY variables.
+    ca_bundle: FilePath | None = None
 
     # --- Storage --------------------------------------------------------------------------------
     #: Secret with S3 keys used when a job names no ``storageSecret``.
@@ -84,7 +91,7 @@ class Settings(BaseSettings):
     def _backend_has_an_address(self) -> Settings:
         if self.backend == "self-hosted" and self.self_hosted_url is None:
             raise ValueError(
-                "backend 'self-hosted' needs self_hosted_url (SPEECHKIT_OPERATOR_SELF_HOSTED_URL)"
+                "SPEECHKIT_OPERATOR_BACKEND=self-hosted needs SPEECHKIT_OPERATOR_SELF_HOSTED_URL"
             )
         return self
 

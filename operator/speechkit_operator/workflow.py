@@ -42,6 +42,7 @@ from speechkit_operator.logic.output_keys import output_base_key, s3_uri
 from speechkit_operator.logic.redaction import redact
 from speechkit_operator.logic.rendering import preview, render_outputs
 from speechkit_operator.logic.timestamps import format_time, parse_time, utcnow
+from speechkit_operator.logs import job_fields
 from speechkit_operator.models.audio import AudioEncoding, AudioInfo
 from speechkit_operator.models.job import JobStatus, Phase, TranscriptionJobSpec
 from speechkit_operator.models.recognition import Transcript
@@ -61,6 +62,11 @@ class JobRef:
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def log(self) -> dict[str, str]:
+        """``extra=`` for log records about this job (namespace and name become fields)."""
+        return job_fields(self.namespace, self.name)
 
 
 @dataclass(frozen=True)
@@ -142,11 +148,11 @@ class JobWorkflow:
         except _Problem as problem:
             facts = self._facts(job, status)
             if problem.permanent:
-                return self._fail(facts, problem.reason, problem.message, submitted=False)
+                return self._fail(job, facts, problem.reason, problem.message, submitted=False)
             delay = max(self._retry_delay(attempt), polling.honoured_retry_after(problem.retry_after))
             return self._wait(facts, problem.reason, problem.message, delay)
         except Exception as exc:  # a bug or an unforeseen library error: visible, and retried
-            logger.exception("job %s: unexpected error while submitting", job)
+            logger.exception("job %s: unexpected error while submitting", job, extra=job.log)
             message = f"unexpected {type(exc).__name__} while submitting; see the operator's log"
             return self._wait(
                 self._facts(job, status), "UnexpectedError", message, self._retry_delay(attempt)
@@ -156,7 +162,7 @@ class JobWorkflow:
         # the status patch that records it.
         facts = self._facts(job, status)
         first = polling.first_check_at(facts.now, audio.duration_seconds, audio.channels, self.policy)
-        logger.info("job %s submitted as operation %s", job, operation.id)
+        logger.info("job %s submitted as operation %s", job, operation.id, extra=job.log)
         recorded = transitions.submitted(facts, operation_id=operation.id, audio=audio, first_check=first)
         if job.uid is not None:
             self._submitted[job.uid] = recorded
@@ -278,7 +284,9 @@ class JobWorkflow:
         if status.operation_id or not annotated_operation_id:
             return Outcome()
         facts = self._facts(job, status)
-        logger.warning("job %s: restoring operation %s from its annotation", job, annotated_operation_id)
+        logger.warning(
+            "job %s: restoring operation %s from its annotation", job, annotated_operation_id, extra=job.log
+        )
         return Outcome(
             status=transitions.restored(facts, operation_id=annotated_operation_id),
             notes=[
@@ -301,7 +309,7 @@ class JobWorkflow:
         try:
             return await self._check(job, raw_spec, status)
         except Exception as exc:  # a bug or an unforeseen library error: visible, and backed off
-            logger.exception("job %s: unexpected error while checking", job)
+            logger.exception("job %s: unexpected error while checking", job, extra=job.log)
             facts = self._facts(job, status)
             upcoming = polling.next_check_at(facts.now, status.checks + 1, self.policy)
             message = f"unexpected {type(exc).__name__} while checking; see the operator's log"
@@ -315,7 +323,7 @@ class JobWorkflow:
             credentials = await self._credentials(job, spec)
         except _Problem as problem:
             if problem.permanent:
-                return self._fail(facts, problem.reason, problem.message)
+                return self._fail(job, facts, problem.reason, problem.message)
             upcoming = polling.next_check_at(facts.now, status.checks + 1, self.policy)
             return self._later(facts, status.checks, problem.reason, problem.message, upcoming)
 
@@ -324,6 +332,7 @@ class JobWorkflow:
             operation = await self.speech.get_operation(status.operation_id, credentials)
         except OperationNotFoundError:
             return self._fail(
+                job,
                 facts,
                 "ResultExpired",
                 f"operation {status.operation_id} is unknown to SpeechKit: results are kept for 3 days",
@@ -342,13 +351,13 @@ class JobWorkflow:
                     facts, checks, exc.reason, f"{message}; fix the credentials Secret", upcoming
                 )
             if not exc.transient:
-                return self._fail(facts, exc.reason, message)
+                return self._fail(job, facts, exc.reason, message)
             upcoming = polling.next_check_at(facts.now, checks, self.policy, exc.retry_after)
             return self._later(facts, checks, exc.reason, message, upcoming)
 
         verdict = transitions.judge_operation(operation)
         if isinstance(verdict, transitions.OperationFailed):
-            return self._fail(facts, verdict.reason, verdict.message)
+            return self._fail(job, facts, verdict.reason, verdict.message)
         if isinstance(verdict, transitions.StillRunning):
             upcoming = polling.next_check_at(facts.now, checks, self.policy)
             return Outcome(status=transitions.checked(facts, checks=checks, next_check=upcoming))
@@ -386,7 +395,7 @@ class JobWorkflow:
             upcoming = polling.next_check_at(facts.now, checks, self.policy)
             return self._later(facts, checks, "OutputWriteFailed", message, upcoming)
         outputs = {out.name: s3_uri(bucket, out.key) for out in rendered}
-        logger.info("job %s succeeded: %d outputs", job, len(outputs))
+        logger.info("job %s succeeded: %d outputs", job, len(outputs), extra=job.log)
         return Outcome(
             status=transitions.succeeded(facts, checks=checks, outputs=outputs, preview=preview(transcript)),
             notes=[Note("Normal", "Succeeded", f"transcripts written to s3://{bucket}/{base_key}.*")],
@@ -404,9 +413,10 @@ class JobWorkflow:
         )
 
     def _fail(
-        self, facts: transitions.Facts, reason: str, message: str, *, submitted: bool = True
+        self, job: JobRef, facts: transitions.Facts, reason: str, message: str, *, submitted: bool = True
     ) -> Outcome:
         status = transitions.failed(facts, reason, message, submitted=submitted)
+        logger.warning("job %s failed: %s: %s", job, reason, status["message"], extra=job.log)
         return Outcome(status=status, notes=[Note("Warning", "Failed", f"{reason}: {status['message']}")])
 
     def _wait(self, facts: transitions.Facts, reason: str, message: str, delay: float) -> Outcome:

@@ -27,7 +27,7 @@ def test_run_refuses_invalid_configuration_with_a_clear_message(
     assert main(["run"]) == 2
     err = capsys.readouterr().err
     assert "invalid configuration" in err
-    assert "poll_tick_seconds" in err
+    assert "SPEECHKIT_OPERATOR_POLL_TICK_SECONDS: Input should be greater than 0" in err
 
 
 def test_namespace_and_all_namespaces_are_exclusive(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,6 +10,7 @@ import kopf
 from speechkit_operator.config import Settings
 from speechkit_operator.constants import ANNOTATION_PREFIX, FINALIZER
 from speechkit_operator.context import OperatorContext, build_context
+from speechkit_operator.envconfig import load_settings
 
 
 def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
@@ -30,7 +31,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     context = memo.get("context")
     if not isinstance(context, OperatorContext):
         configured = memo.get("settings")
-        context = build_context(configured if isinstance(configured, Settings) else Settings())
+        context = build_context(configured if isinstance(configured, Settings) else load_settings(Settings))
         memo["context"] = context
     configure_kopf(settings, context.settings)
 

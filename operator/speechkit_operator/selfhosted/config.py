@@ -24,11 +24,12 @@ def parse_host_pattern(pattern: str) -> tuple[str, int | None]:
     except ValueError:
         host, port = None, None
     if not host or parts.netloc != pattern or "@" in pattern or (pattern.endswith(":") and port is None):
-        raise ValueError(f"allowed_hosts: {pattern!r} is not a host or host:port")
+        raise ValueError(f"{pattern!r} is not a host or host:port")
     return host, port
 
 
 class ServiceSettings(BaseSettings):
+    # Unknown variables under the prefix are refused by envconfig.load_settings, which the CLI uses.
     model_config = SettingsConfigDict(env_prefix="SPEECHKIT_SERVE_", extra="ignore", frozen=True)
 
     # --- HTTP ------------------------------------------------------------------------------------
@@ -121,9 +122,12 @@ class ServiceSettings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> Self:
         if (self.storage_access_key_id is None) != (self.storage_secret_access_key is None):
-            raise ValueError("set both storage_access_key_id and storage_secret_access_key, or neither")
+            raise ValueError(
+                "set both SPEECHKIT_SERVE_STORAGE_ACCESS_KEY_ID and "
+                "SPEECHKIT_SERVE_STORAGE_SECRET_ACCESS_KEY, or neither"
+            )
         if any(not key.get_secret_value() or " " in key.get_secret_value() for key in self.api_keys):
-            raise ValueError("api_keys must not contain spaces")
+            raise ValueError("SPEECHKIT_SERVE_API_KEYS: keys must not be empty or contain spaces")
         return self
 
     @property
