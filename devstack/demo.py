@@ -4,7 +4,7 @@
    on first use), or the current kubectl context with ``--current-context``.
 2. The TranscriptionJob CRD, the self-hosted recognition service (``speechkit-operator serve``) and
    the operator (``speechkit-operator run``, ``backend: self-hosted``).
-3. Sample audio from ``../shared/audio`` uploaded to MinIO (Ogg Opus, MP3 and a stereo WAV) and a
+3. Sample audio from ``examples/audio`` uploaded to MinIO (Ogg Opus, MP3 and a stereo WAV) and a
    TranscriptionJob for each.
 4. The jobs shown as they progress, like ``kubectl get tj -w``; then each transcript and where its
    outputs are.
@@ -49,7 +49,8 @@ from devstack.components import (
 NAMESPACE = "speechkit-demo"
 BUCKET = "recordings"
 API_KEY = "demo-api-key"
-DEFAULT_AUDIO_DIR = REPO_ROOT.parent / "shared" / "audio"
+#: The samples ship with the repository (see their ATTRIBUTION.md), so a plain clone runs the demo.
+DEFAULT_AUDIO_DIR = REPO_ROOT / "examples" / "audio"
 TERMINAL = ("Succeeded", "Failed")
 
 

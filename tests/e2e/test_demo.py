@@ -8,19 +8,44 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from devstack.components import REPO_ROOT, Binaries, KubeCluster
 from devstack.demo import SAMPLES
 
 
-def run_demo(*flags: str, **env: str) -> str:
-    """Run the demo to its end; its output, after checking that it exited with 0."""
+@pytest.fixture(scope="module")
+def plain_clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repository's files, as a clone has them, in a folder with no ``shared/`` beside it."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    clone = tmp_path_factory.mktemp("plain") / "speechkit-operator"
+    for name in filter(None, listed.split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, clone / name)
+    assert not (clone.parent / "shared").exists()
+    return clone
+
+
+def run_demo(clone: Path, *flags: str, **env: str) -> str:
+    """Run the demo of ``clone`` to its end; its output, after checking that it exited with 0."""
     environ = {key: value for key, value in os.environ.items() if not key.startswith("SPEECHKIT_OPERATOR_")}
+    # The clone's own package, not the one installed from this working tree.
+    environ["PYTHONPATH"] = os.pathsep.join([str(clone / "operator"), str(clone)])
     result = subprocess.run(
         [sys.executable, "-m", "devstack.demo", "--exit-when-done", "--timeout", "300", *flags],
-        cwd=REPO_ROOT,
+        cwd=clone,
         env={**environ, **env},
         capture_output=True,
         text=True,
@@ -31,9 +56,11 @@ def run_demo(*flags: str, **env: str) -> str:
     return result.stdout
 
 
-def test_demo_ends_with_every_job_succeeded_and_transcripts_shown(e2e_binaries: Binaries) -> None:
+def test_demo_runs_from_a_plain_clone_and_shows_every_transcript(
+    e2e_binaries: Binaries, plain_clone: Path
+) -> None:
     del e2e_binaries  # the demo finds the same binaries; the fixture fails or skips when absent
-    output = run_demo()
+    output = run_demo(plain_clone)
     assert "every job Succeeded" in output
 
     # The live table showed every job reach Succeeded, with its audio duration.
@@ -54,8 +81,8 @@ def test_demo_ends_with_every_job_succeeded_and_transcripts_shown(e2e_binaries: 
         assert f"s3://recordings/transcripts/incoming/{sample.file}.json" in output
 
 
-def test_demo_runs_against_the_current_kubectl_context(kube_cluster: KubeCluster) -> None:
-    output = run_demo("--current-context", KUBECONFIG=str(kube_cluster.kubeconfig))
+def test_demo_runs_against_the_current_kubectl_context(kube_cluster: KubeCluster, plain_clone: Path) -> None:
+    output = run_demo(plain_clone, "--current-context", KUBECONFIG=str(kube_cluster.kubeconfig))
     assert "using the current kubectl context 'e2e'" in output
     assert "starting etcd" not in output  # no cluster of its own
     assert "every job Succeeded" in output
