@@ -56,8 +56,8 @@ CLUSTER_PERMISSIONS = (
     Permission("list", "customresourcedefinitions", "apiextensions.k8s.io"),
     Permission("watch", "customresourcedefinitions", "apiextensions.k8s.io"),
 )
-#: In namespaced mode kopf also follows the namespaces it watches.
-NAMESPACE_PERMISSIONS = (Permission("list", "namespaces"), Permission("watch", "namespaces"))
+# In namespaced mode kopf also lists and watches namespaces, but only to follow them: without the
+# permission it warns and assumes they exist, so that one is not required here.
 
 
 def _api_client() -> Any:
@@ -176,7 +176,6 @@ def _allowed(api: Any, permission: Permission, namespace: str | None) -> bool:
 def _check_rbac(api: Any, namespaces: Sequence[str]) -> None:
     scopes: list[tuple[str | None, tuple[Permission, ...]]] = [(None, CLUSTER_PERMISSIONS)]
     if namespaces:
-        scopes.append((None, NAMESPACE_PERMISSIONS))
         # Globs are resolved by kopf at run time; only exact names can be checked here.
         exact = [name for name in namespaces if not any(char in name for char in "*?[!")]
         scopes.extend((namespace, NAMESPACED_PERMISSIONS) for namespace in exact)
