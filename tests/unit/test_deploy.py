@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -703,6 +704,220 @@ def test_values_document_sticky_routing_for_recognizer_replicas() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# values.schema.json: Helm checks every install, upgrade and template against it.
+# --------------------------------------------------------------------------------------------------
+
+SCHEMA_PATH = CHART / "values.schema.json"
+#: ServiceSettings fields the chart sets itself (recognizer.workers, …) and refuses in recognizer.settings.
+_CHART_SET_SERVICE_SETTINGS = re.compile(r'has \$key \(list((?: "[a-z_]+")+)\)')
+_UNSET = {"$ref": "#/definitions/unset"}
+_DECIMAL = {"$ref": "#/definitions/decimalString"}
+_BOUNDS = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+@pytest.fixture(scope="module")
+def values_schema() -> Schema:
+    schema: Schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return schema
+
+
+def _schema_errors(schema: Schema, values: Any) -> list[str]:
+    """What Helm's check would report, as ``path: message`` lines (empty: the values pass)."""
+    validator = jsonschema.Draft7Validator(schema)
+    return sorted(f"{error.json_path}: {error.message}" for error in validator.iter_errors(values))
+
+
+def _with(values: Any, dotted: str, value: Any) -> Any:
+    """A copy of ``values`` with the key at ``dotted`` set to ``value`` (parents created)."""
+    result = copy.deepcopy(values)
+    *parents, leaf = dotted.split(".")
+    node = result
+    for parent in parents:
+        node = node.setdefault(parent, {})
+    node[leaf] = value
+    return result
+
+
+def _accepted(properties: dict[str, Schema]) -> set[str]:
+    """The keys a settings map accepts; readOnly ones are declared only so the chart can refuse them."""
+    return {name for name, node in properties.items() if not node.get("readOnly")}
+
+
+def _chart_set_service_settings() -> set[str]:
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
+    [names] = _CHART_SET_SERVICE_SETTINGS.findall(helpers)
+    return set(re.findall(r'"([a-z_]+)"', names))
+
+
+def test_schema_is_a_valid_draft_07_schema(values_schema: Schema) -> None:
+    assert values_schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    jsonschema.Draft7Validator.check_schema(values_schema)
+
+
+def test_values_yaml_passes_the_schema(values: Any, values_schema: Schema) -> None:
+    assert _schema_errors(values_schema, values) == []
+
+
+def test_schema_rejects_unknown_keys_in_every_object_of_the_chart(values: Any, values_schema: Schema) -> None:
+    """Every map of values.yaml, except the Kubernetes objects passed through as they are, is closed."""
+    passthrough = {
+        "resources", "podSecurityContext", "securityContext", "affinity", "nodeSelector",
+        "podAnnotations", "podLabels", "serviceAccount.annotations",
+        "recognizer.resources", "recognizer.affinity", "recognizer.nodeSelector",
+        "recognizer.podAnnotations", "recognizer.podLabels", "recognizer.serviceAccount.annotations",
+    }  # fmt: skip
+
+    def maps(node: Any, path: str) -> Iterator[str]:
+        if isinstance(node, dict) and path not in passthrough:
+            yield path
+            for key, child in node.items():
+                yield from maps(child, f"{path}.{key}" if path else key)
+
+    open_maps = [
+        path or "(top level)"
+        for path in maps(values, "")
+        if not _schema_errors(values_schema, _with(values, f"{path}.typo" if path else "typo", "a value"))
+    ]
+    assert open_maps == []
+    assert len(list(maps(values, ""))) >= 15, "the check itself"
+    assert _schema_errors(values_schema, values | {"global": {"imageRegistry": "x"}}) == [], "parent charts"
+
+
+def test_schema_settings_are_the_settings_fields(values_schema: Schema) -> None:
+    properties = _at(values_schema, "settings")["properties"]
+    assert values_schema["properties"]["settings"]["additionalProperties"] is False
+    assert _accepted(properties) == set(Settings.model_fields) - {"namespaces"}
+    # Declared, but only so that the chart's own refusal (which names watchNamespaces) is what users see.
+    assert set(properties) - _accepted(properties) == {"namespaces"}
+    assert "watchNamespaces" in properties["namespaces"]["description"]
+
+
+def test_schema_recognizer_settings_are_the_service_settings_the_chart_leaves_open(
+    values_schema: Schema,
+) -> None:
+    chart_set = _chart_set_service_settings()
+    assert chart_set == {"host", "port", "workers", "queue_size", "retention_seconds", "api_keys"}
+    recognizer = _at(values_schema, "recognizer")
+    properties = _at(recognizer, "settings")["properties"]
+    assert recognizer["properties"]["settings"]["additionalProperties"] is False
+    assert _accepted(properties) == set(ServiceSettings.model_fields) - chart_set
+    assert set(properties) - _accepted(properties) == chart_set
+
+
+@pytest.mark.parametrize(
+    ("path", "model"),
+    [("settings", Settings), ("recognizer.settings", ServiceSettings)],
+    ids=["operator", "service"],
+)
+def test_schema_settings_have_the_models_types_and_bounds(
+    values_schema: Schema, path: str, model: type[Any]
+) -> None:
+    """Each accepted key: the model's type, enum and bounds; or empty/null (unset); numbers also as text."""
+    model_schema = model.model_json_schema()
+    problems = []
+    for name, node in _at(values_schema, path)["properties"].items():
+        if node.get("readOnly"):
+            continue
+        expected = _resolve(model_schema["properties"][name], model_schema.get("$defs", {}))
+        main, *rest = node["anyOf"]
+        found = {key: main[key] for key in _BOUNDS if key in main}
+        wanted = {key: expected[key] for key in _BOUNDS if key in expected}
+        if found != wanted:
+            problems.append(f"{path}.{name}: {found} in the schema, {wanted} in the model")
+        tail = {"number": [_DECIMAL, _UNSET], "array": [{"type": "string"}, _UNSET]}.get(
+            expected["type"], [_UNSET]
+        )
+        if rest != tail:
+            problems.append(f"{path}.{name}: after the main type {rest}, expected {tail}")
+        if expected.get("format") == "uri" and main.get("pattern") != "^https?://":
+            problems.append(f"{path}.{name}: an http(s) URL in the model, no such pattern in the schema")
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "named"),
+    [
+        ("settings.bakend", "self-hosted", "bakend"),
+        ("settings.poll_max_interval_second", 60, "poll_max_interval_second"),
+        ("watchNamespace", ["team-a"], "watchNamespace"),
+        ("recognizer.sevice", {"port": 80}, "sevice"),
+        ("recognizer.settings.max_audio_byte", 1, "max_audio_byte"),
+        ("image.tga", "1.0", "tga"),
+        ("livenessProbe.enable", False, "enable"),
+        ("serviceAccount.craete", False, "craete"),
+        ("settings.http_timeout", "soon", "$.settings.http_timeout"),
+        ("settings.retry_attempts", "4", "$.settings.retry_attempts"),
+        ("settings.presign_source_urls", "yes", "$.settings.presign_source_urls"),
+        ("settings.presign_expiry_seconds", 30, "$.settings.presign_expiry_seconds"),
+        ("settings.backend", "clod", "$.settings.backend"),
+        ("settings.stt_url", "transcribe.api.cloud.yandex.net", "$.settings.stt_url"),
+        ("recognizer.replicas", "2", "$.recognizer.replicas"),
+        ("recognizer.workers", "4", "$.recognizer.workers"),
+        ("recognizer.workers", 65, "$.recognizer.workers"),
+        ("recognizer.queueSize", -1, "$.recognizer.queueSize"),
+        ("livenessProbe.port", "8080", "$.livenessProbe.port"),
+        ("recognizer.service.sessionAffinity", "Sticky", "$.recognizer.service.sessionAffinity"),
+        ("logLevel", "trace", "$.logLevel"),
+        ("logFormat", "xml", "$.logFormat"),
+        ("recognizer.logFormat", "JSON", "$.recognizer.logFormat"),
+        ("watchNamespaces", "team-a", "$.watchNamespaces"),
+        ("extraEnv", [{"name": "A", "value": 1}], "$.extraEnv[0].value"),
+        ("extraEnvFrom", [{"configMap": {"name": "proxy"}}], "configMap"),
+        ("extraVolumes", [{"configMap": {"name": "ca"}}], "'name' is a required property"),
+        ("extraVolumeMounts", [{"name": "ca"}], "'mountPath' is a required property"),
+        ("recognizer.extraVolumeMounts", [{"name": "ca", "mountpath": "/ca"}], "mountpath"),
+        ("imagePullSecrets", ["my-registry"], "$.imagePullSecrets[0]"),
+    ],
+)
+def test_schema_rejects_typos_and_wrong_types(
+    values: Any, values_schema: Schema, path: str, value: Any, named: str
+) -> None:
+    errors = _schema_errors(values_schema, _with(values, path, value))
+    assert errors, f"{path}={value!r} passed the schema"
+    assert any(named in error for error in errors), errors
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("settings.storage_region", None),  # null and empty: unset, the operator's default applies
+        ("settings.http_timeout", ""),
+        ("settings.presign_source_urls", ""),
+        ("settings.http_timeout", "12.5"),  # `helm --set settings.http_timeout=12.5` passes text
+        ("settings.http_timeout", 12),
+        ("settings.ca_bundle", "/etc/speechkit/ca/ca.crt"),
+        ("settings.backend", "self-hosted"),
+        ("recognizer.settings.allowed_hosts", ["*.example.com", "minio:9000"]),
+        ("recognizer.settings.allowed_hosts", "*.example.com,minio:9000"),
+        ("recognizer.settings.start_method", "spawn"),
+        ("recognizer.retentionSeconds", "86400.5"),
+        ("image.tag", 20240101),  # `--set image.tag=20240101` passes a number
+        ("logFormat", "json"),
+        ("recognizer.logFormat", "json"),
+        (
+            "extraEnv",
+            [{"name": "NO_PROXY", "value": ".svc"}, {"name": "A", "valueFrom": {"secretKeyRef": {}}}],
+        ),
+        (
+            "extraEnvFrom",
+            [{"configMapRef": {"name": "proxy-env"}}, {"secretRef": {"name": "s"}, "prefix": "X_"}],
+        ),
+        ("extraVolumes", [{"name": "ca-bundle", "configMap": {"name": "corporate-ca"}}]),
+        ("extraVolumeMounts", [{"name": "ca-bundle", "mountPath": "/etc/speechkit/ca", "readOnly": True}]),
+        ("recognizer.extraVolumes", [{"name": "ca-bundle", "secret": {"secretName": "corporate-ca"}}]),
+        ("global", {"imageRegistry": "registry.example.com"}),
+        # Refused by the chart's own templates, with messages that say what to use instead.
+        ("settings.namespaces", "team-a"),
+        ("recognizer.settings.workers", 3),
+    ],
+)
+def test_schema_accepts_what_the_chart_takes(
+    values: Any, values_schema: Schema, path: str, value: Any
+) -> None:
+    assert _schema_errors(values_schema, _with(values, path, value)) == []
+
+
+# --------------------------------------------------------------------------------------------------
 # Dockerfile: the operator image by default, the recognition service as target `recognizer`.
 # --------------------------------------------------------------------------------------------------
 
@@ -927,6 +1142,8 @@ def test_rendered_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsUser"] == 10001
     assert pod["serviceAccountName"] == _one(docs, "ServiceAccount", "ops")["metadata"]["name"]
+    # Service links would put SPEECHKIT_OPERATOR_<SERVICE>_* variables beside the settings.
+    assert pod["enableServiceLinks"] is False
     _clear_settings_env(monkeypatch)
     defaults = Settings()
     for env in container["env"]:
@@ -1083,6 +1300,7 @@ def test_recognizer_enabled_renders_deployment_service_and_service_account() -> 
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     pod = deployment["spec"]["template"]["spec"]
+    assert pod["enableServiceLinks"] is False
     container = _container(deployment)
     assert container["image"] == "speechkit-recognizer:0.1.0"
     assert container["args"] == ["serve", "--host", "0.0.0.0", "--port", "8088"]
@@ -1264,11 +1482,44 @@ def test_recognizer_replicas_need_sticky_routing() -> None:
             "sessionAffinity must be None or ClientIP",
         ),
         (["--set", "settings.backend=self-hosted"], "needs settings.self_hosted_url"),
+        (["--set", "logFormat=xml"], 'logFormat must be plain or json, not "xml"'),
+        (
+            ["--set", "recognizer.enabled=true", "--set", "recognizer.logFormat=xml"],
+            'recognizer.logFormat must be plain or json, not "xml"',
+        ),
     ],
 )  # fmt: skip
 def test_chart_refuses_conflicting_recognizer_values(flags: list[str], message: str) -> None:
+    """The templates' own checks, which hold even when a user skips values.schema.json."""
     with pytest.raises(subprocess.CalledProcessError) as failure:
-        _render(*flags)
+        _render(*flags, "--skip-schema-validation")
+    assert message in failure.value.stderr
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--set", "recognizer.settings.Bad=1"],
+            "at '/recognizer/settings': additional properties 'Bad' not allowed",
+        ),
+        (["--set", "recognizer.workers=0"], "at '/recognizer/workers': minimum: got 0, want 1"),
+        (
+            ["--set", "recognizer.logLevel=trace"],
+            "at '/recognizer/logLevel': value must be one of 'debug', 'info', 'warning'",
+        ),
+        (
+            ["--set", "recognizer.service.sessionAffinity=Sticky"],
+            "at '/recognizer/service/sessionAffinity': value must be one of 'None', 'ClientIP'",
+        ),
+        (["--set", "logFormat=xml"], "at '/logFormat': value must be one of 'plain', 'json'"),
+    ],
+)  # fmt: skip
+def test_schema_refuses_what_the_templates_would_refuse_first(flags: list[str], message: str) -> None:
+    """Where the schema and a template check overlap, Helm stops at the schema, with the path and the rule."""
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        _render("--set", "recognizer.enabled=true", *flags)
     assert message in failure.value.stderr
 
 
@@ -1292,3 +1543,146 @@ def test_recognizer_names_stay_dns_labels() -> None:
     assert names == {"a" * 52 + "-recognizer"}
     labels = _named(docs, "Service", "a" * 52 + "-recognizer")["metadata"]["labels"]
     assert all(len(value) <= 63 for value in labels.values())
+
+
+# --------------------------------------------------------------------------------------------------
+# Extra volumes, mounts and environment sources; the log format.
+# --------------------------------------------------------------------------------------------------
+
+_CA_VOLUME = {"name": "ca-bundle", "configMap": {"name": "corporate-ca"}}
+_CA_MOUNT = {"name": "ca-bundle", "mountPath": "/etc/speechkit/ca", "readOnly": True}
+_PROXY_ENV_FROM = {"configMapRef": {"name": "proxy-env"}}
+_TMP_VOLUME = {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}
+_TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
+
+
+@needs_helm
+def test_rendered_extra_volumes_mounts_and_env_from_in_both_deployments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    extras = {
+        "extraVolumes": [_CA_VOLUME],
+        "extraVolumeMounts": [_CA_MOUNT],
+        "extraEnvFrom": [_PROXY_ENV_FROM],
+    }
+    flags = ["--set", "recognizer.enabled=true", "--set", "settings.ca_bundle=/etc/speechkit/ca/ca.crt"]
+    for key, value in extras.items():
+        flags += [
+            "--set-json",
+            f"{key}={json.dumps(value)}",
+            "--set-json",
+            f"recognizer.{key}={json.dumps(value)}",
+        ]
+    docs = _render(*flags)
+    for name in (OPERATOR, RECOGNIZER):
+        deployment = _named(docs, "Deployment", name)
+        pod = deployment["spec"]["template"]["spec"]
+        container = _container(deployment)
+        assert pod["volumes"] == [_TMP_VOLUME, _CA_VOLUME], name
+        assert container["volumeMounts"] == [_TMP_MOUNT, _CA_MOUNT], name
+        assert container["envFrom"] == [_PROXY_ENV_FROM], name
+    env = _plain_env(_container(_named(docs, "Deployment", OPERATOR)))
+    assert env["SPEECHKIT_OPERATOR_CA_BUNDLE"] == "/etc/speechkit/ca/ca.crt"
+
+    # Without them, nothing changes.
+    docs = _render("--set", "recognizer.enabled=true")
+    for name in (OPERATOR, RECOGNIZER):
+        deployment = _named(docs, "Deployment", name)
+        assert deployment["spec"]["template"]["spec"]["volumes"] == [_TMP_VOLUME]
+        assert _container(deployment)["volumeMounts"] == [_TMP_MOUNT]
+        assert "envFrom" not in _container(deployment)
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--set-json", 'extraVolumes=[{"name": "tmp", "emptyDir": {}}]'],
+            "extraVolumes: the volume name tmp is the chart's own",
+        ),
+        (
+            ["--set-json", 'extraVolumeMounts=[{"name": "ca", "mountPath": "/ca"}]'],
+            'extraVolumeMounts: "ca" is not a volume of the pod: add it to extraVolumes',
+        ),
+        (
+            [
+                "--set-json", 'extraVolumes=[{"name": "scratch", "emptyDir": {}}]',
+                "--set-json", 'extraVolumeMounts=[{"name": "scratch", "mountPath": "/tmp/"}]',
+            ],
+            "extraVolumeMounts: /tmp is the chart's own mount",
+        ),
+        (
+            [
+                "--set", "recognizer.enabled=true",
+                "--set-json", 'recognizer.extraVolumeMounts=[{"name": "ca", "mountPath": "/ca"}]',
+            ],
+            'recognizer.extraVolumeMounts: "ca" is not a volume of the pod: add it to recognizer.extra',
+        ),
+    ],
+)  # fmt: skip
+def test_chart_refuses_extra_volumes_that_clash(flags: list[str], message: str) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        _render(*flags)
+    assert message in failure.value.stderr
+
+
+@needs_helm
+def test_rendered_log_format() -> None:
+    docs = _render("--set", "recognizer.enabled=true")
+    assert _container(_named(docs, "Deployment", OPERATOR))["args"] == ["run", "--liveness-port", "8080"]
+    assert _container(_named(docs, "Deployment", RECOGNIZER))["args"] == [
+        "serve", "--host", "0.0.0.0", "--port", "8088",
+    ]  # fmt: skip
+
+    docs = _render(
+        "--set", "recognizer.enabled=true",
+        "--set", "logFormat=json", "--set", "logLevel=debug",
+        "--set", "recognizer.logFormat=json", "--set", "recognizer.logLevel=warning",
+    )  # fmt: skip
+    operator_args = _container(_named(docs, "Deployment", OPERATOR))["args"]
+    recognizer_args = _container(_named(docs, "Deployment", RECOGNIZER))["args"]
+    assert operator_args == ["run", "--liveness-port", "8080", "--verbose", "--log-format", "json"]
+    assert recognizer_args == [
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8088",
+        "--quiet",
+        "--log-format",
+        "json",
+    ]
+    # The command line the chart renders is one the CLI takes.
+    assert cli._parser().parse_args(operator_args).log_format == "json"
+    assert cli._parser().parse_args(recognizer_args).log_format == "json"
+
+
+@needs_helm
+def test_rendered_numeric_image_tags_stay_whole() -> None:
+    """A tag Helm reads as a number (``--set-json`` or a values file: a float64) is printed whole."""
+    docs = _render(
+        "--set", "recognizer.enabled=true",
+        "--set-json", "image.tag=20240101",
+        "--set", "recognizer.image.tag=20240102",
+    )  # fmt: skip
+    assert _container(_named(docs, "Deployment", OPERATOR))["image"] == "speechkit-operator:20240101"
+    assert _container(_named(docs, "Deployment", RECOGNIZER))["image"] == "speechkit-recognizer:20240102"
+
+
+@needs_helm
+def test_helm_applies_the_schema() -> None:
+    """Helm itself refuses a misspelt key and a wrong type before rendering, naming the key."""
+    for flags, named in (
+        (["--set", "settings.bakend=self-hosted"], "bakend"),
+        (["--set", "watchNamespace={team-a}"], "watchNamespace"),
+        (["--set", "settings.http_timeout=soon"], "http_timeout"),
+        (["--set-string", "recognizer.replicas=2"], "replicas"),
+    ):
+        with pytest.raises(subprocess.CalledProcessError) as failure:
+            _render(*flags)
+        assert "values don't meet the specifications of the schema" in failure.value.stderr
+        assert named in failure.value.stderr, (flags, failure.value.stderr)
+    # `--set` passes a decimal as text: number settings take it.
+    env = _plain_env(_container(_one(_render("--set", "settings.http_timeout=12.5"), "Deployment", "ops")))
+    assert env["SPEECHKIT_OPERATOR_HTTP_TIMEOUT"] == "12.5"

@@ -47,7 +47,8 @@ def test_a_misspelt_service_setting_is_refused_with_the_closest_name(monkeypatch
 def test_a_name_like_nothing_lists_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPEECHKIT_OPERATOR_ZZZZZZZZZZZZZZZZZZZZZ", "1")
     assert refused(Settings) == [
-        "SPEECHKIT_OPERATOR_ZZZZZZZZZZZZZZZZZZZZZ is not a setting; valid names start with SPEECHKIT_OPERATOR_"
+        "SPEECHKIT_OPERATOR_ZZZZZZZZZZZZZZZZZZZZZ is not a setting; "
+        "valid names start with SPEECHKIT_OPERATOR_"
     ]
 
 
@@ -100,7 +101,8 @@ def test_secret_values_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPEECHKIT_SERVE_STORAGE_SECRET_ACCESS_KEY", "hunter2-very-secret")
     problems = refused(ServiceSettings)
     assert problems == [
-        "set both SPEECHKIT_SERVE_STORAGE_ACCESS_KEY_ID and SPEECHKIT_SERVE_STORAGE_SECRET_ACCESS_KEY, or neither"
+        "set both SPEECHKIT_SERVE_STORAGE_ACCESS_KEY_ID and "
+        "SPEECHKIT_SERVE_STORAGE_SECRET_ACCESS_KEY, or neither"
     ]
     # A value of the wrong type for a secret field is described without the value.
     with pytest.raises(ConfigurationError) as raised:

@@ -63,7 +63,7 @@ The ServiceAccount the operator runs as.
 The operator image: repository and tag, the tag defaulting to the chart's appVersion.
 */}}
 {{- define "speechkit-operator.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion (toString .Values.image.tag)) }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion (include "speechkit-operator.envValue" (.Values.image.tag | default ""))) }}
 {{- end }}
 
 {{/*
@@ -78,6 +78,43 @@ integers instead. Lists are joined with commas.
 {{- join "," . }}
 {{- else }}
 {{- . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The arguments for a log format (dict "value" <logFormat> "key" <its values key>): none for plain,
+the default, so that the arguments stay minimal; `--log-format json` for json.
+*/}}
+{{- define "speechkit-operator.logFormatArgs" -}}
+{{- $format := .value | default "plain" }}
+{{- if eq $format "json" }}
+- --log-format
+- json
+{{- else if ne $format "plain" }}
+{{- fail (printf "%s must be plain or json, not %q" .key (toString $format)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks of extra volumes and mounts (dict "volumes" <list> "mounts" <list> "prefix" <values path>):
+the name tmp and the path /tmp are the chart's own, and each mount names a volume of the pod.
+Renders nothing.
+*/}}
+{{- define "speechkit-operator.checkVolumes" -}}
+{{- $names := list "tmp" }}
+{{- range .volumes }}
+{{- if eq (toString .name) "tmp" }}
+{{- fail (printf "%sextraVolumes: the volume name tmp is the chart's own; choose another" $.prefix) }}
+{{- end }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- range .mounts }}
+{{- if not (has .name $names) }}
+{{- fail (printf "%sextraVolumeMounts: %q is not a volume of the pod: add it to %sextraVolumes" $.prefix (toString .name) $.prefix) }}
+{{- end }}
+{{- if eq (trimSuffix "/" (toString .mountPath)) "/tmp" }}
+{{- fail (printf "%sextraVolumeMounts: /tmp is the chart's own mount; choose another mountPath" $.prefix) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -192,7 +229,7 @@ app.kubernetes.io/part-of: speechkit-operator
 The recognition service's image: repository and tag, the tag defaulting to the chart's appVersion.
 */}}
 {{- define "speechkit-operator.recognizer.image" -}}
-{{- printf "%s:%s" .Values.recognizer.image.repository (default .Chart.AppVersion (toString .Values.recognizer.image.tag)) }}
+{{- printf "%s:%s" .Values.recognizer.image.repository (default .Chart.AppVersion (include "speechkit-operator.envValue" (.Values.recognizer.image.tag | default ""))) }}
 {{- end }}
 
 {{/*
