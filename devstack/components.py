@@ -45,10 +45,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` (a loopback address) that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 
@@ -371,61 +371,134 @@ def _certificate(
     return builder.sign(signing_key, hashes.SHA256())
 
 
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+@dataclass(frozen=True)
+class ServingCertificate:
+    """A TLS server's certificate and key (PEM files), and the certificate of the CA that signed it."""
+
+    cert: Path
+    key: Path
+    ca_cert: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        """An SSL context that serves this certificate."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        """An SSL context that trusts only the CA of this certificate."""
+        return ssl.create_default_context(cafile=str(self.ca_cert))
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """A throwaway CA (PEM files in its directory) that issues serving certificates."""
+
+    name: x509.Name
+    key: rsa.RSAPrivateKey = field(repr=False)
+    cert_path: Path
+    key_path: Path
+    validity: tuple[dt.datetime, dt.datetime]
+
+    @classmethod
+    def create(
+        cls,
+        directory: Path,
+        common_name: str = "speechkit-e2e-ca",
+        *,
+        cert_file: str = "ca.crt",
+        key_file: str = "ca.key",
+        lifetime: dt.timedelta = dt.timedelta(days=2),
+    ) -> CertificateAuthority:
+        """A new CA, valid from an hour ago for `lifetime`, written to `directory`."""
+        directory.mkdir(parents=True, exist_ok=True)
+        now = dt.datetime.now(dt.UTC)
+        validity = (now - dt.timedelta(hours=1), now + lifetime)
+        key = _new_key()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        cert = _certificate(
+            name,
+            name,
+            key.public_key(),
+            key,
+            validity=validity,
+            ca=True,
+            extensions=[x509.SubjectKeyIdentifier.from_public_key(key.public_key())],
+        )
+        ca = cls(
+            name=name,
+            key=key,
+            cert_path=directory / cert_file,
+            key_path=directory / key_file,
+            validity=validity,
+        )
+        ca.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(ca.key_path, key)
+        return ca
+
+    def issue(
+        self, directory: Path, name: str, hosts: Sequence[str], *, common_name: str | None = None
+    ) -> ServingCertificate:
+        """A serving certificate for `hosts` (IP addresses or DNS names, all in its SANs), written to
+        `directory` as `<name>.crt` and `<name>.key`."""
+        if not hosts:
+            raise ValueError("a serving certificate needs at least one host")
+        directory.mkdir(parents=True, exist_ok=True)
+        key = _new_key()
+        cert = _certificate(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or hosts[0])]),
+            self.name,
+            key.public_key(),
+            self.key,
+            validity=self.validity,
+            ca=False,
+            extensions=[
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                x509.SubjectAlternativeName([_general_name(host) for host in hosts]),
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+            ],
+        )
+        serving = ServingCertificate(
+            cert=directory / f"{name}.crt", key=directory / f"{name}.key", ca_cert=self.cert_path
+        )
+        serving.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(serving.key, key)
+        return serving
+
+
 def make_pki(directory: Path) -> Pki:
     """A throwaway CA, a serving certificate for 127.0.0.1 signed by it, and a service-account key pair."""
-    directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-    not_before, not_after = now - dt.timedelta(hours=1), now + dt.timedelta(days=2)
-
-    ca_key = _new_key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "speechkit-e2e-ca")])
-    ca_cert = _certificate(
-        ca_name,
-        ca_name,
-        ca_key.public_key(),
-        ca_key,
-        validity=(not_before, not_after),
-        ca=True,
-        extensions=[x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())],
-    )
-
-    serving_key = _new_key()
-    sans: list[x509.GeneralName] = [
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),  # the `kubernetes` Service's ClusterIP
-        x509.DNSName("localhost"),
-        x509.DNSName("kubernetes"),
-        x509.DNSName("kubernetes.default"),
-        x509.DNSName("kubernetes.default.svc"),
-        x509.DNSName("kubernetes.default.svc.cluster.local"),
-    ]
-    serving_cert = _certificate(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]),
-        ca_name,
-        serving_key.public_key(),
-        ca_key,
-        validity=(not_before, not_after),
-        ca=False,
-        extensions=[
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-            x509.SubjectAlternativeName(sans),
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+    ca = CertificateAuthority.create(directory)
+    serving = ca.issue(
+        directory,
+        "apiserver",
+        [
+            "127.0.0.1",
+            "10.0.0.1",  # the `kubernetes` Service's ClusterIP
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
         ],
+        common_name="kube-apiserver",
     )
-
     sa_key = _new_key()
     pki = Pki(
-        ca_cert=directory / "ca.crt",
-        ca_key=directory / "ca.key",
-        serving_cert=directory / "apiserver.crt",
-        serving_key=directory / "apiserver.key",
+        ca_cert=ca.cert_path,
+        ca_key=ca.key_path,
+        serving_cert=serving.cert,
+        serving_key=serving.key,
         sa_key=directory / "sa.key",
         sa_pub=directory / "sa.pub",
     )
-    pki.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(pki.ca_key, ca_key)
-    pki.serving_cert.write_bytes(serving_cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(pki.serving_key, serving_key)
     _write_key(pki.sa_key, sa_key)
     pki.sa_pub.write_bytes(
         sa_key.public_key().public_bytes(
@@ -687,7 +760,11 @@ class KubeCluster:
 
 @dataclass
 class MinioServer:
-    """A single-drive MinIO on 127.0.0.1 (S3 API at `endpoint`)."""
+    """A single-drive MinIO on a loopback address (S3 API at `endpoint`).
+
+    With `tls`, MinIO serves HTTPS with that certificate (its SANs must name `host`), read from
+    `--certs-dir` as `public.crt` and `private.key`; clients then verify it with `ssl_context`.
+    """
 
     binary: Path
     workdir: Path
@@ -697,11 +774,25 @@ class MinioServer:
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     region: str = "us-east-1"
     process: ManagedProcess | None = None
+    host: str = "127.0.0.1"
+    tls: ServingCertificate | None = None
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client context that trusts this MinIO's CA, or None without TLS."""
+        return self.tls.client_context() if self.tls is not None else None
 
     def start(self) -> None:
-        port, console_port = free_port(), free_port()
-        self.endpoint = f"http://127.0.0.1:{port}"
-        self.console = f"http://127.0.0.1:{console_port}"
+        port, console_port = free_port(self.host), free_port(self.host)
+        scheme = "https" if self.tls is not None else "http"
+        self.endpoint = f"{scheme}://{self.host}:{port}"
+        self.console = f"{scheme}://{self.host}:{console_port}"
+        certs = self.workdir / "certs"
+        if self.tls is not None:
+            certs.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.tls.cert, certs / "public.crt")
+            shutil.copyfile(self.tls.key, certs / "private.key")
+            (certs / "private.key").chmod(0o600)
         env = {
             **os.environ,
             "MINIO_ROOT_USER": self.access_key,
@@ -716,18 +807,21 @@ class MinioServer:
                 str(self.binary),
                 "server",
                 str(self.workdir / "data"),
-                f"--address=127.0.0.1:{port}",
-                f"--console-address=127.0.0.1:{console_port}",
-                f"--certs-dir={self.workdir / 'certs'}",
+                f"--address={self.host}:{port}",
+                f"--console-address={self.host}:{console_port}",
+                f"--certs-dir={certs}",
                 "--quiet",
             ],
             self.workdir / "logs" / "minio.log",
             env=env,
         )
         self.process.start()
+        context = self.ssl_context
         wait_until(
             "MinIO /minio/health/ready",
-            lambda: http_request(self.endpoint + "/minio/health/ready", timeout=2).status == 200,
+            lambda: (
+                http_request(self.endpoint + "/minio/health/ready", context=context, timeout=2).status == 200
+            ),
             watch=[self.process],
         )
 
@@ -764,9 +858,12 @@ def running_cluster(binaries: Binaries) -> Iterator[KubeCluster]:
 
 
 @contextlib.contextmanager
-def running_minio(binary: Path) -> Iterator[MinioServer]:
+def running_minio(
+    binary: Path, *, host: str = "127.0.0.1", tls: ServingCertificate | None = None
+) -> Iterator[MinioServer]:
+    """A MinIO on `host`, over HTTPS with `tls` (see MinioServer), stopped and removed afterwards."""
     with _workdir("speechkit-e2e-minio-") as workdir:
-        server = MinioServer(binary=binary, workdir=workdir)
+        server = MinioServer(binary=binary, workdir=workdir, host=host, tls=tls)
         try:
             server.start()
             yield server

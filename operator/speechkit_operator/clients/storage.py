@@ -2,11 +2,16 @@
 
 Every call runs in a worker thread. boto3 clients are created once per distinct configuration and
 shared: they are thread-safe, creating them is not cheap.
+
+TLS is verified against ``ca_bundle`` (``SPEECHKIT_OPERATOR_CA_BUNDLE``) when one is given, else the
+system's trust. Proxies come from HTTPS_PROXY/HTTP_PROXY, and NO_PROXY is honoured: botocore decides
+per endpoint (``host`` or ``host:port``) when a client is created.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -14,7 +19,9 @@ from urllib.parse import quote
 
 import boto3
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ProxyConnectionError, SSLError
+
+from speechkit_operator.clients.speech.errors import find_ssl_error, origin_of, tls_problem
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -62,13 +69,31 @@ def _classify(exc: Exception, what: str) -> StorageError:
         if status >= 500 or status == 429 or code in {"SlowDown", "ServiceUnavailable", "InternalError"}:
             return StorageError("unavailable", f"{what}: storage unavailable ({code or status})")
         return StorageError("invalid", f"{what}: storage refused the request ({code or status})")
+    if isinstance(exc, SSLError):
+        # A configuration problem, but one the user fixes without re-creating the job: transient.
+        origin = origin_of(str(exc.kwargs.get("endpoint_url", "")))
+        return StorageError("unavailable", f"{what}: {tls_problem(origin, find_ssl_error(exc))}")
+    if isinstance(exc, ProxyConnectionError):
+        # botocore masks the proxy's credentials in proxy_url.
+        proxy = origin_of(str(exc.kwargs.get("proxy_url", "")))
+        return StorageError(
+            "unavailable",
+            f"{what}: the proxy {proxy} could not be reached or refused the connection: "
+            "check HTTPS_PROXY, HTTP_PROXY and NO_PROXY",
+        )
     return StorageError("unavailable", f"{what}: storage unreachable ({type(exc).__name__})")
 
 
 class ObjectStorage:
-    """One S3 endpoint with one set of keys."""
+    """One S3 endpoint with one set of keys; TLS verified with ``ca_bundle`` (a PEM file) if given."""
 
-    def __init__(self, config: StorageConfig, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        config: StorageConfig,
+        *,
+        timeout: float = 30.0,
+        ca_bundle: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.config = config
         self._client: S3Client = boto3.session.Session().client(
             "s3",
@@ -76,6 +101,8 @@ class ObjectStorage:
             region_name=config.region,
             aws_access_key_id=config.access_key_id,
             aws_secret_access_key=config.secret_access_key,
+            # None keeps botocore's default: the system's trust (or AWS_CA_BUNDLE).
+            verify=os.fspath(ca_bundle) if ca_bundle is not None else None,
             config=BotoConfig(
                 signature_version="s3v4",
                 s3={"addressing_style": "path"},
@@ -84,6 +111,10 @@ class ObjectStorage:
                 retries={"max_attempts": 3, "mode": "standard"},
             ),
         )
+
+    def close(self) -> None:
+        """Close the client's pooled connections."""
+        self._client.close()
 
     async def _run(self, what: str, fn: Any, /, **kwargs: Any) -> Any:
         try:
@@ -128,16 +159,28 @@ class ObjectStorage:
 
 
 class StorageFactory:
-    """Shares one :class:`ObjectStorage` per configuration."""
+    """Shares one :class:`ObjectStorage` per configuration; all of them trust ``ca_bundle`` if given."""
 
-    def __init__(self, *, timeout: float = 30.0) -> None:
+    def __init__(self, *, timeout: float = 30.0, ca_bundle: str | os.PathLike[str] | None = None) -> None:
         self._timeout = timeout
+        self._ca_bundle = ca_bundle
         self._lock = threading.Lock()
         self._cache: dict[StorageConfig, ObjectStorage] = {}
+
+    def close(self) -> None:
+        """Close every storage made so far (they are made again when asked for)."""
+        with self._lock:
+            made, self._cache = list(self._cache.values()), {}
+        for storage in made:
+            storage.close()
 
     def get(self, config: StorageConfig) -> ObjectStorage:
         with self._lock:
             storage = self._cache.get(config)
             if storage is None:
-                storage = self._cache[config] = ObjectStorage(config, timeout=self._timeout)
+                if self._ca_bundle is None:
+                    storage = ObjectStorage(config, timeout=self._timeout)
+                else:
+                    storage = ObjectStorage(config, timeout=self._timeout, ca_bundle=self._ca_bundle)
+                self._cache[config] = storage
             return storage

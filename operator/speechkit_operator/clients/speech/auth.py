@@ -8,6 +8,9 @@
 
 ``folder_id`` is not part of authorization for v2: the client puts it into ``config.folderId``.
 
+:func:`send_request` (one HTTP exchange, shared with the v2 client) uses the proxy that
+HTTPS_PROXY/HTTP_PROXY/NO_PROXY name and an optional CA bundle (:func:`load_ca_bundle`).
+
 Nothing here logs or puts into an exception message a key, a JWT or a token.
 """
 
@@ -18,17 +21,22 @@ import functools
 import hashlib
 import json
 import logging
+import os
+import ssl
 import time
+import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from yarl import URL
 
 from speechkit_operator.clients.speech.base import (
     AnonymousCredentials,
@@ -38,11 +46,17 @@ from speechkit_operator.clients.speech.base import (
     ServiceAccountKeyCredentials,
 )
 from speechkit_operator.clients.speech.errors import (
+    CA_BUNDLE_SETTING,
     CredentialsError,
     MalformedResponseError,
     SpeechApiError,
+    TlsError,
     api_error_from_body,
+    find_ssl_error,
+    is_certificate_error,
+    origin_of,
     parse_retry_after,
+    tls_problem,
 )
 
 logger = logging.getLogger(__name__)
@@ -119,6 +133,42 @@ class RawResponse:
     retry_after: float | None
 
 
+def load_ca_bundle(path: str | os.PathLike[str] | None) -> ssl.SSLContext | None:
+    """A client SSL context that trusts exactly the CA certificates of the PEM file ``path``
+    (None: None, and aiohttp uses the system's trust). Raises ValueError saying what is wrong."""
+    if path is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=os.fspath(path))
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        detail = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
+        raise ValueError(
+            f"{CA_BUNDLE_SETTING}={os.fspath(path)} is not a readable PEM file of CA certificates ({detail})"
+        ) from None
+
+
+def proxy_for(url: str) -> URL | None:
+    """The proxy for ``url`` from the environment (with its credentials, if it has any), or None.
+
+    ``HTTPS_PROXY`` / ``HTTP_PROXY`` (or their lowercase forms) by the URL's scheme, unless
+    ``NO_PROXY`` names the host (or ``host:port``), read at each call with urllib's rules: the choice
+    aiohttp's ``trust_env=True`` makes (https URLs are then tunnelled with CONNECT, and credentials
+    in the proxy's URL become its Proxy-Authorization). It is made here because ``trust_env`` would
+    also send ``~/.netrc`` credentials to SpeechKit and IAM, and refuse our own Authorization header
+    for a host that ``~/.netrc`` names.
+    """
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return None
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy:
+        return None
+    netloc = parts.netloc.rpartition("@")[2]
+    if urllib.request.proxy_bypass(netloc) or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return URL(proxy if "://" in proxy else f"http://{proxy}")
+
+
 async def send_request(
     session: aiohttp.ClientSession,
     method: str,
@@ -129,9 +179,12 @@ async def send_request(
     json_body: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
     clock: Callable[[], float] = time.time,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> RawResponse:
     """One request, no retries. Transport failures become transient :class:`SpeechApiError` s.
 
+    Goes through the environment's proxy (:func:`proxy_for`) and verifies TLS with ``ssl_context``
+    (None: the system's trust). A TLS failure is a :class:`TlsError` whose message says what to fix.
     Redirects are not followed (they would carry the Authorization header elsewhere). Exceptions
     from aiohttp are not chained: some of them carry the request headers.
     """
@@ -143,12 +196,33 @@ async def send_request(
             headers={"Accept": "application/json", **(headers or {})},
             timeout=aiohttp.ClientTimeout(total=time_limit),
             allow_redirects=False,
+            ssl=ssl_context if ssl_context is not None else True,
+            proxy=proxy_for(url),
         ) as response:
             body = await response.read()
             retry_after = parse_retry_after(response.headers.get("Retry-After"), clock())
             return RawResponse(status=response.status, body=body, retry_after=retry_after)
     except TimeoutError:
         raise SpeechApiError(f"{what}: no answer within {time_limit:g}s") from None
+    except aiohttp.ClientConnectorCertificateError as exc:
+        problem = tls_problem(origin_of(url), exc.certificate_error)
+        raise TlsError(f"{what}: {problem}", certificate=True) from None
+    except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
+        error = find_ssl_error(exc)
+        problem = tls_problem(origin_of(url), error)
+        raise TlsError(f"{what}: {problem}", certificate=is_certificate_error(error)) from None
+    except aiohttp.ClientProxyConnectionError as exc:
+        raise SpeechApiError(
+            f"{what}: the proxy {exc.host}:{exc.port} could not be reached ({type(exc).__name__}): "
+            "check HTTPS_PROXY, HTTP_PROXY and NO_PROXY",
+            unsent=True,
+        ) from None
+    except aiohttp.ClientHttpProxyError as exc:
+        raise SpeechApiError(
+            f"{what}: the proxy refused to connect to {origin_of(url)} (HTTP {exc.status}): "
+            "check the proxy's rules, or NO_PROXY",
+            unsent=True,
+        ) from None
     except aiohttp.ClientConnectorError as exc:  # no connection: the request was never sent
         raise SpeechApiError(f"{what}: connection failed ({type(exc).__name__})", unsent=True) from None
     except aiohttp.ClientError as exc:
@@ -211,9 +285,10 @@ class SpeechAuthenticator:
     """Authorization header values for credentials, with a cache of service-account IAM tokens.
 
     ``session`` is an :class:`aiohttp.ClientSession` or a callable returning one (called only when a
-    token is exchanged). A token is refreshed ``min(refresh_margin, 10% of its lifetime)`` before it
-    expires, and at the latest ``max_token_age`` seconds after it was obtained (IAM advises hourly).
-    If a refresh fails transiently while the old token is still valid, the old token is used.
+    token is exchanged); ``ssl_context`` verifies the IAM endpoint (None: the system's trust). A token
+    is refreshed ``min(refresh_margin, 10% of its lifetime)`` before it expires, and at the latest
+    ``max_token_age`` seconds after it was obtained (IAM advises hourly). If a refresh fails
+    transiently while the old token is still valid, the old token is used.
     """
 
     def __init__(
@@ -225,8 +300,10 @@ class SpeechAuthenticator:
         clock: Callable[[], float] = time.time,
         refresh_margin: float = 300.0,
         max_token_age: float | None = 3600.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._url = iam_token_url
+        self._ssl_context = ssl_context
         self._session = session
         self._timeout = timeout
         self._clock = clock
@@ -319,6 +396,7 @@ class SpeechAuthenticator:
             time_limit=self._timeout,
             json_body={"jwt": signed},
             clock=self._clock,
+            ssl_context=self._ssl_context,
         )
         if not 200 <= raw.status < 300:
             raise api_error_from_body(
