@@ -66,10 +66,45 @@ class Settings(BaseSettings):
     #: unavailable) is tried again; it doubles per attempt up to ``submit_retry_max_seconds``.
     submit_retry_base_seconds: float = Field(default=10.0, gt=0)
     submit_retry_max_seconds: float = Field(default=300.0, gt=0)
+    #: Failed attempts to submit (in one operator process) after which a job fails.
+    max_submit_attempts: int = Field(default=20, ge=1)
+    #: A submission whose answer was lost (a crash, a timeout, a 502/504) may have created an
+    #: operation: ``resubmit`` makes it once more (a transcript matters more than a possible second
+    #: charge), ``fail`` ends the job. Either way the job records ``SubmissionUncertain``.
+    uncertain_submission_policy: Literal["resubmit", "fail"] = "resubmit"
+    #: With ``resubmit``: the uncertain submissions a job may have; the one that reaches this
+    #: number fails the job, so a job costs at most this many possible extra charges.
+    max_uncertain_submissions: int = Field(default=3, ge=1)
+
+    # --- Jobs' lifetime -----------------------------------------------------------------------
+    #: Seconds from creation after which an unfinished job fails ``DeadlineExceeded`` when its spec
+    #: sets no ``activeDeadlineSeconds``; 0: no deadline.
+    default_active_deadline_seconds: int = Field(default=4 * 24 * 3600, ge=0)
+    #: Seconds after finishing after which a job is deleted when its spec sets no
+    #: ``ttlSecondsAfterFinished``; unset: finished jobs are kept.
+    default_ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+
+    # --- Scheduling -----------------------------------------------------------------------------
+    #: Checks (and other steps but submissions) that may run at once.
+    check_concurrency: int = Field(default=16, ge=1, le=1000)
+    #: Seconds the steps in flight get to finish when the operator stops (keep it below the pod's
+    #: terminationGracePeriodSeconds).
+    shutdown_timeout_seconds: float = Field(default=20.0, ge=0)
+
+    # --- Leader election ------------------------------------------------------------------------
+    #: Act only while holding a Lease, so that a second replica (or a second operator started by
+    #: hand against the same cluster) waits instead of acting too.
+    leader_election: bool = True
+    #: Namespace of the Lease; empty: the pod's namespace (POD_NAMESPACE, or the service account's),
+    #: else the kubeconfig context's, else ``default``.
+    lease_namespace: str = ""
+    lease_name: str = Field(default="speechkit-operator", min_length=1, max_length=253)
+    #: A leader that has not renewed its Lease for this long is replaced.
+    lease_duration_seconds: float = Field(default=15.0, gt=0)
+    #: How often the leader renews its Lease (well below the duration).
+    lease_renew_seconds: float = Field(default=5.0, gt=0)
 
     # --- Polling --------------------------------------------------------------------------------
-    #: How often the poll timer wakes per running job; it checks only when a check is due.
-    poll_tick_seconds: float = Field(default=5.0, gt=0)
     #: Expected processing time per minute of audio per channel (the docs say about 10 s).
     seconds_per_audio_minute: float = Field(default=10.0, ge=0)
     #: The first check never comes sooner than this after submission.
@@ -94,6 +129,21 @@ class Settings(BaseSettings):
                 "SPEECHKIT_OPERATOR_BACKEND=self-hosted needs SPEECHKIT_OPERATOR_SELF_HOSTED_URL"
             )
         return self
+
+    @model_validator(mode="after")
+    def _lease_renews_in_time(self) -> Settings:
+        if self.lease_renew_seconds * 2 > self.lease_duration_seconds:
+            raise ValueError(
+                "SPEECHKIT_OPERATOR_LEASE_RENEW_SECONDS must be at most half of "
+                "SPEECHKIT_OPERATOR_LEASE_DURATION_SECONDS"
+            )
+        return self
+
+    @property
+    def intent_settle_seconds(self) -> float:
+        """How long a submission can take, retries included, before its answer is surely lost."""
+        attempts = self.retry_attempts
+        return self.http_timeout * attempts + self.retry_max_delay * max(0, attempts - 1) + 60.0
 
     @property
     def submit_base_url(self) -> str:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import secrets as random
+import socket
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from speechkit_operator.clients.retry import RetryPolicy
+import kubernetes
+
+from speechkit_operator.clients.kube import JobStore
 from speechkit_operator.clients.secrets import SecretReader
 from speechkit_operator.clients.speech.base import SpeechClient
+from speechkit_operator.clients.speech.errors import origin_of
 from speechkit_operator.clients.speech.v2 import SpeechKitV2Client
 from speechkit_operator.clients.storage import StorageFactory
 from speechkit_operator.config import Settings
+from speechkit_operator.scheduler import Scheduler
 from speechkit_operator.workflow import JobWorkflow
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -18,27 +29,57 @@ class OperatorContext:
     settings: Settings
     speech: SpeechClient
     workflow: JobWorkflow
+    scheduler: Scheduler
 
     async def close(self) -> None:
+        """Let the steps in flight finish (a submission and its record above all), then close."""
+        await self.scheduler.stop(self.settings.shutdown_timeout_seconds)
         await self.speech.close()
+        self.workflow.storage.close()
+        self.workflow.jobs.close()
 
 
-def build_context(settings: Settings, *, secrets: SecretReader | None = None) -> OperatorContext:
-    speech = SpeechKitV2Client(
-        stt_url=settings.submit_base_url,
-        operation_url=settings.operations_base_url,
-        iam_token_url=str(settings.iam_token_url),
-        timeout=settings.http_timeout,
-        retry_policy=RetryPolicy(
-            attempts=settings.retry_attempts,
-            base_delay=settings.retry_base_delay,
-            max_delay=settings.retry_max_delay,
-        ),
-    )
+def instance_identity() -> str:
+    """Who this operator process is, in intents and Leases: the pod's name and a random suffix."""
+    return f"{socket.gethostname()}-{random.token_hex(4)}"
+
+
+def build_context(
+    settings: Settings,
+    *,
+    secrets: SecretReader | None = None,
+    api_client_factory: Callable[[], kubernetes.client.ApiClient] | None = None,
+    identity: str | None = None,
+    sole_actor: bool | None = None,
+) -> OperatorContext:
+    """The clients for ``settings``: SpeechKit (and IAM) and S3 share the CA bundle and the proxies
+    of the environment. A CA bundle that is not a PEM file of certificates raises ValueError.
+    ``sole_actor``: no other operator acts on these jobs (default: with leader election)."""
+    speech = SpeechKitV2Client.from_settings(settings)
     workflow = JobWorkflow(
         settings,
         speech=speech,
-        storage=StorageFactory(timeout=settings.http_timeout),
-        secrets=secrets or SecretReader(cache_seconds=settings.secret_cache_seconds),
+        storage=StorageFactory(timeout=settings.http_timeout, ca_bundle=settings.ca_bundle),
+        secrets=secrets
+        or SecretReader(cache_seconds=settings.secret_cache_seconds, api_client_factory=api_client_factory),
+        jobs=JobStore(api_client_factory=api_client_factory, timeout=settings.request_timeout),
+        identity=identity or instance_identity(),
     )
-    return OperatorContext(settings=settings, speech=speech, workflow=workflow)
+    scheduler = Scheduler(
+        workflow, settings, sole_actor=settings.leader_election if sole_actor is None else sole_actor
+    )
+    _log_network(settings)
+    return OperatorContext(settings=settings, speech=speech, workflow=workflow, scheduler=scheduler)
+
+
+def _log_network(settings: Settings) -> None:
+    """Say once which trust and which proxies outbound calls use (never a proxy's credentials)."""
+    proxies = urllib.request.getproxies()
+    named = {scheme: origin_of(url) for scheme, url in proxies.items() if scheme in ("http", "https")}
+    trust = f"CA bundle {settings.ca_bundle}" if settings.ca_bundle else "the system's CA certificates"
+    if named:
+        shown = ", ".join(f"{scheme} via {origin}" for scheme, origin in sorted(named.items()))
+        no_proxy = proxies.get("no", "")
+        logger.info("outbound HTTPS trusts %s; proxies: %s; NO_PROXY: %s", trust, shown, no_proxy)
+    else:
+        logger.info("outbound HTTPS trusts %s; no proxy", trust)

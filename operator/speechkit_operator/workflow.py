@@ -1,22 +1,31 @@
-"""What the operator does for one job, with I/O: submit it, and check it once.
+"""What the operator does for one job, with I/O: each step the scheduler asks for.
 
-Handlers call :meth:`JobWorkflow.submit` and :meth:`JobWorkflow.check` and apply the
-:class:`Outcome`; decisions are delegated to the pure functions in :mod:`speechkit_operator.logic`,
-and I/O to the clients. Nothing here knows about kopf, so the polling mechanism can change freely.
+- :meth:`JobWorkflow.submit`: prepare (spec, Secrets, a look at the audio), then, one at a time per
+  quota scope, write the intent, send the submission and record its answer. A crash between the
+  intent and the record leaves the intent in the status: the job then knows its submission may exist.
+- :meth:`JobWorkflow.resolve_uncertain`: an intent found without an operation id.
+- :meth:`JobWorkflow.check`: look at the operation once; write transcripts when it is done.
+- :meth:`JobWorkflow.deadline`, :meth:`JobWorkflow.delete`, :meth:`JobWorkflow.cancel`.
+
+Every step returns a :class:`StepResult`: the job as the API server now has it (when the step wrote
+it) and when the scheduler should come back. Status is written only when the phase or the reason
+changes, so a job costs a handful of writes however long it runs. Decisions come from the pure
+functions in :mod:`speechkit_operator.logic`; nothing here knows about kopf.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+import secrets as random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from speechkit_operator.clients.kube import JobStore, KubeError
 from speechkit_operator.clients.secrets import SecretNotFoundError, SecretReader, SecretUnreadableError
 from speechkit_operator.clients.speech.base import (
     AnonymousCredentials,
@@ -25,10 +34,15 @@ from speechkit_operator.clients.speech.base import (
     RecognitionRequest,
     SpeechClient,
 )
-from speechkit_operator.clients.speech.errors import OperationNotFoundError, SpeechApiError
+from speechkit_operator.clients.speech.errors import (
+    CredentialsError,
+    MalformedResponseError,
+    OperationNotFoundError,
+    SpeechApiError,
+)
 from speechkit_operator.clients.storage import ObjectStorage, StorageError, StorageFactory
 from speechkit_operator.config import Settings
-from speechkit_operator.logic import polling, transitions
+from speechkit_operator.logic import lifecycle, polling, transitions
 from speechkit_operator.logic.audio_probe import (
     HEAD_BYTES,
     TAIL_BYTES,
@@ -38,35 +52,25 @@ from speechkit_operator.logic.audio_probe import (
     probe_audio,
 )
 from speechkit_operator.logic.credentials import SecretProblem, parse_speech_credentials, parse_storage_secret
-from speechkit_operator.logic.output_keys import output_base_key, s3_uri
+from speechkit_operator.logic.output_keys import (
+    MAX_KEY_BYTES,
+    longest_output_key_bytes,
+    output_base_key,
+    s3_uri,
+)
 from speechkit_operator.logic.redaction import redact
-from speechkit_operator.logic.rendering import preview, render_outputs
-from speechkit_operator.logic.timestamps import format_time, parse_time, utcnow
-from speechkit_operator.logs import job_fields
+from speechkit_operator.logic.rendering import preview, render_json, render_outputs
+from speechkit_operator.logic.timestamps import format_time, utcnow
 from speechkit_operator.models.audio import AudioEncoding, AudioInfo
-from speechkit_operator.models.job import JobStatus, Phase, TranscriptionJobSpec
+from speechkit_operator.models.job import JobRef, JobStatus, Phase, TranscriptionJobSpec
 from speechkit_operator.models.recognition import Transcript
 
 logger = logging.getLogger(__name__)
 
-#: How many recent submissions to remember per process (see ``JobWorkflow.submit``).
-REMEMBERED_SUBMISSIONS = 10_000
-
-
-@dataclass(frozen=True)
-class JobRef:
-    namespace: str
-    name: str
-    uid: str | None = None
-    generation: int | None = None
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def log(self) -> dict[str, str]:
-        """``extra=`` for log records about this job (namespace and name become fields)."""
-        return job_fields(self.namespace, self.name)
+#: Writes of a submission's answer are retried this long before the submission is left uncertain.
+RECORD_RETRY_SECONDS = 60.0
+#: The longest audio SpeechKit accepts (4 hours); longer probed durations are refused.
+MAX_AUDIO_SECONDS = 4 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -79,11 +83,34 @@ class Note:
 
 
 @dataclass
-class Outcome:
-    status: dict[str, Any] = field(default_factory=dict)
-    notes: list[Note] = field(default_factory=list)
-    #: Ask for the submit handler to run again after this many seconds.
-    retry_in: float | None = None
+class StepResult:
+    """What a step did: the job as written (None when nothing was written), and when to come back."""
+
+    body: dict[str, Any] | None = None
+    next_check: datetime | None = None
+    next_attempt: datetime | None = None
+    #: Checks made so far (the status has them only as of its last write).
+    checks: int | None = None
+    #: The job changed under us (a resourceVersion conflict): read it again before deciding.
+    stale: bool = False
+    #: The job is gone from the API server.
+    gone: bool = False
+    #: A failed submission attempt that counts towards ``max_submit_attempts``.
+    attempt_failed: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as the scheduler knows it."""
+
+    ref: JobRef
+    spec: Mapping[str, Any]
+    status: JobStatus
+    resource_version: str | None = None
+    #: Checks made since the last status write, in this process.
+    checks: int = 0
+    #: Failed submission attempts in this process.
+    attempts: int = 0
 
 
 class _Problem(Exception):
@@ -99,12 +126,30 @@ class _Problem(Exception):
         self.retry_after = retry_after
 
 
+@dataclass
+class _Prepared:
+    spec: TranscriptionJobSpec
+    credentials: Credentials
+    audio: AudioInfo
+    request: RecognitionRequest
+
+
 def format_validation_error(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "spec"
         parts.append(f"spec.{where}: {item['msg']}")
     return "invalid spec: " + "; ".join(parts)
+
+
+@dataclass
+class _Gates:
+    """One submission in flight per quota scope: a crash leaves at most one uncertain."""
+
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def __call__(self, scope: str) -> asyncio.Lock:
+        return self.locks.setdefault(scope, asyncio.Lock())
 
 
 class JobWorkflow:
@@ -115,63 +160,184 @@ class JobWorkflow:
         speech: SpeechClient,
         storage: StorageFactory,
         secrets: SecretReader,
+        jobs: JobStore,
+        identity: str = "",
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.settings = settings
         self.speech = speech
         self.storage = storage
         self.secrets = secrets
+        self.jobs = jobs
+        self.identity = identity or random.token_hex(6)
         self.clock = clock
         self.policy = polling.PollPolicy.from_settings(settings)
-        # uid -> the status that recorded its submission. kopf may hand a handler a body older than
-        # the status it has just patched (a stale watch event, a failed patch retried); this makes
-        # sure such a body never leads to a second submission within this process.
-        self._submitted: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._gates = _Gates()
+        # uid -> the status that records its submission, kept until it is written: an answer that
+        # could not be recorded is written again, never submitted again, while this process lives.
+        self._unrecorded: dict[str, dict[str, Any]] = {}
 
     # -- submission ----------------------------------------------------------------------------
 
-    async def submit(
-        self, job: JobRef, raw_spec: Mapping[str, Any], status: JobStatus, *, attempt: int = 0
-    ) -> Outcome:
-        """Submit the job once. A job with an operation id is never submitted again."""
-        if status.operation_id or (status.phase is not None and status.phase.terminal):
-            return Outcome()
-        if job.uid is not None and job.uid in self._submitted:
-            return Outcome(status=dict(self._submitted[job.uid]))
-        try:
-            spec = self._parse_spec(raw_spec)
-            credentials = await self._credentials(job, spec)
-            storage = await self._storage(job, spec)
-            audio = await self._probe_source(spec, storage)
-            request = self._request(spec, storage, audio)
-            operation = await self._call_submit(request, credentials)
-        except _Problem as problem:
-            facts = self._facts(job, status)
-            if problem.permanent:
-                return self._fail(job, facts, problem.reason, problem.message, submitted=False)
-            delay = max(self._retry_delay(attempt), polling.honoured_retry_after(problem.retry_after))
-            return self._wait(facts, problem.reason, problem.message, delay)
-        except Exception as exc:  # a bug or an unforeseen library error: visible, and retried
-            logger.exception("job %s: unexpected error while submitting", job, extra=job.log)
-            message = f"unexpected {type(exc).__name__} while submitting; see the operator's log"
-            return self._wait(
-                self._facts(job, status), "UnexpectedError", message, self._retry_delay(attempt)
-            )
+    def scope_of(self, job: Job) -> str:
+        """The quota scope the job's submission counts against."""
+        del job
+        return self.settings.backend
 
-        # The operation id is the one thing never to lose: nothing slow comes between here and
-        # the status patch that records it.
-        facts = self._facts(job, status)
-        first = polling.first_check_at(facts.now, audio.duration_seconds, audio.channels, self.policy)
-        logger.info("job %s submitted as operation %s", job, operation.id, extra=job.log)
-        recorded = transitions.submitted(facts, operation_id=operation.id, audio=audio, first_check=first)
-        if job.uid is not None:
-            self._submitted[job.uid] = recorded
-            while len(self._submitted) > REMEMBERED_SUBMISSIONS:
-                self._submitted.popitem(last=False)
-        return Outcome(
-            status=recorded,
-            notes=[Note("Normal", "Submitted", f"submitted to SpeechKit as operation {operation.id}")],
+    async def submit(self, job: Job) -> StepResult:
+        """Submit the job once. A job with an operation id or an intent is never submitted here."""
+        status = job.status
+        if job.ref.uid and (recorded := self._unrecorded.get(job.ref.uid)):
+            return await self._record(job, recorded, None)
+        if status.operation_id or status.submission is not None or (status.phase and status.phase.terminal):
+            return StepResult()
+        try:
+            prepared = await self._prepare(job)
+        except _Problem as problem:
+            return await self._not_submitted(job, problem)
+        except Exception as exc:  # a bug or an unforeseen library error: visible, and retried
+            logger.exception("job %s: unexpected error while preparing", job.ref, extra=job.ref.log)
+            message = (
+                f"unexpected {type(exc).__name__} while preparing the submission; see the operator's log"
+            )
+            return await self._not_submitted(job, _Problem("UnexpectedError", message, permanent=False))
+
+        async with self._gates(self.scope_of(job)):
+            facts = self._facts(job)
+            nonce = random.token_hex(8)
+            try:
+                body = await self.jobs.patch_status(
+                    job.ref,
+                    transitions.intent(facts, nonce=nonce, holder=self.identity),
+                    resource_version=job.resource_version,
+                )
+            except KubeError as exc:
+                if exc.conflict:
+                    return StepResult(stale=True)
+                if exc.gone:
+                    return StepResult(gone=True)
+                unwritten = _Problem(
+                    "KubernetesUnavailable", f"could not record the intent: {exc}", permanent=False
+                )
+                return await self._not_submitted(job, unwritten, write=False)
+            job = replace(job, status=JobStatus.from_body(body.get("status")), resource_version=_rv(body))
+            try:
+                operation = await self.speech.submit(prepared.request, prepared.credentials)
+            except SpeechApiError as exc:
+                return await self._submission_failed(job, exc)
+            except Exception as exc:
+                logger.exception("job %s: unexpected error while submitting", job.ref, extra=job.ref.log)
+                return await self._uncertain(job, f"unexpected {type(exc).__name__} while submitting")
+            first = polling.first_check_at(
+                self.clock(), prepared.audio.duration_seconds, prepared.audio.channels, self.policy
+            )
+            recorded = transitions.submitted(
+                self._facts(job), operation_id=operation.id, audio=prepared.audio, first_check=first
+            )
+            logger.info("job %s submitted as operation %s", job.ref, operation.id, extra=job.ref.log)
+            return await self._record(job, recorded, first)
+
+    async def _record(self, job: Job, recorded: dict[str, Any], first: datetime | None) -> StepResult:
+        """Write the submission's answer; retried for a while, and kept in memory meanwhile."""
+        if job.ref.uid:
+            self._unrecorded[job.ref.uid] = recorded
+        deadline = asyncio.get_running_loop().time() + RECORD_RETRY_SECONDS
+        delay = 0.5
+        while True:
+            try:
+                body = await self.jobs.patch_status(job.ref, recorded)
+                break
+            except KubeError as exc:
+                if exc.gone:
+                    # Deleted while its submission was in flight: nobody will read the result.
+                    await self._cancel_quietly(job, str(recorded["operationId"]))
+                    self._unrecorded.pop(job.ref.uid or "", None)
+                    return StepResult(gone=True)
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    logger.error(  # noqa: TRY400 - the reason is in the message, no traceback
+                        "job %s: operation %s could not be recorded: %s",
+                        job.ref,
+                        recorded["operationId"],
+                        exc,
+                        extra=job.ref.log,
+                    )
+                    return StepResult(next_attempt=self.clock() + timedelta(seconds=10))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 8.0)
+        self._unrecorded.pop(job.ref.uid or "", None)
+        operation_id = recorded["operationId"]
+        await self._notes(
+            job.ref, [Note("Normal", "Submitted", f"submitted to SpeechKit as operation {operation_id}")]
         )
+        return StepResult(body=body, next_check=first, checks=0)
+
+    async def _submission_failed(self, job: Job, exc: SpeechApiError) -> StepResult:
+        if isinstance(exc, CredentialsError):
+            problem = _Problem(exc.reason, f"the credentials cannot be used: {exc}", permanent=False)
+            return await self._not_submitted(job, problem, clear_intent=True)
+        if not exc.transient:
+            return await self._fail(job, exc.reason, f"SpeechKit rejected the job: {exc}", submitted=False)
+        if exc.certainly_unprocessed:
+            problem = _Problem(
+                exc.reason,
+                f"submission failed, will retry: {exc}",
+                permanent=False,
+                retry_after=exc.retry_after,
+            )
+            return await self._not_submitted(job, problem, clear_intent=True)
+        return await self._uncertain(job, f"the answer to the submission was lost ({exc})")
+
+    async def resolve_uncertain(self, job: Job) -> StepResult:
+        """An intent without an operation id: the process that wrote it died before the answer came."""
+        if job.ref.uid and (recorded := self._unrecorded.get(job.ref.uid)):
+            return await self._record(job, recorded, None)
+        intent = job.status.submission
+        if job.status.operation_id or intent is None:
+            return StepResult()
+        return await self._uncertain(
+            job, f"the operator stopped while submitting (intent {intent.nonce} of {intent.started_at})"
+        )
+
+    async def _uncertain(self, job: Job, why: str) -> StepResult:
+        recorded = job.status.uncertain_submissions + 1
+        decision = lifecycle.after_uncertain(
+            recorded, self.settings.uncertain_submission_policy, self.settings.max_uncertain_submissions
+        )
+        facts = self._facts(job)
+        if decision == "resubmit":
+            message = (
+                f"{why}; SpeechKit may have created an operation that this job does not know: "
+                "submitting once more"
+            )
+            patch = transitions.uncertain(facts, recorded=recorded, message=message, next_attempt=facts.now)
+            next_attempt: datetime | None = facts.now
+        else:
+            message = (
+                f"{why}; SpeechKit may have created an operation that this job does not know"
+                + (f" ({recorded} uncertain submissions)" if recorded > 1 else "")
+                + ": not submitting again"
+            )
+            patch = transitions.uncertain_failed(facts, recorded=recorded, message=message)
+            next_attempt = None
+        logger.warning("job %s: submission uncertain: %s", job.ref, message, extra=job.ref.log)
+        body = await self._write(job.ref, patch)
+        await self._notes(job.ref, [Note("Warning", "SubmissionUncertain", redact(message))])
+        return StepResult(body=body, next_attempt=next_attempt)
+
+    async def _prepare(self, job: Job) -> _Prepared:
+        spec = self._parse_spec(job.spec)
+        credentials = await self._credentials(job.ref, spec)
+        storage = await self._storage(job.ref, spec)
+        audio = await self._probe_source(spec, storage)
+        length = longest_output_key_bytes(spec.source.key, spec.output.prefix, channels=audio.channels)
+        if length > MAX_KEY_BYTES:
+            raise _Problem(
+                "InvalidSpec",
+                f"invalid spec: output.prefix + source.key + the longest output suffix is {length} bytes "
+                f"of UTF-8, more than the {MAX_KEY_BYTES} that S3 keys may have",
+                permanent=True,
+            )
+        return _Prepared(spec, credentials, audio, self._request(spec, storage, audio))
 
     def _parse_spec(self, raw_spec: Mapping[str, Any]) -> TranscriptionJobSpec:
         try:
@@ -240,9 +406,17 @@ class JobWorkflow:
             channel_count=recognition.audio_channel_count,
         )
         try:
-            return probe_audio(first, head.size, declared, tail)
+            audio = probe_audio(first, head.size, declared, tail)
         except AudioProbeError as exc:
             raise _Problem(exc.reason, f"source {where}: {exc.message}", permanent=True) from None
+        if audio.duration_seconds is not None and audio.duration_seconds > MAX_AUDIO_SECONDS:
+            raise _Problem(
+                "AudioTooLong",
+                f"source {where}: the audio lasts {audio.duration_seconds:.0f} s by its headers, more than "
+                f"the {MAX_AUDIO_SECONDS / 3600:.0f} hours SpeechKit accepts (or the file is corrupt)",
+                permanent=True,
+            )
+        return audio
 
     def _request(
         self, spec: TranscriptionJobSpec, storage: ObjectStorage, audio: AudioInfo
@@ -266,115 +440,112 @@ class JobWorkflow:
             raw_results=recognition.raw_results,
         )
 
-    async def _call_submit(self, request: RecognitionRequest, credentials: Credentials) -> OperationState:
-        try:
-            return await self.speech.submit(request, credentials)
-        except SpeechApiError as exc:
-            if exc.transient:
-                raise _Problem(
-                    exc.reason,
-                    f"submission failed, will retry: {exc}",
-                    permanent=False,
-                    retry_after=exc.retry_after,
-                ) from None
-            raise _Problem(exc.reason, f"SpeechKit rejected the job: {exc}", permanent=True) from None
-
-    def restore(self, job: JobRef, annotated_operation_id: str, status: JobStatus) -> Outcome:
-        """A job whose operation id is in its annotation but not in its status: take it from there."""
-        if status.operation_id or not annotated_operation_id:
-            return Outcome()
-        facts = self._facts(job, status)
-        logger.warning(
-            "job %s: restoring operation %s from its annotation", job, annotated_operation_id, extra=job.log
-        )
-        return Outcome(
-            status=transitions.restored(facts, operation_id=annotated_operation_id),
-            notes=[
-                Note("Warning", "Restored", f"operation {annotated_operation_id} restored from annotation")
-            ],
-        )
+    async def _not_submitted(
+        self, job: Job, problem: _Problem, *, write: bool = True, clear_intent: bool = False
+    ) -> StepResult:
+        """Not submitted: fail a permanent problem; retry a transient one later, within the cap."""
+        if problem.permanent:
+            return await self._fail(job, problem.reason, problem.message, submitted=False)
+        attempts = job.attempts + 1
+        if attempts >= self.settings.max_submit_attempts:
+            message = f"gave up after {attempts} attempts to submit: {problem.message}"
+            return await self._fail(job, problem.reason, message, submitted=False)
+        delay = max(self._retry_delay(attempts - 1), polling.honoured_retry_after(problem.retry_after))
+        facts = self._facts(job)
+        upcoming = facts.now + timedelta(seconds=delay)
+        message = f"{problem.message}; retrying at {format_time(upcoming)} (attempt {attempts})"
+        result = StepResult(next_attempt=upcoming, attempt_failed=True)
+        changed = job.status.reason != problem.reason or job.status.phase is not Phase.PENDING
+        if write and (changed or clear_intent):
+            result.body = await self._write(
+                job.ref, transitions.waiting(facts, problem.reason, message, upcoming)
+            )
+            if changed:
+                await self._notes(
+                    job.ref, [Note("Warning", "RetryScheduled", f"{problem.reason}: {redact(message)}")]
+                )
+        return result
 
     # -- checking ------------------------------------------------------------------------------
 
-    def is_check_due(self, status: JobStatus) -> bool:
-        """The *when*: a pure question of the job's status and the clock."""
-        return status.phase is Phase.RUNNING and polling.check_due(
-            self.clock(), parse_time(status.next_check_at)
-        )
-
-    async def check(self, job: JobRef, raw_spec: Mapping[str, Any], status: JobStatus) -> Outcome:
-        """The *how*: look at the operation once and act on what it says."""
-        if status.phase is not Phase.RUNNING or not status.operation_id:
-            return Outcome()
+    async def check(self, job: Job) -> StepResult:
+        """Look at the operation once and act on what it says."""
+        if job.status.phase is not Phase.RUNNING or not job.status.operation_id:
+            return StepResult()
         try:
-            return await self._check(job, raw_spec, status)
+            return await self._check(job)
         except Exception as exc:  # a bug or an unforeseen library error: visible, and backed off
-            logger.exception("job %s: unexpected error while checking", job, extra=job.log)
-            facts = self._facts(job, status)
-            upcoming = polling.next_check_at(facts.now, status.checks + 1, self.policy)
+            logger.exception("job %s: unexpected error while checking", job.ref, extra=job.ref.log)
             message = f"unexpected {type(exc).__name__} while checking; see the operator's log"
-            return self._later(facts, status.checks, "UnexpectedError", message, upcoming)
+            return await self._later(job, job.checks, "UnexpectedError", message)
 
-    async def _check(self, job: JobRef, raw_spec: Mapping[str, Any], status: JobStatus) -> Outcome:
+    async def _check(self, job: Job) -> StepResult:
+        status = job.status
         assert status.operation_id is not None
-        facts = self._facts(job, status)
         try:
-            spec = self._parse_spec(raw_spec)
-            credentials = await self._credentials(job, spec)
+            spec = self._parse_spec(job.spec)
+            credentials = await self._credentials(job.ref, spec)
         except _Problem as problem:
             if problem.permanent:
-                return self._fail(job, facts, problem.reason, problem.message)
-            upcoming = polling.next_check_at(facts.now, status.checks + 1, self.policy)
-            return self._later(facts, status.checks, problem.reason, problem.message, upcoming)
+                return await self._fail(job, problem.reason, problem.message)
+            # Not a check: SpeechKit was not asked. Back off as the checks do.
+            return await self._later(job, job.checks, problem.reason, problem.message, counted=False)
 
-        checks = status.checks + 1
+        checks = job.checks + 1
         try:
             operation = await self.speech.get_operation(status.operation_id, credentials)
         except OperationNotFoundError:
-            return self._fail(
+            return await self._fail(
                 job,
-                facts,
                 "ResultExpired",
                 f"operation {status.operation_id} is unknown to SpeechKit: results are kept for 3 days",
+                checks=checks,
+            )
+        except MalformedResponseError as exc:
+            if exc.body is not None and exc.body.get("done") is True:
+                return await self._malformed(job, spec, exc, checks)
+            return await self._later(
+                job, checks, exc.reason, f"checking operation {status.operation_id}: {exc}"
             )
         except SpeechApiError as exc:
             message = f"checking operation {status.operation_id} failed: {exc}"
-            if exc.http_status in (401, 403):
-                # Credentials expired or rotated, a role briefly removed: SpeechKit keeps the result
-                # for 3 days, so wait for the Secret to be fixed (re-read at the next check) rather
-                # than throw the result away. An expired result ends the job as ResultExpired.
+            if isinstance(exc, CredentialsError) or exc.http_status in (401, 403):
+                # Credentials expired, rotated or broken: SpeechKit keeps the result for 3 days, so
+                # wait for the Secret to be fixed (re-read at the next check) rather than throw the
+                # result away. An expired result ends the job as ResultExpired.
                 self.secrets.forget(
-                    job.namespace, spec.credentials_secret or self.settings.default_credentials_secret
+                    job.ref.namespace, spec.credentials_secret or self.settings.default_credentials_secret
                 )
-                upcoming = polling.next_check_at(facts.now, checks, self.policy, exc.retry_after)
-                return self._later(
-                    facts, checks, exc.reason, f"{message}; fix the credentials Secret", upcoming
+                reason = exc.reason if exc.http_status in (401, 403) else "InvalidCredentials"
+                return await self._later(
+                    job, checks, reason, f"{message}; fix the credentials Secret", retry_after=exc.retry_after
                 )
             if not exc.transient:
-                return self._fail(job, facts, exc.reason, message)
-            upcoming = polling.next_check_at(facts.now, checks, self.policy, exc.retry_after)
-            return self._later(facts, checks, exc.reason, message, upcoming)
+                return await self._fail(job, exc.reason, message, checks=checks)
+            return await self._later(job, checks, exc.reason, message, retry_after=exc.retry_after)
 
         verdict = transitions.judge_operation(operation)
         if isinstance(verdict, transitions.OperationFailed):
-            return self._fail(job, facts, verdict.reason, verdict.message)
+            return await self._fail(job, verdict.reason, verdict.message, checks=checks)
         if isinstance(verdict, transitions.StillRunning):
-            upcoming = polling.next_check_at(facts.now, checks, self.policy)
-            return Outcome(status=transitions.checked(facts, checks=checks, next_check=upcoming))
+            upcoming = polling.next_check_at(self.clock(), checks, self.policy)
+            if status.reason not in ("Submitted", "Running", "Restored"):
+                # A transient problem is over: say so once.
+                body = await self._write(
+                    job.ref,
+                    transitions.checked(self._facts(job), checks=checks, next_check=upcoming),
+                )
+                return StepResult(body=body, next_check=upcoming, checks=checks)
+            return StepResult(next_check=upcoming, checks=checks)
         channels = int((status.audio or {}).get("channels") or 1)
-        return await self._finish(job, spec, facts, checks, verdict.operation, channels)
+        return await self._finish(job, spec, checks, verdict.operation, channels)
 
     async def _finish(
-        self,
-        job: JobRef,
-        spec: TranscriptionJobSpec,
-        facts: transitions.Facts,
-        checks: int,
-        operation: OperationState,
-        channels: int,
-    ) -> Outcome:
-        """Write every requested transcript, then mark the job done. On failure, try again later
-        (backing off like the checks): SpeechKit keeps the result for 3 days."""
+        self, job: Job, spec: TranscriptionJobSpec, checks: int, operation: OperationState, channels: int
+    ) -> StepResult:
+        """Write every requested transcript, then mark the job done. A write that may succeed later
+        is retried with the checks' backoff (SpeechKit keeps the result for 3 days); one that never
+        can (no such bucket, a key S3 refuses) fails the job."""
         transcript = operation.transcript or Transcript()
         if channels > 1:
             # Multichannel audio gets per-channel outputs even when only one channel had speech.
@@ -383,64 +554,164 @@ class JobWorkflow:
         base_key = output_base_key(spec.source.key, spec.output.prefix)
         rendered = render_outputs(operation.response or {}, transcript, spec.output.formats, base_key)
         try:
-            storage = await self._storage(job, spec)
+            storage = await self._storage(job.ref, spec)
             await asyncio.gather(
                 *(storage.put(bucket, out.key, out.body, out.content_type) for out in rendered)
             )
         except _Problem as problem:
-            upcoming = polling.next_check_at(facts.now, checks, self.policy)
-            return self._later(facts, checks, problem.reason, problem.message, upcoming)
+            return await self._later(job, checks, problem.reason, problem.message)
         except StorageError as exc:
             message = f"writing transcripts to s3://{bucket}/ failed: {exc.message}"
-            upcoming = polling.next_check_at(facts.now, checks, self.policy)
-            return self._later(facts, checks, "OutputWriteFailed", message, upcoming)
+            if exc.kind in ("not_found", "invalid"):
+                return await self._fail(
+                    job, "OutputWriteFailed", f"{message}; it cannot succeed", checks=checks
+                )
+            return await self._later(job, checks, "OutputWriteFailed", message)
         outputs = {out.name: s3_uri(bucket, out.key) for out in rendered}
-        logger.info("job %s succeeded: %d outputs", job, len(outputs), extra=job.log)
-        return Outcome(
-            status=transitions.succeeded(facts, checks=checks, outputs=outputs, preview=preview(transcript)),
-            notes=[Note("Normal", "Succeeded", f"transcripts written to s3://{bucket}/{base_key}.*")],
+        logger.info("job %s succeeded: %d outputs", job.ref, len(outputs), extra=job.ref.log)
+        patch = transitions.succeeded(
+            self._facts(job), checks=checks, outputs=outputs, preview=preview(transcript)
         )
+        body = await self._write(job.ref, patch)
+        await self._notes(
+            job.ref, [Note("Normal", "Succeeded", f"transcripts written to s3://{bucket}/{base_key}.*")]
+        )
+        return StepResult(body=body, checks=checks)
+
+    async def _malformed(
+        self, job: Job, spec: TranscriptionJobSpec, exc: MalformedResponseError, checks: int
+    ) -> StepResult:
+        """A finished operation whose result has an unknown shape: keep the raw answer, then fail."""
+        bucket = spec.output_bucket
+        key = f"{output_base_key(spec.source.key, spec.output.prefix)}.json"
+        kept = ""
+        try:
+            storage = await self._storage(job.ref, spec)
+            await storage.put(bucket, key, render_json(exc.body or {}), "application/json")
+            kept = f"; the raw answer is in {s3_uri(bucket, key)}"
+        except (_Problem, StorageError) as problem:
+            kept = f"; the raw answer could not be kept ({problem})"
+        return await self._fail(job, "MalformedResponse", f"{exc}{kept}", checks=checks)
+
+    # -- the end of a job ----------------------------------------------------------------------
+
+    async def deadline(self, job: Job, seconds: int) -> StepResult:
+        """The job ran out of time: cancel its operation (best effort) and fail it."""
+        if job.status.phase is not None and job.status.phase.terminal:
+            return StepResult()
+        message = f"the job did not finish within its deadline of {seconds} s from its creation"
+        if job.status.operation_id:
+            cancelled = await self._cancel_quietly(job, job.status.operation_id)
+            message += f"; operation {job.status.operation_id} " + (
+                "cancelled" if cancelled else "could not be cancelled"
+            )
+        return await self._fail(
+            job, "DeadlineExceeded", message, submitted=job.status.operation_id is not None
+        )
+
+    async def delete(self, job: Job) -> StepResult:
+        """``ttlSecondsAfterFinished`` has passed: delete the job (its transcripts stay in S3)."""
+        logger.info(
+            "job %s: deleting it, its time to live after finishing has passed", job.ref, extra=job.ref.log
+        )
+        try:
+            await self.jobs.delete(job.ref)
+        except KubeError as exc:
+            logger.warning("job %s: could not delete it: %s", job.ref, exc, extra=job.ref.log)
+            return StepResult(next_attempt=self.clock() + timedelta(seconds=60))
+        return StepResult(gone=True)
+
+    async def cancel(self, job: Job) -> None:
+        """The job was deleted while its operation ran: cancel the operation, best effort."""
+        if not job.status.operation_id or job.status.phase is not Phase.RUNNING:
+            return
+        operation_id = job.status.operation_id
+        cancelled = await self._cancel_quietly(job, operation_id)
+        verdict = "cancelled" if cancelled else "could not be cancelled (best effort)"
+        await self._notes(
+            job.ref,
+            [
+                Note(
+                    "Normal" if cancelled else "Warning",
+                    "Cancelled",
+                    f"job deleted: operation {operation_id} {verdict}",
+                )
+            ],
+        )
+
+    async def _cancel_quietly(self, job: Job, operation_id: str) -> bool:
+        try:
+            spec = self._parse_spec(job.spec)
+            credentials = await self._credentials(job.ref, spec)
+            await self.speech.cancel(operation_id, credentials)
+        except (_Problem, SpeechApiError) as exc:
+            logger.warning(
+                "job %s: operation %s not cancelled: %s", job.ref, operation_id, exc, extra=job.ref.log
+            )
+            return False
+        logger.info("job %s: operation %s cancelled", job.ref, operation_id, extra=job.ref.log)
+        return True
 
     # -- outcomes ------------------------------------------------------------------------------
 
-    def _facts(self, job: JobRef, status: JobStatus) -> transitions.Facts:
-        conditions = [c.model_dump(by_alias=True, exclude_none=True) for c in status.conditions]
-        return transitions.Facts(now=self.clock(), generation=job.generation, conditions=conditions)
+    def _facts(self, job: Job) -> transitions.Facts:
+        conditions = [c.model_dump(by_alias=True, exclude_none=True) for c in job.status.conditions]
+        return transitions.Facts(now=self.clock(), generation=job.ref.generation, conditions=conditions)
 
     def _retry_delay(self, attempt: int) -> float:
         return transitions.retry_delay(
             attempt, base=self.settings.submit_retry_base_seconds, cap=self.settings.submit_retry_max_seconds
         )
 
-    def _fail(
-        self, job: JobRef, facts: transitions.Facts, reason: str, message: str, *, submitted: bool = True
-    ) -> Outcome:
-        status = transitions.failed(facts, reason, message, submitted=submitted)
-        logger.warning("job %s failed: %s: %s", job, reason, status["message"], extra=job.log)
-        return Outcome(status=status, notes=[Note("Warning", "Failed", f"{reason}: {status['message']}")])
+    async def _write(self, job: JobRef, patch: Mapping[str, Any]) -> dict[str, Any] | None:
+        try:
+            return await self.jobs.patch_status(job, patch)
+        except KubeError as exc:
+            if exc.gone:
+                return None
+            raise
 
-    def _wait(self, facts: transitions.Facts, reason: str, message: str, delay: float) -> Outcome:
-        """Not submitted: the submit handler runs again after ``delay`` seconds."""
-        status = transitions.waiting(facts, reason, f"{message}; retrying in {delay:.0f}s")
-        return Outcome(
-            status=status,
-            notes=[Note("Warning", "RetryScheduled", f"{reason}: {status['message']}")],
-            retry_in=delay,
-        )
+    async def _notes(self, job: JobRef, notes: list[Note]) -> None:
+        for note in notes:
+            await self.jobs.post_event(job, note.type, note.reason, redact(note.message))
 
-    def _later(
+    async def _fail(
+        self, job: Job, reason: str, message: str, *, submitted: bool = True, checks: int | None = None
+    ) -> StepResult:
+        status = transitions.failed(self._facts(job), reason, message, submitted=submitted)
+        if checks is not None:
+            status["checks"] = checks
+            status["lastCheckAt"] = status["completedAt"]
+        logger.warning("job %s failed: %s: %s", job.ref, reason, status["message"], extra=job.ref.log)
+        body = await self._write(job.ref, status)
+        await self._notes(job.ref, [Note("Warning", "Failed", f"{reason}: {status['message']}")])
+        return StepResult(body=body, checks=checks)
+
+    async def _later(
         self,
-        facts: transitions.Facts,
+        job: Job,
         checks: int,
         reason: str,
         message: str,
-        upcoming: datetime,
-    ) -> Outcome:
-        """Still running, but this look did not get through: look again at ``upcoming``."""
-        text = redact(f"{message}; next check at {format_time(upcoming)}")
-        return Outcome(
-            status=transitions.checked(
-                facts, checks=checks, next_check=upcoming, reason=reason, message=text
-            ),
-            notes=[Note("Warning", "RetryScheduled", f"{reason}: {text}")],
-        )
+        *,
+        retry_after: float | None = None,
+        counted: bool = True,
+    ) -> StepResult:
+        """Still running, but this look did not get through: look again later, backing off. The
+        status and an Event change only when the reason does."""
+        backoff = checks if counted else job.checks + 1
+        upcoming = polling.next_check_at(self.clock(), max(1, backoff), self.policy, retry_after)
+        result = StepResult(next_check=upcoming, checks=checks)
+        if job.status.reason != reason:
+            text = redact(f"{message}; next check at {format_time(upcoming)}")
+            patch = transitions.checked(
+                self._facts(job), checks=checks, next_check=upcoming, reason=reason, message=text
+            )
+            result.body = await self._write(job.ref, patch)
+            await self._notes(job.ref, [Note("Warning", "RetryScheduled", f"{reason}: {text}")])
+        return result
+
+
+def _rv(body: Mapping[str, Any]) -> str | None:
+    version = (body.get("metadata") or {}).get("resourceVersion")
+    return str(version) if version else None

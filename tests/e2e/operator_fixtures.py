@@ -74,7 +74,6 @@ FINALIZER = f"{GROUP}/finalizer"
 
 #: Settings for the operator subprocess: the emulator's URLs are added per run.
 FAST_POLLING = {
-    "POLL_TICK_SECONDS": "0.5",
     "FIRST_CHECK_MIN_SECONDS": "0.5",
     "SECONDS_PER_AUDIO_MINUTE": "0",
     "POLL_INITIAL_INTERVAL_SECONDS": "0.5",
@@ -183,7 +182,8 @@ def _ok(response: Response, *statuses: int) -> Any:
 
 @pytest.fixture(scope="session")
 def chart_rbac(e2e_binaries: Binaries, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    """The chart's ServiceAccount, ClusterRole and ClusterRoleBinding for its default values."""
+    """The chart's ServiceAccount, ClusterRole and ClusterRoleBinding, and the Role and RoleBinding
+    of leader election, for its default values."""
     return render_chart(
         e2e_binaries,
         tmp_path_factory.mktemp("chart"),
@@ -390,6 +390,8 @@ def operator_environment(speechkit: SpeechKitEmulator, kubeconfig: Path) -> dict
         if not key.startswith(("SPEECHKIT_OPERATOR_", "KUBERNETES_")) and key != "KUBECONFIG"
     }
     env["KUBECONFIG"] = str(kubeconfig)
+    # As the chart's Deployment sets it: leader election's Lease lives in the release namespace.
+    env["POD_NAMESPACE"] = OPERATOR_NAMESPACE
     settings = {
         "STT_URL": speechkit.url,
         "OPERATION_URL": speechkit.url,
@@ -672,3 +674,16 @@ async def e2e(
     finally:
         await _remove_jobs(kube_cluster, namespace)
         await harness.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+# --------------------------------------------------------------------------- helpers for other modules
+
+
+def secret_manifest(name: str, data: dict[str, str]) -> dict[str, Any]:
+    """An Opaque Secret manifest with `data` base64-encoded."""
+    return _secret(name, data)
+
+
+async def remove_jobs(cluster: KubeCluster, namespace: str) -> None:
+    """Delete the namespace's jobs through the running operator (finalizers stripped as a last resort)."""
+    await _remove_jobs(cluster, namespace)

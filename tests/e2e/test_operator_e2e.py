@@ -9,6 +9,7 @@ checking the operator's log for denied requests and tracebacks.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -21,7 +22,6 @@ from speechkit_operator.constants import GROUP, JOB_PLURAL
 from tests.e2e.crd_fixtures import crd_installed
 from tests.e2e.operator_fixtures import (
     E2E,
-    FINALIZER,
     FOLDER_ID,
     OPERATOR_NAMESPACE,
     RELEASE,
@@ -63,13 +63,13 @@ in_module_loop = pytest.mark.asyncio(loop_scope="module")
 #: cluster, one verb at a time).
 EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     # list + watch: kopf lists and then watches TranscriptionJobs across the cluster.
-    # patch: kopf adds and removes its finalizer and keeps its progress and last-handled
-    # configuration in annotations under speechkit.dev/ (merge patches of the main resource).
-    # No get: kopf works from the watch stream, and a full run without it logs no 403.
-    (GROUP, JOB_PLURAL): {"list", "watch", "patch"},
-    # patch: phase, operationId, outputs and conditions are written through the status subresource.
+    # get: a job is read afresh when it changed under a step (a resourceVersion conflict).
+    # patch: kopf removes the finalizer that an earlier version of the operator left on jobs.
+    # delete: jobs past their ttlSecondsAfterFinished.
+    (GROUP, JOB_PLURAL): {"list", "watch", "get", "patch", "delete"},
+    # patch: the intent, phase, operationId, outputs and conditions go through the status subresource.
     (GROUP, f"{JOB_PLURAL}/status"): {"patch"},
-    # create: kopf posts core/v1 Events (Submitted, Succeeded, Failed, RetryScheduled).
+    # create: the operator posts core/v1 Events (Submitted, Succeeded, Failed, RetryScheduled, ...).
     ("", "events"): {"create"},
     # get: the credentials and storage Secrets a job names are read by name, never listed/watched.
     ("", "secrets"): {"get"},
@@ -133,7 +133,21 @@ def test_cluster_role_grants_exactly_what_the_operator_uses(chart_rbac: list[dic
     assert kinds == [
         ("ClusterRole", RELEASE),
         ("ClusterRoleBinding", RELEASE),
+        ("Role", f"{RELEASE}-leader-election"),
+        ("RoleBinding", f"{RELEASE}-leader-election"),
         ("ServiceAccount", SERVICE_ACCOUNT),
+    ]
+    # Leader election: create a Lease in the release namespace, then read and renew that one only.
+    lease_role = next(doc for doc in chart_rbac if doc["kind"] == "Role")
+    assert lease_role["metadata"]["namespace"] == OPERATOR_NAMESPACE
+    assert lease_role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["speechkit-operator"],
+            "verbs": ["get", "update"],
+        },
     ]
     role = next(doc for doc in chart_rbac if doc["kind"] == "ClusterRole")
     assert "aggregationRule" not in role
@@ -179,7 +193,6 @@ def test_the_applied_identity_is_denied_everything_else(
         ("update", "", "secrets", ""),
         ("create", GROUP, JOB_PLURAL, ""),
         ("update", GROUP, JOB_PLURAL, ""),
-        ("delete", GROUP, JOB_PLURAL, ""),
         ("deletecollection", GROUP, JOB_PLURAL, ""),
         ("update", GROUP, JOB_PLURAL, "status"),
         ("patch", "", "events", ""),
@@ -361,26 +374,21 @@ async def test_deleting_running_and_succeeded_jobs(e2e: E2E) -> None:
     done_key = e2e.upload("librivox-0930.wav")
     await e2e.create_job("finished", done_key)
     await e2e.wait_for_phase("finished", "Succeeded", "Failed")
-    # Nothing runs for a finished job, so the operator lets go of it.
-    finished = await e2e.wait_for_job(
-        "finished",
-        lambda job: FINALIZER not in job["metadata"].get("finalizers", []),
-        "to lose its finalizer",
-    )
-    assert finished["status"]["phase"] == "Succeeded"
+    # The operator never puts a finalizer on a job: deleting one works in every phase, with or
+    # without the operator.
+    finished = await e2e.job("finished")
+    assert finished is not None and not finished["metadata"].get("finalizers")
 
     running_key = e2e.upload("librivox-0890.wav")
     e2e.speechkit.completion_delay = 300.0  # never finishes during this test
     try:
         await e2e.create_job("abandoned", running_key)
-        await e2e.wait_for_job(
+        running = await e2e.wait_for_job(
             "abandoned",
-            lambda job: (
-                job.get("status", {}).get("phase") == "Running"
-                and FINALIZER in job["metadata"].get("finalizers", [])
-            ),
-            "to be Running under the operator's finalizer",
+            lambda job: job.get("status", {}).get("phase") == "Running",
+            "to be Running",
         )
+        assert not running["metadata"].get("finalizers")
 
         for name in ("abandoned", "finished"):
             started = time.monotonic()
@@ -391,14 +399,17 @@ async def test_deleting_running_and_succeeded_jobs(e2e: E2E) -> None:
     finally:
         e2e.speechkit.completion_delay = 0.3
 
+    # The running job's operation was cancelled at SpeechKit.
+    operation_id = running["status"]["operationId"]
+    for _ in range(100):
+        if operation_id in e2e.speechkit.cancelled:
+            break
+        await asyncio.sleep(0.1)
+    assert e2e.speechkit.cancelled.count(operation_id) == 1
     leftovers = [
         (job["metadata"]["namespace"], job["metadata"]["name"], job["metadata"].get("finalizers"))
         for job in await e2e.all_jobs()
-        if job["metadata"].get("deletionTimestamp")
-        or (
-            FINALIZER in job["metadata"].get("finalizers", [])
-            and job.get("status", {}).get("phase") != "Running"
-        )
+        if job["metadata"].get("deletionTimestamp") or job["metadata"].get("finalizers")
     ]
     assert leftovers == []
     assert [job for job in await e2e.all_jobs() if job["metadata"]["namespace"] == e2e.namespace] == []

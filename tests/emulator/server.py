@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import secrets
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -220,6 +221,8 @@ class SpeechKitEmulator:
         self.counts: collections.Counter[str] = collections.Counter()
         #: JSON bodies of accepted submissions, in order.
         self.submissions: list[dict[str, Any]] = []
+        #: Operation ids asked to be cancelled, in order.
+        self.cancelled: list[str] = []
         self.operations: dict[str, EmulatedOperation] = {}
         #: IAM tokens issued by ``POST /iam/v1/tokens``.
         self.issued_tokens: dict[str, _IssuedToken] = {}
@@ -250,7 +253,19 @@ class SpeechKitEmulator:
             raise RuntimeError("the emulator is not started")
         return self._url
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        download_ssl: ssl.SSLContext | None = None,
+    ) -> None:
+        """Serve on ``host:port`` (0: a free port), over HTTPS with ``ssl_context`` (a server context).
+
+        ``download_ssl`` is the client context of audio downloads (to trust a private CA); without it,
+        the system's trust.
+        """
         if self._runner is not None:
             raise RuntimeError("the emulator is already started")
         self._stopping = asyncio.Event()
@@ -261,16 +276,20 @@ class SpeechKitEmulator:
         runner = web.AppRunner(app, shutdown_timeout=1.0, handler_cancellation=True, access_log=None)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port)
+            site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
             await site.start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DOWNLOAD_TIMEOUT_SECONDS))
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=DOWNLOAD_TIMEOUT_SECONDS),
+            connector=aiohttp.TCPConnector(ssl=download_ssl if download_ssl is not None else True),
+        )
         bound_host, bound_port = runner.addresses[0][:2]
         shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-        self._url = f"http://{shown_host}:{bound_port}"
+        scheme = "https" if ssl_context is not None else "http"
+        self._url = f"{scheme}://{shown_host}:{bound_port}"
 
     async def stop(self) -> None:
         """Stop serving and cancel the background work; safe to call twice."""
@@ -541,9 +560,19 @@ class SpeechKitEmulator:
         if isinstance(guarded, web.Response):
             return guarded
         operation_id = request.match_info["operation_id"]
+        cancel = operation_id.endswith(":cancel")
+        operation_id = operation_id.removesuffix(":cancel")
         operation = self.operations.get(operation_id)
         if operation is None or operation.expired or self._past_retention(operation):
             return error_response(404, f"Operation {operation_id} not found")
+        if cancel:
+            # GET /operations/{id}:cancel: a running operation ends with CANCELLED.
+            self.cancelled.append(operation_id)
+            if not operation.done:
+                if operation.task is not None:
+                    operation.task.cancel()
+                self._finish(operation, error={"code": 1, "message": "Operation cancelled", "details": []})
+            return web.json_response(operation.to_json())
         visible_error: dict[str, Any] | None = None
         if not operation.done:
             operation.modified_at = datetime.now(UTC)

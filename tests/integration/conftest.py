@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -102,7 +103,9 @@ class Cluster:
 
     async def create(self, path: str, body: dict[str, Any]) -> None:
         body.setdefault("metadata", {}).update(
-            resourceVersion="1", uid=str(uuid.uuid4()), creationTimestamp="2026-01-01T00:00:00Z"
+            resourceVersion="1",
+            uid=str(uuid.uuid4()),
+            creationTimestamp=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
         async with self.session.post(path, json=body) as response:
             assert response.status < 300, await response.text()
@@ -189,7 +192,6 @@ def make_settings(speechkit: SpeechKitEmulator, **overrides: Any) -> Settings:
         "stt_url": speechkit.url,
         "operation_url": speechkit.url,
         "iam_token_url": f"{speechkit.url}/iam/v1/tokens",
-        "poll_tick_seconds": 0.1,
         "first_check_min_seconds": 0.1,
         "seconds_per_audio_minute": 0.0,
         "poll_initial_interval_seconds": 0.1,
@@ -235,10 +237,12 @@ class OperatorFactory:
 
         api_config = kubernetes.client.Configuration()
         api_config.host = server
-        secrets = SecretReader(
-            cache_seconds=0, api_client_factory=lambda: kubernetes.client.ApiClient(api_config)
-        )
-        context = build_context(settings, secrets=secrets)
+
+        def api_client() -> kubernetes.client.ApiClient:
+            return kubernetes.client.ApiClient(api_config)
+
+        secrets = SecretReader(cache_seconds=0, api_client_factory=api_client)
+        context = build_context(settings, secrets=secrets, api_client_factory=api_client, sole_actor=True)
         stop_flag = asyncio.Event()
         ready_flag = asyncio.Event()
         task = asyncio.create_task(

@@ -43,8 +43,10 @@ async def test_wav_job_succeeds_with_all_four_outputs(
 
     assert status["phase"] == "Succeeded", status
     assert status["operationId"]
-    annotations = (k8s.job("meeting") or {})["metadata"]["annotations"]
-    assert annotations[OPERATION_ANNOTATION] == status["operationId"]
+    # The operator keeps nothing in the job's metadata: no annotations, no finalizer.
+    metadata = (k8s.job("meeting") or {})["metadata"]
+    assert not metadata.get("annotations") and not metadata.get("finalizers")
+    assert status.get("submission") is None
     assert status["audio"] == {
         "encoding": "LINEAR16_PCM",
         "sampleRateHertz": 16000,
@@ -362,51 +364,170 @@ async def test_stereo_audio_with_speech_on_one_channel_still_gets_per_channel_ou
     assert txt.strip() == "[channel 2] hello there"
 
 
-async def test_an_operation_id_kept_only_in_the_annotation_is_restored_at_startup(
+async def test_a_copied_manifest_is_a_new_job_and_never_adopts_another_jobs_operation(
     k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
 ) -> None:
-    """The operator died after kopf's metadata patch (handler done, id annotated) but before the
-    status patch: the restarted operator must pick the operation up, not lose or resubmit it."""
-    key = upload(s3, bucket, "librivox-0930.wav")
-    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=600)
-    body = {
-        "config": {
-            "specification": {
-                "languageCode": "en-US",
-                "audioEncoding": "LINEAR16_PCM",
-                "sampleRateHertz": 16000,
-            }
-        },
-        "audio": {"uri": url},
-    }
-    async with k8s.session.post(
-        f"{speechkit.url}/speech/stt/v2/longRunningRecognize",
-        json=body,
-        headers={"Authorization": "Api-Key test-api-key"},
-    ) as response:
-        operation_id = (await response.json())["id"]
-    job_spec = spec(bucket, key)
+    """`kubectl get tj a -o yaml`, name and key edited, applied: the annotations and status of the
+    original come along; the copy must be submitted for its own recording."""
+    original_key = upload(s3, bucket, "librivox-0880.wav")
+    copy_key = upload(s3, bucket, "librivox-0930.wav")
+    await start_operator()
+    await k8s.create_job("original", spec(bucket, original_key))
+    original = await k8s.wait_for_phase("original", "Succeeded", "Failed")
+    assert original["phase"] == "Succeeded", original
+
+    copied_spec = spec(bucket, copy_key)
     await k8s.create(
         f"/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{JOB_PLURAL}",
         {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "TranscriptionJob",
             "metadata": {
-                "name": "orphan",
+                "name": "copy",
                 "namespace": NAMESPACE,
                 "annotations": {
-                    OPERATION_ANNOTATION: operation_id,
-                    f"{GROUP}/last-handled-configuration": json.dumps({"spec": job_spec}) + "\n",
+                    # What 0.1.0 kept in its jobs; a copy carries it along.
+                    OPERATION_ANNOTATION: original["operationId"],
+                    f"{GROUP}/last-handled-configuration": json.dumps({"spec": copied_spec}) + "\n",
                 },
             },
-            "spec": job_spec,
+            "spec": copied_spec,
         },
     )
-
-    await start_operator()
-    status = await k8s.wait_for_phase("orphan", "Succeeded", "Failed")
+    status = await k8s.wait_for_phase("copy", "Succeeded", "Failed")
 
     assert status["phase"] == "Succeeded", status
-    assert status["operationId"] == operation_id
-    assert speechkit.counts["submit"] == 1  # ours, above: the operator submitted nothing
-    assert (await k8s.wait_for_event("Restored"))["type"] == "Warning"
+    assert status["operationId"] != original["operationId"]
+    assert len(speechkit.submissions) == 2
+    txt, _ = read(s3, status["outputs"]["txt"])
+    assert txt.strip() == reference_text("librivox-0930.wav")["1"]
+
+
+async def test_an_intent_left_by_a_crash_is_uncertain_and_resubmitted_once(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    """The previous operator wrote the intent, then died before the answer was recorded."""
+    key = upload(s3, bucket, "librivox-0930.wav")
+    await k8s.create(
+        f"/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{JOB_PLURAL}",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "TranscriptionJob",
+            "metadata": {"name": "interrupted", "namespace": NAMESPACE},
+            "spec": spec(bucket, key),
+            "status": {
+                "phase": "Pending",
+                "reason": "Submitting",
+                "submission": {
+                    "nonce": "0123456789abcdef",
+                    "holder": "gone-1",
+                    "startedAt": "2026-11-30T10:00:00Z",
+                },
+            },
+        },
+    )
+    await start_operator()
+    status = await k8s.wait_for_phase("interrupted", "Succeeded", "Failed")
+
+    assert status["phase"] == "Succeeded", status
+    assert status["uncertainSubmissions"] == 1
+    uncertain = next(c for c in status["conditions"] if c["type"] == "SubmissionUncertain")
+    assert uncertain["status"] == "True"
+    assert "0123456789abcdef" in uncertain["message"]
+    assert len(speechkit.submissions) == 1
+    assert (await k8s.wait_for_event("SubmissionUncertain"))["type"] == "Warning"
+
+
+async def test_an_uncertain_submission_fails_the_job_when_the_policy_says_so(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    key = upload(s3, bucket, "librivox-0930.wav")
+    speechkit.inject("submit", 502)
+    await start_operator(uncertain_submission_policy="fail")
+    await k8s.create_job("careful", spec(bucket, key))
+
+    status = await k8s.wait_for_phase("careful", "Failed", "Succeeded")
+
+    assert status["reason"] == "SubmissionUncertain"
+    assert "502" in status["message"]
+    assert speechkit.counts["submit"] == 1
+
+
+async def test_a_timed_out_submission_is_resubmitted_once_and_says_so(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    """The submission's answer never came (SpeechKit created the operation after the client gave up)."""
+    key = upload(s3, bucket, "librivox-0930.wav")
+    speechkit.inject("submit", None, delay=2.0)
+    await start_operator(http_timeout=1.0)
+    await k8s.create_job("slow", spec(bucket, key))
+
+    status = await k8s.wait_for_phase("slow", "Succeeded", "Failed", timeout=30)
+
+    assert status["phase"] == "Succeeded", status
+    assert status["uncertainSubmissions"] == 1
+    assert speechkit.counts["submit"] == 2  # never more: the timed-out one is not repeated in the call
+
+
+async def test_deleting_a_running_job_cancels_its_operation(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    speechkit.completion_delay = 60
+    key = upload(s3, bucket, "librivox-0880.wav")
+    await start_operator()
+    await k8s.create_job("abandoned", spec(bucket, key))
+    running = await k8s.wait_for_phase("abandoned", "Running")
+
+    await k8s.delete_job("abandoned")
+
+    cancelled = await k8s.wait_for_event("Cancelled")
+    assert running["operationId"] in cancelled["message"]
+    assert speechkit.cancelled == [running["operationId"]]
+
+
+async def test_a_job_past_its_deadline_fails_and_its_operation_is_cancelled(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    speechkit.completion_delay = 60
+    key = upload(s3, bucket, "librivox-0880.wav")
+    await start_operator()
+    await k8s.create_job("late", spec(bucket, key, activeDeadlineSeconds=2))
+
+    status = await k8s.wait_for_phase("late", "Failed", "Succeeded", timeout=15)
+
+    assert status["reason"] == "DeadlineExceeded"
+    assert speechkit.cancelled == [status["operationId"]]
+    assert "cancelled" in status["message"]
+
+
+async def test_a_finished_job_is_deleted_after_its_time_to_live(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    key = upload(s3, bucket, "librivox-0880.wav")
+    await start_operator()
+    await k8s.create_job("ephemeral", spec(bucket, key, ttlSecondsAfterFinished=1))
+    status = await k8s.wait_for_phase("ephemeral", "Succeeded", "Failed")
+    assert status["phase"] == "Succeeded"
+
+    for _ in range(100):
+        if k8s.job("ephemeral") is None:
+            break
+        await asyncio.sleep(0.05)
+    assert k8s.job("ephemeral") is None
+    # The transcripts stay.
+    assert read(s3, status["outputs"]["txt"])[0].strip()
+
+
+async def test_a_job_that_can_never_be_submitted_ends_after_the_attempt_cap(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    key = upload(s3, bucket, "librivox-0880.wav")
+    speechkit.inject("submit", 503, count=1000)
+    await start_operator(max_submit_attempts=3, submit_retry_base_seconds=0.05, retry_attempts=1)
+    await k8s.create_job("hopeless", spec(bucket, key))
+
+    status = await k8s.wait_for_phase("hopeless", "Failed", "Succeeded")
+
+    assert status["reason"] == "Unavailable"
+    assert "gave up after 3 attempts" in status["message"]
+    assert speechkit.counts["submit"] == 3

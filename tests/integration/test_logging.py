@@ -44,7 +44,7 @@ async def test_info_is_for_phase_changes_and_names_the_job(
 ) -> None:
     key = upload(s3, bucket, "librivox-0870.wav")
     # A check every tick for a while: the operation needs several checks before it is done.
-    await start_operator(poll_tick_seconds=0.05, poll_initial_interval_seconds=0.05)
+    await start_operator(poll_initial_interval_seconds=0.05)
     await k8s.create_job("quiet", {"source": {"bucket": bucket, "key": key}})
     status = await k8s.wait_for_phase("quiet", "Succeeded", "Failed")
     assert status["phase"] == "Succeeded", status

@@ -8,7 +8,7 @@ import pytest
 from speechkit_operator import __version__
 from speechkit_operator.cli import main
 from speechkit_operator.config import Settings
-from speechkit_operator.constants import ANNOTATION_PREFIX, FINALIZER, OPERATION_ANNOTATION
+from speechkit_operator.constants import ANNOTATION_PREFIX, FINALIZER
 from speechkit_operator.handlers import register
 from speechkit_operator.handlers.lifecycle import configure_kopf
 
@@ -23,11 +23,11 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_run_refuses_invalid_configuration_with_a_clear_message(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("SPEECHKIT_OPERATOR_POLL_TICK_SECONDS", "-1")
+    monkeypatch.setenv("SPEECHKIT_OPERATOR_POLL_MAX_INTERVAL_SECONDS", "-1")
     assert main(["run"]) == 2
     err = capsys.readouterr().err
     assert "invalid configuration" in err
-    assert "SPEECHKIT_OPERATOR_POLL_TICK_SECONDS: Input should be greater than 0" in err
+    assert "SPEECHKIT_OPERATOR_POLL_MAX_INTERVAL_SECONDS: Input should be greater than 0" in err
 
 
 def test_namespace_and_all_namespaces_are_exclusive(capsys: pytest.CaptureFixture[str]) -> None:
@@ -37,22 +37,14 @@ def test_namespace_and_all_namespaces_are_exclusive(capsys: pytest.CaptureFixtur
     assert "not allowed with" in capsys.readouterr().err
 
 
-def test_register_adds_submit_restore_and_a_timer_filtered_to_running_jobs() -> None:
-    settings = Settings(poll_tick_seconds=7.5)
-    registry = register(kopf.OperatorRegistry(), settings)
+def test_register_adds_one_event_handler_and_nothing_that_needs_a_finalizer() -> None:
+    registry = register(kopf.OperatorRegistry(), Settings())
 
-    resources = list(registry._changing.get_all_handlers())  # kopf has no public listing
-    timers = list(registry._spawning.get_all_handlers())
-    assert [handler.id for handler in resources] == ["submit", "restore/status.operationId"]
-    restore = resources[1]
-    assert restore.field == ("status", "operationId")
-    assert restore.value is kopf.ABSENT
-    assert restore.annotations == {OPERATION_ANNOTATION: kopf.PRESENT}
-    assert [handler.id for handler in timers] == ["poll/status.phase"]
-    timer = timers[0]
-    assert timer.interval == 7.5  # type: ignore[attr-defined]
-    assert timer.field == ("status", "phase")
-    assert timer.value == "Running"
+    watching = list(registry._watching.get_all_handlers())  # kopf has no public listing
+    assert [handler.id for handler in watching] == ["observe"]
+    # No creation/update handlers (no progress annotations), no timers or daemons (no finalizer).
+    assert list(registry._changing.get_all_handlers()) == []
+    assert list(registry._spawning.get_all_handlers()) == []
 
 
 def test_startup_settings_keep_kopf_bookkeeping_under_our_prefix() -> None:

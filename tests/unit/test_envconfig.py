@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from speechkit_operator.cli import main
@@ -82,11 +84,11 @@ def test_kubernetes_service_links_are_not_settings_and_not_refused() -> None:
 
 def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPEECHKIT_OPERATOR_HTTP_TIMEOUT", "soon")
-    monkeypatch.setenv("SPEECHKIT_OPERATOR_POLL_TICK_SECONDS", "-1")
+    monkeypatch.setenv("SPEECHKIT_OPERATOR_POLL_MAX_INTERVAL_SECONDS", "-1")
     problems = refused(Settings)
     assert len(problems) == 2
     assert problems[0].startswith("SPEECHKIT_OPERATOR_HTTP_TIMEOUT: ") and "'soon'" in problems[0]
-    assert problems[1].startswith("SPEECHKIT_OPERATOR_POLL_TICK_SECONDS: ") and "'-1'" in problems[1]
+    assert problems[1].startswith("SPEECHKIT_OPERATOR_POLL_MAX_INTERVAL_SECONDS: ") and "'-1'" in problems[1]
     assert not any("http_timeout" in problem for problem in problems)
 
 
@@ -147,3 +149,14 @@ def test_serve_exits_2_naming_the_misspelt_variable(
 def test_serve_flags_are_checked_like_variables(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--port", "70000"]) == 2
     assert "SPEECHKIT_SERVE_PORT: " in capsys.readouterr().err
+
+
+def test_a_ca_bundle_that_is_not_pem_stops_run_at_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not a certificate")
+    monkeypatch.setenv("SPEECHKIT_OPERATOR_CA_BUNDLE", str(bundle))
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert f"SPEECHKIT_OPERATOR_CA_BUNDLE={bundle} is not a readable PEM file" in err

@@ -36,6 +36,8 @@ class Permission:
     resource: str
     group: str = ""
     subresource: str = ""
+    #: One object only (a Role's resourceNames).
+    name: str = ""
 
     def __str__(self) -> str:
         resource = f"{self.resource}/{self.subresource}" if self.subresource else self.resource
@@ -46,11 +48,22 @@ class Permission:
 NAMESPACED_PERMISSIONS = (
     Permission("list", JOB_PLURAL, GROUP),
     Permission("watch", JOB_PLURAL, GROUP),
+    Permission("get", JOB_PLURAL, GROUP),
     Permission("patch", JOB_PLURAL, GROUP),
+    Permission("delete", JOB_PLURAL, GROUP),
     Permission("patch", JOB_PLURAL, GROUP, "status"),
     Permission("create", "events"),
     Permission("get", "secrets"),
 )
+
+
+def lease_permissions(name: str) -> tuple[Permission, ...]:
+    """Leader election, in the Lease's namespace: create it, then read and renew that one."""
+    return (
+        Permission("create", "leases", "coordination.k8s.io"),
+        Permission("get", "leases", "coordination.k8s.io", name=name),
+        Permission("update", "leases", "coordination.k8s.io", name=name),
+    )
 #: kopf watches CRDs cluster-wide whatever the scope.
 CLUSTER_PERMISSIONS = (
     Permission("list", "customresourcedefinitions", "apiextensions.k8s.io"),
@@ -157,6 +170,7 @@ def _allowed(api: Any, permission: Permission, namespace: str | None) -> bool:
         group=permission.group,
         resource=permission.resource,
         subresource=permission.subresource or None,
+        name=permission.name or None,
         namespace=namespace,
     )
     review = kube_client.V1SelfSubjectAccessReview(
@@ -173,8 +187,10 @@ def _allowed(api: Any, permission: Permission, namespace: str | None) -> bool:
     return isinstance(verdict, dict) and verdict.get("allowed") is True
 
 
-def _check_rbac(api: Any, namespaces: Sequence[str]) -> None:
+def _check_rbac(api: Any, namespaces: Sequence[str], lease: tuple[str, str] | None) -> None:
     scopes: list[tuple[str | None, tuple[Permission, ...]]] = [(None, CLUSTER_PERMISSIONS)]
+    if lease is not None:
+        scopes.append((lease[0], lease_permissions(lease[1])))
     if namespaces:
         # Globs are resolved by kopf at run time; only exact names can be checked here.
         exact = [name for name in namespaces if not any(char in name for char in "*?[!")]
@@ -191,12 +207,13 @@ def _check_rbac(api: Any, namespaces: Sequence[str]) -> None:
             )
 
 
-def preflight(namespaces: Sequence[str]) -> None:
-    """Raise :class:`PreflightError` when the operator cannot work; return when it can."""
+def preflight(namespaces: Sequence[str], *, lease: tuple[str, str] | None = None) -> None:
+    """Raise :class:`PreflightError` when the operator cannot work; return when it can.
+    ``lease``: the namespace and name of leader election's Lease (None: no leader election)."""
     api = _api_client()
     try:
         _check_server(api)
         _check_crd(api)
-        _check_rbac(api, namespaces)
+        _check_rbac(api, namespaces, lease)
     finally:
         api.close()

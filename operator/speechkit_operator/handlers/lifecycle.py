@@ -14,7 +14,8 @@ from speechkit_operator.envconfig import load_settings
 
 
 def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
-    """kopf's bookkeeping lives in annotations under ``speechkit.dev/``, never in status."""
+    """kopf keeps no state in jobs (the handlers only observe); an old finalizer of ours, left by an
+    earlier version, is removed by kopf since nothing requires it."""
     kopf_settings.persistence.finalizer = FINALIZER
     kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -31,9 +32,18 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     context = memo.get("context")
     if not isinstance(context, OperatorContext):
         configured = memo.get("settings")
-        context = build_context(configured if isinstance(configured, Settings) else load_settings(Settings))
+        identity = memo.get("identity")
+        sole_actor = memo.get("sole_actor")
+        context = build_context(
+            configured if isinstance(configured, Settings) else load_settings(Settings),
+            identity=identity if isinstance(identity, str) else None,
+            sole_actor=sole_actor if isinstance(sole_actor, bool) else None,
+        )
         memo["context"] = context
     configure_kopf(settings, context.settings)
+    # Jobs arrive through the watch stream, which starts after the startup handlers; the loop
+    # waits for them.
+    context.scheduler.start()
 
 
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:

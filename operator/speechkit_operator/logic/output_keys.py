@@ -18,3 +18,15 @@ def output_base_key(source_key: str, prefix: str) -> str:
 def s3_uri(bucket: str, key: str) -> str:
     """``s3://bucket/key``."""
     return f"s3://{bucket}/{key}"
+
+
+#: S3 (and Yandex Object Storage) refuse keys longer than this many bytes of UTF-8.
+MAX_KEY_BYTES = 1024
+
+
+def longest_output_key_bytes(source_key: str, prefix: str, *, channels: int) -> int:
+    """The UTF-8 length of the longest key a job can write: ``.json`` for mono audio, a per-channel
+    subtitle such as ``.channel-8.srt`` for multichannel audio (the CRD counts characters, S3 bytes)."""
+    base = len(output_base_key(source_key, prefix).encode())
+    suffix = f".channel-{channels}.srt" if channels > 1 else ".json"
+    return base + len(suffix)

@@ -8,7 +8,7 @@ patch replaces lists), computed from the current ones so that unchanged conditio
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -62,10 +62,42 @@ def _conditions(
     return conditions
 
 
-def waiting(facts: Facts, reason: str, message: str) -> Status:
+def waiting(facts: Facts, reason: str, message: str, next_attempt: datetime | None = None) -> Status:
     """Not submitted yet, and will be retried (a missing Secret, storage or the API unavailable)."""
     status = _base(facts, Phase.PENDING, reason, message)
+    status["submission"] = None
+    status["nextAttemptAt"] = format_time(next_attempt) if next_attempt is not None else None
     status["conditions"] = _conditions(facts, (ConditionType.SUBMITTED, "False", reason, status["message"]))
+    return status
+
+
+def intent(facts: Facts, *, nonce: str, holder: str) -> Status:
+    """Written before a submission is sent: if the answer is lost, the job knows it may exist."""
+    status = _base(facts, Phase.PENDING, "Submitting", "submitting to SpeechKit")
+    status["submission"] = {"nonce": nonce, "holder": holder, "startedAt": facts.stamp}
+    return status
+
+
+def uncertain(facts: Facts, *, recorded: int, message: str, next_attempt: datetime) -> Status:
+    """A submission whose answer was lost, to be made once more at ``next_attempt``."""
+    status = _base(facts, Phase.PENDING, "SubmissionUncertain", message)
+    status.update(submission=None, uncertainSubmissions=recorded, nextAttemptAt=format_time(next_attempt))
+    status["conditions"] = _conditions(
+        facts,
+        (ConditionType.SUBMISSION_UNCERTAIN, "True", "SubmissionUncertain", status["message"]),
+        (ConditionType.SUBMITTED, "False", "SubmissionUncertain", status["message"]),
+    )
+    return status
+
+
+def uncertain_failed(facts: Facts, *, recorded: int, message: str) -> Status:
+    """A submission whose answer was lost, and the job ends rather than submit again."""
+    status = failed(facts, "SubmissionUncertain", message, submitted=False)
+    status["uncertainSubmissions"] = recorded
+    status["conditions"] = _conditions(
+        replace(facts, conditions=status["conditions"]),
+        (ConditionType.SUBMISSION_UNCERTAIN, "True", "SubmissionUncertain", status["message"]),
+    )
     return status
 
 
@@ -76,6 +108,8 @@ def submitted(facts: Facts, *, operation_id: str, audio: AudioInfo, first_check:
         operationId=operation_id,
         submittedAt=facts.stamp,
         nextCheckAt=format_time(first_check),
+        nextAttemptAt=None,
+        submission=None,
         checks=0,
         audio=audio.to_status(),
     )
@@ -112,6 +146,8 @@ def failed(facts: Facts, reason: str, message: str, *, submitted: bool = True) -
     status = _base(facts, Phase.FAILED, reason, message)
     status["completedAt"] = facts.stamp
     status["nextCheckAt"] = None
+    status["nextAttemptAt"] = None
+    status["submission"] = None
     text = status["message"]
     changes: list[tuple[ConditionType, ConditionStatus, str, str]] = []
     if not submitted:

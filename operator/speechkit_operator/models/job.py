@@ -8,11 +8,13 @@ so that a spec that slipped past (KMock, an older CRD) still fails with a clear 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from speechkit_operator.logs import job_fields
 from speechkit_operator.models.audio import AudioEncoding
 
 BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
@@ -65,12 +67,22 @@ class RecognitionSpec(_Model):
     audio_channel_count: Annotated[int | None, Field(ge=1, le=8)] = None
 
 
+#: The longest deadline and time-to-live a job may ask for (a year), so that times stay computable.
+MAX_LIFETIME_SECONDS = 366 * 24 * 3600
+
+
 class TranscriptionJobSpec(_Model):
     source: SourceSpec
     output: OutputSpec = Field(default_factory=OutputSpec)
     recognition: RecognitionSpec = Field(default_factory=RecognitionSpec)
     credentials_secret: Annotated[str | None, Field(pattern=SECRET_NAME_PATTERN)] = None
     storage_secret: Annotated[str | None, Field(pattern=SECRET_NAME_PATTERN)] = None
+    #: Seconds from the job's creation after which an unfinished job fails ``DeadlineExceeded``
+    #: (its operation is cancelled); the operator's default applies when absent.
+    active_deadline_seconds: Annotated[int | None, Field(ge=1, le=MAX_LIFETIME_SECONDS)] = None
+    #: Seconds after the job finished (Succeeded or Failed) after which the operator deletes it;
+    #: the transcripts stay in S3. The operator's default applies when absent (none: kept).
+    ttl_seconds_after_finished: Annotated[int | None, Field(ge=0, le=MAX_LIFETIME_SECONDS)] = None
 
     @property
     def output_bucket(self) -> str:
@@ -90,6 +102,9 @@ class Phase(enum.StrEnum):
 
 class ConditionType(enum.StrEnum):
     SUBMITTED = "Submitted"
+    #: A submission whose answer was lost (a crash, a timeout, a 502/504): SpeechKit may have
+    #: created an operation that the job does not know.
+    SUBMISSION_UNCERTAIN = "SubmissionUncertain"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
 
@@ -107,18 +122,53 @@ class Condition(_Model):
     observed_generation: int | None = None
 
 
+@dataclass(frozen=True)
+class JobRef:
+    """Which job: where it lives, its uid (a re-created job of the same name is another job), and
+    the generation its spec is at."""
+
+    namespace: str
+    name: str
+    uid: str | None = None
+    generation: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def log(self) -> dict[str, str]:
+        """``extra=`` for log records about this job (namespace and name become fields)."""
+        return job_fields(self.namespace, self.name)
+
+
+class SubmissionIntent(_Model):
+    """Written to the status before a submission is sent, cleared when its answer is recorded.
+    Found without an operation id after a crash, it means the submission may or may not have
+    reached SpeechKit (the API has no idempotency key)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    nonce: str
+    holder: str = ""
+    started_at: str
+
+
 class JobStatus(_Model):
     """The part of ``status`` the operator reads back to decide what to do next."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
 
     phase: Phase | None = None
+    reason: str | None = None
     operation_id: str | None = None
     submitted_at: str | None = None
     completed_at: str | None = None
     last_check_at: str | None = None
     next_check_at: str | None = None
     checks: int = 0
+    next_attempt_at: str | None = None
+    submission: SubmissionIntent | None = None
+    uncertain_submissions: int = 0
     audio: dict[str, Any] | None = None
     outputs: dict[str, str] | None = None
     conditions: list[Condition] = Field(default_factory=list)

@@ -6,7 +6,10 @@ import email.utils
 import json
 import math
 import re
+import ssl
 from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
 
 #: gRPC status codes by number, as SpeechKit reports them in error bodies.
 GRPC_CODE_NAMES: dict[int, str] = {
@@ -124,12 +127,35 @@ class CredentialsError(SpeechApiError):
         return "InvalidCredentials"
 
 
+class TlsError(SpeechApiError):
+    """TLS with the server failed: its certificate is not trusted or not valid for the host, or the
+    handshake failed. No request was sent.
+
+    A configuration problem rather than a blip: transient for the job (fixing the setting and
+    restarting the operator heals it, so the job is retried with backoff), but never repeated within
+    one call. The message says what to fix.
+    """
+
+    def __init__(self, message: str, *, certificate: bool) -> None:
+        super().__init__(message, unsent=True)
+        self.certificate = certificate
+
+    @property
+    def reason(self) -> str:
+        return "TlsCertificateRejected" if self.certificate else "TlsHandshakeFailed"
+
+
 class MalformedResponseError(SpeechApiError):
     """The API answered, but not with the shape it documents (not JSON, a missing id, ...).
 
     Treated as transient: it is usually a proxy or an outage page. Clients do not repeat a
-    non-idempotent call because of it; the caller decides when to look again.
+    non-idempotent call because of it; the caller decides when to look again. ``body`` is the JSON
+    object that came back, when one did (a finished operation whose result has an unknown shape).
     """
+
+    def __init__(self, message: str, *, body: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.body = body
 
     @property
     def transient(self) -> bool:
@@ -220,3 +246,85 @@ def api_error_from_body(
         api_message = api_message[:_MAX_API_MESSAGE] + "..."
     text = f"{what} failed: {api_message}" if api_message else f"{what} failed"
     return error_class(text, http_status=status, grpc_code=grpc_code, retry_after=retry_after)
+
+
+# --- TLS ------------------------------------------------------------------------------------------
+
+#: The setting that names a CA bundle, quoted in messages about untrusted certificates.
+CA_BUNDLE_SETTING = "SPEECHKIT_OPERATOR_CA_BUNDLE"
+
+# OpenSSL's X509_V_ERR_* codes (ssl.SSLCertVerificationError.verify_code) that need a fix other
+# than trusting another CA.
+_CERT_NOT_YET_VALID = 9
+_CERT_HAS_EXPIRED = 10
+_HOSTNAME_MISMATCH = 62
+_IP_ADDRESS_MISMATCH = 64
+_CERT_VERIFY_FAILED = re.compile(r"certificate verify failed: ([^()\[\]]+?)\s*(?:\(_ssl|$)")
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host:port`` of ``url``: no user info, path or query (a presigned URL's query is a
+    credential, and paths name objects)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{netloc}" if parts.scheme else netloc or "the server"
+
+
+def find_ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    """The :class:`ssl.SSLError` behind ``exc``, through the wrappers of aiohttp, urllib3 and botocore."""
+    queue: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while queue and len(seen) < 32:
+        current = queue.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return current
+        linked: list[object] = [
+            current.__cause__,
+            current.__context__,
+            getattr(current, "certificate_error", None),  # aiohttp
+            getattr(current, "reason", None),  # urllib3's MaxRetryError
+            *current.args,
+        ]
+        kwargs = getattr(current, "kwargs", None)  # botocore
+        if isinstance(kwargs, dict):
+            linked.append(kwargs.get("error"))
+        queue.extend(item for item in linked if isinstance(item, BaseException))
+    return None
+
+
+def is_certificate_error(error: BaseException | None) -> bool:
+    return isinstance(error, ssl.SSLCertVerificationError) or (
+        error is not None and "CERTIFICATE_VERIFY_FAILED" in str(error)
+    )
+
+
+def tls_problem(origin: str, error: BaseException | None) -> str:
+    """What went wrong with TLS to ``origin`` (``scheme://host:port``) and what to do about it.
+
+    Safe for a status message: it names the origin only, never a path or a query.
+    """
+    code = getattr(error, "verify_code", None)  # set on ssl.SSLCertVerificationError by OpenSSL
+    detail = str(getattr(error, "verify_message", None) or "")
+    if error is not None and not detail:
+        match = _CERT_VERIFY_FAILED.search(str(error))
+        detail = match.group(1) if match else str(getattr(error, "reason", None) or "")
+    detail = scrub(detail).strip().rstrip(".") or (type(error).__name__ if error is not None else "")
+    if not is_certificate_error(error):
+        return (
+            f"TLS handshake with {origin} failed ({detail}): check that it serves HTTPS on that port "
+            "(a proxy may also be in the way)"
+        )
+    if code in (_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH):
+        return (
+            f"TLS certificate of {origin} is not valid for that host ({detail}): use a host name the "
+            "certificate names, or reissue the certificate with it"
+        )
+    if code in (_CERT_HAS_EXPIRED, _CERT_NOT_YET_VALID):
+        return f"TLS certificate of {origin} is not valid now ({detail}): renew it, or check the clocks"
+    return (
+        f"TLS certificate of {origin} not trusted ({detail}): set {CA_BUNDLE_SETTING} to a PEM file "
+        "with the CA that signed it and restart the operator"
+    )

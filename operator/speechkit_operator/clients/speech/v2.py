@@ -6,6 +6,12 @@
 Transient failures (connection errors, timeouts, 429, 5xx) are retried with a :class:`RetryPolicy`
 and then raised as transient :class:`SpeechApiError` s (``retry_after`` set when the server named
 one). Other HTTP errors are permanent. A 404 on an operation is :class:`OperationNotFoundError`.
+A TLS failure (:class:`TlsError`, e.g. a certificate of a private CA) is transient for the job but not
+repeated within a call, and its message says what to set.
+
+Requests go through the proxy that HTTPS_PROXY/HTTP_PROXY/NO_PROXY name, and verify TLS with the CA
+bundle given (``ca_bundle``, ``SPEECHKIT_OPERATOR_CA_BUNDLE``) or the system's trust: both for
+SpeechKit and for the IAM token exchange.
 
 Messages never hold the Authorization header, keys, tokens, JWTs or the audio URI, which may be a
 presigned URL. Request bodies are never logged.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
@@ -28,6 +35,7 @@ from speechkit_operator.clients.speech.auth import (
     RawResponse,
     SpeechAuthenticator,
     json_object,
+    load_ca_bundle,
     send_request,
 )
 from speechkit_operator.clients.speech.base import (
@@ -42,6 +50,7 @@ from speechkit_operator.clients.speech.errors import (
     MalformedResponseError,
     OperationNotFoundError,
     SpeechApiError,
+    TlsError,
     api_error_from_body,
     scrub,
 )
@@ -57,7 +66,12 @@ OPERATIONS_PATH = "/operations/"
 
 def _is_retried(exc: Exception) -> bool:
     # Malformed answers are not repeated inside one call: a submit could then be made twice.
-    return isinstance(exc, SpeechApiError) and exc.transient and not isinstance(exc, MalformedResponseError)
+    # TLS failures are configuration: repeating the handshake at once cannot help.
+    return (
+        isinstance(exc, SpeechApiError)
+        and exc.transient
+        and not isinstance(exc, MalformedResponseError | TlsError)
+    )
 
 
 def _is_retried_submit(exc: Exception) -> bool:
@@ -67,6 +81,21 @@ def _is_retried_submit(exc: Exception) -> bool:
 
 def _retry_after_of(exc: Exception) -> float | None:
     return exc.retry_after if isinstance(exc, SpeechApiError) else None
+
+
+def _never(exc: Exception) -> bool:
+    del exc
+    return False
+
+
+def credential_secrets(credentials: Credentials) -> tuple[str, ...]:
+    """The secret values in ``credentials``, to be scrubbed from anything the API says."""
+    values = (
+        getattr(credentials, "api_key", None),
+        getattr(credentials, "iam_token", None),
+        getattr(credentials, "private_key", None),
+    )
+    return tuple(value for value in values if isinstance(value, str) and value)
 
 
 def _uri_secrets(uri: str) -> tuple[str, ...]:
@@ -119,9 +148,9 @@ def parse_operation(body: dict[str, Any], *, secrets: Iterable[str] = ()) -> Ope
     if done and response is not None:
         try:
             transcript = parse_v2_response(response)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             raise MalformedResponseError(
-                f"operation {op_id}: the recognition result has an unknown shape"
+                f"operation {op_id}: the recognition result has an unknown shape", body=body
             ) from None
     return OperationState(
         id=op_id,
@@ -136,7 +165,9 @@ class SpeechKitV2Client:
     """:class:`~speechkit_operator.clients.speech.base.SpeechClient` for the v2 async REST API.
 
     ``session`` is used as given and never closed here; without one, a session is created on first
-    use and closed by :meth:`close`. ``sleep`` and ``clock`` are injectable for tests.
+    use and closed by :meth:`close`. ``ca_bundle`` is a PEM file of the CAs trusted for SpeechKit and
+    IAM instead of the system's (loaded here: a bad file raises ValueError at once). Proxies come
+    from the environment at each request. ``sleep`` and ``clock`` are injectable for tests.
     """
 
     def __init__(
@@ -150,7 +181,9 @@ class SpeechKitV2Client:
         session: aiohttp.ClientSession | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
+        ca_bundle: str | os.PathLike[str] | None = None,
     ) -> None:
+        self._ssl_context = load_ca_bundle(ca_bundle)
         self._submit_url = str(stt_url).rstrip("/") + SUBMIT_PATH
         self._operations_url = str(operation_url).rstrip("/") + OPERATIONS_PATH
         self._timeout = timeout
@@ -160,26 +193,34 @@ class SpeechKitV2Client:
         self._closed = False
         self._sleep = sleep
         self._clock = clock
-        self.auth = SpeechAuthenticator(str(iam_token_url), self._get_session, timeout=timeout, clock=clock)
+        self.auth = SpeechAuthenticator(
+            str(iam_token_url),
+            self._get_session,
+            timeout=timeout,
+            clock=clock,
+            ssl_context=self._ssl_context,
+        )
 
     @classmethod
     def from_settings(
         cls, settings: Settings, *, session: aiohttp.ClientSession | None = None
     ) -> SpeechKitV2Client:
+        """The client for the configured backend, CA bundle, timeout and retries."""
         return cls(
-            str(settings.stt_url),
-            str(settings.operation_url),
+            settings.submit_base_url,
+            settings.operations_base_url,
             str(settings.iam_token_url),
             timeout=settings.http_timeout,
             retry_policy=RetryPolicy.from_settings(settings),
             session=session,
+            ca_bundle=settings.ca_bundle,
         )
 
     # --- SpeechClient ---------------------------------------------------------------------------
 
     async def submit(self, request: RecognitionRequest, credentials: Credentials) -> OperationState:
         body = build_submit_body(request, credentials.folder_id)
-        uri_secrets = _uri_secrets(request.audio_uri)
+        uri_secrets = _uri_secrets(request.audio_uri) + credential_secrets(credentials)
         raw = await self._call(
             "SpeechKit submit",
             "POST",
@@ -197,7 +238,16 @@ class SpeechKitV2Client:
         what = f"SpeechKit operation {scrub(operation_id)}"
         url = self._operations_url + quote(operation_id, safe="")
         raw = await self._call(what, "GET", url, credentials, not_found=OperationNotFoundError)
-        return parse_operation(json_object(raw, what))
+        # An error message may echo what the API was given: never let a credential through.
+        return parse_operation(json_object(raw, what), secrets=credential_secrets(credentials))
+
+    async def cancel(self, operation_id: str, credentials: Credentials) -> None:
+        """Ask for the operation to be cancelled (``GET /operations/{id}:cancel``), once, no retries."""
+        if not operation_id:
+            raise ValueError("operation_id must not be empty")
+        what = f"cancelling SpeechKit operation {scrub(operation_id)}"
+        url = self._operations_url + quote(operation_id, safe="") + ":cancel"
+        await self._call(what, "GET", url, credentials, not_found=OperationNotFoundError, retried=_never)
 
     async def close(self) -> None:
         self._closed = True
@@ -224,6 +274,7 @@ class SpeechKitV2Client:
             # session that nobody would close.
             raise SpeechApiError("the SpeechKit client is closed: the operator is shutting down")
         if self._session is None or (self._owns_session and self._session.closed):
+            # No trust_env: send_request picks the environment's proxy itself, without ~/.netrc.
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout))
             self._owns_session = True
         return self._session
@@ -254,6 +305,7 @@ class SpeechKitV2Client:
                 json_body=json_body,
                 headers={"Authorization": authorization} if authorization else {},
                 clock=self._clock,
+                ssl_context=self._ssl_context,
             )
             if 200 <= raw.status < 300:
                 return raw

@@ -1,0 +1,194 @@
+"""The operator's own writes to the Kubernetes API: job status, Events, deletion, a fresh read.
+
+kopf delivers the jobs (its watch stream feeds the scheduler); everything the operator changes goes
+through here, so each write is awaited and counted, and a submission's intent is on the API server
+before the submission is sent. It uses the ``kubernetes`` client (configured by kopf's login, or
+explicitly in tests) in a small pool of worker threads, with raw JSON in and out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets as random
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from speechkit_operator.constants import API_VERSION, GROUP, JOB_KIND, JOB_PLURAL, VERSION
+from speechkit_operator.models.job import JobRef
+
+logger = logging.getLogger(__name__)
+
+#: Seconds one Kubernetes API request may take.
+DEFAULT_TIMEOUT = 30.0
+MERGE_PATCH = "application/merge-patch+json"
+EVENT_COMPONENT = "speechkit-operator"
+
+
+class KubeError(Exception):
+    """A Kubernetes API call failed; ``status`` is the HTTP status (0 when none came back)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def conflict(self) -> bool:
+        """The object changed since it was read (a resourceVersion precondition failed)."""
+        return self.status == 409
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 404
+
+
+class WriteCounter:
+    """How many writes the operator made, by kind (status patches, Events, deletions)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, kind: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class JobStore:
+    def __init__(
+        self,
+        *,
+        api_client_factory: Callable[[], kubernetes.client.ApiClient] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        threads: int = 4,
+    ) -> None:
+        self._factory = api_client_factory or kubernetes.client.ApiClient
+        self._api: kubernetes.client.ApiClient | None = None
+        self._timeout = timeout
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
+        self.writes = WriteCounter()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    async def patch_status(
+        self, job: JobRef, status: Mapping[str, Any], *, resource_version: str | None = None
+    ) -> dict[str, Any]:
+        """Merge ``status`` into the job's status; with ``resource_version``, only if the job is
+        still at that version (else :class:`KubeError` with ``conflict``). The job as it is now."""
+        body: dict[str, Any] = {"status": dict(status)}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        answer = await self._request("PATCH", _job_path(job) + "/status", body, content_type=MERGE_PATCH)
+        self.writes.add("status")
+        return answer
+
+    async def get(self, job: JobRef) -> dict[str, Any] | None:
+        """The job as the API server has it now, or None when it is gone."""
+        try:
+            return await self._request("GET", _job_path(job))
+        except KubeError as exc:
+            if exc.gone:
+                return None
+            raise
+
+    async def delete(self, job: JobRef) -> None:
+        """Delete the job, only if it is still the same object (its uid); gone already is fine."""
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if job.uid:
+            body["preconditions"] = {"uid": job.uid}
+        try:
+            await self._request("DELETE", _job_path(job), body)
+        except KubeError as exc:
+            if not exc.gone and not exc.conflict:
+                raise
+        self.writes.add("delete")
+
+    async def post_event(
+        self, job: JobRef, type_: Literal["Normal", "Warning"], reason: str, message: str
+    ) -> None:
+        """An Event on the job, as ``kubectl describe`` shows it. Best effort: a failure is logged."""
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{job.name}.{random.token_hex(8)}", "namespace": job.namespace},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": JOB_KIND,
+                "namespace": job.namespace,
+                "name": job.name,
+                **({"uid": job.uid} if job.uid else {}),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": EVENT_COMPONENT},
+            "reportingComponent": EVENT_COMPONENT,
+            "reportingInstance": EVENT_COMPONENT,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "eventTime": None,
+            "count": 1,
+        }
+        try:
+            await self._request("POST", f"/api/v1/namespaces/{job.namespace}/events", event)
+        except KubeError as exc:
+            logger.warning("could not post the %s event on %s: %s", reason, job, exc, extra=job.log)
+            return
+        self.writes.add("event")
+
+    # -- transport -----------------------------------------------------------------------------
+
+    async def _request(
+        self, method: str, path: str, body: Any = None, *, content_type: str = "application/json"
+    ) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, self._request_blocking, method, path, body, content_type
+        )
+
+    def _client(self) -> kubernetes.client.ApiClient:
+        if self._api is None:
+            self._api = self._factory()
+        return self._api
+
+    def _request_blocking(self, method: str, path: str, body: Any, content_type: str) -> dict[str, Any]:
+        api = self._client()
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        try:
+            serialized = api.param_serialize(
+                method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
+            )
+            response = api.call_api(*serialized, _request_timeout=self._timeout)
+            response.read()  # type: ignore[no-untyped-call]
+        except ApiException as exc:
+            raise KubeError(
+                f"{method} {path}: HTTP {exc.status} {exc.reason}", int(exc.status or 0)
+            ) from None
+        except Exception as exc:  # connection errors of urllib3 and the like
+            raise KubeError(f"{method} {path}: {type(exc).__name__}") from None
+        status = int(response.status)
+        if status >= 400:
+            raise KubeError(f"{method} {path}: HTTP {status}", status)
+        try:
+            data = json.loads(response.data or b"{}")
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+
+def _job_path(job: JobRef) -> str:
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{job.namespace}/{JOB_PLURAL}/{job.name}"

@@ -1,0 +1,402 @@
+"""One loop that owns every unfinished job: it decides *when*, the workflow does *how*.
+
+kopf's watch stream feeds :meth:`Scheduler.observe` (no per-object timers, daemons or finalizers:
+an idle job costs a dictionary entry and a heap item). The loop sleeps until the earliest due time,
+asks :func:`speechkit_operator.logic.lifecycle.plan` what each due job needs, and runs it:
+
+- submissions go to one queue per quota scope, served one at a time, so a crash leaves at most one
+  submission uncertain;
+- checks, deadlines and deletions run concurrently, within ``check_concurrency``.
+
+A job has at most one step running at a time. What a step learns (the next check, the checks made,
+failed attempts) stays in memory: the status is written only when the phase or the reason changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from speechkit_operator.clients.kube import KubeError
+from speechkit_operator.config import Settings
+from speechkit_operator.logic import lifecycle
+from speechkit_operator.logic.timestamps import parse_time, utcnow
+from speechkit_operator.models.job import JobRef, JobStatus, Phase
+from speechkit_operator.workflow import Job, JobWorkflow, StepResult
+
+logger = logging.getLogger(__name__)
+
+#: After an unexpected error in a step, the job is looked at again this much later.
+ERROR_BACKOFF = timedelta(seconds=60)
+
+
+@dataclass
+class _Entry:
+    job: Job
+    created_at: datetime
+    limits: lifecycle.Limits
+    priority: int = 0
+    next_check: datetime | None = None
+    next_attempt: datetime | None = None
+    busy: bool = False
+    deleted: bool = False
+    #: Bumped on every (re)scheduling; heap items of an older version are ignored.
+    version: int = 0
+
+
+@dataclass(order=True)
+class _Due:
+    at: float
+    seq: int
+    uid: str = field(compare=False)
+    version: int = field(compare=False)
+
+
+@dataclass(order=True)
+class _Queued:
+    """A job waiting for its turn to be submitted: higher priority first, then older first."""
+
+    key: tuple[int, float, str]
+    uid: str = field(compare=False)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        workflow: JobWorkflow,
+        settings: Settings,
+        *,
+        sole_actor: bool = True,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.workflow = workflow
+        self.settings = settings
+        #: True when no other operator acts on these jobs (leader election): an intent left by
+        #: another process is then abandoned at once, not after it could have settled.
+        self.sole_actor = sole_actor
+        self.clock = clock
+        self._jobs: dict[str, _Entry] = {}
+        self._heap: list[_Due] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._queues: dict[str, list[_Queued]] = {}
+        self._queue_ready: dict[str, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._submitters: dict[str, asyncio.Task[None]] = {}
+        self._limit = asyncio.Semaphore(settings.check_concurrency)
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- the registry --------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def queued(self, scope: str | None = None) -> int:
+        """Jobs waiting for their turn to be submitted."""
+        if scope is not None:
+            return len(self._queues.get(scope, ()))
+        return sum(len(queue) for queue in self._queues.values())
+
+    def observe(self, body: Mapping[str, Any], *, deleted: bool = False) -> None:
+        """A job as the watch stream delivered it (or ``deleted``)."""
+        meta = body.get("metadata") or {}
+        name, namespace = meta.get("name"), meta.get("namespace")
+        if not name or not namespace:
+            return
+        uid = str(meta.get("uid") or f"{namespace}/{name}")
+        entry = self._jobs.get(uid)
+        if deleted or meta.get("deletionTimestamp"):
+            if entry is not None:
+                self._forget(uid, entry)
+            return
+        status = _status(body.get("status"))
+        version = meta.get("resourceVersion")
+        if entry is None:
+            generation = meta.get("generation")
+            ref = JobRef(
+                namespace, name, uid=meta.get("uid"), generation=int(generation) if generation else None
+            )
+            spec = dict(body.get("spec") or {})
+            job = Job(ref=ref, spec=spec, status=status, resource_version=version, checks=status.checks)
+            entry = self._jobs[uid] = _Entry(
+                job=job,
+                created_at=parse_time(meta.get("creationTimestamp")) or self.clock(),
+                limits=self._limits(spec),
+            )
+        elif not self._is_newer(entry, version, status):
+            return
+        else:
+            entry.job = replace(entry.job, status=status, resource_version=version)
+        if not entry.busy:
+            self._schedule(entry)
+
+    def _is_newer(self, entry: _Entry, version: str | None, status: JobStatus) -> bool:
+        """Whether an observed status may replace what the entry holds (watch events can be stale)."""
+        held = entry.job.status
+        ours, theirs = entry.job.resource_version, version
+        if ours and theirs and ours.isdigit() and theirs.isdigit() and int(theirs) < int(ours):
+            return False
+        if held.operation_id and not status.operation_id:
+            return False  # an echo from before the submission was recorded
+        if held.phase is not None and held.phase.terminal and not (status.phase and status.phase.terminal):
+            return False
+        intent = status.submission
+        return not (intent is not None and intent.holder == self.workflow.identity and not entry.busy)
+
+    def _forget(self, uid: str, entry: _Entry) -> None:
+        del self._jobs[uid]
+        entry.deleted = True
+        if not entry.busy:
+            self._spawn(self.workflow.cancel(entry.job))
+
+    def _limits(self, spec: Mapping[str, Any]) -> lifecycle.Limits:
+        def seconds(key: str, default: int | None) -> int | None:
+            value = spec.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
+
+        return lifecycle.Limits(
+            deadline_seconds=seconds("activeDeadlineSeconds", self.settings.default_active_deadline_seconds),
+            ttl_seconds=seconds("ttlSecondsAfterFinished", self.settings.default_ttl_seconds_after_finished),
+        )
+
+    # -- scheduling ----------------------------------------------------------------------------
+
+    def _plan(self, entry: _Entry) -> lifecycle.Plan:
+        intent = entry.job.status.submission
+        settles: datetime | None = None
+        if intent is not None and not self.sole_actor and intent.holder != self.workflow.identity:
+            started = parse_time(intent.started_at)
+            if started is not None:
+                settles = started + timedelta(seconds=self.settings.intent_settle_seconds)
+        return lifecycle.plan(
+            entry.job.status,
+            created_at=entry.created_at,
+            limits=entry.limits,
+            now=self.clock(),
+            next_check=entry.next_check,
+            next_attempt=entry.next_attempt,
+            intent_settles_at=settles,
+        )
+
+    def _schedule(self, entry: _Entry) -> None:
+        entry.version += 1
+        plan = self._plan(entry)
+        if plan.step is lifecycle.Step.NOTHING or plan.at is None:
+            if entry.job.status.phase is not None and entry.job.status.phase.terminal:
+                # Finished, with nothing more to do: the job leaves the registry.
+                self._jobs.pop(_uid(entry), None)
+            return
+        due = _Due(plan.at.timestamp(), next(self._seq), _uid(entry), entry.version)
+        if not self._heap or due < self._heap[0]:
+            self._wake.set()
+        heapq.heappush(self._heap, due)
+        if len(self._heap) > 2 * len(self._jobs) + 64:
+            self._compact()
+
+    def _compact(self) -> None:
+        self._heap = [
+            item
+            for item in self._heap
+            if (entry := self._jobs.get(item.uid)) is not None and entry.version == item.version
+        ]
+        heapq.heapify(self._heap)
+
+    async def run(self) -> None:
+        """The loop: wake at the earliest due time, start what is due, sleep again."""
+        while not self._stopping:
+            now = self.clock().timestamp()
+            while self._heap and self._heap[0].at <= now and not self._stopping:
+                item = heapq.heappop(self._heap)
+                entry = self._jobs.get(item.uid)
+                if entry is not None and entry.version == item.version and not entry.busy:
+                    self._due(entry)
+            timeout = max(0.0, self._heap[0].at - self.clock().timestamp()) if self._heap else None
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self.run(), name="speechkit-scheduler")
+
+    async def stop(self, grace: float) -> None:
+        """Start nothing new; give the steps in flight (a submission and its record above all)
+        ``grace`` seconds to finish, then cancel what is left."""
+        self._stopping = True
+        self._wake.set()
+        for event in self._queue_ready.values():
+            event.set()
+        running = {task for task in self._tasks if not task.done()}
+        if running:
+            logger.info("waiting up to %.0fs for %d steps in flight", grace, len(running))
+            _, pending = await asyncio.wait(running, timeout=grace)
+            for task in pending:
+                task.cancel()
+        for task in [*self._submitters.values(), *([self._loop_task] if self._loop_task else [])]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _due(self, entry: _Entry) -> None:
+        plan = self._plan(entry)
+        now = self.clock()
+        if plan.step is lifecycle.Step.NOTHING or plan.at is None:
+            return
+        if plan.at > now:
+            self._schedule(entry)
+            return
+        step = plan.step
+        if step in (lifecycle.Step.SUBMIT, lifecycle.Step.RESOLVE_UNCERTAIN):
+            self._enqueue(entry)
+            return
+        entry.busy = True
+        if step is lifecycle.Step.CHECK:
+            self._spawn(self._step(entry, self.workflow.check, limited=True))
+        elif step is lifecycle.Step.DEADLINE:
+            seconds = entry.limits.deadline_seconds or 0
+            self._spawn(self._step(entry, lambda job: self.workflow.deadline(job, seconds), limited=True))
+        elif step is lifecycle.Step.DELETE:
+            self._spawn(self._step(entry, self.workflow.delete, limited=True))
+
+    # -- submissions: one queue per quota scope, one at a time ---------------------------------
+
+    def _enqueue(self, entry: _Entry) -> None:
+        entry.busy = True
+        scope = self.workflow.scope_of(entry.job)
+        queue = self._queues.setdefault(scope, [])
+        heapq.heappush(
+            queue, _Queued((-entry.priority, entry.created_at.timestamp(), entry.job.ref.name), _uid(entry))
+        )
+        self._queue_ready.setdefault(scope, asyncio.Event()).set()
+        if scope not in self._submitters:
+            self._submitters[scope] = asyncio.create_task(self._submitter(scope), name=f"submitter-{scope}")
+
+    async def _submitter(self, scope: str) -> None:
+        queue = self._queues[scope]
+        ready = self._queue_ready[scope]
+        while not self._stopping:
+            if not queue:
+                ready.clear()
+                await ready.wait()
+                continue
+            item = heapq.heappop(queue)
+            entry = self._jobs.get(item.uid)
+            if entry is None:
+                continue
+            if entry.job.status.submission is not None and not entry.job.status.operation_id:
+                action: Callable[[Job], Awaitable[StepResult]] = self.workflow.resolve_uncertain
+            else:
+                action = self.workflow.submit
+            task = asyncio.create_task(self._step(entry, action))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            await asyncio.wait({task})
+
+    # -- running a step ------------------------------------------------------------------------
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _step(
+        self, entry: _Entry, action: Callable[[Job], Awaitable[StepResult]], *, limited: bool = False
+    ) -> None:
+        try:
+            if limited:
+                async with self._limit:
+                    result = await action(entry.job)
+            else:
+                result = await action(entry.job)
+        except Exception as exc:
+            logger.exception(
+                "job %s: step failed (%s)", entry.job.ref, type(exc).__name__, extra=entry.job.ref.log
+            )
+            result = StepResult(
+                next_check=self.clock() + ERROR_BACKOFF, next_attempt=self.clock() + ERROR_BACKOFF
+            )
+        finally:
+            entry.busy = False
+        self._apply(entry, result)
+
+    def _apply(self, entry: _Entry, result: StepResult) -> None:
+        uid = _uid(entry)
+        job = entry.job
+        if result.body is not None:
+            meta = result.body.get("metadata") or {}
+            job = replace(
+                job,
+                status=_status(result.body.get("status")),
+                resource_version=meta.get("resourceVersion") or job.resource_version,
+            )
+        if result.checks is not None:
+            job = replace(job, checks=result.checks)
+        if result.attempt_failed:
+            job = replace(job, attempts=job.attempts + 1)
+        entry.job = job
+        if result.next_check is not None:
+            entry.next_check = result.next_check
+        if result.next_attempt is not None:
+            entry.next_attempt = result.next_attempt
+        if result.gone:
+            self._jobs.pop(uid, None)
+            return
+        if entry.deleted:
+            self._spawn(self.workflow.cancel(entry.job))
+            return
+        if result.stale:
+            self._spawn(self._refresh(entry))
+            return
+        if self._stopping:
+            return
+        self._schedule(entry)
+
+    async def _refresh(self, entry: _Entry) -> None:
+        """The job changed under a step: read it again, then decide afresh."""
+        entry.busy = True
+        try:
+            body = await self.workflow.jobs.get(entry.job.ref)
+        except KubeError as exc:
+            logger.warning("job %s: could not read it again: %s", entry.job.ref, exc, extra=entry.job.ref.log)
+            entry.next_attempt = self.clock() + ERROR_BACKOFF
+            self._schedule(entry)
+            return
+        finally:
+            entry.busy = False
+        if body is None:
+            self._jobs.pop(_uid(entry), None)
+            return
+        meta = body.get("metadata") or {}
+        entry.job = replace(
+            entry.job, status=_status(body.get("status")), resource_version=meta.get("resourceVersion")
+        )
+        self._schedule(entry)
+
+    # -- introspection (tests, metrics) --------------------------------------------------------
+
+    def phase_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for entry in self._jobs.values():
+            phase = entry.job.status.phase or Phase.PENDING
+            counts[phase.value] = counts.get(phase.value, 0) + 1
+        return counts
+
+
+def _uid(entry: _Entry) -> str:
+    ref = entry.job.ref
+    return ref.uid or f"{ref.namespace}/{ref.name}"
+
+
+def _status(raw: Any) -> JobStatus:
+    try:
+        return JobStatus.from_body(raw if isinstance(raw, Mapping) else {})
+    except ValueError:
+        return JobStatus()

@@ -1,0 +1,99 @@
+"""The pure plan of a job's next step: submit, resolve an uncertain submission, check, deadline, delete."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from speechkit_operator.logic.lifecycle import RETENTION, Limits, Plan, Step, after_uncertain, plan
+from speechkit_operator.logic.timestamps import format_time
+from speechkit_operator.models.job import JobStatus
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+CREATED = NOW - timedelta(minutes=5)
+
+
+def status(**fields: object) -> JobStatus:
+    return JobStatus.model_validate(fields)
+
+
+def at(seconds: float) -> datetime:
+    return NOW + timedelta(seconds=seconds)
+
+
+def test_a_new_job_is_submitted_now() -> None:
+    assert plan(status(), created_at=CREATED, limits=Limits(), now=NOW) == Plan(Step.SUBMIT, NOW)
+
+
+def test_a_waiting_job_is_submitted_at_its_next_attempt() -> None:
+    waiting = status(phase="Pending", nextAttemptAt=format_time(at(30)))
+    assert plan(waiting, created_at=CREATED, limits=Limits(), now=NOW) == Plan(Step.SUBMIT, at(30))
+    # What the scheduler holds in memory wins over the status's last write.
+    assert plan(waiting, created_at=CREATED, limits=Limits(), now=NOW, next_attempt=at(5)).at == at(5)
+
+
+def test_an_intent_without_an_operation_is_uncertain() -> None:
+    intent = status(phase="Pending", submission={"nonce": "n", "holder": "h", "startedAt": format_time(NOW)})
+    assert plan(intent, created_at=CREATED, limits=Limits(), now=NOW).step is Step.RESOLVE_UNCERTAIN
+    # Written by another live operator: only once it could have settled.
+    later = plan(intent, created_at=CREATED, limits=Limits(), now=NOW, intent_settles_at=at(300))
+    assert later == Plan(Step.RESOLVE_UNCERTAIN, at(300))
+
+
+def test_a_running_job_is_checked_at_its_next_check_never_past_retention() -> None:
+    running = status(
+        phase="Running", operationId="op", nextCheckAt=format_time(at(40)), submittedAt=format_time(NOW)
+    )
+    assert plan(running, created_at=CREATED, limits=Limits(), now=NOW) == Plan(Step.CHECK, at(40))
+    assert plan(running, created_at=CREATED, limits=Limits(), now=NOW, next_check=at(7)).at == at(7)
+    # A schedule pushed out too far (a huge Retry-After, a corrupt duration) still checks in time.
+    far = plan(running, created_at=CREATED, limits=Limits(), now=NOW, next_check=at(30 * 86400))
+    assert far.step is Step.CHECK
+    assert far.at is not None and far.at < NOW + RETENTION
+
+
+def test_a_running_job_without_a_schedule_is_checked_now() -> None:
+    restored = status(phase="Running", operationId="op")
+    assert plan(restored, created_at=CREATED, limits=Limits(), now=NOW) == Plan(Step.CHECK, NOW)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({}, Step.DEADLINE),
+        ({"phase": "Running", "operationId": "op"}, Step.DEADLINE),
+        ({"phase": "Pending", "nextAttemptAt": "2026-11-30T13:00:00Z"}, Step.DEADLINE),
+    ],
+)
+def test_a_job_past_its_deadline(fields: dict[str, object], expected: Step) -> None:
+    result = plan(status(**fields), created_at=CREATED, limits=Limits(deadline_seconds=60), now=NOW)
+    assert result == Plan(expected, NOW)
+
+
+def test_a_deadline_before_the_next_step_comes_first() -> None:
+    running = status(phase="Running", operationId="op", nextCheckAt=format_time(at(600)))
+    result = plan(running, created_at=CREATED, limits=Limits(deadline_seconds=400), now=NOW)
+    assert result == Plan(Step.DEADLINE, CREATED + timedelta(seconds=400))
+
+
+def test_finished_jobs_are_deleted_after_their_ttl_or_left_alone() -> None:
+    done = status(phase="Succeeded", completedAt=format_time(at(-10)))
+    assert plan(done, created_at=CREATED, limits=Limits(deadline_seconds=1), now=NOW) == Plan(Step.NOTHING)
+    assert plan(done, created_at=CREATED, limits=Limits(ttl_seconds=60), now=NOW) == Plan(Step.DELETE, at(50))
+    failed = status(phase="Failed")
+    assert plan(failed, created_at=CREATED, limits=Limits(ttl_seconds=0), now=NOW) == Plan(Step.DELETE, NOW)
+
+
+@pytest.mark.parametrize(
+    ("recorded", "policy", "limit", "expected"),
+    [
+        (1, "resubmit", 3, "resubmit"),
+        (2, "resubmit", 3, "resubmit"),
+        (3, "resubmit", 3, "fail"),
+        (1, "resubmit", 1, "fail"),
+        (1, "fail", 3, "fail"),
+    ],
+)
+def test_after_an_uncertain_submission(recorded: int, policy: str, limit: int, expected: str) -> None:
+    assert after_uncertain(recorded, policy, limit) == expected  # type: ignore[arg-type]

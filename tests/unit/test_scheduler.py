@@ -1,0 +1,290 @@
+"""The scheduler: when each job's step runs, one submission at a time, stale events ignored."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from speechkit_operator.config import Settings
+from speechkit_operator.logic.timestamps import format_time
+from speechkit_operator.scheduler import Scheduler
+from speechkit_operator.workflow import Job, StepResult
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def body(
+    name: str,
+    *,
+    status: Mapping[str, Any] | None = None,
+    created: datetime | None = None,
+    rv: str = "1",
+    spec: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "calls",
+            "uid": f"uid-{name}",
+            "resourceVersion": rv,
+            "creationTimestamp": format_time(created or now()),
+        },
+        "spec": dict(spec or {}),
+        "status": dict(status or {}),
+    }
+
+
+def running(name: str, *, rv: str = "2", next_check: datetime | None = None) -> dict[str, Any]:
+    status = {
+        "phase": "Running",
+        "reason": "Submitted",
+        "operationId": f"op-{name}",
+        "submittedAt": format_time(now()),
+    }
+    if next_check is not None:
+        status["nextCheckAt"] = format_time(next_check)
+    return body(name, status=status, rv=rv)
+
+
+@dataclass
+class FakeWorkflow:
+    """Records the steps; submissions can be held to see what runs at once."""
+
+    identity: str = "me-1"
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    hold_submissions: bool = False
+    submitting: int = 0
+    most_submitting: int = 0
+    check_results: dict[str, StepResult] = field(default_factory=dict)
+    fail_once: set[str] = field(default_factory=set)
+
+    @property
+    def jobs(self) -> FakeWorkflow:
+        return self
+
+    async def get(self, ref: Any) -> dict[str, Any] | None:
+        return running(ref.name, rv="99")
+
+    def scope_of(self, job: Job) -> str:
+        return "cloud"
+
+    async def submit(self, job: Job) -> StepResult:
+        self.calls.append(("submit", job.ref.name))
+        self.submitting += 1
+        self.most_submitting = max(self.most_submitting, self.submitting)
+        try:
+            if self.hold_submissions:
+                await self.release.wait()
+            if job.ref.name in self.fail_once:
+                self.fail_once.discard(job.ref.name)
+                raise RuntimeError("a bug")
+            return StepResult(
+                body=running(job.ref.name), next_check=now() + timedelta(seconds=0.05), checks=0
+            )
+        finally:
+            self.submitting -= 1
+
+    async def resolve_uncertain(self, job: Job) -> StepResult:
+        self.calls.append(("resolve", job.ref.name))
+        return StepResult(
+            body=body(job.ref.name, status={"phase": "Failed", "reason": "SubmissionUncertain"})
+        )
+
+    async def check(self, job: Job) -> StepResult:
+        self.calls.append(("check", job.ref.name))
+        result = self.check_results.get(job.ref.name)
+        if result is not None:
+            return result
+        done = {"phase": "Succeeded", "reason": "Succeeded", "operationId": job.status.operation_id}
+        return StepResult(body=body(job.ref.name, status=done, rv="3"), checks=job.checks + 1)
+
+    async def deadline(self, job: Job, seconds: int) -> StepResult:
+        self.calls.append(("deadline", job.ref.name))
+        return StepResult(body=body(job.ref.name, status={"phase": "Failed", "reason": "DeadlineExceeded"}))
+
+    async def delete(self, job: Job) -> StepResult:
+        self.calls.append(("delete", job.ref.name))
+        return StepResult(gone=True)
+
+    async def cancel(self, job: Job) -> None:
+        if job.status.operation_id and job.status.phase is not None and job.status.phase.value == "Running":
+            self.calls.append(("cancel", job.ref.name))
+
+
+@contextlib.asynccontextmanager
+async def running_scheduler(workflow: FakeWorkflow, **settings: Any) -> AsyncIterator[Scheduler]:
+    scheduler = Scheduler(workflow, Settings(**settings), sole_actor=settings.pop("sole_actor", True))  # type: ignore[arg-type]
+    scheduler.start()
+    try:
+        yield scheduler
+    finally:
+        await scheduler.stop(1.0)
+
+
+async def until(condition: Any, timeout: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_new_job_is_submitted_then_checked_then_left() -> None:
+    workflow = FakeWorkflow()
+    async with running_scheduler(workflow) as scheduler:
+        scheduler.observe(body("a"))
+        await until(lambda: ("check", "a") in workflow.calls)
+        await until(lambda: len(scheduler) == 0)  # finished: nothing more to do
+    assert workflow.calls == [("submit", "a"), ("check", "a")]
+
+
+async def test_submissions_run_one_at_a_time_oldest_first() -> None:
+    workflow = FakeWorkflow(hold_submissions=True)
+    base = now() - timedelta(minutes=10)
+    async with running_scheduler(workflow) as scheduler:
+        for index in (3, 1, 4, 0, 2):
+            scheduler.observe(body(f"j{index}", created=base + timedelta(seconds=index)))
+        await until(lambda: workflow.submitting == 1)
+        await asyncio.sleep(0.1)
+        assert workflow.most_submitting == 1
+        assert scheduler.queued() == 4
+        workflow.release.set()
+        await until(lambda: sum(1 for call in workflow.calls if call[0] == "submit") == 5)
+    submitted = [name for kind, name in workflow.calls if kind == "submit"]
+    assert submitted[1:] == ["j1", "j2", "j3", "j4"]  # j3 came first and took the free slot
+    assert workflow.most_submitting == 1
+
+
+async def test_checks_run_concurrently_within_the_limit() -> None:
+    workflow = FakeWorkflow()
+    gate = asyncio.Event()
+    active = 0
+    most = 0
+
+    async def slow_check(job: Job) -> StepResult:
+        nonlocal active, most
+        active += 1
+        most = max(most, active)
+        await gate.wait()
+        active -= 1
+        return StepResult(body=body(job.ref.name, status={"phase": "Succeeded"}))
+
+    workflow.check = slow_check  # type: ignore[method-assign]
+    async with running_scheduler(workflow, check_concurrency=3) as scheduler:
+        for index in range(8):
+            scheduler.observe(running(f"r{index}"))
+        await until(lambda: active == 3)
+        await asyncio.sleep(0.05)
+        assert most == 3
+        gate.set()
+        await until(lambda: len(scheduler) == 0)
+
+
+async def test_a_stale_event_never_leads_to_a_second_submission() -> None:
+    workflow = FakeWorkflow()
+    async with running_scheduler(workflow) as scheduler:
+        workflow.check_results["a"] = StepResult(next_check=now() + timedelta(hours=1), checks=1)
+        scheduler.observe(body("a"))
+        await until(lambda: ("check", "a") in workflow.calls)
+        # The watch stream delivers the job as it was before its submission was recorded.
+        scheduler.observe(body("a", rv="1"))
+        scheduler.observe(body("a", rv="7"))  # a newer version without the id: still an echo
+        await asyncio.sleep(0.2)
+    assert [call for call in workflow.calls if call[0] == "submit"] == [("submit", "a")]
+
+
+async def test_deleting_a_running_job_cancels_its_operation() -> None:
+    workflow = FakeWorkflow()
+    async with running_scheduler(workflow) as scheduler:
+        scheduler.observe(running("a", next_check=now() + timedelta(hours=1)))
+        scheduler.observe(running("a"), deleted=True)
+        await until(lambda: ("cancel", "a") in workflow.calls)
+        assert len(scheduler) == 0
+
+
+async def test_an_intent_of_a_dead_process_is_resolved_at_once_by_the_only_operator() -> None:
+    workflow = FakeWorkflow()
+    intent = {
+        "phase": "Pending",
+        "submission": {"nonce": "n1", "holder": "old-1", "startedAt": format_time(now())},
+    }
+    async with running_scheduler(workflow) as scheduler:
+        scheduler.observe(body("a", status=intent))
+        await until(lambda: ("resolve", "a") in workflow.calls)
+    assert ("submit", "a") not in workflow.calls
+
+
+async def test_without_leader_election_an_intent_of_another_operator_is_given_time() -> None:
+    workflow = FakeWorkflow()
+    intent = {
+        "phase": "Pending",
+        "submission": {"nonce": "n1", "holder": "other-1", "startedAt": format_time(now())},
+    }
+    async with running_scheduler(workflow, sole_actor=False, leader_election=False) as scheduler:
+        scheduler.observe(body("a", status=intent))
+        await asyncio.sleep(0.3)
+    assert workflow.calls == []
+
+
+async def test_a_finished_job_with_a_ttl_is_deleted_when_it_expires() -> None:
+    workflow = FakeWorkflow()
+    done = {"phase": "Succeeded", "completedAt": format_time(now())}
+    async with running_scheduler(workflow) as scheduler:
+        scheduler.observe(body("keep", status=done))
+        scheduler.observe(body("drop", status=done, spec={"ttlSecondsAfterFinished": 0}))
+        await until(lambda: ("delete", "drop") in workflow.calls)
+        assert len(scheduler) == 0
+    assert ("delete", "keep") not in workflow.calls
+
+
+async def test_a_job_past_its_deadline_ends() -> None:
+    workflow = FakeWorkflow()
+    async with running_scheduler(workflow) as scheduler:
+        old = running("a", next_check=now() + timedelta(hours=1))
+        old["spec"] = {"activeDeadlineSeconds": 60}
+        old["metadata"]["creationTimestamp"] = format_time(now() - timedelta(minutes=2))
+        scheduler.observe(old)
+        await until(lambda: ("deadline", "a") in workflow.calls)
+
+
+async def test_a_step_that_raises_is_tried_again_later_not_in_a_loop() -> None:
+    workflow = FakeWorkflow(fail_once={"a"})
+    async with running_scheduler(workflow) as scheduler:
+        scheduler.observe(body("a"))
+        await until(lambda: ("submit", "a") in workflow.calls)
+        await asyncio.sleep(0.3)
+        assert workflow.calls.count(("submit", "a")) == 1  # the retry waits a minute
+        assert len(scheduler) == 1
+
+
+async def test_stop_waits_for_the_submission_in_flight() -> None:
+    workflow = FakeWorkflow(hold_submissions=True)
+    scheduler = Scheduler(workflow, Settings())  # type: ignore[arg-type]
+    scheduler.start()
+    scheduler.observe(body("a"))
+    await until(lambda: workflow.submitting == 1)
+    stopping = asyncio.create_task(scheduler.stop(5.0))
+    await asyncio.sleep(0.1)
+    assert not stopping.done()
+    workflow.release.set()
+    await asyncio.wait_for(stopping, 2)
+    assert workflow.submitting == 0
+
+
+@pytest.mark.parametrize("jobs", [2000])
+async def test_many_idle_jobs_cost_no_work(jobs: int) -> None:
+    workflow = FakeWorkflow()
+    async with running_scheduler(workflow) as scheduler:
+        for index in range(jobs):
+            scheduler.observe(running(f"r{index}", next_check=now() + timedelta(hours=1)))
+        await asyncio.sleep(0.2)
+        assert len(scheduler) == jobs
+    assert workflow.calls == []
