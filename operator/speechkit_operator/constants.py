@@ -10,6 +10,6 @@ JOB_PLURAL = "transcriptionjobs"
 FINALIZER = f"{GROUP}/finalizer"
 ANNOTATION_PREFIX = GROUP
 
-#: The operation id, also kept in an annotation: kopf writes metadata before status, so if the
-#: operator dies between the two writes, the id survives here and the status is restored from it.
-OPERATION_ANNOTATION = f"{GROUP}/operation-id"
+#: Where version 0.1.0 kept a copy of the operation id. Nothing reads it any more: a job copied
+#: from an old one carries it along, and must not adopt the other job's operation.
+LEGACY_OPERATION_ANNOTATION = f"{GROUP}/operation-id"

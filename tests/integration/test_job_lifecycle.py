@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from speechkit_operator.constants import GROUP, JOB_PLURAL, OPERATION_ANNOTATION, VERSION
+from speechkit_operator.constants import GROUP, JOB_PLURAL, LEGACY_OPERATION_ANNOTATION, VERSION
 from tests.emulator import SpeechKitEmulator
 from tests.integration.conftest import NAMESPACE, Cluster, Starter, upload
 from tests.support.audio import reference_text
@@ -387,7 +387,7 @@ async def test_a_copied_manifest_is_a_new_job_and_never_adopts_another_jobs_oper
                 "namespace": NAMESPACE,
                 "annotations": {
                     # What 0.1.0 kept in its jobs; a copy carries it along.
-                    OPERATION_ANNOTATION: original["operationId"],
+                    LEGACY_OPERATION_ANNOTATION: original["operationId"],
                     f"{GROUP}/last-handled-configuration": json.dumps({"spec": copied_spec}) + "\n",
                 },
             },

@@ -117,15 +117,6 @@ def submitted(facts: Facts, *, operation_id: str, audio: AudioInfo, first_check:
     return status
 
 
-def restored(facts: Facts, *, operation_id: str) -> Status:
-    """The status of a job whose operation id survived only in its annotation: check it now."""
-    message = f"operation {operation_id} restored from the job's annotation after an interrupted status write"
-    status = _base(facts, Phase.RUNNING, "Restored", message)
-    status.update(operationId=operation_id, submittedAt=facts.stamp, nextCheckAt=facts.stamp, checks=0)
-    status["conditions"] = _conditions(facts, (ConditionType.SUBMITTED, "True", "Submitted", message))
-    return status
-
-
 def checked(
     facts: Facts, *, checks: int, next_check: datetime, reason: str = "Running", message: str | None = None
 ) -> Status:
