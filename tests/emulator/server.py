@@ -217,6 +217,9 @@ class SpeechKitEmulator:
 
         #: key suffix -> channelTag -> words; the first suffix the audio path ends with is recognised.
         self.transcripts: dict[str, dict[str, list[tuple[str, float, float]]]] = {}
+        #: Operations on audio whose path ends with a key here finish with that ``response``
+        #: object verbatim (a result of a shape the operator does not know, for instance).
+        self.raw_responses: dict[str, dict[str, Any]] = {}
         #: Requests received per endpoint ("submit", "operation", "token"), whatever was answered.
         self.counts: collections.Counter[str] = collections.Counter()
         #: JSON bodies of accepted submissions, in order.
@@ -537,8 +540,16 @@ class SpeechKitEmulator:
             self._finish(operation, error={"code": rule.code, "message": rule.message, "details": []})
         elif download_error is not None:
             self._finish(operation, error={"code": 3, "message": download_error, "details": []})
+        elif (raw := self._raw_response_for(operation)) is not None:
+            self._finish(operation, response=raw)
         else:
             self._finish(operation, response=build_response(self._transcript_for(operation)))
+
+    def _raw_response_for(self, operation: EmulatedOperation) -> dict[str, Any] | None:
+        for suffix, response in self.raw_responses.items():
+            if operation.audio_path.endswith(suffix):
+                return response
+        return None
 
     @staticmethod
     def _finish(
