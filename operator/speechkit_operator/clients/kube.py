@@ -164,30 +164,44 @@ class JobStore:
         return self._api
 
     def _request_blocking(self, method: str, path: str, body: Any, content_type: str) -> dict[str, Any]:
-        api = self._client()
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        try:
-            serialized = api.param_serialize(
-                method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
-            )
-            response = api.call_api(*serialized, _request_timeout=self._timeout)
-            response.read()  # type: ignore[no-untyped-call]
-        except ApiException as exc:
-            raise KubeError(
-                f"{method} {path}: HTTP {exc.status} {exc.reason}", int(exc.status or 0)
-            ) from None
-        except Exception as exc:  # connection errors of urllib3 and the like
-            raise KubeError(f"{method} {path}: {type(exc).__name__}") from None
-        status = int(response.status)
+        status, data = raw_request(
+            self._client(), method, path, body, content_type=content_type, timeout=self._timeout
+        )
         if status >= 400:
             raise KubeError(f"{method} {path}: HTTP {status}", status)
-        try:
-            data = json.loads(response.data or b"{}")
-        except ValueError:
-            return {}
-        return data if isinstance(data, dict) else {}
+        return data
+
+
+def raw_request(
+    api: kubernetes.client.ApiClient,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    content_type: str = "application/json",
+    timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[int, dict[str, Any]]:
+    """One request with the client's credentials, JSON in and out, no models: the HTTP status and
+    the JSON object of the answer ({} when it is not one). Raises :class:`KubeError` when no
+    answer came."""
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = content_type
+    try:
+        serialized = api.param_serialize(
+            method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
+        response = api.call_api(*serialized, _request_timeout=timeout)
+        response.read()  # type: ignore[no-untyped-call]
+    except ApiException as exc:
+        return int(exc.status or 0), {}
+    except Exception as exc:  # connection errors of urllib3 and the like
+        raise KubeError(f"{method} {path}: {type(exc).__name__}") from None
+    try:
+        data = json.loads(response.data or b"{}")
+    except ValueError:
+        data = {}
+    return int(response.status), data if isinstance(data, dict) else {}
 
 
 def _job_path(job: JobRef) -> str:

@@ -12,7 +12,6 @@ busy event loop cannot delay a renewal.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -23,7 +22,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kubernetes
-from kubernetes.client.exceptions import ApiException
+
+from speechkit_operator.clients.kube import KubeError, raw_request
 
 logger = logging.getLogger(__name__)
 
@@ -175,23 +175,10 @@ class LeaseLock:
     def _request(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
         if self._api is None:
             self._api = self._factory()
-        api = self._api
-        headers = {"Accept": "application/json", "Content-Type": "application/json"}
         try:
-            serialized = api.param_serialize(
-                method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
-            )
-            response = api.call_api(*serialized, _request_timeout=TIMEOUT)
-            response.read()  # type: ignore[no-untyped-call]
-        except ApiException as exc:
-            return int(exc.status or 0), {}
-        except Exception as exc:
-            raise LeaseError(f"{method} {path}: {type(exc).__name__}") from None
-        try:
-            data = json.loads(response.data or b"{}")
-        except ValueError:
-            data = {}
-        return int(response.status), data if isinstance(data, dict) else {}
+            return raw_request(self._api, method, path, body, timeout=TIMEOUT)
+        except KubeError as exc:
+            raise LeaseError(str(exc)) from None
 
 
 class LeaderElector:
