@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -12,6 +11,7 @@ import pytest
 
 from speechkit_operator.logs import configure_logging
 from tests.integration.conftest import NAMESPACE, Cluster, Starter, upload
+from tests.support.logging_state import logging_restored
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -22,21 +22,10 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def json_log() -> Iterator[io.StringIO]:
     """The operator's log as ``run --log-format json`` writes it; pytest's handlers restored after."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    kopf_objects = logging.getLogger("kopf.objects")
-    kopf_level = kopf_objects.level
-    out = io.StringIO()
-    configure_logging(log_format="json", stream=out)
-    try:
+    with logging_restored():
+        out = io.StringIO()
+        configure_logging(log_format="json", stream=out)
         yield out
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
-        kopf_objects.setLevel(kopf_level)
 
 
 async def test_info_is_for_phase_changes_and_names_the_job(

@@ -11,25 +11,13 @@ import pytest
 
 from speechkit_operator.cli import _parser
 from speechkit_operator.logs import configure_logging, job_fields
+from tests.support.logging_state import logging_restored
 
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
-    """configure_logging replaces the root handlers (pytest's too): put everything back."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    names = ("kopf.objects", "urllib3", "botocore", "boto3", "s3transfer", "kubernetes", "aiohttp.access")
-    levels = {name: logging.getLogger(name).level for name in names}
-    try:
+    with logging_restored():
         yield
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
-        for name, saved in levels.items():
-            logging.getLogger(name).setLevel(saved)
 
 
 def kopf_object_record(logger: logging.Logger, message: str, level: int = logging.INFO) -> None:
