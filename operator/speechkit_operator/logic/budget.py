@@ -1,0 +1,122 @@
+"""Quota budgets: a token bucket per quota scope and kind of call, that learns a lower quota.
+
+SpeechKit allows, per cloud, a number of calls per window (500 submissions and 2,500 v2 checks an
+hour by default). A bucket of ``capacity`` tokens refilled at ``rate`` per second never allows more
+than ``capacity + rate * window`` calls in any window; with ``rate = quota * share / window`` and
+``capacity = quota * (1 - share)`` that is the quota itself, while a backlog still gets ``share``
+of it (99% by default).
+
+A 429 means the real quota is lower than configured (or shared with another client): the rate is
+halved and the bucket waits for ``Retry-After`` (or one token's time); each success afterwards
+adds back a hundredth of the configured rate (additive increase, multiplicative decrease).
+
+Pure: every method takes ``now`` (seconds, any monotonic origin); nothing reads a clock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+#: The lowest rate a bucket learns, as a share of the configured one.
+MIN_RATE_SHARE = 1 / 64
+#: How much of the configured rate each success gives back after a 429.
+RECOVERY_SHARE = 1 / 100
+
+
+@dataclass
+class TokenBucket:
+    max_rate: float  # tokens per second, as configured
+    capacity: float  # the most tokens it holds (the burst)
+    rate: float = 0.0  # the rate in force (lowered by 429s)
+    tokens: float = 0.0
+    updated: float = 0.0
+    blocked_until: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0:
+            self.rate = self.max_rate
+
+    @classmethod
+    def for_quota(
+        cls, quota: float, window_seconds: float, *, share: float, now: float, full: bool = False
+    ) -> TokenBucket:
+        """A bucket that keeps within ``quota`` calls per ``window_seconds``, using ``share`` of it.
+
+        A new bucket starts empty unless ``full``: after a restart the previous process may have used
+        the current window, so the first window gets at most the quota."""
+        rate = quota * share / window_seconds
+        capacity = max(1.0, math.floor(quota * (1 - share)))
+        return cls(max_rate=rate, capacity=capacity, tokens=capacity if full else 0.0, updated=now)
+
+    def _refill(self, now: float) -> None:
+        if now > self.updated:
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+
+    def available(self, now: float) -> float:
+        """Whole tokens available at ``now`` (0 while blocked)."""
+        self._refill(now)
+        return 0.0 if now < self.blocked_until else math.floor(self.tokens)
+
+    def ready_at(self, now: float) -> float:
+        """The earliest time a token can be taken (``now`` when one can)."""
+        self._refill(now)
+        missing = max(0.0, 1.0 - self.tokens)
+        return max(self.blocked_until, now + missing / self.rate)
+
+    def take(self, now: float) -> bool:
+        """Take one token if there is one; True when taken."""
+        self._refill(now)
+        if now < self.blocked_until or self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+    def give_back(self, now: float) -> None:
+        """A token taken for a call that was never made (the job was not ready after all)."""
+        self._refill(now)
+        self.tokens = min(self.capacity, self.tokens + 1.0)
+
+    def refused(self, now: float, retry_after: float | None) -> None:
+        """The API answered 429: halve the rate, empty the bucket and wait (Retry-After, else one
+        token's time at the new rate)."""
+        self._refill(now)
+        self.rate = max(self.max_rate * MIN_RATE_SHARE, self.rate / 2)
+        self.tokens = 0.0
+        wait = retry_after if retry_after is not None and retry_after > 0 else 1.0 / self.rate
+        self.blocked_until = max(self.blocked_until, now + wait)
+
+    def succeeded(self, now: float) -> None:
+        """A call went through: win back a little of the configured rate."""
+        self._refill(now)
+        self.rate = min(self.max_rate, self.rate + self.max_rate * RECOVERY_SHARE)
+
+
+@dataclass
+class ConcurrencyWindow:
+    """For a backend without an hourly quota (the self-hosted service): how many operations may
+    run at once, learned from its 429s (halved on each; one more after each success, up to ``limit``)."""
+
+    limit: int
+    size: float = 0.0
+    in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size <= 0:
+            self.size = float(max(1, self.limit // 4))
+
+    def has_room(self) -> bool:
+        return self.in_flight < math.floor(self.size)
+
+    def started(self) -> None:
+        self.in_flight += 1
+
+    def finished(self) -> None:
+        self.in_flight = max(0, self.in_flight - 1)
+
+    def refused(self) -> None:
+        self.size = max(1.0, self.size / 2)
+
+    def succeeded(self) -> None:
+        self.size = min(float(self.limit), self.size + 1.0)

@@ -1,0 +1,112 @@
+"""Quota budgets: never more than the quota in any window, at least 99% of it with a backlog."""
+
+from __future__ import annotations
+
+import bisect
+
+import pytest
+
+from speechkit_operator.logic.budget import ConcurrencyWindow, TokenBucket
+
+HOUR = 3600.0
+
+
+def taken_at(bucket: TokenBucket, *, until: float, step: float) -> list[float]:
+    """A backlog that never runs dry, served as the scheduler serves it: at ``ready_at``, or
+    ``step`` seconds later (a loop that wakes late)."""
+    times = []
+    now = 0.0
+    while now < until:
+        if bucket.take(now):
+            times.append(now)
+        now = max(now + 1e-6, bucket.ready_at(now)) if step == 0 else now + step
+    return times
+
+
+def most_in_any_window(times: list[float], window: float) -> int:
+    return max(
+        (bisect.bisect_left(times, start + window) - index for index, start in enumerate(times)), default=0
+    )
+
+
+@pytest.mark.parametrize(("quota", "step"), [(500, 0), (2500, 0), (100, 0), (7, 0), (500, 0.5), (2500, 0.1)])
+def test_a_backlog_never_exceeds_the_quota_in_any_window_and_gets_99_percent(quota: int, step: float) -> None:
+    bucket = TokenBucket.for_quota(quota, HOUR, share=0.99, now=0.0)
+    times = taken_at(bucket, until=4 * HOUR, step=step)
+    assert most_in_any_window(times, HOUR) <= quota
+    # In steady state (after the first hour), at least 99% of the quota per hour.
+    per_hour = [sum(1 for t in times if start <= t < start + HOUR) for start in (HOUR, 2 * HOUR)]
+    assert min(per_hour) >= 0.99 * quota - 1
+
+
+def test_a_new_bucket_starts_empty_so_a_restart_makes_no_burst() -> None:
+    bucket = TokenBucket.for_quota(500, HOUR, share=0.99, now=100.0)
+    assert bucket.available(100.0) == 0
+    assert not bucket.take(100.0)
+    assert bucket.ready_at(100.0) == pytest.approx(100.0 + HOUR / (500 * 0.99))
+    full = TokenBucket.for_quota(500, HOUR, share=0.99, now=0.0, full=True)
+    assert full.available(0.0) == 5
+
+
+def test_a_429_halves_the_rate_and_waits_for_retry_after() -> None:
+    bucket = TokenBucket.for_quota(500, HOUR, share=0.99, now=0.0, full=True)
+    assert bucket.take(0.0)
+    bucket.refused(0.0, retry_after=30.0)
+    assert bucket.rate == pytest.approx(bucket.max_rate / 2)
+    assert not bucket.take(29.0)
+    assert bucket.ready_at(1.0) >= 30.0
+    # Without Retry-After: one token's time at the lowered rate.
+    other = TokenBucket.for_quota(500, HOUR, share=0.99, now=0.0, full=True)
+    other.refused(10.0, retry_after=None)
+    assert other.blocked_until == pytest.approx(10.0 + 1 / other.rate)
+
+
+def test_a_lower_real_quota_is_learned_not_hammered() -> None:
+    """The real quota is 100 an hour though 500 are configured: count the 429s over 3 hours."""
+    bucket = TokenBucket.for_quota(500, HOUR, share=0.99, now=0.0)
+    accepted: list[float] = []
+    refusals = 0
+    now = 0.0
+    while now < 3 * HOUR:
+        if bucket.take(now):
+            if most_in_any_window([*accepted, now], HOUR) > 100:
+                refusals += 1
+                bucket.refused(now, retry_after=None)
+            else:
+                accepted.append(now)
+                bucket.succeeded(now)
+        now += 1.0
+    assert len(accepted) >= 0.8 * 300  # most of what the real quota allows ...
+    assert refusals <= 0.2 * len(accepted)  # ... with few refusals, not one per waiting job
+
+
+def test_successes_win_the_rate_back_up_to_the_configured_one() -> None:
+    bucket = TokenBucket.for_quota(500, HOUR, share=0.99, now=0.0)
+    bucket.refused(0.0, None)
+    bucket.refused(0.0, None)
+    assert bucket.rate == pytest.approx(bucket.max_rate / 4)
+    for _ in range(200):
+        bucket.succeeded(0.0)
+    assert bucket.rate == bucket.max_rate
+
+
+def test_a_token_not_used_is_given_back() -> None:
+    bucket = TokenBucket.for_quota(500, HOUR, share=0.99, now=0.0, full=True)
+    assert bucket.take(0.0)
+    bucket.give_back(0.0)
+    assert bucket.available(0.0) == 5
+
+
+def test_the_self_hosted_window_learns_its_concurrency() -> None:
+    window = ConcurrencyWindow(limit=16)
+    assert window.size == 4
+    for _ in range(4):
+        assert window.has_room()
+        window.started()
+    assert not window.has_room()
+    window.refused()
+    assert window.size == 2
+    window.finished()
+    for _ in range(30):
+        window.succeeded()
+    assert window.size == 16
