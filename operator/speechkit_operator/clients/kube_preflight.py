@@ -64,6 +64,8 @@ def lease_permissions(name: str) -> tuple[Permission, ...]:
         Permission("get", "leases", "coordination.k8s.io", name=name),
         Permission("update", "leases", "coordination.k8s.io", name=name),
     )
+
+
 #: kopf watches CRDs cluster-wide whatever the scope.
 CLUSTER_PERMISSIONS = (
     Permission("list", "customresourcedefinitions", "apiextensions.k8s.io"),
