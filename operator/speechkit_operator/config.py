@@ -5,9 +5,10 @@ Every field is documented in README.md ("Configuration"); keep the two in step.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import Field, FilePath, HttpUrl, field_validator, model_validator
+from pydantic import Field, FilePath, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -26,6 +27,9 @@ class Settings(BaseSettings):
     backend: Literal["cloud", "self-hosted"] = "cloud"
     #: Base URL of the self-hosted service, e.g. ``http://speechkit-recognizer.speech:8088``.
     self_hosted_url: HttpUrl | None = None
+    #: API key for the self-hosted service (``Authorization: Api-Key``), used for self-hosted jobs that
+    #: name no credentials Secret. The Helm chart sets it to the key it generates for the service.
+    self_hosted_api_key: SecretStr | None = None
     #: Base URL of the v2 submission API (``POST /speech/stt/v2/longRunningRecognize``).
     stt_url: HttpUrl = HttpUrl("https://transcribe.api.cloud.yandex.net")
     #: Base URL of the Operations API (``GET /operations/{id}``).
@@ -56,6 +60,13 @@ class Settings(BaseSettings):
     storage_endpoint: HttpUrl = HttpUrl("https://storage.yandexcloud.net")
     #: S3 region used when the storage Secret has no ``region``.
     storage_region: str = "ru-central1"
+    #: Endpoints a storage Secret's ``endpoint`` may name besides ``storage_endpoint`` (always
+    #: allowed), comma-separated patterns ``scheme://host[:port]``: ``*`` in the host matches any
+    #: characters (``https://*.example.net``); no port means the scheme's default port, ``:*`` any
+    #: port. Empty: only ``storage_endpoint``. Any other endpoint is refused
+    #: (``StorageEndpointNotAllowed``), so that users who may create Secrets cannot make the operator
+    #: connect where they choose.
+    storage_endpoints: Annotated[tuple[str, ...], NoDecode] = ()
     #: Give SpeechKit a presigned URL of the source (needed by MinIO and the self-hosted service;
     #: Yandex Object Storage ignores the signature and checks the service account's rights).
     presign_source_urls: bool = True
@@ -83,6 +94,17 @@ class Settings(BaseSettings):
     #: Seconds after finishing after which a job is deleted when its spec sets no
     #: ``ttlSecondsAfterFinished``; unset: finished jobs are kept.
     default_ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+
+    # --- Quotas (cloud backend) ----------------------------------------------------------------
+    #: The window SpeechKit's quotas are counted in (an hour); benchmarks compress it.
+    quota_window_seconds: float = Field(default=3600.0, gt=0)
+    #: Submissions per window per quota scope (SpeechKit's default: 500 an hour per cloud).
+    submit_quota: int = Field(default=500, ge=1)
+    #: v2 operation checks per window per quota scope (SpeechKit's default: 2,500 an hour).
+    check_quota: int = Field(default=2500, ge=1)
+    #: The share of each quota used steadily; the rest is the burst allowance, so that no window
+    #: ever holds more calls than the quota.
+    quota_share: float = Field(default=0.99, gt=0, lt=1)
 
     # --- Scheduling -----------------------------------------------------------------------------
     #: Checks (and other steps but submissions) that may run at once.
@@ -165,3 +187,31 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("storage_endpoints", mode="before")
+    @classmethod
+    def _split_endpoints(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            return tuple(str(part).strip().lower().rstrip("/") for part in value if str(part).strip())
+        return value
+
+    @field_validator("storage_endpoints")
+    @classmethod
+    def _check_endpoints(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            found = _ENDPOINT_PATTERN.fullmatch(pattern)
+            port = found.group(4) if found else None
+            if not found or (port not in (None, "*") and not 0 < int(port) < 65536):
+                raise ValueError(
+                    f"{pattern!r} is not an endpoint pattern: write scheme://host or scheme://host:port "
+                    "(scheme http or https; * is a wildcard in the host, and may be the port)"
+                )
+        return value
+
+
+#: ``scheme://host[:port]`` with ``*`` wildcards in the host and ``*`` as a port, or an IPv6 literal.
+_ENDPOINT_PATTERN = re.compile(
+    r"https?://([a-z0-9*]([a-z0-9*.-]*[a-z0-9*])?|\[[0-9a-f:.]+\])(:(\*|[0-9]{1,5}))?"
+)

@@ -4,8 +4,10 @@ kopf's watch stream feeds :meth:`Scheduler.observe` (no per-object timers, daemo
 an idle job costs a dictionary entry and a heap item). The loop sleeps until the earliest due time,
 asks :func:`speechkit_operator.logic.lifecycle.plan` what each due job needs, and runs it:
 
-- submissions go to one queue per quota scope, served one at a time, so a crash leaves at most one
-  submission uncertain;
+- submissions go to one fair queue per quota scope (priority, then namespaces take turns, then age),
+  served one at a time, so a crash leaves at most one submission uncertain, and paced by the
+  scope's submission budget; a job that has to wait says so once (phase ``Queued``);
+- due checks are paced by the scope's check budget, the most overdue first;
 - checks, deadlines and deletions run concurrently, within ``check_concurrency``.
 
 A job has at most one step running at a time. What a step learns (the next check, the checks made,
@@ -19,6 +21,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -27,6 +30,8 @@ from typing import Any
 from speechkit_operator.clients.kube import KubeError
 from speechkit_operator.config import Settings
 from speechkit_operator.logic import lifecycle
+from speechkit_operator.logic.budget import TokenBucket
+from speechkit_operator.logic.queueing import FairQueue
 from speechkit_operator.logic.timestamps import parse_time, utcnow
 from speechkit_operator.models.job import JobRef, JobStatus, Phase
 from speechkit_operator.workflow import Job, JobWorkflow, StepResult
@@ -47,6 +52,8 @@ class _Entry:
     next_attempt: datetime | None = None
     busy: bool = False
     deleted: bool = False
+    #: The Queued status write in flight, if any (the submission waits for it).
+    notice: asyncio.Task[Any] | None = None
     #: Bumped on every (re)scheduling; heap items of an older version are ignored.
     version: int = 0
 
@@ -59,12 +66,18 @@ class _Due:
     version: int = field(compare=False)
 
 
-@dataclass(order=True)
-class _Queued:
-    """A job waiting for its turn to be submitted: higher priority first, then older first."""
+@dataclass
+class _Scope:
+    """One quota scope: its waiting submissions, its due checks, and its budgets (cloud only)."""
 
-    key: tuple[int, float, str]
-    uid: str = field(compare=False)
+    name: str
+    submits: TokenBucket | None
+    checks: TokenBucket | None
+    queue: FairQueue = field(default_factory=FairQueue)
+    queue_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    due_checks: list[tuple[float, int, str]] = field(default_factory=list)
+    checks_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 class Scheduler:
@@ -86,10 +99,10 @@ class Scheduler:
         self._heap: list[_Due] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
-        self._queues: dict[str, list[_Queued]] = {}
-        self._queue_ready: dict[str, asyncio.Event] = {}
+        self._scopes: dict[str, _Scope] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._submitters: dict[str, asyncio.Task[None]] = {}
+        self._started = time.monotonic()
+        self._started_at = clock()
         self._limit = asyncio.Semaphore(settings.check_concurrency)
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -102,8 +115,25 @@ class Scheduler:
     def queued(self, scope: str | None = None) -> int:
         """Jobs waiting for their turn to be submitted."""
         if scope is not None:
-            return len(self._queues.get(scope, ()))
-        return sum(len(queue) for queue in self._queues.values())
+            return len(self._scopes[scope].queue) if scope in self._scopes else 0
+        return sum(len(each.queue) for each in self._scopes.values())
+
+    def _scope(self, name: str) -> _Scope:
+        scope = self._scopes.get(name)
+        if scope is None:
+            submits = checks = None
+            if self.settings.backend == "cloud":
+                # Budgets start empty: the previous process may have used the current window.
+                settings, now = self.settings, time.monotonic()
+                window, share = settings.quota_window_seconds, settings.quota_share
+                submits = TokenBucket.for_quota(settings.submit_quota, window, share=share, now=now)
+                checks = TokenBucket.for_quota(settings.check_quota, window, share=share, now=now)
+            scope = self._scopes[name] = _Scope(name, submits, checks)
+            scope.tasks = [
+                asyncio.create_task(self._submitter(scope), name=f"submitter-{name}"),
+                asyncio.create_task(self._checker(scope), name=f"checker-{name}"),
+            ]
+        return scope
 
     def observe(self, body: Mapping[str, Any], *, deleted: bool = False) -> None:
         """A job as the watch stream delivered it (or ``deleted``)."""
@@ -130,7 +160,9 @@ class Scheduler:
                 job=job,
                 created_at=parse_time(meta.get("creationTimestamp")) or self.clock(),
                 limits=self._limits(spec),
+                priority=_priority(spec),
             )
+            self._debit_earlier_submission(entry)
         elif not self._is_newer(entry, version, status):
             return
         else:
@@ -151,8 +183,21 @@ class Scheduler:
         intent = status.submission
         return not (intent is not None and intent.holder == self.workflow.identity and not entry.busy)
 
+    def _debit_earlier_submission(self, entry: _Entry) -> None:
+        """A submission made before this process started, within the quota window, still counts:
+        after a restart the operator does not exceed the quota in its first window."""
+        submitted = parse_time(entry.job.status.submitted_at)
+        window = timedelta(seconds=self.settings.quota_window_seconds)
+        if submitted is None or not self._started_at - window < submitted <= self._started_at:
+            return
+        bucket = self._scope(self.workflow.scope_of(entry.job)).submits
+        if bucket is not None:
+            bucket.tokens -= 1.0
+
     def _forget(self, uid: str, entry: _Entry) -> None:
         del self._jobs[uid]
+        for scope in self._scopes.values():
+            scope.queue.discard(uid)
         entry.deleted = True
         if not entry.busy:
             self._spawn(self.workflow.cancel(entry.job))
@@ -232,15 +277,17 @@ class Scheduler:
         ``grace`` seconds to finish, then cancel what is left."""
         self._stopping = True
         self._wake.set()
-        for event in self._queue_ready.values():
-            event.set()
+        for scope in self._scopes.values():
+            scope.queue_changed.set()
+            scope.checks_changed.set()
         running = {task for task in self._tasks if not task.done()}
         if running:
             logger.info("waiting up to %.0fs for %d steps in flight", grace, len(running))
             _, pending = await asyncio.wait(running, timeout=grace)
             for task in pending:
                 task.cancel()
-        for task in [*self._submitters.values(), *([self._loop_task] if self._loop_task else [])]:
+        loops = [task for scope in self._scopes.values() for task in scope.tasks]
+        for task in [*loops, *([self._loop_task] if self._loop_task else [])]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -259,7 +306,9 @@ class Scheduler:
             return
         entry.busy = True
         if step is lifecycle.Step.CHECK:
-            self._spawn(self._step(entry, self.workflow.check, limited=True))
+            scope = self._scope(self.workflow.scope_of(entry.job))
+            heapq.heappush(scope.due_checks, (plan.at.timestamp(), next(self._seq), _uid(entry)))
+            scope.checks_changed.set()
         elif step is lifecycle.Step.DEADLINE:
             seconds = entry.limits.deadline_seconds or 0
             self._spawn(self._step(entry, lambda job: self.workflow.deadline(job, seconds), limited=True))
@@ -270,35 +319,88 @@ class Scheduler:
 
     def _enqueue(self, entry: _Entry) -> None:
         entry.busy = True
-        scope = self.workflow.scope_of(entry.job)
-        queue = self._queues.setdefault(scope, [])
-        heapq.heappush(
-            queue, _Queued((-entry.priority, entry.created_at.timestamp(), entry.job.ref.name), _uid(entry))
+        scope = self._scope(self.workflow.scope_of(entry.job))
+        uid = _uid(entry)
+        ref = entry.job.ref
+        scope.queue.push(
+            uid,
+            namespace=ref.namespace,
+            priority=entry.priority,
+            created=entry.created_at.timestamp(),
+            name=ref.name,
         )
-        self._queue_ready.setdefault(scope, asyncio.Event()).set()
-        if scope not in self._submitters:
-            self._submitters[scope] = asyncio.create_task(self._submitter(scope), name=f"submitter-{scope}")
+        scope.queue_changed.set()
+        if scope.submits is None or entry.job.status.submission is not None:
+            return
+        now = time.monotonic()
+        position = scope.queue.position(uid) or 1
+        wait = scope.submits.ready_at(now) - now + (position - 1) / scope.submits.rate
+        if wait > 1.0 and entry.job.status.phase is not Phase.QUEUED:
+            eta = self.clock() + timedelta(seconds=wait)
+            entry.notice = asyncio.ensure_future(self._notify_queued(entry, position, eta))
 
-    async def _submitter(self, scope: str) -> None:
-        queue = self._queues[scope]
-        ready = self._queue_ready[scope]
+    async def _notify_queued(self, entry: _Entry, position: int, eta: datetime) -> None:
+        try:
+            result = await self.workflow.queued(entry.job, position=position, eta=eta)
+        except Exception:
+            logger.exception("job %s: could not say it is queued", entry.job.ref, extra=entry.job.ref.log)
+            return
+        if result.body is not None:
+            self._refresh_from(entry, result.body)
+
+    async def _wait_for(self, event: asyncio.Event, until: float | None = None) -> None:
+        """Sleep until ``event`` is set or the monotonic time ``until`` comes (forever: None)."""
+        event.clear()
+        timeout = None if until is None else max(0.0, until - time.monotonic())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    async def _submitter(self, scope: _Scope) -> None:
+        """The scope's submissions, one at a time, in the queue's order, within its budget."""
         while not self._stopping:
-            if not queue:
-                ready.clear()
-                await ready.wait()
+            if not scope.queue:
+                await self._wait_for(scope.queue_changed)
                 continue
-            item = heapq.heappop(queue)
-            entry = self._jobs.get(item.uid)
+            bucket = scope.submits
+            if bucket is not None and not bucket.take(time.monotonic()):
+                await self._wait_for(scope.queue_changed, bucket.ready_at(time.monotonic()))
+                continue
+            uid = scope.queue.pop()
+            entry = self._jobs.get(uid) if uid is not None else None
             if entry is None:
+                if bucket is not None:
+                    bucket.give_back(time.monotonic())
                 continue
+            if entry.notice is not None:
+                with contextlib.suppress(Exception):
+                    await entry.notice
+                entry.notice = None
             if entry.job.status.submission is not None and not entry.job.status.operation_id:
                 action: Callable[[Job], Awaitable[StepResult]] = self.workflow.resolve_uncertain
             else:
                 action = self.workflow.submit
-            task = asyncio.create_task(self._step(entry, action))
+            task = asyncio.create_task(self._step(entry, action, budget=bucket))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             await asyncio.wait({task})
+
+    async def _checker(self, scope: _Scope) -> None:
+        """The scope's due checks, the most overdue first, within its budget."""
+        while not self._stopping:
+            if not scope.due_checks:
+                await self._wait_for(scope.checks_changed)
+                continue
+            bucket = scope.checks
+            if bucket is not None and not bucket.take(time.monotonic()):
+                await self._wait_for(scope.checks_changed, bucket.ready_at(time.monotonic()))
+                continue
+            _, _, uid = heapq.heappop(scope.due_checks)
+            entry = self._jobs.get(uid)
+            if entry is None:
+                if bucket is not None:
+                    bucket.give_back(time.monotonic())
+                continue
+            self._spawn(self._step(entry, self.workflow.check, limited=True, budget=bucket))
 
     # -- running a step ------------------------------------------------------------------------
 
@@ -308,7 +410,12 @@ class Scheduler:
         task.add_done_callback(self._tasks.discard)
 
     async def _step(
-        self, entry: _Entry, action: Callable[[Job], Awaitable[StepResult]], *, limited: bool = False
+        self,
+        entry: _Entry,
+        action: Callable[[Job], Awaitable[StepResult]],
+        *,
+        limited: bool = False,
+        budget: TokenBucket | None = None,
     ) -> None:
         try:
             if limited:
@@ -325,6 +432,14 @@ class Scheduler:
             )
         finally:
             entry.busy = False
+        if budget is not None:
+            now = time.monotonic()
+            if result.throttled is not None:
+                budget.refused(now, result.throttled or None)
+            elif result.called:
+                budget.succeeded(now)
+            else:
+                budget.give_back(now)
         self._apply(entry, result)
 
     def _apply(self, entry: _Entry, result: StepResult) -> None:
@@ -359,6 +474,14 @@ class Scheduler:
             return
         self._schedule(entry)
 
+    def _refresh_from(self, entry: _Entry, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        entry.job = replace(
+            entry.job,
+            status=_status(body.get("status")),
+            resource_version=meta.get("resourceVersion") or entry.job.resource_version,
+        )
+
     async def _refresh(self, entry: _Entry) -> None:
         """The job changed under a step: read it again, then decide afresh."""
         entry.busy = True
@@ -388,6 +511,11 @@ class Scheduler:
             phase = entry.job.status.phase or Phase.PENDING
             counts[phase.value] = counts.get(phase.value, 0) + 1
         return counts
+
+
+def _priority(spec: Mapping[str, Any]) -> int:
+    value = spec.get("priority")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _uid(entry: _Entry) -> str:

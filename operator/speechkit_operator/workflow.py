@@ -97,6 +97,10 @@ class StepResult:
     gone: bool = False
     #: A failed submission attempt that counts towards ``max_submit_attempts``.
     attempt_failed: bool = False
+    #: SpeechKit was called (a submission or a check): the call counts against the quota.
+    called: bool = False
+    #: SpeechKit answered 429: wait this many seconds (0: it did not say) and slow down.
+    throttled: float | None = None
 
 
 @dataclass(frozen=True)
@@ -235,7 +239,9 @@ class JobWorkflow:
                 self._facts(job), operation_id=operation.id, audio=prepared.audio, first_check=first
             )
             logger.info("job %s submitted as operation %s", job.ref, operation.id, extra=job.ref.log)
-            return await self._record(job, recorded, first)
+            result = await self._record(job, recorded, first)
+            result.called = True
+            return result
 
     async def _record(self, job: Job, recorded: dict[str, Any], first: datetime | None) -> StepResult:
         """Write the submission's answer; retried for a while, and kept in memory meanwhile."""
@@ -277,6 +283,14 @@ class JobWorkflow:
             return await self._not_submitted(job, problem, clear_intent=True)
         if not exc.transient:
             return await self._fail(job, exc.reason, f"SpeechKit rejected the job: {exc}", submitted=False)
+        if exc.http_status == 429:
+            # Over the quota: the job keeps its place; the budget slows down and waits.
+            wait = polling.honoured_retry_after(exc.retry_after)
+            facts = self._facts(job)
+            upcoming = facts.now + timedelta(seconds=wait)
+            message = f"SpeechKit's submission quota is exhausted; retrying at {format_time(upcoming)}"
+            body = await self._write(job.ref, transitions.waiting(facts, exc.reason, message, upcoming))
+            return StepResult(body=body, next_attempt=upcoming, throttled=wait)
         if exc.certainly_unprocessed:
             problem = _Problem(
                 exc.reason,
@@ -371,6 +385,7 @@ class JobWorkflow:
                 data,
                 default_endpoint=str(self.settings.storage_endpoint).rstrip("/"),
                 default_region=self.settings.storage_region,
+                allowed_endpoints=self.settings.storage_endpoints,
             )
         except SecretProblem as exc:
             raise _Problem(exc.reason, exc.message, permanent=False) from None
@@ -466,6 +481,13 @@ class JobWorkflow:
                 )
         return result
 
+    async def queued(self, job: Job, *, position: int, eta: datetime) -> StepResult:
+        """The job waits for the quota: say where it stands, once (a write, no Event)."""
+        if job.status.phase is Phase.QUEUED or job.status.submission is not None:
+            return StepResult()
+        patch = transitions.queued(self._facts(job), position=position, eta=eta)
+        return StepResult(body=await self._write(job.ref, patch))
+
     # -- checking ------------------------------------------------------------------------------
 
     async def check(self, job: Job) -> StepResult:
@@ -494,36 +516,49 @@ class JobWorkflow:
         checks = job.checks + 1
         try:
             operation = await self.speech.get_operation(status.operation_id, credentials)
-        except OperationNotFoundError:
-            return await self._fail(
-                job,
-                "ResultExpired",
-                f"operation {status.operation_id} is unknown to SpeechKit: results are kept for 3 days",
-                checks=checks,
-            )
-        except MalformedResponseError as exc:
+        except SpeechApiError as exc:
+            result = await self._check_failed(job, spec, status.operation_id, checks, exc)
+            result.called = True
+            return result
+        result = await self._checked(job, spec, checks, operation)
+        result.called = True
+        return result
+
+    async def _check_failed(
+        self, job: Job, spec: TranscriptionJobSpec, operation_id: str, checks: int, exc: SpeechApiError
+    ) -> StepResult:
+        if isinstance(exc, OperationNotFoundError):
+            message = f"operation {operation_id} is unknown to SpeechKit: results are kept for 3 days"
+            return await self._fail(job, "ResultExpired", message, checks=checks)
+        if isinstance(exc, MalformedResponseError):
             if exc.body is not None and exc.body.get("done") is True:
                 return await self._malformed(job, spec, exc, checks)
-            return await self._later(
-                job, checks, exc.reason, f"checking operation {status.operation_id}: {exc}"
+            return await self._later(job, checks, exc.reason, f"checking operation {operation_id}: {exc}")
+        message = f"checking operation {operation_id} failed: {exc}"
+        if exc.http_status == 429:
+            # Over the check quota: no write; the budget slows down and the check comes later.
+            wait = polling.honoured_retry_after(exc.retry_after)
+            upcoming = self.clock() + timedelta(seconds=max(wait, self.policy.initial_interval_seconds))
+            return StepResult(next_check=upcoming, checks=job.checks, throttled=wait)
+        if isinstance(exc, CredentialsError) or exc.http_status in (401, 403):
+            # Credentials expired, rotated or broken: SpeechKit keeps the result for 3 days, so wait
+            # for the Secret to be fixed (re-read at the next check) rather than throw the result
+            # away. An expired result ends the job as ResultExpired.
+            self.secrets.forget(
+                job.ref.namespace, spec.credentials_secret or self.settings.default_credentials_secret
             )
-        except SpeechApiError as exc:
-            message = f"checking operation {status.operation_id} failed: {exc}"
-            if isinstance(exc, CredentialsError) or exc.http_status in (401, 403):
-                # Credentials expired, rotated or broken: SpeechKit keeps the result for 3 days, so
-                # wait for the Secret to be fixed (re-read at the next check) rather than throw the
-                # result away. An expired result ends the job as ResultExpired.
-                self.secrets.forget(
-                    job.ref.namespace, spec.credentials_secret or self.settings.default_credentials_secret
-                )
-                reason = exc.reason if exc.http_status in (401, 403) else "InvalidCredentials"
-                return await self._later(
-                    job, checks, reason, f"{message}; fix the credentials Secret", retry_after=exc.retry_after
-                )
-            if not exc.transient:
-                return await self._fail(job, exc.reason, message, checks=checks)
-            return await self._later(job, checks, exc.reason, message, retry_after=exc.retry_after)
+            reason = exc.reason if exc.http_status in (401, 403) else "InvalidCredentials"
+            return await self._later(
+                job, checks, reason, f"{message}; fix the credentials Secret", retry_after=exc.retry_after
+            )
+        if not exc.transient:
+            return await self._fail(job, exc.reason, message, checks=checks)
+        return await self._later(job, checks, exc.reason, message, retry_after=exc.retry_after)
 
+    async def _checked(
+        self, job: Job, spec: TranscriptionJobSpec, checks: int, operation: OperationState
+    ) -> StepResult:
+        status = job.status
         verdict = transitions.judge_operation(operation)
         if isinstance(verdict, transitions.OperationFailed):
             return await self._fail(job, verdict.reason, verdict.message, checks=checks)

@@ -79,6 +79,12 @@ FAST_POLLING = {
     "POLL_INITIAL_INTERVAL_SECONDS": "0.5",
     "POLL_BACKOFF_FACTOR": "1",
     "SUBMIT_RETRY_BASE_SECONDS": "1",
+    # Budgets that never bind here; tests of the quota set their own.
+    "QUOTA_WINDOW_SECONDS": "1",
+    "SUBMIT_QUOTA": "10000",
+    "CHECK_QUOTA": "100000",
+    # The storage Secrets name MinIO, on loopback at a port of its own.
+    "STORAGE_ENDPOINTS": "http://127.0.0.1:*",
 }
 OPERATOR_START_TIMEOUT = 60.0
 
@@ -352,6 +358,23 @@ class OperatorRunner:
         os.kill(pid, signal.SIGKILL)
         await asyncio.to_thread(process.stop)  # reaps it
         return pid
+
+    async def terminate(self, process: ManagedProcess | None = None, *, timeout: float = 60.0) -> bool:
+        """SIGTERM the running operator (a graceful stop, as Kubernetes stops a pod) and wait for it
+        to exit; SIGKILL it if it is still running after `timeout`. True when it exited by itself."""
+        process = process or self.current
+        assert process is not None and process.pid is not None, "no operator is running"
+        os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while process.running():
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        exited = not process.running()
+        if not exited:
+            os.kill(process.pid, signal.SIGKILL)
+        await asyncio.to_thread(process.stop)  # reaps it
+        return exited
 
     def stop_all(self) -> None:
         for process in self.processes:

@@ -203,6 +203,12 @@ def make_settings(speechkit: SpeechKitEmulator, **overrides: Any) -> Settings:
         "secret_cache_seconds": 0,
         "submit_retry_base_seconds": 0.2,
         "http_timeout": 5.0,
+        # Budgets that never bind here; tests of the quota set their own.
+        "quota_window_seconds": 1.0,
+        "submit_quota": 10_000,
+        "check_quota": 100_000,
+        # The storage Secret names the moto server, on loopback at a port of its own.
+        "storage_endpoints": ("http://127.0.0.1:*",),
     }
     values.update(overrides)
     return Settings(**values)

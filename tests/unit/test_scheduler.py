@@ -88,10 +88,14 @@ class FakeWorkflow:
                 self.fail_once.discard(job.ref.name)
                 raise RuntimeError("a bug")
             return StepResult(
-                body=running(job.ref.name), next_check=now() + timedelta(seconds=0.05), checks=0
+                body=running(job.ref.name), next_check=now() + timedelta(seconds=0.05), checks=0, called=True
             )
         finally:
             self.submitting -= 1
+
+    async def queued(self, job: Job, *, position: int, eta: datetime) -> StepResult:
+        self.calls.append(("queued", f"{job.ref.name}@{position}"))
+        return StepResult(body=body(job.ref.name, status={"phase": "Queued", "reason": "Queued"}))
 
     async def resolve_uncertain(self, job: Job) -> StepResult:
         self.calls.append(("resolve", job.ref.name))
@@ -120,9 +124,14 @@ class FakeWorkflow:
             self.calls.append(("cancel", job.ref.name))
 
 
+#: Budgets that never bind (a tight quota is a test of its own).
+UNBOUND = {"quota_window_seconds": 1.0, "submit_quota": 100_000, "check_quota": 100_000}
+
+
 @contextlib.asynccontextmanager
 async def running_scheduler(workflow: FakeWorkflow, **settings: Any) -> AsyncIterator[Scheduler]:
-    scheduler = Scheduler(workflow, Settings(**settings), sole_actor=settings.pop("sole_actor", True))  # type: ignore[arg-type]
+    sole_actor = settings.pop("sole_actor", True)
+    scheduler = Scheduler(workflow, Settings(**{**UNBOUND, **settings}), sole_actor=sole_actor)  # type: ignore[arg-type]
     scheduler.start()
     try:
         yield scheduler
@@ -267,7 +276,7 @@ async def test_a_step_that_raises_is_tried_again_later_not_in_a_loop() -> None:
 
 async def test_stop_waits_for_the_submission_in_flight() -> None:
     workflow = FakeWorkflow(hold_submissions=True)
-    scheduler = Scheduler(workflow, Settings())  # type: ignore[arg-type]
+    scheduler = Scheduler(workflow, Settings(**UNBOUND))  # type: ignore[arg-type]
     scheduler.start()
     scheduler.observe(body("a"))
     await until(lambda: workflow.submitting == 1)
@@ -288,3 +297,73 @@ async def test_many_idle_jobs_cost_no_work(jobs: int) -> None:
         await asyncio.sleep(0.2)
         assert len(scheduler) == jobs
     assert workflow.calls == []
+
+
+def in_any_window(times: list[float], window: float) -> int:
+    return max((sum(1 for t in times if start <= t < start + window) for start in times), default=0)
+
+
+async def test_submissions_keep_within_the_quota_and_waiting_jobs_say_they_are_queued() -> None:
+    workflow = FakeWorkflow()
+    stamps: list[float] = []
+    submit = workflow.submit
+
+    async def timed_submit(job: Job) -> StepResult:
+        stamps.append(asyncio.get_running_loop().time())
+        return await submit(job)
+
+    workflow.submit = timed_submit  # type: ignore[method-assign]
+    async with running_scheduler(workflow, quota_window_seconds=2.0, submit_quota=4) as scheduler:
+        for index in range(6):
+            scheduler.observe(body(f"q{index}", created=now() + timedelta(milliseconds=index)))
+        await until(lambda: len(stamps) >= 4, timeout=10)
+    assert in_any_window(stamps, 2.0) <= 4
+    queued = [name for kind, name in workflow.calls if kind == "queued"]
+    assert queued, "jobs that wait for the quota say so"
+    assert all("@" in name for name in queued)
+
+
+async def test_a_429_slows_the_submissions_down() -> None:
+    workflow = FakeWorkflow()
+    stamps: list[float] = []
+
+    async def refused_once(job: Job) -> StepResult:
+        stamps.append(asyncio.get_running_loop().time())
+        if len(stamps) == 1:
+            return StepResult(next_attempt=now(), throttled=1.0, called=True)
+        return StepResult(body=running(job.ref.name, next_check=now() + timedelta(hours=1)), called=True)
+
+    workflow.submit = refused_once  # type: ignore[method-assign]
+    async with running_scheduler(workflow) as scheduler:
+        scheduler.observe(body("a"))
+        await until(lambda: len(stamps) == 2, timeout=5)
+    assert stamps[1] - stamps[0] >= 0.95, "Retry-After is honoured by the whole budget"
+
+
+async def test_due_checks_keep_within_the_check_quota_most_overdue_first() -> None:
+    workflow = FakeWorkflow()
+    order: list[str] = []
+
+    async def check(job: Job) -> StepResult:
+        order.append(job.ref.name)
+        return StepResult(next_check=now() + timedelta(hours=1), checks=1, called=True)
+
+    workflow.check = check  # type: ignore[method-assign]
+    async with running_scheduler(workflow, quota_window_seconds=4.0, check_quota=2) as scheduler:
+        scheduler.observe(running("late", next_check=now() - timedelta(minutes=10)))
+        scheduler.observe(running("later", next_check=now() - timedelta(minutes=20)))
+        scheduler.observe(running("latest", next_check=now() - timedelta(minutes=30)))
+        await until(lambda: len(order) >= 1, timeout=5)
+        await asyncio.sleep(1.0)
+    assert order[0] == "latest"
+    assert len(order) <= 2
+
+
+async def test_after_a_restart_recent_submissions_count_against_the_quota() -> None:
+    workflow = FakeWorkflow()
+    async with running_scheduler(workflow, quota_window_seconds=3600.0, submit_quota=100) as scheduler:
+        recent = running("earlier")
+        recent["status"]["submittedAt"] = format_time(now() - timedelta(minutes=5))
+        scheduler.observe(recent)
+        bucket = scheduler._scopes["cloud"].submits
+        assert bucket is not None and bucket.tokens == pytest.approx(-1.0, abs=0.01)

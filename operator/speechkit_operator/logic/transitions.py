@@ -71,6 +71,15 @@ def waiting(facts: Facts, reason: str, message: str, next_attempt: datetime | No
     return status
 
 
+def queued(facts: Facts, *, position: int, eta: datetime) -> Status:
+    """Waiting for the quota: where it stands and when it should be submitted (as of now)."""
+    message = f"waiting for the submission quota: about {position} in line; expected at {format_time(eta)}"
+    status = _base(facts, Phase.QUEUED, "Queued", message)
+    status["nextAttemptAt"] = format_time(eta)
+    status["conditions"] = _conditions(facts, (ConditionType.SUBMITTED, "False", "Queued", status["message"]))
+    return status
+
+
 def intent(facts: Facts, *, nonce: str, holder: str) -> Status:
     """Written before a submission is sent: if the answer is lost, the job knows it may exist."""
     status = _base(facts, Phase.PENDING, "Submitting", "submitting to SpeechKit")

@@ -8,6 +8,7 @@ so that a spec that slipped past (KMock, an older CRD) still fails with a clear 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,20 @@ KEY_PATTERN = r"^[^/\x00-\x1f][^\x00-\x1f]*$"
 PREFIX_PATTERN = r"^([^/\x00-\x1f][^\x00-\x1f]*)?$"
 LANGUAGE_PATTERN = r"^([a-z]{2,3}-[A-Z]{2}|auto)$"
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+#: A ``.`` or ``..`` path segment. HTTP clients resolve such segments (RFC 3986) before sending, so
+#: ``a/../b.wav`` would read or write ``b.wav``: keys and prefixes with one are refused. The CRD's CEL
+#: rules on ``source.key`` and ``output.prefix`` use the same regular expression.
+DOT_SEGMENT_PATTERN = r"(^|/)[.][.]?(/|$)"
+DOT_SEGMENT_MESSAGE = (
+    "must not contain . or .. path segments (such as a/../b.wav or ./a.wav): HTTP clients resolve them, "
+    "so another object would be used"
+)
+
+
+def _no_dot_segments(value: str) -> str:
+    if re.search(DOT_SEGMENT_PATTERN, value):
+        raise ValueError(DOT_SEGMENT_MESSAGE)
+    return value
 
 
 class OutputFormat(enum.StrEnum):
@@ -42,6 +57,11 @@ class SourceSpec(_Model):
     bucket: Annotated[str, Field(pattern=BUCKET_PATTERN)]
     key: Annotated[str, Field(pattern=KEY_PATTERN, max_length=1024)]
 
+    @field_validator("key")
+    @classmethod
+    def _key_has_no_dot_segments(cls, key: str) -> str:
+        return _no_dot_segments(key)
+
 
 class OutputSpec(_Model):
     bucket: Annotated[str | None, Field(pattern=BUCKET_PATTERN)] = None
@@ -49,6 +69,11 @@ class OutputSpec(_Model):
     formats: Annotated[list[OutputFormat], Field(min_length=1)] = Field(
         default_factory=lambda: list(ALL_FORMATS)
     )
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_has_no_dot_segments(cls, prefix: str) -> str:
+        return _no_dot_segments(prefix)
 
     @field_validator("formats")
     @classmethod
@@ -77,6 +102,8 @@ class TranscriptionJobSpec(_Model):
     recognition: RecognitionSpec = Field(default_factory=RecognitionSpec)
     credentials_secret: Annotated[str | None, Field(pattern=SECRET_NAME_PATTERN)] = None
     storage_secret: Annotated[str | None, Field(pattern=SECRET_NAME_PATTERN)] = None
+    #: Higher first among the jobs waiting for the quota; ties go by namespace turns, then age.
+    priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
     #: Seconds from the job's creation after which an unfinished job fails ``DeadlineExceeded``
     #: (its operation is cancelled); the operator's default applies when absent.
     active_deadline_seconds: Annotated[int | None, Field(ge=1, le=MAX_LIFETIME_SECONDS)] = None
@@ -91,6 +118,8 @@ class TranscriptionJobSpec(_Model):
 
 class Phase(enum.StrEnum):
     PENDING = "Pending"
+    #: Waiting for its turn within the quota.
+    QUEUED = "Queued"
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"

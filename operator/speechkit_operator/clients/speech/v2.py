@@ -182,8 +182,12 @@ class SpeechKitV2Client:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
         ca_bundle: str | os.PathLike[str] | None = None,
+        retry_throttled: bool = True,
     ) -> None:
         self._ssl_context = load_ca_bundle(ca_bundle)
+        #: Repeat a call answered 429 within the call. Off when the operator's quota budgets pace
+        #: the calls: a 429 then goes back to the budget, which slows down, instead of being hammered.
+        self._retry_throttled = retry_throttled
         self._submit_url = str(stt_url).rstrip("/") + SUBMIT_PATH
         self._operations_url = str(operation_url).rstrip("/") + OPERATIONS_PATH
         self._timeout = timeout
@@ -214,6 +218,7 @@ class SpeechKitV2Client:
             retry_policy=RetryPolicy.from_settings(settings),
             session=session,
             ca_bundle=settings.ca_bundle,
+            retry_throttled=False,
         )
 
     # --- SpeechClient ---------------------------------------------------------------------------
@@ -228,7 +233,7 @@ class SpeechKitV2Client:
             credentials,
             json_body=body,
             secrets=uri_secrets,
-            retried=_is_retried_submit,
+            retried=self._unless_throttled(_is_retried_submit),
         )
         return parse_operation(json_object(raw, "SpeechKit submit"), secrets=uri_secrets)
 
@@ -237,7 +242,14 @@ class SpeechKitV2Client:
             raise ValueError("operation_id must not be empty")
         what = f"SpeechKit operation {scrub(operation_id)}"
         url = self._operations_url + quote(operation_id, safe="")
-        raw = await self._call(what, "GET", url, credentials, not_found=OperationNotFoundError)
+        raw = await self._call(
+            what,
+            "GET",
+            url,
+            credentials,
+            not_found=OperationNotFoundError,
+            retried=self._unless_throttled(_is_retried),
+        )
         # An error message may echo what the API was given: never let a credential through.
         return parse_operation(json_object(raw, what), secrets=credential_secrets(credentials))
 
@@ -267,6 +279,15 @@ class SpeechKitV2Client:
         await self.close()
 
     # --- Plumbing -------------------------------------------------------------------------------
+
+    def _unless_throttled(self, retried: Callable[[Exception], bool]) -> Callable[[Exception], bool]:
+        if self._retry_throttled:
+            return retried
+
+        def retried_unless_throttled(exc: Exception) -> bool:
+            return retried(exc) and not (isinstance(exc, SpeechApiError) and exc.http_status == 429)
+
+        return retried_unless_throttled
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._closed:
