@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     #: ever holds more calls than the quota.
     quota_share: float = Field(default=0.99, gt=0, lt=1)
 
+    # --- Metrics ------------------------------------------------------------------------------
+    #: Port of the Prometheus metrics endpoint (``GET /metrics`` on all interfaces); 0: none.
+    metrics_port: int = Field(default=8081, ge=0, le=65535)
+
     # --- Scheduling -----------------------------------------------------------------------------
     #: Checks (and other steps but submissions) that may run at once.
     check_concurrency: int = Field(default=16, ge=1, le=1000)

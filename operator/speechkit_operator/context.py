@@ -18,6 +18,7 @@ from speechkit_operator.clients.speech.errors import origin_of
 from speechkit_operator.clients.speech.v2 import SpeechKitV2Client
 from speechkit_operator.clients.storage import StorageFactory
 from speechkit_operator.config import Settings
+from speechkit_operator.metrics import OperatorMetrics
 from speechkit_operator.scheduler import Scheduler
 from speechkit_operator.workflow import JobWorkflow
 
@@ -31,9 +32,12 @@ class OperatorContext:
     workflow: JobWorkflow
     scheduler: Scheduler
 
+    metrics: OperatorMetrics
+
     async def close(self) -> None:
         """Let the steps in flight finish (a submission and its record above all), then close."""
         await self.scheduler.stop(self.settings.shutdown_timeout_seconds)
+        self.metrics.stop()
         await self.speech.close()
         self.workflow.storage.close()
         self.workflow.jobs.close()
@@ -56,6 +60,7 @@ def build_context(
     of the environment. A CA bundle that is not a PEM file of certificates raises ValueError.
     ``sole_actor``: no other operator acts on these jobs (default: with leader election)."""
     speech = SpeechKitV2Client.from_settings(settings)
+    metrics = OperatorMetrics()
     workflow = JobWorkflow(
         settings,
         speech=speech,
@@ -64,12 +69,16 @@ def build_context(
         or SecretReader(cache_seconds=settings.secret_cache_seconds, api_client_factory=api_client_factory),
         jobs=JobStore(api_client_factory=api_client_factory, timeout=settings.request_timeout),
         identity=identity or instance_identity(),
+        metrics=metrics,
     )
     scheduler = Scheduler(
         workflow, settings, sole_actor=settings.leader_election if sole_actor is None else sole_actor
     )
+    metrics.watch(scheduler, workflow.jobs.writes)
     _log_network(settings)
-    return OperatorContext(settings=settings, speech=speech, workflow=workflow, scheduler=scheduler)
+    return OperatorContext(
+        settings=settings, speech=speech, workflow=workflow, scheduler=scheduler, metrics=metrics
+    )
 
 
 def _log_network(settings: Settings) -> None:

@@ -505,6 +505,19 @@ class Scheduler:
 
     # -- introspection (tests, metrics) --------------------------------------------------------
 
+    def budget_state(self) -> dict[str, dict[str, float]]:
+        """Per scope: jobs waiting, and tokens and pace of each budget (for metrics)."""
+        now = time.monotonic()
+        state: dict[str, dict[str, float]] = {}
+        for name, scope in self._scopes.items():
+            entry: dict[str, float] = {"queued": float(len(scope.queue))}
+            for budget, bucket in (("submit", scope.submits), ("check", scope.checks)):
+                if bucket is not None:
+                    entry[f"{budget}_tokens"] = bucket.available(now)
+                    entry[f"{budget}_rate"] = bucket.rate
+            state[name] = entry
+        return state
+
     def phase_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for entry in self._jobs.values():

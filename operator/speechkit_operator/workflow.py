@@ -60,7 +60,8 @@ from speechkit_operator.logic.output_keys import (
 )
 from speechkit_operator.logic.redaction import redact
 from speechkit_operator.logic.rendering import preview, render_json, render_outputs
-from speechkit_operator.logic.timestamps import format_time, utcnow
+from speechkit_operator.logic.timestamps import format_time, parse_time, utcnow
+from speechkit_operator.metrics import OperatorMetrics
 from speechkit_operator.models.audio import AudioEncoding, AudioInfo
 from speechkit_operator.models.job import JobRef, JobStatus, Phase, TranscriptionJobSpec
 from speechkit_operator.models.recognition import Transcript
@@ -166,6 +167,7 @@ class JobWorkflow:
         secrets: SecretReader,
         jobs: JobStore,
         identity: str = "",
+        metrics: OperatorMetrics | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.settings = settings
@@ -174,6 +176,7 @@ class JobWorkflow:
         self.secrets = secrets
         self.jobs = jobs
         self.identity = identity or random.token_hex(6)
+        self.metrics = metrics or OperatorMetrics()
         self.clock = clock
         self.policy = polling.PollPolicy.from_settings(settings)
         self._gates = _Gates()
@@ -232,6 +235,7 @@ class JobWorkflow:
             except Exception as exc:
                 logger.exception("job %s: unexpected error while submitting", job.ref, extra=job.ref.log)
                 return await self._uncertain(job, f"unexpected {type(exc).__name__} while submitting")
+            self.metrics.call("submit", 200)
             first = polling.first_check_at(
                 self.clock(), prepared.audio.duration_seconds, prepared.audio.channels, self.policy
             )
@@ -517,9 +521,11 @@ class JobWorkflow:
         try:
             operation = await self.speech.get_operation(status.operation_id, credentials)
         except SpeechApiError as exc:
+            self.metrics.call("operation", exc.http_status or 0)
             result = await self._check_failed(job, spec, status.operation_id, checks, exc)
             result.called = True
             return result
+        self.metrics.call("operation", 200)
         result = await self._checked(job, spec, checks, operation)
         result.called = True
         return result
@@ -604,6 +610,10 @@ class JobWorkflow:
             return await self._later(job, checks, "OutputWriteFailed", message)
         outputs = {out.name: s3_uri(bucket, out.key) for out in rendered}
         logger.info("job %s succeeded: %d outputs", job.ref, len(outputs), extra=job.ref.log)
+        finished = parse_time(operation.modified_at)
+        if finished is not None:
+            self.metrics.detection_latency.observe(max(0.0, (self.clock() - finished).total_seconds()))
+        self.metrics.checks_per_job.observe(checks)
         patch = transitions.succeeded(
             self._facts(job), checks=checks, outputs=outputs, preview=preview(transcript)
         )

@@ -79,6 +79,7 @@ FAST_POLLING = {
     "POLL_INITIAL_INTERVAL_SECONDS": "0.5",
     "POLL_BACKOFF_FACTOR": "1",
     "SUBMIT_RETRY_BASE_SECONDS": "1",
+    "METRICS_PORT": "0",
     # Budgets that never bind here; tests of the quota set their own.
     "QUOTA_WINDOW_SECONDS": "1",
     "SUBMIT_QUOTA": "10000",

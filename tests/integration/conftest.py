@@ -203,6 +203,7 @@ def make_settings(speechkit: SpeechKitEmulator, **overrides: Any) -> Settings:
         "secret_cache_seconds": 0,
         "submit_retry_base_seconds": 0.2,
         "http_timeout": 5.0,
+        "metrics_port": 0,
         # Budgets that never bind here; tests of the quota set their own.
         "quota_window_seconds": 1.0,
         "submit_quota": 10_000,

@@ -41,6 +41,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         )
         memo["context"] = context
     configure_kopf(settings, context.settings)
+    if context.settings.metrics_port and memo.get("serve_metrics", True):
+        context.metrics.serve(context.settings.metrics_port)
     # Jobs arrive through the watch stream, which starts after the startup handlers; the loop
     # waits for them.
     context.scheduler.start()

@@ -73,6 +73,8 @@ class OperationState:
     error: OperationError | None = None
     response: dict[str, Any] | None = None  # the API's response object exactly as returned
     transcript: Transcript | None = None  # the response, parsed
+    #: The operation's ``modifiedAt`` (RFC 3339): when done, about when it finished.
+    modified_at: str | None = None
 
 
 class SpeechClient(Protocol):

@@ -152,12 +152,14 @@ def parse_operation(body: dict[str, Any], *, secrets: Iterable[str] = ()) -> Ope
             raise MalformedResponseError(
                 f"operation {op_id}: the recognition result has an unknown shape", body=body
             ) from None
+    modified = body.get("modifiedAt")
     return OperationState(
         id=op_id,
         done=done,
         error=error,
         response=dict(response) if response is not None else None,
         transcript=transcript,
+        modified_at=modified if isinstance(modified, str) else None,
     )
 
 
