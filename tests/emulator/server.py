@@ -213,7 +213,17 @@ class SpeechKitEmulator:
         self.retention_seconds = retention_seconds
         self.submit_quota_per_hour = submit_quota_per_hour
         self.check_quota_per_hour = check_quota_per_hour
+        #: The quotas' window ("per hour"): tests and benchmarks compress it.
+        self.quota_window_seconds = QUOTA_WINDOW_SECONDS
+        #: Whether a 429 for an exhausted quota carries Retry-After (a gateway may send none).
+        self.quota_retry_after = True
         self.token_lifetime_seconds = token_lifetime_seconds
+        #: How long an accepted operation keeps trying to download its audio while the storage is
+        #: unreachable or answers 5xx (0: one try, and the operation fails at once).
+        self.download_retry_seconds = 0.0
+        #: Called with each accepted submission's operation before the answer is sent (a test can
+        #: stop the client right there: the operation exists, the client never learns its id).
+        self.on_submission: Callable[[EmulatedOperation], None] | None = None
 
         #: key suffix -> channelTag -> words; the first suffix the audio path ends with is recognised.
         self.transcripts: dict[str, dict[str, list[tuple[str, float, float]]]] = {}
@@ -224,6 +234,10 @@ class SpeechKitEmulator:
         self.counts: collections.Counter[str] = collections.Counter()
         #: JSON bodies of accepted submissions, in order.
         self.submissions: list[dict[str, Any]] = []
+        #: Injected faults answered so far, by endpoint and status (None: only delayed).
+        self.faults_served: collections.Counter[tuple[Endpoint, int | None]] = collections.Counter()
+        #: 429s answered because a quota was exhausted, by endpoint (injected faults not counted).
+        self.quota_refusals: collections.Counter[str] = collections.Counter()
         #: Operation ids asked to be cancelled, in order.
         self.cancelled: list[str] = []
         self.operations: dict[str, EmulatedOperation] = {}
@@ -353,6 +367,18 @@ class SpeechKitEmulator:
             raise ValueError("delay must not be negative")
         self._faults[endpoint].append(_Fault(status, count, retry_after, delay, message))
 
+    def pending_faults(self, endpoint: Endpoint | None = None) -> int:
+        """Requests that injected faults will still hit (on ``endpoint``, or on any)."""
+        queues = [self._faults[endpoint]] if endpoint is not None else list(self._faults.values())
+        return sum(fault.remaining for queue in queues for fault in queue)
+
+    def clear_faults(self) -> int:
+        """Drop every injected fault not used yet; how many requests they would still have hit."""
+        pending = self.pending_faults()
+        for queue in self._faults.values():
+            queue.clear()
+        return pending
+
     def fail_operations(
         self,
         key_suffix: str,
@@ -401,6 +427,7 @@ class SpeechKitEmulator:
         fault.remaining -= 1
         if fault.remaining <= 0:
             queue.popleft()
+        self.faults_served[endpoint, fault.status] += 1
         await self._sleep(fault.delay)
         if fault.status is None:
             return None
@@ -430,15 +457,17 @@ class SpeechKitEmulator:
         """Use one slot of a sliding one-hour window, or answer 429 when none is free."""
         window = self._quota_windows[endpoint]
         now = time.monotonic()
-        while window and window[0] <= now - QUOTA_WINDOW_SECONDS:
+        length = self.quota_window_seconds
+        while window and window[0] <= now - length:
             window.popleft()
         if len(window) >= per_hour:
-            wait = window[0] + QUOTA_WINDOW_SECONDS - now if window else QUOTA_WINDOW_SECONDS
+            wait = window[0] + length - now if window else length
             retry_after = max(1, math.ceil(wait))
+            self.quota_refusals[endpoint] += 1
             return error_response(
                 429,
                 f"Quota limit exceeded: at most {per_hour} requests per hour",
-                headers={"Retry-After": str(retry_after)},
+                headers={"Retry-After": str(retry_after)} if self.quota_retry_after else None,
             )
         window.append(now)
         return None
@@ -498,6 +527,8 @@ class SpeechKitEmulator:
         operation.task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if self.on_submission is not None:
+            self.on_submission(operation)
         return web.json_response(operation.to_json())
 
     def _new_operation_id(self) -> str:
@@ -521,10 +552,24 @@ class SpeechKitEmulator:
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise _DownloadError(f"audio could not be downloaded: {type(exc).__name__}", None) from None
 
+    async def _download_retrying(self, uri: str) -> tuple[int, int]:
+        """:meth:`_download`, tried again for ``download_retry_seconds`` while the storage is
+        unreachable or answers 5xx."""
+        deadline = time.monotonic() + self.download_retry_seconds
+        while True:
+            try:
+                return await self._download(uri)
+            except _DownloadError as exc:
+                transient = exc.status is None or exc.status >= 500
+                stopping = self._stopping is not None and self._stopping.is_set()
+                if not transient or stopping or time.monotonic() >= deadline:
+                    raise
+            await self._sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
     async def _recognize(self, operation: EmulatedOperation) -> None:
         download_error: str | None = None
         try:
-            operation.download_status, size = await self._download(operation.audio_uri)
+            operation.download_status, size = await self._download_retrying(operation.audio_uri)
             if size == 0:
                 download_error = "audio could not be downloaded: the object is empty"
             else:

@@ -29,14 +29,20 @@ def most_in_any_window(times: list[float], window: float) -> int:
     )
 
 
-@pytest.mark.parametrize(("quota", "step"), [(500, 0), (2500, 0), (100, 0), (7, 0), (500, 0.5), (2500, 0.1)])
-def test_a_backlog_never_exceeds_the_quota_in_any_window_and_gets_99_percent(quota: int, step: float) -> None:
+@pytest.mark.parametrize(
+    ("quota", "step", "share"),
+    [(500, 0, 0.99), (2500, 0, 0.99), (100, 0, 0.98), (7, 0, 5 / 7), (500, 0.5, 0.99), (2500, 0.1, 0.99)],
+)
+def test_a_backlog_stays_a_call_below_the_quota_in_any_window_and_gets_99_percent(
+    quota: int, step: float, share: float
+) -> None:
     bucket = TokenBucket.for_quota(quota, HOUR, share=0.99, now=0.0)
     times = taken_at(bucket, until=4 * HOUR, step=step)
-    assert most_in_any_window(times, HOUR) <= quota
-    # In steady state (after the first hour), at least 99% of the quota per hour.
+    # One below the quota: calls reach the API a little after their tokens are taken.
+    assert most_in_any_window(times, HOUR) <= quota - 1
+    # In steady state (after the first hour), 99% of SpeechKit's default quotas per hour.
     per_hour = [sum(1 for t in times if start <= t < start + HOUR) for start in (HOUR, 2 * HOUR)]
-    assert min(per_hour) >= 0.99 * quota - 1
+    assert min(per_hour) >= share * quota - 1
 
 
 def test_a_new_bucket_starts_empty_so_a_restart_makes_no_burst() -> None:
@@ -45,7 +51,7 @@ def test_a_new_bucket_starts_empty_so_a_restart_makes_no_burst() -> None:
     assert not bucket.take(100.0)
     assert bucket.ready_at(100.0) == pytest.approx(100.0 + HOUR / (500 * 0.99))
     full = TokenBucket.for_quota(500, HOUR, share=0.99, now=0.0, full=True)
-    assert full.available(0.0) == 5
+    assert full.available(0.0) == 4
 
 
 def test_a_429_halves_the_rate_and_waits_for_retry_after() -> None:
@@ -94,7 +100,7 @@ def test_a_token_not_used_is_given_back() -> None:
     bucket = TokenBucket.for_quota(500, HOUR, share=0.99, now=0.0, full=True)
     assert bucket.take(0.0)
     bucket.give_back(0.0)
-    assert bucket.available(0.0) == 5
+    assert bucket.available(0.0) == 4
 
 
 def test_the_self_hosted_window_learns_its_concurrency() -> None:

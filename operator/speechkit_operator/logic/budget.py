@@ -2,9 +2,8 @@
 
 SpeechKit allows, per cloud, a number of calls per window (500 submissions and 2,500 v2 checks an
 hour by default). A bucket of ``capacity`` tokens refilled at ``rate`` per second never allows more
-than ``capacity + rate * window`` calls in any window; with ``rate = quota * share / window`` and
-``capacity = quota * (1 - share)`` that is the quota itself, while a backlog still gets ``share``
-of it (99% by default).
+than ``capacity + rate * window`` calls in any window; :meth:`TokenBucket.for_quota` keeps that
+one below the quota, while a backlog still gets ``share`` of it (99% of 500 or 2,500 by default).
 
 A 429 means the real quota is lower than configured (or shared with another client): the rate is
 halved and the bucket waits for ``Retry-After`` (or one token's time); each success afterwards
@@ -43,11 +42,18 @@ class TokenBucket:
     ) -> TokenBucket:
         """A bucket that keeps within ``quota`` calls per ``window_seconds``, using ``share`` of it.
 
-        A new bucket starts empty unless ``full``: after a restart the previous process may have used
-        the current window, so the first window gets at most the quota."""
-        rate = quota * share / window_seconds
-        capacity = max(1.0, math.floor(quota * (1 - share)))
-        return cls(max_rate=rate, capacity=capacity, tokens=capacity if full else 0.0, updated=now)
+        At most ``capacity + rate * window`` calls fit in a window: that is kept one below the
+        quota (calls reach the API a little later than their tokens are taken, and not all equally
+        late), and at ``share`` of the quota for a backlog. A new bucket starts empty unless
+        ``full``: after a restart the previous process may have used the current window."""
+        capacity = max(1.0, math.floor(quota * (1 - share)) - 1)
+        per_window = min(quota * share, max(quota - capacity - 1, quota / 2))
+        return cls(
+            max_rate=per_window / window_seconds,
+            capacity=capacity,
+            tokens=capacity if full else 0.0,
+            updated=now,
+        )
 
     def _refill(self, now: float) -> None:
         if now > self.updated:
