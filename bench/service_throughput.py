@@ -101,8 +101,10 @@ def main() -> int:
         "serve",
         [sys.executable, "-m", "speechkit_operator", "serve", "--port", str(port)],
         log,
+        # The service's defaults but for these two: the audio is inline, so it needs no allowed hosts
+        # or buckets, and operations stay in memory (no SPEECHKIT_SERVE_STATE_DIR from the caller).
         env={
-            **os.environ,
+            **{name: value for name, value in os.environ.items() if not name.startswith("SPEECHKIT_SERVE_")},
             "SPEECHKIT_SERVE_WORKERS": str(args.workers),
             "SPEECHKIT_SERVE_QUEUE_SIZE": str(args.queue_size),
         },

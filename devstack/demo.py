@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 
@@ -130,7 +131,9 @@ def kubernetes(current_context: bool) -> Iterator[Kube]:
 
 
 @contextlib.contextmanager
-def recognition_service(workdir: Path) -> Iterator[str]:
+def recognition_service(workdir: Path, storage_endpoint: str) -> Iterator[str]:
+    """The service, allowed to download from the demo's MinIO only (the operator gives it presigned
+    http URLs there); its operations live in memory."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = ManagedProcess(
@@ -143,6 +146,7 @@ def recognition_service(workdir: Path) -> Iterator[str]:
             "SPEECHKIT_SERVE_PORT": str(port),
             "SPEECHKIT_SERVE_API_KEYS": API_KEY,
             "SPEECHKIT_SERVE_WORKERS": "2",
+            "SPEECHKIT_SERVE_ALLOWED_HOSTS": urlsplit(storage_endpoint).netloc,
         },
     )
     say(f"starting the self-hosted recognition service at {url} (pocketsphinx, 2 worker processes)")
@@ -167,12 +171,14 @@ def operator(kube: Kube, service_url: str, namespace: str, workdir: Path) -> Ite
     env.update(
         SPEECHKIT_OPERATOR_BACKEND="self-hosted",
         SPEECHKIT_OPERATOR_SELF_HOSTED_URL=service_url,
-        SPEECHKIT_OPERATOR_POLL_TICK_SECONDS="1",
         SPEECHKIT_OPERATOR_FIRST_CHECK_MIN_SECONDS="2",
         SPEECHKIT_OPERATOR_SECONDS_PER_AUDIO_MINUTE="5",
         SPEECHKIT_OPERATOR_POLL_INITIAL_INTERVAL_SECONDS="2",
         SPEECHKIT_OPERATOR_POLL_MAX_INTERVAL_SECONDS="5",
         SPEECHKIT_OPERATOR_SUBMIT_RETRY_BASE_SECONDS="2",
+        SPEECHKIT_OPERATOR_METRICS_PORT=str(free_port()),
+        # The storage Secret names the demo's MinIO, on loopback at a port of its own.
+        SPEECHKIT_OPERATOR_STORAGE_ENDPOINTS="http://127.0.0.1:*",
     )
     process = ManagedProcess(
         "speechkit-operator run",
@@ -367,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"MinIO at {minio.endpoint}")
             s3 = upload_samples(minio, args.audio_dir)
             with (
-                recognition_service(workdir) as service_url,
+                recognition_service(workdir, minio.endpoint) as service_url,
                 operator(kube, service_url, NAMESPACE, workdir) as operator_process,
             ):
                 apply_jobs(kube, minio, NAMESPACE)

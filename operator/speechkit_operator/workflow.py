@@ -29,6 +29,7 @@ from speechkit_operator.clients.kube import JobStore, KubeError
 from speechkit_operator.clients.secrets import SecretNotFoundError, SecretReader, SecretUnreadableError
 from speechkit_operator.clients.speech.base import (
     AnonymousCredentials,
+    ApiKeyCredentials,
     Credentials,
     OperationState,
     RecognitionRequest,
@@ -364,6 +365,11 @@ class JobWorkflow:
             raise _Problem("InvalidSpec", format_validation_error(exc), permanent=True) from None
 
     async def _credentials(self, job: JobRef, spec: TranscriptionJobSpec) -> Credentials:
+        own_key = self.settings.self_hosted_api_key
+        key = own_key.get_secret_value().strip() if own_key is not None else ""
+        if self.settings.backend == "self-hosted" and spec.credentials_secret is None and key:
+            # The operator's own key to its own recognition service (the chart sets it).
+            return ApiKeyCredentials(api_key=key)
         name = spec.credentials_secret or self.settings.default_credentials_secret
         try:
             data = await self._read_secret(job, name, "CredentialsSecret")

@@ -44,7 +44,7 @@ def custom_values(watch_namespaces: list[str]) -> dict[str, Any]:
         "logLevel": "debug",
         "image": {"repository": IMAGE_REPOSITORY, "tag": "0.1.0-rc1"},
         "settings": {
-            "poll_tick_seconds": 2,
+            "max_submit_attempts": 2,
             "http_timeout": 12.5,
             "presign_expiry_seconds": 604_800,  # a float64 to Helm: must render as an integer
             "storage_endpoint": "http://minio.storage.svc:9000",
@@ -117,7 +117,7 @@ def only(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 def container_env(deployment: dict[str, Any]) -> dict[str, str]:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    return {item["name"]: item["value"] for item in container["env"]}
+    return {item["name"]: item["value"] for item in container["env"] if "value" in item}
 
 
 def rule_resources(rules: list[dict[str, Any]]) -> set[str]:
@@ -261,15 +261,18 @@ def test_rendered_chart_passes_a_server_side_dry_run(
             "ClusterRole": 1,
             "ClusterRoleBinding": 1,
             "Deployment": 1,
+            # Leader election's Lease, in the release namespace.
+            "Role": 1,
+            "RoleBinding": 1,
         }
         if custom:
-            expected |= {"Role": 2, "RoleBinding": 2}
+            expected |= {"Role": 3, "RoleBinding": 3}
         assert kinds == expected
 
         deployment = only(objects, "Deployment")
         assert deployment["metadata"]["namespace"] == release_namespace
         assert deployment["spec"]["replicas"] == 1
-        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+        assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
         service_account = only(objects, "ServiceAccount")
         assert (
             deployment["spec"]["template"]["spec"]["serviceAccountName"]
@@ -280,8 +283,16 @@ def test_rendered_chart_passes_a_server_side_dry_run(
         assert only(objects, "ClusterRoleBinding")["subjects"] == [subject]
         if custom:
             # Least privilege: the job rules live in a Role per watched namespace only.
-            roles = [obj for obj in objects if obj["kind"] == "Role"]
-            bindings = [obj for obj in objects if obj["kind"] == "RoleBinding"]
+            roles = [
+                obj
+                for obj in objects
+                if obj["kind"] == "Role" and not obj["metadata"]["name"].endswith("-leader-election")
+            ]
+            bindings = [
+                obj
+                for obj in objects
+                if obj["kind"] == "RoleBinding" and not obj["metadata"]["name"].endswith("-leader-election")
+            ]
             assert sorted(role["metadata"]["namespace"] for role in roles) == sorted(watched)
             assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(watched)
             assert all(b["subjects"] == [subject] for b in bindings)
@@ -323,13 +334,17 @@ def test_chart_with_the_recognizer_passes_a_server_side_dry_run(
         values_args = _values_file(tmp_path, recognizer_values())
         text, objects = render(kube_cluster, release_namespace, values_args)
 
-        assert Counter(obj["kind"] for obj in objects) == {
+        kinds = Counter(obj["kind"] for obj in objects)
+        # The API key comes from the named Secret, so the chart creates none; the NetworkPolicy is on.
+        assert {
+            kind: kinds[kind] for kind in ("ServiceAccount", "Deployment", "Service", "NetworkPolicy")
+        } == {
             "ServiceAccount": 2,
-            "ClusterRole": 1,
-            "ClusterRoleBinding": 1,
             "Deployment": 2,
             "Service": 1,
+            "NetworkPolicy": 1,
         }
+        assert "Secret" not in kinds
         (operator,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == FULLNAME]
         (recognizer,) = [
             o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == RECOGNIZER
@@ -352,15 +367,18 @@ def test_chart_with_the_recognizer_passes_a_server_side_dry_run(
         assert container["args"] == [
             "serve", "--host", "0.0.0.0", "--port", "8088", "--quiet", "--log-format", "json",
         ]  # fmt: skip
-        assert pod["volumes"][1:] == recognizer_values()["recognizer"]["extraVolumes"]
-        assert container["volumeMounts"][1:] == recognizer_values()["recognizer"]["extraVolumeMounts"]
+        # After the chart's own: /tmp, and the operations database (an emptyDir by default).
+        assert pod["volumes"][1] == {"name": "state", "emptyDir": {"sizeLimit": "256Mi"}}
+        assert container["volumeMounts"][1] == {"name": "state", "mountPath": "/var/lib/speechkit-recognizer"}
+        assert pod["volumes"][2:] == recognizer_values()["recognizer"]["extraVolumes"]
+        assert container["volumeMounts"][2:] == recognizer_values()["recognizer"]["extraVolumeMounts"]
         assert container["envFrom"] == recognizer_values()["recognizer"]["extraEnvFrom"]
         assert pod["serviceAccountName"] == RECOGNIZER
         assert pod["automountServiceAccountToken"] is False
         assert service["metadata"]["name"] == RECOGNIZER
         assert service["spec"]["sessionAffinityConfig"] == {"clientIP": {"timeoutSeconds": 3600}}
         subjects = [s for o in objects if o["kind"].endswith("RoleBinding") for s in o["subjects"]]
-        assert [s["name"] for s in subjects] == [FULLNAME], "the recognition service gets no RBAC"
+        assert {s["name"] for s in subjects} == {FULLNAME}, "the recognition service gets no RBAC"
 
         manifest = tmp_path / "rendered.yaml"
         manifest.write_text(text, encoding="utf-8")
@@ -373,6 +391,7 @@ def test_chart_with_the_recognizer_passes_a_server_side_dry_run(
             f"deployment.apps/{RECOGNIZER}",
             f"service/{RECOGNIZER}",
             f"serviceaccount/{RECOGNIZER}",
+            f"networkpolicy.networking.k8s.io/{RECOGNIZER}",
             f"deployment.apps/{FULLNAME}",
         ):
             assert f"{created} created (server dry run)" in lines, applied.stdout
@@ -390,6 +409,57 @@ def test_chart_with_the_recognizer_passes_a_server_side_dry_run(
         assert 'API keys from Secret "recognizer-api-key"' in notes
     finally:
         delete_namespace(kube_cluster, release_namespace)
+
+
+def test_recognizer_key_survives_an_upgrade_and_its_policy_and_claim_are_accepted(
+    kube_cluster: KubeCluster,
+    crd_installed: InstalledCrd,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The generated API key is created once and kept by `helm upgrade` (lookup against the real API
+    server); the NetworkPolicy and the PersistentVolumeClaim are stored as rendered."""
+    namespace = unique_name("helm-key")
+    release = "e2e-key"
+    secret_path = f"/api/v1/namespaces/{namespace}/secrets/{release}-speechkit-operator-recognizer-api-key"
+    values = {
+        "image": {"repository": IMAGE_REPOSITORY, "tag": "0.1.0"},
+        "recognizer": {
+            "enabled": True,
+            "image": {"repository": RECOGNIZER_IMAGE_REPOSITORY, "tag": "0.1.0"},
+            "persistence": {"type": "pvc", "size": "2Gi"},
+        },
+    }
+    values_args = _values_file(tmp_path, values)
+    try:
+        kube_cluster.helm(
+            "install", release, str(CHART), "--namespace", namespace, "--create-namespace", *values_args
+        )
+        first = _ok(kube_cluster.request("GET", secret_path))["data"]["api-key"]
+        kube_cluster.helm("upgrade", release, str(CHART), "--namespace", namespace, *values_args)
+        assert _ok(kube_cluster.request("GET", secret_path))["data"]["api-key"] == first
+
+        name = f"{release}-speechkit-operator-recognizer"
+        policy = _ok(
+            kube_cluster.request(
+                "GET", f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{name}"
+            )
+        )
+        [rule] = policy["spec"]["ingress"]
+        assert rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == release
+        claim = _ok(
+            kube_cluster.request("GET", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}-state")
+        )
+        assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+        deployments = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+        operator = _ok(kube_cluster.request("GET", f"{deployments}/{release}-speechkit-operator"))
+        [container] = operator["spec"]["template"]["spec"]["containers"]
+        [key_env] = [
+            env for env in container["env"] if env["name"] == SETTINGS_PREFIX + "SELF_HOSTED_API_KEY"
+        ]
+        assert key_env["valueFrom"]["secretKeyRef"]["name"] == secret_path.rsplit("/", 1)[1]
+    finally:
+        kube_cluster.helm("uninstall", release, "--namespace", namespace, "--ignore-not-found", check=False)
+        delete_namespace(kube_cluster, namespace)
 
 
 # --------------------------------------------------------------------------- the Deployment
@@ -444,7 +514,7 @@ def test_settings_values_become_the_operators_environment(
     _, objects = render(kube_cluster, "speechkit-system", _values_file(tmp_path, custom_values(["a", "b"])))
     deployment = only(objects, "Deployment")
     env = container_env(deployment)
-    assert env[SETTINGS_PREFIX + "POLL_TICK_SECONDS"] == "2"
+    assert env[SETTINGS_PREFIX + "MAX_SUBMIT_ATTEMPTS"] == "2"
     assert env[SETTINGS_PREFIX + "HTTP_TIMEOUT"] == "12.5"
     assert env[SETTINGS_PREFIX + "PRESIGN_EXPIRY_SECONDS"] == "604800"
     assert env[SETTINGS_PREFIX + "STORAGE_ENDPOINT"] == "http://minio.storage.svc:9000"
@@ -454,7 +524,7 @@ def test_settings_values_become_the_operators_environment(
     assert env["HTTPS_PROXY"] == "http://proxy.example:3128"
 
     settings = _settings_from(env, monkeypatch)
-    assert settings.poll_tick_seconds == 2.0
+    assert settings.max_submit_attempts == 2
     assert settings.http_timeout == 12.5
     assert settings.presign_expiry_seconds == 604_800
     assert str(settings.storage_endpoint) == "http://minio.storage.svc:9000/"
@@ -560,7 +630,8 @@ def test_helm_install_deploys_and_uninstall_removes(
         }
         deployment = stored["deployment"]
         assert deployment["spec"]["replicas"] == 1
-        assert deployment["spec"]["strategy"]["type"] == "Recreate"
+        # Leader election makes a rolling update safe: the new pod waits for the old one's Lease.
+        assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
         assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"{IMAGE_REPOSITORY}:0.1.0"
         for obj in stored.values():
             assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
@@ -575,11 +646,13 @@ def test_helm_install_deploys_and_uninstall_removes(
             ("get", "", "secrets", ""),
             ("create", "", "events", ""),
             ("watch", "apiextensions.k8s.io", "customresourcedefinitions", ""),
+            # A fresh read after a conflict; deletion after ttlSecondsAfterFinished.
+            ("get", "speechkit.dev", "transcriptionjobs", ""),
+            ("delete", "speechkit.dev", "transcriptionjobs", ""),
         ]
         denied: list[Access] = [
-            ("get", "speechkit.dev", "transcriptionjobs", ""),
             ("create", "speechkit.dev", "transcriptionjobs", ""),
-            ("delete", "speechkit.dev", "transcriptionjobs", ""),
+            ("update", "speechkit.dev", "transcriptionjobs", ""),
             ("list", "", "secrets", ""),
             ("create", "", "pods", ""),
             ("create", "apiextensions.k8s.io", "customresourcedefinitions", ""),

@@ -171,3 +171,32 @@ async def test_a_credential_echoed_in_an_operation_error_is_redacted(
     assert "is not valid for folder" in status["message"]
     written = json.dumps(status) + json.dumps(k8s.events())
     assert API_KEY not in written
+
+
+@pytest.mark.parametrize("own_key", [API_KEY, None], ids=["operators-own-key", "no-key"])
+async def test_the_operator_authenticates_to_its_recognizer_with_its_own_key(
+    k8s: Cluster,
+    s3: S3Client,
+    bucket: str,
+    speechkit: SpeechKitEmulator,
+    start_operator: Starter,
+    own_key: str | None,
+) -> None:
+    """backend self-hosted: a job that names no credentials Secret uses the key the chart gave the
+    operator; without one it goes anonymous (and a service that checks keys refuses it)."""
+    key = upload(s3, bucket, "librivox-0880.wav")
+    await start_operator(
+        backend="self-hosted",
+        self_hosted_url=speechkit.url,
+        self_hosted_api_key=own_key,
+        default_credentials_secret="not-in-this-namespace",
+    )
+    await k8s.create_job("own-key", spec(bucket, key))
+
+    status = await k8s.wait_for_phase("own-key", "Succeeded", "Failed")
+
+    if own_key is None:
+        assert status["reason"] == "Unauthenticated"
+    else:
+        assert status["phase"] == "Succeeded", status
+        assert API_KEY not in json.dumps(status)

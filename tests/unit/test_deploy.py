@@ -9,6 +9,7 @@ A few tests render the Helm chart and run only where a ``helm`` binary is on PAT
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -38,6 +39,7 @@ from speechkit_operator.models.audio import SUPPORTED_PCM_RATES, AudioEncoding, 
 from speechkit_operator.models.job import (
     ALL_FORMATS,
     BUCKET_PATTERN,
+    DOT_SEGMENT_PATTERN,
     KEY_PATTERN,
     LANGUAGE_PATTERN,
     PREFIX_PATTERN,
@@ -48,6 +50,7 @@ from speechkit_operator.models.job import (
     OutputSpec,
     Phase,
     RecognitionSpec,
+    SubmissionIntent,
     TranscriptionJobSpec,
 )
 from speechkit_operator.selfhosted.config import ServiceSettings
@@ -504,6 +507,11 @@ def _full_status() -> dict[str, Any]:
         last_check_at="2024-05-01T10:00:30Z",
         next_check_at="2024-05-01T10:00:40Z",
         checks=3,
+        next_attempt_at="2024-05-01T10:00:01Z",
+        submission=SubmissionIntent(
+            nonce="0f1e2d3c4b5a6978", holder="op-7c9f-1a2b", started_at="2024-05-01T10:00:00Z"
+        ),
+        uncertain_submissions=1,
         audio=audio.to_status(),
         outputs={"json": "out/a.json", "srt": "out/a.srt", "srt:1": "out/a.1.srt", "srt:2": "out/a.2.srt"},
         conditions=[condition],
@@ -563,6 +571,45 @@ def test_spec_is_immutable(spec_schema: Schema) -> None:
         "rule": "self == oldSelf",
         "message": "spec is immutable: delete and re-create the TranscriptionJob to change it",
     } in spec_schema["x-kubernetes-validations"]
+
+
+_DOT_SEGMENT_KEYS = ["a/../b.wav", "./a.wav", "a/./b", "..", ".", "calls/..", "calls/.", "a/../../b"]
+_DOTTED_KEYS = ["...", ".hidden/a.wav", "a..b/..c.wav", "calls/a.", "a/.../b", "a//b"]
+
+
+@pytest.mark.parametrize(("path", "field"), [("source.key", "key"), ("output.prefix", "prefix")])
+def test_dot_segments_are_refused_by_a_cel_rule_that_is_the_models(
+    spec_schema: Schema, path: str, field: str
+) -> None:
+    """``.`` and ``..`` segments, which HTTP clients resolve into another key, are refused by a CEL rule
+    (a pattern cannot say it) with the model's own regular expression; dots inside names are not."""
+    [rule] = _at(spec_schema, path)["x-kubernetes-validations"]
+    assert rule["rule"] == f"!self.matches('{DOT_SEGMENT_PATTERN}')"
+    assert rule["message"].startswith(f"{field} must not contain . or .. path segments")
+    assert "HTTP clients resolve them" in rule["message"]
+    assert ". or .. path segments" in _at(spec_schema, path)["description"]
+    for value in _DOT_SEGMENT_KEYS + [f"{key}/" for key in _DOT_SEGMENT_KEYS]:
+        # CEL's matches() is an unanchored RE2 search; this expression means the same in Python.
+        assert re.search(DOT_SEGMENT_PATTERN, value), value
+    for value in _DOTTED_KEYS:
+        assert not re.search(DOT_SEGMENT_PATTERN, value), value
+
+
+@pytest.mark.parametrize("key", _DOT_SEGMENT_KEYS)
+def test_the_model_refuses_dot_segments_like_the_crd(key: str) -> None:
+    with pytest.raises(ValueError, match=r"must not contain \. or \.\. path segments"):
+        TranscriptionJobSpec.model_validate({"source": {"bucket": "audio", "key": key}})
+    with pytest.raises(ValueError, match=r"must not contain \. or \.\. path segments"):
+        TranscriptionJobSpec.model_validate(
+            {"source": {"bucket": "audio", "key": "a.wav"}, "output": {"prefix": key + "/"}}
+        )
+
+
+@pytest.mark.parametrize("key", _DOTTED_KEYS)
+def test_dots_inside_names_pass_the_model_and_the_crd_schema(spec_schema: Schema, key: str) -> None:
+    spec = {"source": {"bucket": "audio", "key": key}, "output": {"prefix": key + "/"}}
+    assert _validate(spec, spec_schema) == []
+    assert TranscriptionJobSpec.model_validate(spec).source.key == key
 
 
 def test_pcm_only_fields_are_guarded_by_a_rule(spec_schema: Schema) -> None:
@@ -656,7 +703,10 @@ def test_recognizer_is_off_by_default_and_its_values_are_the_services_defaults(v
     assert recognizer["workers"] == service_defaults["workers"].default
     assert recognizer["queueSize"] == service_defaults["queue_size"].default
     assert recognizer["retentionSeconds"] == service_defaults["retention_seconds"].default
-    assert recognizer["apiKeySecret"] == {"name": "", "key": "api-key"}
+    # Secure by default: an API key (the chart's own), a NetworkPolicy, operations kept across restarts.
+    assert recognizer["apiKeySecret"] == {"enabled": True, "name": "", "key": "api-key", "operatorKey": ""}
+    assert recognizer["networkPolicy"] == {"enabled": True, "extraFrom": []}
+    assert recognizer["persistence"]["type"] == "emptyDir"
     assert recognizer["service"]["port"] == service_defaults["port"].default == 8088
     assert recognizer["service"]["sessionAffinity"] == "None"
     assert recognizer["resources"]["requests"] == {"cpu": "1", "memory": "512Mi"}
@@ -786,17 +836,28 @@ def test_schema_rejects_unknown_keys_in_every_object_of_the_chart(values: Any, v
 def test_schema_settings_are_the_settings_fields(values_schema: Schema) -> None:
     properties = _at(values_schema, "settings")["properties"]
     assert values_schema["properties"]["settings"]["additionalProperties"] is False
-    assert _accepted(properties) == set(Settings.model_fields) - {"namespaces"}
-    # Declared, but only so that the chart's own refusal (which names watchNamespaces) is what users see.
-    assert set(properties) - _accepted(properties) == {"namespaces"}
+    refused = {"namespaces", "self_hosted_api_key"}
+    assert _accepted(properties) == set(Settings.model_fields) - refused
+    # Declared, but only so that the chart's own refusal (which names watchNamespaces, or says where the
+    # key comes from) is what users see.
+    assert set(properties) - _accepted(properties) == refused
     assert "watchNamespaces" in properties["namespaces"]["description"]
+    assert "secretKeyRef" in properties["self_hosted_api_key"]["description"]
 
 
 def test_schema_recognizer_settings_are_the_service_settings_the_chart_leaves_open(
     values_schema: Schema,
 ) -> None:
     chart_set = _chart_set_service_settings()
-    assert chart_set == {"host", "port", "workers", "queue_size", "retention_seconds", "api_keys"}
+    assert chart_set == {
+        "host",
+        "port",
+        "workers",
+        "queue_size",
+        "retention_seconds",
+        "api_keys",
+        "state_dir",
+    }
     recognizer = _at(values_schema, "recognizer")
     properties = _at(recognizer, "settings")["properties"]
     assert recognizer["properties"]["settings"]["additionalProperties"] is False
@@ -867,6 +928,8 @@ def test_schema_settings_have_the_models_types_and_bounds(
         ("extraVolumeMounts", [{"name": "ca"}], "'mountPath' is a required property"),
         ("recognizer.extraVolumeMounts", [{"name": "ca", "mountpath": "/ca"}], "mountpath"),
         ("imagePullSecrets", ["my-registry"], "$.imagePullSecrets[0]"),
+        ("settings.storage_endpoints", ["minio.storage.svc:9000"], "$.settings.storage_endpoints"),
+        ("settings.storage_endpoints", 9000, "$.settings.storage_endpoints"),
     ],
 )
 def test_schema_rejects_typos_and_wrong_types(
@@ -889,6 +952,8 @@ def test_schema_rejects_typos_and_wrong_types(
         ("settings.backend", "self-hosted"),
         ("recognizer.settings.allowed_hosts", ["*.example.com", "minio:9000"]),
         ("recognizer.settings.allowed_hosts", "*.example.com,minio:9000"),
+        ("settings.storage_endpoints", ["http://minio.storage.svc:9000", "https://*.example.net"]),
+        ("settings.storage_endpoints", "http://minio.storage.svc:9000,https://*.example.net"),
         ("recognizer.settings.start_method", "spawn"),
         ("recognizer.retentionSeconds", "86400.5"),
         ("image.tag", 20240101),  # `--set image.tag=20240101` passes a number
@@ -1103,6 +1168,20 @@ def _render(*flags: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+def _render_failure(*flags: str) -> str:
+    """What helm says when it refuses to render."""
+    assert HELM is not None, "helm is missing: run .ci/build-components"
+    result = subprocess.run(
+        [HELM, "template", "speech", str(CHART), "--namespace", "ops", *flags],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode != 0, result.stdout
+    return result.stderr
+
+
 def _one(docs: list[dict[str, Any]], kind: str, namespace: str | None = None) -> dict[str, Any]:
     [doc] = [d for d in docs if d["kind"] == kind and d["metadata"].get("namespace") in (namespace, None)]
     return doc
@@ -1119,12 +1198,18 @@ def _rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 
 _JOB_RULES = {
-    *(("speechkit.dev", "transcriptionjobs", verb) for verb in ("list", "watch", "patch")),
+    *(("speechkit.dev", "transcriptionjobs", verb) for verb in ("list", "watch", "get", "patch", "delete")),
     ("speechkit.dev", "transcriptionjobs/status", "patch"),
     ("", "events", "create"),
     ("", "secrets", "get"),
 }
 _CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions", verb) for verb in ("list", "watch")}
+_LEASE_RULES = {("coordination.k8s.io", "leases", verb) for verb in ("create", "get", "update")}
+
+
+def _leader_election_role(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    [role] = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader-election")]
+    return role
 
 
 @needs_helm
@@ -1132,7 +1217,11 @@ def test_rendered_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
     docs = _render()
     deployment = _one(docs, "Deployment", "ops")
     assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # Leader election: a new pod waits for the old one's Lease, so a rolling update is safe.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]
     assert container["image"] == "speechkit-operator:0.1.0"
@@ -1146,11 +1235,29 @@ def test_rendered_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pod["enableServiceLinks"] is False
     _clear_settings_env(monkeypatch)
     defaults = Settings()
+    namespace = [env for env in container["env"] if env["name"] == "POD_NAMESPACE"]
+    assert namespace == [
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+    ]
     for env in container["env"]:
+        if env["name"] == "POD_NAMESPACE":
+            continue
         assert env["name"].startswith("SPEECHKIT_OPERATOR_")
         assert env["name"].removeprefix("SPEECHKIT_OPERATOR_").lower() in Settings.model_fields
         monkeypatch.setenv(env["name"], env["value"])
     assert Settings() == defaults
+
+
+@needs_helm
+def test_replicas_for_failover_need_leader_election() -> None:
+    docs = _render("--set", "replicas=2")
+    assert _one(docs, "Deployment", "ops")["spec"]["replicas"] == 2
+    single = _one(_render("--set", "settings.leader_election=false"), "Deployment", "ops")
+    assert single["spec"]["replicas"] == 1
+    assert single["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [d for d in _render("--set", "settings.leader_election=false") if d["kind"] == "Role"]
+    refused = _render_failure("--set", "replicas=2", "--set", "settings.leader_election=false")
+    assert "replicas > 1 needs settings.leader_election" in refused
 
 
 @needs_helm
@@ -1161,7 +1268,20 @@ def test_rendered_cluster_wide_rbac() -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "speech-speechkit-operator", "namespace": "ops"}
     ]
-    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+    # The only Role is leader election's, in the release namespace, for its one Lease.
+    role = _leader_election_role(docs)
+    assert role["metadata"]["namespace"] == "ops"
+    assert _rules(role) == _LEASE_RULES
+    named = [rule for rule in role["rules"] if rule.get("resourceNames")]
+    assert named == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["speechkit-operator"],
+            "verbs": ["get", "update"],
+        }
+    ]
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "RoleBinding"] == [role["metadata"]["name"]]
 
 
 @needs_helm
@@ -1198,7 +1318,7 @@ def test_rendered_settings_values() -> None:
         "--set-json", "settings.secret_cache_seconds=1000000",
     )  # fmt: skip
     [container] = _one(docs, "Deployment", "ops")["spec"]["template"]["spec"]["containers"]
-    env = {item["name"]: item["value"] for item in container["env"]}
+    env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["SPEECHKIT_OPERATOR_PRESIGN_EXPIRY_SECONDS"] == "604800"
     assert env["SPEECHKIT_OPERATOR_POLL_BACKOFF_FACTOR"] == "2.5"
     assert env["SPEECHKIT_OPERATOR_SECRET_CACHE_SECONDS"] == "1000000", "never 1e+06"
@@ -1237,6 +1357,10 @@ def test_chart_refuses_namespace_globs() -> None:
 
 RECOGNIZER = "speech-speechkit-operator-recognizer"
 RECOGNIZER_URL = f"http://{RECOGNIZER}.ops.svc:8088"
+API_KEY_SECRET = f"{RECOGNIZER}-api-key"
+STATE_DIR = "/var/lib/speechkit-recognizer"
+_STATE_MOUNT = {"name": "state", "mountPath": STATE_DIR}
+_STATE_VOLUME = {"name": "state", "emptyDir": {"sizeLimit": "256Mi"}}
 OPERATOR = "speech-speechkit-operator"
 
 
@@ -1293,7 +1417,17 @@ def test_recognizer_disabled_renders_nothing_of_it(monkeypatch: pytest.MonkeyPat
 def test_recognizer_enabled_renders_deployment_service_and_service_account() -> None:
     docs = _render("--set", "recognizer.enabled=true")
     assert Counter(d["kind"] for d in docs) == Counter(
-        {"Deployment": 2, "ServiceAccount": 2, "Service": 1, "ClusterRole": 1, "ClusterRoleBinding": 1}
+        {
+            "Deployment": 2,
+            "ServiceAccount": 2,
+            "Service": 1,
+            "ClusterRole": 1,
+            "ClusterRoleBinding": 1,
+            "Role": 1,  # leader election
+            "RoleBinding": 1,
+            "Secret": 1,  # the recognizer's API key
+            "NetworkPolicy": 1,
+        }
     )
     deployment = _named(docs, "Deployment", RECOGNIZER)
     assert deployment["metadata"]["namespace"] == "ops"
@@ -1308,6 +1442,13 @@ def test_recognizer_enabled_renders_deployment_service_and_service_account() -> 
         {"name": "SPEECHKIT_SERVE_WORKERS", "value": "2"},
         {"name": "SPEECHKIT_SERVE_QUEUE_SIZE", "value": "16"},
         {"name": "SPEECHKIT_SERVE_RETENTION_SECONDS", "value": "259200"},
+        {
+            "name": "SPEECHKIT_SERVE_API_KEYS",
+            "valueFrom": {"secretKeyRef": {"name": API_KEY_SECRET, "key": "api-key"}},
+        },
+        {"name": "SPEECHKIT_SERVE_STATE_DIR", "value": STATE_DIR},
+        # Downloads are denied unless allowed: by default where the operator's presigned URLs point.
+        {"name": "SPEECHKIT_SERVE_ALLOWED_HOSTS", "value": "storage.yandexcloud.net"},
     ]
     assert container["ports"] == [{"name": "http", "containerPort": 8088, "protocol": "TCP"}]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
@@ -1320,8 +1461,8 @@ def test_recognizer_enabled_renders_deployment_service_and_service_account() -> 
     assert container["securityContext"] == _container(_named(docs, "Deployment", OPERATOR))["securityContext"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
-    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    assert container["volumeMounts"] == [_TMP_MOUNT, _STATE_MOUNT]
+    assert pod["volumes"] == [_TMP_VOLUME, _STATE_VOLUME]
 
     # Its own ServiceAccount, without a token and without any RBAC.
     account = _named(docs, "ServiceAccount", RECOGNIZER)
@@ -1397,6 +1538,10 @@ def test_recognizer_values_become_its_environment(monkeypatch: pytest.MonkeyPatc
         "--set", "recognizer.apiKeySecret.key=keys",
         "--set-json", "recognizer.settings.max_audio_bytes=52428800",
         "--set", "recognizer.settings.storage_region=",
+        "--set-json", 'recognizer.settings.allowed_hosts=["minio.storage.svc:9000", "*.example.com"]',
+        "--set", "recognizer.settings.allowed_buckets=calls-*",
+        "--set-json", "recognizer.settings.worker_memory_bytes=1073741824",
+        "--set", "recognizer.settings.body_timeout=12.5",
         "--set", "recognizer.logLevel=debug",
         "--set", "recognizer.image.repository=registry.example.com/recognizer",
         "--set", "recognizer.image.tag=1.2.3",
@@ -1415,7 +1560,12 @@ def test_recognizer_values_become_its_environment(monkeypatch: pytest.MonkeyPatc
         "SPEECHKIT_SERVE_WORKERS": "4",
         "SPEECHKIT_SERVE_QUEUE_SIZE": "0",
         "SPEECHKIT_SERVE_RETENTION_SECONDS": "1000000",
+        "SPEECHKIT_SERVE_STATE_DIR": STATE_DIR,
         "SPEECHKIT_SERVE_MAX_AUDIO_BYTES": "52428800",
+        "SPEECHKIT_SERVE_ALLOWED_HOSTS": "minio.storage.svc:9000,*.example.com",
+        "SPEECHKIT_SERVE_ALLOWED_BUCKETS": "calls-*",
+        "SPEECHKIT_SERVE_WORKER_MEMORY_BYTES": "1073741824",
+        "SPEECHKIT_SERVE_BODY_TIMEOUT": "12.5",
         "OMP_NUM_THREADS": "1",
     }
     # The service reads them as meant (the API key comes from the Secret in the cluster).
@@ -1430,6 +1580,17 @@ def test_recognizer_values_become_its_environment(monkeypatch: pytest.MonkeyPatc
     assert settings.max_audio_bytes == 52_428_800
     assert settings.storage_region is None
     assert settings.api_key_values == ("key-one", "key-two")
+    assert settings.allowed_hosts == ("minio.storage.svc:9000", "*.example.com")
+    assert settings.allowed_buckets == ("calls-*",)
+    assert (settings.worker_memory_bytes, settings.body_timeout) == (1 << 30, 12.5)
+    assert settings.database_path == Path(STATE_DIR) / "operations.sqlite3"
+    # The operator sends the key of the same Secret.
+    operator = _container(_named(docs, "Deployment", OPERATOR))
+    [operator_key] = [
+        item for item in operator["env"] if item["name"] == "SPEECHKIT_OPERATOR_SELF_HOSTED_API_KEY"
+    ]
+    assert operator_key["valueFrom"] == {"secretKeyRef": {"name": "recognizer-keys", "key": "keys"}}
+    assert not [d for d in docs if d["kind"] == "Secret"], "an existing Secret is used as it is"
 
 
 @needs_helm
@@ -1540,9 +1701,189 @@ def test_recognizer_names_stay_dns_labels() -> None:
     long_name = "a" * 63
     docs = _render("--set", "recognizer.enabled=true", "--set", f"fullnameOverride={long_name}")
     names = {d["metadata"]["name"] for d in docs if _is_recognizer_related(d)}
-    assert names == {"a" * 52 + "-recognizer"}
+    # The Secret's name is a DNS subdomain (up to 253 characters), not a label.
+    assert names == {"a" * 52 + "-recognizer", "a" * 52 + "-recognizer-api-key"}
     labels = _named(docs, "Service", "a" * 52 + "-recognizer")["metadata"]["labels"]
     assert all(len(value) <= 63 for value in labels.values())
+
+
+@needs_helm
+def test_recognizer_api_key_is_generated_and_shared_with_the_operator() -> None:
+    docs = _render("--set", "recognizer.enabled=true")
+    secret = _named(docs, "Secret", API_KEY_SECRET)
+    assert secret["metadata"]["namespace"] == "ops"
+    assert secret["type"] == "Opaque"
+    key = base64.b64decode(secret["data"]["api-key"]).decode()
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", key), "a key the service accepts (no spaces, no commas)"
+    reference = {"secretKeyRef": {"name": API_KEY_SECRET, "key": "api-key"}}
+    recognizer_env = {
+        item["name"]: item for item in _container(_named(docs, "Deployment", RECOGNIZER))["env"]
+    }
+    operator_env = {item["name"]: item for item in _container(_named(docs, "Deployment", OPERATOR))["env"]}
+    assert recognizer_env["SPEECHKIT_SERVE_API_KEYS"]["valueFrom"] == reference
+    assert operator_env["SPEECHKIT_OPERATOR_SELF_HOSTED_API_KEY"]["valueFrom"] == reference
+    # The template keeps an installed release's key (lookup); without a cluster each render draws one.
+    template = (CHART / "templates" / "recognizer-secret.yaml").read_text(encoding="utf-8")
+    assert 'lookup "v1" "Secret" .Release.Namespace $name' in template
+
+    # Rotation: the service takes several keys, the operator sends the one named by operatorKey.
+    docs = _render(
+        "--set", "recognizer.enabled=true",
+        "--set", "recognizer.apiKeySecret.name=keys",
+        "--set", "recognizer.apiKeySecret.key=all",
+        "--set", "recognizer.apiKeySecret.operatorKey=current",
+    )  # fmt: skip
+    operator_env = {item["name"]: item for item in _container(_named(docs, "Deployment", OPERATOR))["env"]}
+    assert operator_env["SPEECHKIT_OPERATOR_SELF_HOSTED_API_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "keys", "key": "current"}
+    }
+
+    # Authentication off, explicitly: no Secret, no key on either side.
+    docs = _render("--set", "recognizer.enabled=true", "--set", "recognizer.apiKeySecret.enabled=false")
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    for name in (OPERATOR, RECOGNIZER):
+        assert not [n for n in _env_names(_container(_named(docs, "Deployment", name))) if "API_KEY" in n]
+    # Without the recognizer the operator gets no key either.
+    assert "SPEECHKIT_OPERATOR_SELF_HOSTED_API_KEY" not in _env_names(
+        _container(_one(_render(), "Deployment", "ops"))
+    )
+
+
+@needs_helm
+def test_recognizer_network_policy_admits_only_the_operator() -> None:
+    docs = _render("--set", "recognizer.enabled=true")
+    policy = _named(docs, "NetworkPolicy", RECOGNIZER)
+    recognizer_labels = _named(docs, "Deployment", RECOGNIZER)["spec"]["template"]["metadata"]["labels"]
+    operator_labels = _named(docs, "Deployment", OPERATOR)["spec"]["template"]["metadata"]["labels"]
+    spec = policy["spec"]
+    assert _matches(spec["podSelector"]["matchLabels"], recognizer_labels)
+    assert not _matches(spec["podSelector"]["matchLabels"], operator_labels)
+    assert spec["policyTypes"] == ["Ingress"]
+    [rule] = spec["ingress"]
+    [peer] = rule["from"]
+    assert set(peer) == {"podSelector"}, "the operator's pods in the release namespace only"
+    assert _matches(peer["podSelector"]["matchLabels"], operator_labels)
+    assert not _matches(peer["podSelector"]["matchLabels"], recognizer_labels)
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    docs = _render(
+        "--set", "recognizer.enabled=true",
+        "--set-json", f"recognizer.networkPolicy.extraFrom={json.dumps([monitoring])}",
+    )  # fmt: skip
+    [rule] = _named(docs, "NetworkPolicy", RECOGNIZER)["spec"]["ingress"]
+    assert rule["from"][1:] == [monitoring]
+
+    docs = _render("--set", "recognizer.enabled=true", "--set", "recognizer.networkPolicy.enabled=false")
+    assert not [d for d in docs if d["kind"] == "NetworkPolicy"]
+
+
+@needs_helm
+def test_recognizer_state_on_a_persistent_volume_claim() -> None:
+    docs = _render(
+        "--set", "recognizer.enabled=true",
+        "--set", "recognizer.persistence.type=pvc",
+        "--set", "recognizer.persistence.storageClassName=fast",
+        "--set", "recognizer.persistence.size=5Gi",
+    )  # fmt: skip
+    claim = _named(docs, "PersistentVolumeClaim", f"{RECOGNIZER}-state")
+    assert claim["metadata"]["namespace"] == "ops"
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "storageClassName": "fast",
+        "resources": {"requests": {"storage": "5Gi"}},
+    }
+    volumes = _named(docs, "Deployment", RECOGNIZER)["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "state", "persistentVolumeClaim": {"claimName": f"{RECOGNIZER}-state"}} in volumes
+
+    docs = _render(
+        "--set", "recognizer.enabled=true",
+        "--set", "recognizer.persistence.type=pvc",
+        "--set", "recognizer.persistence.existingClaim=recognizer-data",
+    )  # fmt: skip
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    volumes = _named(docs, "Deployment", RECOGNIZER)["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "state", "persistentVolumeClaim": {"claimName": "recognizer-data"}} in volumes
+
+
+@needs_helm
+def test_recognizer_downloads_default_to_the_storage_endpoint() -> None:
+    docs = _render(
+        "--set", "recognizer.enabled=true", "--set", "settings.storage_endpoint=http://minio.storage.svc:9000"
+    )  # fmt: skip
+    env = _plain_env(_container(_named(docs, "Deployment", RECOGNIZER)))
+    assert env["SPEECHKIT_SERVE_ALLOWED_HOSTS"] == "minio.storage.svc:9000"
+    assert "SPEECHKIT_SERVE_ALLOWED_BUCKETS" not in env
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--set", "settings.self_hosted_api_key=k"], "settings.self_hosted_api_key is not supported"),
+        (
+            ["--set", "recognizer.settings.state_dir=/data"],
+            "recognizer.settings.state_dir is set by the chart",
+        ),
+        (
+            ["--set-json", 'recognizer.extraVolumes=[{"name": "state", "emptyDir": {}}]'],
+            "recognizer.extraVolumes: the volume name state is the chart's own",
+        ),
+        (
+            [
+                "--set-json", 'recognizer.extraVolumes=[{"name": "data", "emptyDir": {}}]',
+                "--set-json",
+                f'recognizer.extraVolumeMounts=[{{"name": "data", "mountPath": "{STATE_DIR}/"}}]',
+            ],
+            f"recognizer.extraVolumeMounts: {STATE_DIR} is the chart's own mount",
+        ),
+        (
+            ["--set-json", 'extraEnv=[{"name": "SPEECHKIT_OPERATOR_SELF_HOSTED_API_KEY", "value": "k"}]'],
+            "extraEnv: SPEECHKIT_OPERATOR_SELF_HOSTED_API_KEY is set by the chart",
+        ),
+        (
+            [
+                "--set", "recognizer.persistence.type=pvc",
+                "--set", "recognizer.replicas=2",
+                "--set", "recognizer.service.sessionAffinity=ClientIP",
+            ],
+            "recognizer.persistence.type=pvc needs recognizer.replicas=1",
+        ),
+        (
+            ["--set", "recognizer.persistence.type=hostPath"],
+            "recognizer.persistence.type must be emptyDir or pvc",
+        ),
+    ],
+)  # fmt: skip
+def test_chart_refuses_what_would_weaken_the_recognizer(flags: list[str], message: str) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        _render("--set", "recognizer.enabled=true", *flags, "--skip-schema-validation")
+    assert message in failure.value.stderr
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "accepted"),
+    [
+        ("recognizer.apiKeySecret.enabled", False, True),
+        ("recognizer.apiKeySecret.enabled", "no", False),
+        ("recognizer.apiKeySecret.operatorKey", "current", True),
+        ("recognizer.persistence.type", "pvc", True),
+        ("recognizer.persistence.type", "hostPath", False),
+        ("recognizer.persistence.size", "10Gi", True),
+        ("recognizer.persistence.sizee", "10Gi", False),
+        ("recognizer.networkPolicy.extraFrom", [{"podSelector": {}}], True),
+        ("recognizer.networkPolicy.extraFrom", {"podSelector": {}}, False),
+        ("recognizer.settings.allowed_buckets", ["calls-*"], True),
+        ("recognizer.settings.worker_memory_bytes", 1024, False),
+        ("recognizer.settings.recognition_timeout_factor", "2.5", True),
+        ("recognizer.settings.body_timeout", 0, False),
+        ("settings.self_hosted_api_key", "k", True),  # declared, so that the chart's own refusal is seen
+    ],
+)
+def test_schema_of_the_recognizers_hardening(
+    values: Any, values_schema: Schema, path: str, value: Any, accepted: bool
+) -> None:
+    assert (_schema_errors(values_schema, _with(values, path, value)) == []) is accepted
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1574,12 +1915,17 @@ def test_rendered_extra_volumes_mounts_and_env_from_in_both_deployments(
             f"recognizer.{key}={json.dumps(value)}",
         ]
     docs = _render(*flags)
+    own = {
+        OPERATOR: ([_TMP_VOLUME], [_TMP_MOUNT]),
+        RECOGNIZER: ([_TMP_VOLUME, _STATE_VOLUME], [_TMP_MOUNT, _STATE_MOUNT]),
+    }
     for name in (OPERATOR, RECOGNIZER):
         deployment = _named(docs, "Deployment", name)
         pod = deployment["spec"]["template"]["spec"]
         container = _container(deployment)
-        assert pod["volumes"] == [_TMP_VOLUME, _CA_VOLUME], name
-        assert container["volumeMounts"] == [_TMP_MOUNT, _CA_MOUNT], name
+        volumes, mounts = own[name]
+        assert pod["volumes"] == [*volumes, _CA_VOLUME], name
+        assert container["volumeMounts"] == [*mounts, _CA_MOUNT], name
         assert container["envFrom"] == [_PROXY_ENV_FROM], name
     env = _plain_env(_container(_named(docs, "Deployment", OPERATOR)))
     assert env["SPEECHKIT_OPERATOR_CA_BUNDLE"] == "/etc/speechkit/ca/ca.crt"
@@ -1588,8 +1934,9 @@ def test_rendered_extra_volumes_mounts_and_env_from_in_both_deployments(
     docs = _render("--set", "recognizer.enabled=true")
     for name in (OPERATOR, RECOGNIZER):
         deployment = _named(docs, "Deployment", name)
-        assert deployment["spec"]["template"]["spec"]["volumes"] == [_TMP_VOLUME]
-        assert _container(deployment)["volumeMounts"] == [_TMP_MOUNT]
+        volumes, mounts = own[name]
+        assert deployment["spec"]["template"]["spec"]["volumes"] == volumes
+        assert _container(deployment)["volumeMounts"] == mounts
         assert "envFrom" not in _container(deployment)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import subprocess
@@ -15,7 +16,14 @@ import pytest
 from numpy.typing import NDArray
 
 from speechkit_operator.models.audio import AudioEncoding, ContainerFormat
-from speechkit_operator.selfhosted.decoding import AudioDecodeError, DecodedAudio, decode_audio
+from speechkit_operator.selfhosted.decoding import (
+    AudioDecodeError,
+    AudioStream,
+    DecodedAudio,
+    PcmSegment,
+    decode_audio,
+    open_audio,
+)
 from tests.support.audio import audio_dir, manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -480,3 +488,81 @@ def test_damaged_copies_of_every_container_fail_cleanly_or_decode() -> None:
         "UnknownAudioFormat",
         "UnsupportedAudio",
     }
+
+
+# --------------------------------------------------------------------------------------------------------
+# Decoding in windows (what the service does)
+# --------------------------------------------------------------------------------------------------------
+
+
+def _open(data: bytes, **declared: Any) -> AudioStream:
+    values: dict[str, Any] = {"encoding": None, "sample_rate_hertz": None, "channel_count": None}
+    values.update(declared)
+    return open_audio(data, **values)
+
+
+@pytest.mark.parametrize(
+    ("name", "declared"),
+    [
+        ("librivox-stereo-0880L-0930R.wav", {}),
+        ("librivox-all.ogg", {}),
+        ("librivox-0870.mp3", {}),
+        ("librivox-0870-8k.pcm", {"encoding": AudioEncoding.LINEAR16_PCM, "sample_rate_hertz": 8000}),
+    ],
+)
+def test_pieces_put_together_are_the_whole_decoded_audio(name: str, declared: dict[str, Any]) -> None:
+    data = _read(name)
+    whole = _decode(data, **declared)
+    stream = _open(data, **declared)
+    assert stream.duration_seconds is None
+
+    pieces: dict[int, list[PcmSegment]] = {}
+    for segment in stream.segments(window_seconds=1.0):
+        pieces.setdefault(segment.channel, []).append(segment)
+
+    assert stream.duration_seconds == whole.duration_seconds
+    assert sorted(pieces) == list(range(1, whole.channel_count + 1))
+    for channel, segments in pieces.items():
+        joined = np.concatenate([segment.pcm for segment in segments])
+        np.testing.assert_array_equal(joined, whole.channels[channel - 1])
+        assert all(len(segment.pcm) <= 16000 for segment in segments)
+        assert segments[0].start_seconds == 0
+        for before, after in itertools.pairwise(segments):
+            assert before.end_seconds == after.start_seconds  # no gap, no overlap
+        assert segments[-1].end_seconds == pytest.approx(whole.duration_seconds)
+    with pytest.raises(RuntimeError):
+        next(iter(stream.blocks()))  # decoded once
+
+
+def test_the_window_shrinks_with_the_channel_count() -> None:
+    wav = _read("librivox-all.wav")  # 28 s of mono at 16 kHz
+    mono = np.frombuffer(wav[44:], dtype="<i2")
+    for channels, window in ((1, 300), (2, 240), (4, 120), (8, 60)):
+        repeated = np.tile(mono, (channels, 12)).T.astype("<i2")  # 335 s of each channel
+        stream = _open(
+            repeated.tobytes(),
+            encoding=AudioEncoding.LINEAR16_PCM,
+            sample_rate_hertz=16000,
+            channel_count=channels,
+        )
+        longest = max(len(segment.pcm) for segment in stream.segments())
+        assert 2 / 3 * window * 16000 <= longest <= window * 16000, channels
+
+
+def test_pieces_end_in_a_pause() -> None:
+    rng = np.random.default_rng(3)
+    loud = rng.integers(-8000, 8000, size=16000 * 10, dtype=np.int16)
+    loud[16000 * 8 : 16000 * 8 + 8000] = 0  # half a second of silence at 8 s, in the last third
+    stream = _open(loud.astype("<i2").tobytes(), encoding=AudioEncoding.LINEAR16_PCM, sample_rate_hertz=16000)
+
+    first, *_ = stream.segments(window_seconds=10.0 - 1e-9)
+
+    assert 8.0 <= first.end_seconds <= 8.5
+
+
+def test_audio_too_long_for_the_limit_fails_while_decoding_in_pieces() -> None:
+    stream = _open(_read("librivox-0870.ogg"), max_seconds=5)
+    with pytest.raises(AudioDecodeError) as raised:
+        for _ in stream.segments(window_seconds=1.0):
+            pass
+    assert raised.value.code_name == "UnsupportedAudio"

@@ -4,9 +4,10 @@ Routes (every error answer has SpeechKit's shape ``{"code", "message", "details"
 
 * ``POST /speech/stt/v2/longRunningRecognize``: the v2 async API. The body is checked like SpeechKit checks
   it; the answer is an Operation with ``done: false``. The audio (``audio.uri``: http, https or
-  ``s3://bucket/key``; or base64 ``audio.content``) is read and recognised in the background.
-* ``GET /operations/{id}``: the Operation, while it runs and for ``retention_seconds`` after it finished;
-  404 NOT_FOUND for unknown and expired ids.
+  ``s3://bucket/key``; or base64 ``audio.content``) is read and recognised in the background. Downloads
+  are denied unless ``allowed_hosts`` (http, https) or ``allowed_buckets`` (s3) names the host or bucket.
+* ``GET /operations/{id}``: the Operation, while it runs and for ``retention_seconds`` after it finished
+  (across restarts with ``state_dir``); 404 NOT_FOUND for unknown and expired ids.
 * ``POST /speech/v1/stt:recognize?lang=..&format=lpcm|oggopus|mp3&sampleRateHertz=..``: the v1 synchronous
   API. The body is the audio (at most ``sync_max_bytes``, ``sync_max_seconds``, mono); the answer is
   ``{"result": "<text>"}``.
@@ -17,7 +18,9 @@ SpeechKit does for service accounts; IAM tokens (``Bearer``) are not accepted. A
 operation, so rotating keys does not lose operations in flight.
 
 At most ``workers + queue_size`` recognitions are in flight; more are refused with 429 RESOURCE_EXHAUSTED
-and a ``Retry-After``. Before the workers are up, recognition routes answer 503 UNAVAILABLE.
+and a ``Retry-After``. Before the workers are up, recognition routes answer 503 UNAVAILABLE. A request body
+is read, within ``body_timeout`` seconds, before a place is taken, so slow clients hold none; the bodies
+being read share a budget of ``workers + queue_size`` full bodies.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Final
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
@@ -39,13 +43,13 @@ from aiohttp import web
 
 from speechkit_operator.logic.redaction import redact
 from speechkit_operator.models.audio import AudioEncoding
+from speechkit_operator.models.recognition import Chunk
 from speechkit_operator.selfhosted.config import ServiceSettings
-from speechkit_operator.selfhosted.operations import Clock, OperationStore, utc_now
+from speechkit_operator.selfhosted.operations import Clock, Operation, OperationStore, StoreError, utc_now
 from speechkit_operator.selfhosted.protocol import (
     ApiError,
     GrpcCode,
     LongRunningRequest,
-    RecognitionSpec,
     check_language,
     error_body,
     format_seconds,
@@ -78,6 +82,8 @@ OPERATION_PATH: Final = "/operations/{operation_id}"
 SYNC_PATH: Final = "/speech/v1/stt:recognize"
 #: Seconds a client should wait while the workers are starting.
 STARTING_RETRY_AFTER: Final = 5
+#: Seconds a client should wait when too many request bodies are being received at once.
+BODIES_RETRY_AFTER: Final = 2
 _READ_BLOCK: Final = 256 * 1024
 #: Seconds the background tasks get, once the workers stopped, to record their outcome.
 _TASK_GRACE: Final = 1.0
@@ -90,6 +96,7 @@ _CODE_BY_STATUS: Final[dict[int, GrpcCode]] = {
     401: GrpcCode.UNAUTHENTICATED,
     404: GrpcCode.NOT_FOUND,
     405: GrpcCode.UNIMPLEMENTED,
+    408: GrpcCode.DEADLINE_EXCEEDED,
     413: GrpcCode.INVALID_ARGUMENT,
     429: GrpcCode.RESOURCE_EXHAUSTED,
     501: GrpcCode.UNIMPLEMENTED,
@@ -107,6 +114,8 @@ _STATUS_BY_CODE: Final[dict[GrpcCode, int]] = {
 }
 
 S3ClientFactory = Callable[[], "S3Client"]
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 # --- Authentication --------------------------------------------------------------------------------
@@ -178,20 +187,31 @@ def safe_uri(uri: str) -> str:
     return redact(urlunsplit((parts.scheme, host, parts.path, "", "")), limit=300)
 
 
-def check_uri_host(uri: str, settings: ServiceSettings) -> None:
-    """400 INVALID_ARGUMENT when ``uri`` is http(s) and its host is not in ``allowed_hosts``."""
+def check_uri_allowed(uri: str, settings: ServiceSettings) -> None:
+    """400 INVALID_ARGUMENT unless ``allowed_hosts`` (http, https) or ``allowed_buckets`` (s3) lets the
+    service read ``uri``. The message names the host or bucket, never the path or query."""
     try:
         parts = urlsplit(uri)
         scheme = parts.scheme.lower()
-        if scheme not in _DEFAULT_PORTS:
+        if scheme == "s3":
+            bucket = parts.netloc
+            if not settings.bucket_allowed(bucket):
+                shown = redact(bucket, limit=100)
+                raise invalid_argument(
+                    f"audio.uri: reading bucket {shown} is not allowed by this service "
+                    "(its administrator can add the bucket to SPEECHKIT_SERVE_ALLOWED_BUCKETS)"
+                )
             return
         host = (parts.hostname or "").rstrip(".")
         port = parts.port or _DEFAULT_PORTS[scheme]
-    except ValueError:
+    except (ValueError, KeyError):
         raise invalid_argument("audio.uri: not a valid URI") from None
     if not settings.host_allowed(host, port):
         shown = redact(f"{host}:{port}", limit=300)
-        raise invalid_argument(f"audio.uri: downloads from {shown} are not allowed by this service")
+        raise invalid_argument(
+            f"audio.uri: downloads from {shown} are not allowed by this service "
+            "(its administrator can add the host to SPEECHKIT_SERVE_ALLOWED_HOSTS)"
+        )
 
 
 def _code_for_http_status(status: int) -> GrpcCode:
@@ -225,6 +245,15 @@ class AudioFetcher:
             raise FetchError(GrpcCode.INVALID_ARGUMENT, f"The audio at {safe_uri(uri)} is empty")
         return data
 
+    @staticmethod
+    def _unreachable(uri: str) -> FetchError:
+        """The one answer for every failure below HTTP (refused, reset, timed out, TLS, DNS), so that
+        the answers do not tell an open port from a closed one."""
+        return FetchError(
+            GrpcCode.UNAVAILABLE,
+            f"The audio could not be downloaded from {safe_uri(uri)}: the connection failed or timed out",
+        )
+
     def _too_large(self, uri: str) -> FetchError:
         limit = self._settings.max_audio_bytes
         return FetchError(
@@ -255,18 +284,12 @@ class AudioFetcher:
                     if len(data) > limit:
                         raise self._too_large(uri)
                 return bytes(data)
-        except TimeoutError:
-            raise FetchError(
-                GrpcCode.DEADLINE_EXCEEDED,
-                f"The audio could not be downloaded from {safe_uri(uri)} "
-                f"within {format_seconds(self._settings.fetch_timeout)} s",
-            ) from None
-        except aiohttp.ClientError as exc:
-            # aiohttp's messages may quote the whole URL: show the kind of failure only.
-            raise FetchError(
-                GrpcCode.UNAVAILABLE,
-                f"The audio could not be downloaded from {safe_uri(uri)}: {type(exc).__name__}",
-            ) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            # aiohttp's messages may quote the whole URL: the log gets the kind of failure only.
+            logger.info("Downloading %s failed: %s", safe_uri(uri), type(exc).__name__)
+            raise self._unreachable(uri) from None
+        except ValueError:  # a URL aiohttp or yarl cannot use
+            raise FetchError(GrpcCode.INVALID_ARGUMENT, "audio.uri: not a valid URI") from None
 
     async def _fetch_s3(self, uri: str) -> bytes:
         parts = urlsplit(uri)
@@ -299,9 +322,10 @@ class AudioFetcher:
                 code, f"The audio could not be read from {safe_uri(uri)}: {redact(error_code, limit=64)}"
             ) from None
         except BotoCoreError as exc:
+            logger.info("Reading %s failed: %s", safe_uri(uri), type(exc).__name__)
             raise FetchError(
                 GrpcCode.UNAVAILABLE,
-                f"The audio could not be read from {safe_uri(uri)}: {type(exc).__name__}",
+                f"The audio could not be read from {safe_uri(uri)}: the storage could not be reached",
             ) from None
         if len(data) > limit:
             raise self._too_large(uri)
@@ -352,7 +376,21 @@ class Service:
         self.fetcher: AudioFetcher | None = None
         # A JSON body holds base64 content, 4 characters for every 3 bytes, plus the config.
         self.max_body = settings.inline_limit * 4 // 3 + 64 * 1024
+        #: Bytes of request bodies being received at once, at most as many as ``capacity`` full bodies.
+        self.body_budget = settings.capacity * self.max_body
+        self.body_bytes = 0
+        # SQLite is used from this one thread, never from the event loop.
+        self._database = ThreadPoolExecutor(max_workers=1, thread_name_prefix="operations")
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def db(self, function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Run a store method (or anything else touching the database) in the database thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._database, functools.partial(function, *args, **kwargs))
+
+    async def close_store(self) -> None:
+        await self.db(self.store.close)
+        self._database.shutdown(wait=True)
 
     def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coroutine, name=name)
@@ -383,11 +421,44 @@ class Service:
             )
         return info
 
+    # --- request bodies ---
+
+    async def read_body(self, request: web.Request, limit: int, too_large: ApiError) -> bytes:
+        """The request body, at most ``limit`` bytes, read within ``body_timeout`` seconds (else 408)
+        and within the budget shared by all bodies being read (else 429)."""
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        data = bytearray()
+        timeout = self.settings.body_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                async for block in request.content.iter_chunked(_READ_BLOCK):
+                    if self.body_bytes + len(block) > self.body_budget:
+                        raise ApiError(
+                            429,
+                            GrpcCode.RESOURCE_EXHAUSTED,
+                            "Too many requests are being received at once; try again later",
+                            retry_after=BODIES_RETRY_AFTER,
+                        )
+                    self.body_bytes += len(block)
+                    data += block
+                    if len(data) > limit:
+                        raise too_large
+        except TimeoutError:
+            raise ApiError(
+                408,
+                GrpcCode.DEADLINE_EXCEEDED,
+                f"The request body did not arrive within {format_seconds(timeout)} s",
+            ) from None
+        finally:
+            self.body_bytes -= len(data)
+        return bytes(data)
+
     # --- the background part of an async recognition ---
 
     async def process(self, operation_id: str, request: LongRunningRequest, admission: Admission) -> None:
         with admission:
-            self.store.mark_running(operation_id)
+            await self.db(self.store.mark_running, operation_id)
             spec = request.spec
             job = RecognitionJob(
                 language_code=spec.language_code,
@@ -399,20 +470,22 @@ class Service:
             try:
                 audio = await self._audio(request)
                 outcome = await self.pool.run(audio, job)
+                del audio
             except FetchError as exc:
                 logger.info("Operation %s failed: %s", operation_id, exc.message)
-                self.store.fail(operation_id, exc.code, exc.message)
+                await self.db(self.store.fail, operation_id, exc.code, exc.message)
                 return
             except PoolClosedError:
-                self.store.fail(operation_id, GrpcCode.UNAVAILABLE, "The service is shutting down")
+                message = "The service is shutting down"
+                await self.db(self.store.fail, operation_id, GrpcCode.UNAVAILABLE, message)
                 return
             except Exception:
                 logger.exception("Operation %s failed", operation_id)
-                self.store.fail(operation_id, GrpcCode.INTERNAL, "Internal error")
+                await self.db(self.store.fail, operation_id, GrpcCode.INTERNAL, "Internal error")
                 return
             if outcome.failure is not None:
                 logger.info("Operation %s failed: %s", operation_id, outcome.failure.message)
-                self.store.fail(operation_id, outcome.failure.code, outcome.failure.message)
+                await self.db(self.store.fail, operation_id, outcome.failure.code, outcome.failure.message)
             else:
                 logger.info(
                     "Operation %s done: %.1f s of audio, %d channel(s), %d utterance(s) in %.1f s",
@@ -422,7 +495,11 @@ class Service:
                     len(outcome.chunks),
                     outcome.processing_seconds,
                 )
-                self.store.complete(operation_id, render_recognition_response(outcome.chunks))
+                await self.db(self._complete, operation_id, outcome.chunks)
+
+    def _complete(self, operation_id: str, chunks: tuple[Chunk, ...]) -> None:
+        # In the database thread: the response of hours of audio takes a while to build.
+        self.store.complete(operation_id, render_recognition_response(chunks))
 
     async def _audio(self, request: LongRunningRequest) -> bytes:
         if request.content is not None:
@@ -434,7 +511,11 @@ class Service:
     async def purge_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.purge_interval_seconds)
-            dropped = self.store.purge()
+            try:
+                dropped = await self.db(self.store.purge)
+            except Exception:
+                logger.exception("Expired operations could not be dropped")
+                continue
             if dropped:
                 logger.info("Dropped %d expired operation(s)", dropped)
 
@@ -475,17 +556,22 @@ async def _submit(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     created_by = service.auth.authenticate(request.headers.get("Authorization"))
     engine = service.require_engine()
-    # The place is taken before the body is read, so at most ``capacity`` bodies are held at once;
-    # every refusal below gives it back.
+    # A full service refuses before reading the body. Otherwise the body is read first, under a
+    # deadline, and a place is taken only once it is in: a slow client holds no place.
+    service.pool.check_capacity()
+    too_large = ApiError(
+        413, GrpcCode.INVALID_ARGUMENT, f"The request body is larger than {service.max_body} bytes"
+    )
+    raw = await service.read_body(request, service.max_body, too_large)
+    # A body may carry tens of megabytes of base64: parse and decode it off the event loop.
+    parsed = await asyncio.to_thread(_parse_submission, raw, service.settings.inline_limit)
+    del raw
+    check_language(parsed.spec.language_code, engine.languages, field="config.specification.languageCode")
+    if parsed.uri is not None:
+        check_uri_allowed(parsed.uri, service.settings)
     admission = service.pool.admit()
     try:
-        raw = await request.read()
-        # A body may carry tens of megabytes of base64: parse and decode it off the event loop.
-        parsed = await asyncio.to_thread(_parse_submission, raw, service.settings.inline_limit)
-        check_language(parsed.spec.language_code, engine.languages, field="config.specification.languageCode")
-        if parsed.uri is not None:
-            check_uri_host(parsed.uri, service.settings)
-        operation = service.store.create(created_by)
+        operation = await service.db(service.store.create, created_by)
         service.spawn(service.process(operation.id, parsed, admission), name=f"recognize-{operation.id}")
     except BaseException:
         admission.release()
@@ -508,7 +594,9 @@ async def _get_operation(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     service.auth.authenticate(request.headers.get("Authorization"))
     operation_id = request.match_info["operation_id"]
-    operation = service.store.get(operation_id)
+    operation: Operation | None = None
+    if _OPERATION_ID.match(operation_id):
+        operation = await service.db(service.store.get, operation_id)
     if operation is None:
         shown = operation_id if _OPERATION_ID.match(operation_id) else "with this id"
         raise ApiError(404, GrpcCode.NOT_FOUND, f"Operation {shown} not found")
@@ -517,19 +605,15 @@ async def _get_operation(request: web.Request) -> web.Response:
 
 async def _recognize_sync(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
+    settings = service.settings
     service.auth.authenticate(request.headers.get("Authorization"))
     engine = service.require_engine()
     spec = parse_sync_request(request.query)
     check_language(spec.language_code, engine.languages, field="lang")
-    # As for submissions, the place is taken before the body is read.
-    with service.pool.admit():
-        return await _recognize_admitted(request, spec)
-
-
-async def _recognize_admitted(request: web.Request, spec: RecognitionSpec) -> web.Response:
-    service = request.app[SERVICE]
-    settings = service.settings
-    audio = await _read_body(request, settings.sync_max_bytes)
+    service.pool.check_capacity()
+    limit = settings.sync_max_bytes
+    too_large = invalid_argument(f"The audio is larger than {limit} bytes; this API takes at most {limit}")
+    audio = await service.read_body(request, limit, too_large)
     if not audio:
         raise invalid_argument("The request body (the audio) is empty")
     if spec.audio_encoding is AudioEncoding.LINEAR16_PCM:
@@ -547,26 +631,15 @@ async def _recognize_admitted(request: web.Request, spec: RecognitionSpec) -> we
         max_seconds=settings.sync_max_seconds,
         max_channels=1,
     )
-    try:
-        outcome = await service.pool.run(audio, job)
-    except PoolClosedError:
-        raise ApiError(503, GrpcCode.UNAVAILABLE, "The service is shutting down") from None
+    with service.pool.admit():
+        try:
+            outcome = await service.pool.run(audio, job)
+        except PoolClosedError:
+            raise ApiError(503, GrpcCode.UNAVAILABLE, "The service is shutting down") from None
     if outcome.failure is not None:
         status = _STATUS_BY_CODE.get(outcome.failure.code, 500)
         raise ApiError(status, outcome.failure.code, outcome.failure.message)
     return web.json_response(render_sync_result(outcome.chunks))
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    too_large = invalid_argument(f"The audio is larger than {limit} bytes; this API takes at most {limit}")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    data = bytearray()
-    async for block in request.content.iter_chunked(_READ_BLOCK):
-        data += block
-        if len(data) > limit:
-            raise too_large
-    return bytes(data)
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -585,6 +658,7 @@ async def _readyz(request: web.Request) -> web.Response:
             "engine": info.name,
             "languages": sorted(info.languages),
             "workers": service.pool.workers,
+            "liveWorkers": service.pool.live_workers,
             "inFlight": service.pool.in_flight,
             "capacity": service.pool.capacity,
         }
@@ -593,6 +667,14 @@ async def _readyz(request: web.Request) -> web.Response:
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     service = app[SERVICE]
+    # The operations first: those a restart interrupted end with ABORTED before anyone can ask.
+    recovered = await service.db(service.store.recover)
+    if recovered:
+        logger.warning(
+            "%d operation(s) were in progress when the service stopped; they end with ABORTED", recovered
+        )
+    if service.store.path is not None:
+        logger.info("Operations are kept in %s", service.store.path)
     session = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=service.settings.fetch_timeout),
         headers={"User-Agent": "speechkit-operator-serve"},
@@ -611,6 +693,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await service.pool.close()
         await service.cancel_tasks(grace=_TASK_GRACE)
         await session.close()
+        await service.close_store()
 
 
 def create_app(
@@ -632,14 +715,24 @@ def create_app(
     """
     factory = engine_factory or functools.partial(load_engine, settings.engine)
     pool = RecognitionPool(
-        WorkerSetup(engine_factory=factory, decoder=decoder, client_errors=client_errors),
+        WorkerSetup(
+            engine_factory=factory,
+            decoder=decoder,
+            client_errors=client_errors,
+            memory_limit_bytes=settings.worker_memory_bytes,
+        ),
         workers=settings.workers,
         queue_size=settings.queue_size,
         start_method=settings.start_method,
         stop_timeout=settings.shutdown_timeout,
+        timeout_seconds=settings.recognition_timeout_seconds,
+        timeout_factor=settings.recognition_timeout_factor,
     )
-    store = OperationStore(retention_seconds=settings.retention_seconds, clock=clock)
+    store = OperationStore(
+        retention_seconds=settings.retention_seconds, clock=clock, path=settings.database_path
+    )
     service = Service(settings, pool, store, s3_client_factory=s3_client_factory)
+    # Bodies are read by the handlers themselves (Service.read_body), within their own limits.
     app = web.Application(middlewares=[_errors], client_max_size=service.max_body)
     app[SERVICE] = service
     app.router.add_post(SUBMIT_PATH, _submit)
@@ -655,7 +748,23 @@ def run(settings: ServiceSettings) -> None:
     """Serve until SIGINT or SIGTERM; the caller configures logging."""
     if not settings.auth_enabled:
         logger.warning("No API keys configured (SPEECHKIT_SERVE_API_KEYS): every request is accepted")
+    if not settings.allowed_hosts and not settings.allowed_buckets:
+        logger.info(
+            "No SPEECHKIT_SERVE_ALLOWED_HOSTS or SPEECHKIT_SERVE_ALLOWED_BUCKETS: audio.uri is refused, "
+            "only inline audio.content is recognised"
+        )
+    if settings.state_dir is None:
+        logger.warning("No SPEECHKIT_SERVE_STATE_DIR: operations live in memory and a restart forgets them")
     app = create_app(settings)
+    try:
+        _run_app(app, settings)
+    except StoreError as exc:
+        # An unusable SPEECHKIT_SERVE_STATE_DIR: one clear line rather than a traceback.
+        logger.error("Cannot start: %s", exc)  # noqa: TRY400 - the message says it all
+        raise SystemExit(1) from None
+
+
+def _run_app(app: web.Application, settings: ServiceSettings) -> None:
     with contextlib.suppress(KeyboardInterrupt):
         web.run_app(
             app,

@@ -7,6 +7,8 @@ engine, so the operator, or any SpeechKit client, can use it instead of the clou
 from __future__ import annotations
 
 import fnmatch
+import re
+from pathlib import Path
 from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
 
@@ -14,6 +16,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1024 * 1024
+#: Resident memory of a worker process before it holds any audio: the interpreter, numpy, PyAV, the
+#: engine's model (PocketSphinx: about 150 MiB in all), with room for the decoding windows.
+WORKER_BASE_BYTES = 256 * MIB
+_BUCKET_PATTERN = re.compile(r"^[A-Za-z0-9._*-]+$")
 
 
 def parse_host_pattern(pattern: str) -> tuple[str, int | None]:
@@ -45,6 +51,16 @@ class ServiceSettings(BaseSettings):
     engine: str = "pocketsphinx"
     #: Worker processes; each recognises one audio file at a time and holds its own engine.
     workers: int = Field(default=2, ge=1, le=64)
+    #: Resident memory one worker may use. Audio is decoded and recognised in windows, so a worker needs
+    #: about 150 MiB (engine) + the audio file + 60 MiB, whatever the duration and channel count; a
+    #: job whose worker grows beyond this ends with RESOURCE_EXHAUSTED. Must be at least
+    #: ``max_audio_bytes`` + 256 MiB. Give the container ``workers`` times this, plus the queue's audio.
+    worker_memory_bytes: int = Field(default=512 * MIB, ge=64 * MIB)
+    #: A recognition running longer than ``max(recognition_timeout_seconds,
+    #: recognition_timeout_factor * seconds of audio decoded)`` ends with DEADLINE_EXCEEDED, and its
+    #: worker process is replaced.
+    recognition_timeout_seconds: float = Field(default=120.0, gt=0)
+    recognition_timeout_factor: float = Field(default=2.0, ge=0)
     #: Operations that may wait for a worker; more are refused with 429 RESOURCE_EXHAUSTED.
     queue_size: int = Field(default=16, ge=0, le=10_000)
     #: How worker processes are started. Both avoid forking the threads of the event loop's process.
@@ -55,8 +71,12 @@ class ServiceSettings(BaseSettings):
     # --- Operations ------------------------------------------------------------------------------
     #: How long a finished operation is kept; afterwards ``GET /operations/{id}`` answers 404.
     retention_seconds: float = Field(default=3 * 24 * 3600.0, gt=0)
-    #: How often expired operations are dropped from memory.
+    #: How often expired operations are dropped.
     purge_interval_seconds: float = Field(default=60.0, gt=0)
+    #: Directory of the operations database (``operations.sqlite3``): finished operations survive a
+    #: restart, and operations a restart interrupted end with ABORTED. Unset: operations live in
+    #: memory and a restart forgets them.
+    state_dir: Path | None = None
 
     # --- Audio input -----------------------------------------------------------------------------
     #: Largest audio read from ``audio.uri``. Audio waiting for a worker stays in memory, so the
@@ -67,9 +87,16 @@ class ServiceSettings(BaseSettings):
     #: Seconds allowed for downloading one audio file (connecting and reading).
     fetch_timeout: float = Field(default=120.0, gt=0)
     #: Hosts ``http(s)://`` audio may be downloaded from, comma-separated: ``host`` (any port) or
-    #: ``host:port``; ``*`` is a wildcard (``*.example.com``). Empty means any host. Redirects are
-    #: never followed, so the host of ``audio.uri`` is the only one contacted.
+    #: ``host:port``; ``*`` is a wildcard (``*.example.com``; ``*`` alone: any host). Empty (the
+    #: default): no downloads at all. Redirects are never followed, so the host of ``audio.uri`` is the
+    #: only one contacted.
     allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    #: Buckets ``s3://bucket/key`` audio may be read from (with the storage settings below),
+    #: comma-separated; ``*`` is a wildcard (``calls-*``). Empty (the default): no ``s3://`` URIs.
+    allowed_buckets: Annotated[tuple[str, ...], NoDecode] = ()
+    #: Seconds a client has to send its whole request body; slower ones get 408 and their connection
+    #: is closed. No recognition place is taken before the body is in.
+    body_timeout: float = Field(default=30.0, gt=0)
 
     # --- Synchronous API (v1 ``stt:recognize``) --------------------------------------------------
     #: Longest audio the synchronous API takes, in seconds (SpeechKit: 30 s).
@@ -105,6 +132,23 @@ class ServiceSettings(BaseSettings):
             return tuple(str(part).strip().lower() for part in value if str(part).strip())
         return value
 
+    @field_validator("allowed_buckets", mode="before")
+    @classmethod
+    def _split_buckets(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, (list, tuple)):
+            return tuple(str(part).strip() for part in value if str(part).strip())
+        return value
+
+    @field_validator("allowed_buckets")
+    @classmethod
+    def _check_buckets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            if not _BUCKET_PATTERN.match(pattern):
+                raise ValueError(f"{pattern!r} is not a bucket name or a pattern of one")
+        return value
+
     @field_validator("allowed_hosts")
     @classmethod
     def _check_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -128,6 +172,12 @@ class ServiceSettings(BaseSettings):
             )
         if any(not key.get_secret_value() or " " in key.get_secret_value() for key in self.api_keys):
             raise ValueError("SPEECHKIT_SERVE_API_KEYS: keys must not be empty or contain spaces")
+        if self.worker_memory_bytes < self.max_audio_bytes + WORKER_BASE_BYTES:
+            raise ValueError(
+                "SPEECHKIT_SERVE_WORKER_MEMORY_BYTES must be at least SPEECHKIT_SERVE_MAX_AUDIO_BYTES + "
+                f"{WORKER_BASE_BYTES // MIB} MiB ({self.max_audio_bytes + WORKER_BASE_BYTES}): a worker "
+                "holds the whole audio file while it decodes it"
+            )
         return self
 
     @property
@@ -145,13 +195,20 @@ class ServiceSettings(BaseSettings):
 
     def host_allowed(self, host: str, port: int) -> bool:
         """Whether audio may be downloaded from ``host:port`` (``host`` lower-case, without brackets)."""
-        if not self.allowed_hosts:
-            return True
         for pattern in self.allowed_hosts:
             pattern_host, pattern_port = parse_host_pattern(pattern)
             if fnmatch.fnmatchcase(host, pattern_host) and pattern_port in {None, port}:
                 return True
         return False
+
+    def bucket_allowed(self, bucket: str) -> bool:
+        """Whether audio may be read from ``s3://bucket/...``."""
+        return any(fnmatch.fnmatchcase(bucket, pattern) for pattern in self.allowed_buckets)
+
+    @property
+    def database_path(self) -> Path | None:
+        """The operations database, or None to keep operations in memory."""
+        return None if self.state_dir is None else self.state_dir / "operations.sqlite3"
 
     @property
     def capacity(self) -> int:

@@ -18,6 +18,7 @@ import binascii
 import enum
 import json
 import math
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -41,6 +42,11 @@ MAX_CHANNELS: Final = 8
 URI_SCHEMES: Final = frozenset({"http", "https", "s3"})
 
 _SPEC = "config.specification"
+#: Protobuf's int64 range; JSON numbers beyond it are refused rather than wrapped or rounded.
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+#: An S3 bucket name (the AWS rules, with the dots, capitals and underscores that old buckets may have).
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
 _ID_ALPHABET: Final = "0123456789abcdefghijklmnopqrstuv"
 _ID_LENGTH: Final = 20
 _OPERATION_ID_PREFIX: Final = "e03"
@@ -56,6 +62,7 @@ class GrpcCode(enum.IntEnum):
     NOT_FOUND = 5
     PERMISSION_DENIED = 7
     RESOURCE_EXHAUSTED = 8
+    ABORTED = 10
     UNIMPLEMENTED = 12
     INTERNAL = 13
     UNAVAILABLE = 14
@@ -130,10 +137,34 @@ class LongRunningRequest:
             raise ValueError("exactly one of uri and content must be set")
 
 
+@dataclass(frozen=True)
+class LongNumber:
+    """A JSON integer with more digits than any int64 has; kept as a marker, never converted (Python
+    refuses to convert integers of more than 4300 digits, and nothing needs one)."""
+
+    digits: int
+
+
+#: Digits of the longest int64 (9223372036854775807).
+_INT64_DIGITS: Final = 19
+
+
+def _parse_int(text: str) -> int | LongNumber:
+    digits = len(text.removeprefix("-").lstrip("0"))
+    return LongNumber(digits) if digits > _INT64_DIGITS else int(text)
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object; 400 INVALID_ARGUMENT for anything else, including JSON nested
+    deeper than Python's recursion limit. Integers longer than an int64 become :class:`LongNumber`, which
+    the field checks refuse by name."""
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_int=_parse_int)
     except (UnicodeDecodeError, json.JSONDecodeError):
+        raise invalid_argument("The request body is not valid JSON") from None
+    except RecursionError:
+        raise invalid_argument("The request body is not valid JSON: it is nested too deeply") from None
+    except ValueError:  # pragma: no cover - json.loads raises the two above for bad input
         raise invalid_argument("The request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise invalid_argument("The request body must be a JSON object")
@@ -253,17 +284,27 @@ def _encoding(value: object) -> AudioEncoding:
 
 def _int64(value: object, name: str) -> int:
     """An int64 in protobuf JSON: a number with no fraction, or a decimal string."""
+    number: int | None = None
+    if isinstance(value, LongNumber):
+        raise invalid_argument(f"{name}: {_shown(value)} is out of range")
     if isinstance(value, bool):
-        raise invalid_argument(f"{name}: expected an integer, got {_shown(value)}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
+        number = None
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str):
         text = value.strip()
-        if text.lstrip("-").isdigit() and text.isascii():
-            return int(text)
-    raise invalid_argument(f"{name}: expected an integer, got {_shown(value)}")
+        digits = text.removeprefix("-")
+        if digits.isdigit() and digits.isascii():
+            if len(digits.lstrip("0")) > _INT64_DIGITS:
+                raise invalid_argument(f"{name}: {_shown(value)} is out of range")
+            number = int(text)
+    if number is None:
+        raise invalid_argument(f"{name}: expected an integer, got {_shown(value)}")
+    if not _INT64_MIN <= number <= _INT64_MAX:
+        raise invalid_argument(f"{name}: {_shown(value)} is out of range")
+    return number
 
 
 def format_seconds(seconds: float) -> str:
@@ -272,7 +313,21 @@ def format_seconds(seconds: float) -> str:
 
 
 def _shown(value: object) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
+    """A short rendering of a request value for a message: never the whole of a large or deep value."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, LongNumber):
+        return f"a number of {value.digits} digits"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**64:
+        return "a number of more than 64 digits"
+    if isinstance(value, str) and len(value) > 64:
+        value = value[:64]
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (ValueError, TypeError, RecursionError):
+        return type(value).__name__
     return text if len(text) <= 64 else text[:63] + "…"
 
 
@@ -304,8 +359,18 @@ def _parse_uri(uri: str) -> str:
         raise invalid_argument("audio.uri: expected an http://, https:// or s3://bucket/key URI")
     if scheme == "s3" and not parts.path.lstrip("/"):
         raise invalid_argument("audio.uri: an s3:// URI needs a bucket and a key: s3://bucket/key")
+    if scheme == "s3" and not _BUCKET.match(parts.netloc):
+        raise invalid_argument("audio.uri: the bucket of an s3:// URI is not a valid bucket name")
     if any(ord(char) < 0x21 or ord(char) == 0x7F for char in uri):
         raise invalid_argument("audio.uri: must not contain spaces or control characters")
+    if scheme != "s3":
+        try:
+            host, _ = parts.hostname, parts.port
+            uri.encode("utf-8")
+        except (ValueError, UnicodeError):
+            raise invalid_argument("audio.uri: not a valid URI") from None
+        if not host:
+            raise invalid_argument("audio.uri: expected a host: http(s)://host/path")
     return uri
 
 

@@ -1,23 +1,34 @@
 """Recognition in worker processes, and admission to them.
 
-Decoding and recognition are CPU-bound, so they run in a :class:`~concurrent.futures.ProcessPoolExecutor`,
-never on the event loop. Each worker process builds its engine once, in the pool's initializer, from a
-picklable ``engine_factory`` (by default :func:`load_engine` with the configured engine name). A job is a
-call of the module-level :func:`recognize` with picklable arguments (the audio bytes and a small
-:class:`RecognitionJob`); it returns a picklable :class:`JobOutcome`, also for failures:
+Decoding and recognition are CPU-bound, so they run in worker processes, never on the event loop. Each
+worker process builds its engine once, when it starts, from a picklable ``engine_factory`` (by default
+:func:`load_engine` with the configured engine name), and then takes one job at a time over its own pipe:
+a small :class:`RecognitionJob`, then the audio bytes. It answers with a picklable :class:`JobOutcome`,
+also for failures:
 
 * audio that cannot be decoded, an unsupported language, audio that is too long -> INVALID_ARGUMENT with a
   message for the client;
+* a worker whose memory grew past its budget -> RESOURCE_EXHAUSTED;
 * anything else -> INTERNAL with a generic message (the traceback goes to the service's log only).
 
-:class:`RecognitionPool` owns the executor. It admits at most ``workers + queue_size`` jobs at once and
-refuses more with 429 RESOURCE_EXHAUSTED and a ``Retry-After`` estimated from the queue; it replaces the
-executor when a worker process dies (``BrokenProcessPool``) and runs the jobs that were in it once more.
+The audio is decoded in windows (:meth:`~speechkit_operator.selfhosted.decoding.AudioStream.segments`) and
+each piece is recognised before the next is decoded, so a worker's memory does not grow with the duration
+or the channel count. Between pieces the worker reports how much audio it has decoded.
+
+:class:`RecognitionPool` owns the processes. It admits at most ``workers + queue_size`` jobs at once and
+refuses more with 429 RESOURCE_EXHAUSTED and a ``Retry-After`` estimated from the queue. Because every
+worker has its own pipe, the pool knows which job each one runs:
+
+* a worker that dies (the kernel's OOM killer sends SIGKILL) fails its own job only, and a new worker
+  takes its place; the other jobs, running or waiting, carry on;
+* a job that runs longer than ``max(timeout_seconds, timeout_factor * decoded audio seconds)`` ends with
+  DEADLINE_EXCEEDED: its worker is killed and replaced, which frees its place.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -26,10 +37,11 @@ import os
 import signal
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Final, Literal, Protocol
 
@@ -46,6 +58,11 @@ DEFAULT_MAX_SECONDS: Final = 4 * 3600.0
 #: First guess of a job's processing time, before any job finished.
 INITIAL_JOB_SECONDS: Final = 10.0
 MAX_RETRY_AFTER: Final = 3600
+#: Pause before starting a replacement for a worker that could not start, doubling up to the maximum.
+_RESTART_DELAY: Final = 1.0
+_MAX_RESTART_DELAY: Final = 30.0
+#: Seconds a stopped or killed worker process gets to be reaped.
+_REAP_SECONDS: Final = 5.0
 
 
 # --- What the worker side needs from the engine and the decoder (structural types) -----------------
@@ -69,12 +86,33 @@ class EngineLike(Protocol):
     def recognize(self, pcm: Any, language_code: str) -> Sequence[UtteranceLike]: ...
 
 
-class DecodedLike(Protocol):
-    @property
-    def channels(self) -> Sequence[Any]: ...
+class SegmentLike(Protocol):
+    """A piece of one channel (see :class:`speechkit_operator.selfhosted.decoding.PcmSegment`)."""
 
     @property
-    def duration_seconds(self) -> float: ...
+    def channel(self) -> int: ...
+
+    @property
+    def start_seconds(self) -> float: ...
+
+    @property
+    def end_seconds(self) -> float: ...
+
+    @property
+    def pcm(self) -> Any: ...
+
+
+class DecodedLike(Protocol):
+    """Audio ready to be decoded piece by piece (see :class:`~.decoding.AudioStream`)."""
+
+    @property
+    def channel_count(self) -> int: ...
+
+    @property
+    def duration_seconds(self) -> float | None:
+        """Known once :meth:`segments` has been read to the end (a decoder may know it earlier)."""
+
+    def segments(self) -> Iterator[SegmentLike]: ...
 
 
 class Decoder(Protocol):
@@ -101,9 +139,9 @@ def load_engine(name: str) -> EngineLike:
 
 
 def _default_decoder() -> Decoder:
-    from speechkit_operator.selfhosted.decoding import decode_audio  # noqa: PLC0415 - worker side only
+    from speechkit_operator.selfhosted.decoding import open_audio  # noqa: PLC0415 - worker side only
 
-    decoder: Decoder = decode_audio
+    decoder: Decoder = open_audio
     return decoder
 
 
@@ -123,11 +161,14 @@ class WorkerSetup:
     """What every worker process starts from; pickled into each new process."""
 
     engine_factory: EngineFactory
-    #: None: :func:`speechkit_operator.selfhosted.decoding.decode_audio`.
+    #: None: :func:`speechkit_operator.selfhosted.decoding.open_audio`.
     decoder: Decoder | None = None
     #: Exceptions whose message is for the client (INVALID_ARGUMENT). None: the decoder's
     #: ``AudioDecodeError`` and the engines' ``UnsupportedLanguageError``.
     client_errors: tuple[type[Exception], ...] | None = None
+    #: A job whose worker grows beyond this resident memory ends with RESOURCE_EXHAUSTED (checked
+    #: between pieces of audio); None: no check.
+    memory_limit_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -167,20 +208,44 @@ class EngineInfo:
     languages: frozenset[str]
 
 
+# Messages from a worker process to the pool, besides a JobOutcome.
+
+
+@dataclass(frozen=True)
+class _Ready:
+    info: EngineInfo
+
+
+@dataclass(frozen=True)
+class _StartFailed:
+    detail: str
+
+
+@dataclass(frozen=True)
+class _Progress:
+    #: Seconds of audio decoded so far.
+    seconds: float
+
+
 class _WorkerState:
     def __init__(
-        self, engine: EngineLike, decoder: Decoder, client_errors: tuple[type[Exception], ...]
+        self,
+        engine: EngineLike,
+        decoder: Decoder,
+        client_errors: tuple[type[Exception], ...],
+        memory_limit_bytes: int | None,
     ) -> None:
         self.engine = engine
         self.decoder = decoder
         self.client_errors = client_errors
+        self.memory_limit_bytes = memory_limit_bytes
 
 
 _worker: _WorkerState | None = None
 
 
 def initialize_worker(setup: WorkerSetup) -> None:
-    """The pool's initializer: build the engine once per process."""
+    """Build the engine once per process."""
     global _worker  # noqa: PLW0603 - one engine per worker process
     # Ctrl-C reaches the whole process group; the service, not its workers, decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -194,7 +259,7 @@ def initialize_worker(setup: WorkerSetup) -> None:
     warm_up = getattr(engine, "warm_up", None)
     if callable(warm_up):
         warm_up()
-    _worker = _WorkerState(engine, decoder, client_errors)
+    _worker = _WorkerState(engine, decoder, client_errors, setup.memory_limit_bytes)
 
 
 def _state() -> _WorkerState:
@@ -204,13 +269,68 @@ def _state() -> _WorkerState:
 
 
 def describe_engine() -> EngineInfo:
-    """Run in the pool: the engine's name and languages (and proof that the worker is up)."""
+    """The engine's name and languages (and proof that the worker is up)."""
     engine = _state().engine
     return EngineInfo(name=str(engine.name), languages=frozenset(engine.languages))
 
 
-def recognize(audio: bytes, job: RecognitionJob) -> JobOutcome:
-    """Run in the pool: decode ``audio`` and recognise every channel. Never raises for bad input."""
+def worker_main(connection: Connection, setup: WorkerSetup) -> None:
+    """A worker process: build the engine, say so, then recognise one job after another until the pool
+    closes its end of the pipe."""
+    try:
+        initialize_worker(setup)
+        info = describe_engine()
+    except BaseException:
+        with contextlib.suppress(OSError):
+            connection.send(_StartFailed(traceback.format_exc()))
+        return
+    connection.send(_Ready(info))
+    while True:
+        try:
+            job = connection.recv()
+            if not isinstance(job, RecognitionJob):
+                return
+            # The audio comes as raw bytes, not pickled, so it is held once, not twice.
+            audio = connection.recv_bytes()
+        except (EOFError, OSError):
+            return
+        outcome = recognize(audio, job, progress=lambda seconds: connection.send(_Progress(seconds)))
+        del audio
+        try:
+            connection.send(outcome)
+        except OSError:
+            return
+
+
+class MemoryBudgetExceededError(Exception):
+    """The worker grew past its memory budget."""
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux), or None when it cannot be read."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _check_memory(limit: int | None) -> None:
+    if limit is None:
+        return
+    used = resident_bytes()
+    if used is not None and used > limit:
+        raise MemoryBudgetExceededError(used)
+
+
+def recognize(
+    audio: bytes, job: RecognitionJob, progress: Callable[[float], None] | None = None
+) -> JobOutcome:
+    """Decode ``audio`` piece by piece and recognise each piece. Never raises for bad input.
+
+    ``progress`` is called with the seconds of audio decoded so far, before each piece is recognised.
+    """
     started = time.monotonic()
     state = _state()
     try:
@@ -221,39 +341,72 @@ def recognize(audio: bytes, job: RecognitionJob) -> JobOutcome:
             channel_count=job.channel_count,
             max_seconds=job.max_seconds,
         )
-        duration = float(decoded.duration_seconds)
-        channels = list(decoded.channels)
-        if duration > job.max_seconds:
-            return _failed(
-                started,
-                GrpcCode.INVALID_ARGUMENT,
-                f"The audio is {format_seconds(duration)} s long; "
-                f"this API takes at most {format_seconds(job.max_seconds)} s",
-            )
-        if len(channels) > job.max_channels:
-            return _failed(
-                started,
-                GrpcCode.INVALID_ARGUMENT,
-                f"The audio has {len(channels)} channels; this API takes at most {job.max_channels}",
-            )
+        too_long = _too_long(decoded.duration_seconds, job.max_seconds)
+        if too_long is not None:
+            return _failed(started, GrpcCode.INVALID_ARGUMENT, too_long)
+        if decoded.channel_count > job.max_channels:
+            return _too_many_channels(started, decoded.channel_count, job.max_channels)
+        _check_memory(state.memory_limit_bytes)
         chunks: list[Chunk] = []
-        for index, pcm in enumerate(channels, start=1):
-            for utterance in state.engine.recognize(pcm, job.language_code):
-                chunks.append(_chunk(str(index), utterance))
+        channels = 0
+        for segment in decoded.segments():
+            if segment.channel > job.max_channels:
+                return _too_many_channels(started, segment.channel, job.max_channels)
+            channels = max(channels, segment.channel)
+            if progress is not None:
+                progress(float(segment.end_seconds))
+            for utterance in state.engine.recognize(segment.pcm, job.language_code):
+                chunks.append(_chunk(str(segment.channel), utterance, float(segment.start_seconds)))
+            del segment
+            _check_memory(state.memory_limit_bytes)
+        duration = float(decoded.duration_seconds or 0.0)
+        too_long = _too_long(duration, job.max_seconds)
+        if too_long is not None:
+            return _failed(started, GrpcCode.INVALID_ARGUMENT, too_long)
     except state.client_errors as exc:
         return _failed(started, GrpcCode.INVALID_ARGUMENT, _client_message(exc))
+    except (MemoryBudgetExceededError, MemoryError):
+        return _failed(started, GrpcCode.RESOURCE_EXHAUSTED, _memory_message(state.memory_limit_bytes))
     except Exception:
         return _failed(started, GrpcCode.INTERNAL, INTERNAL_MESSAGE, log_detail=traceback.format_exc())
     return JobOutcome(
         chunks=tuple(chunks),
-        channels=len(channels),
+        channels=max(channels, decoded.channel_count),
         duration_seconds=duration,
         processing_seconds=time.monotonic() - started,
     )
 
 
-def _chunk(channel: str, utterance: UtteranceLike) -> Chunk:
-    words = tuple(Word(text=str(w.text), start=float(w.start), end=float(w.end)) for w in utterance.words)
+def _too_long(duration: float | None, max_seconds: float) -> str | None:
+    if duration is None or duration <= max_seconds:
+        return None
+    return (
+        f"The audio is {format_seconds(duration)} s long; "
+        f"this API takes at most {format_seconds(max_seconds)} s"
+    )
+
+
+def _too_many_channels(started: float, channels: int, max_channels: int) -> JobOutcome:
+    return _failed(
+        started,
+        GrpcCode.INVALID_ARGUMENT,
+        f"The audio has {channels} channels; this API takes at most {max_channels}",
+    )
+
+
+def _memory_message(limit: int | None) -> str:
+    budget = f" of {limit // (1024 * 1024)} MiB" if limit else ""
+    return (
+        f"Recognizing this audio needs more memory than the recognition worker's budget{budget} "
+        "(SPEECHKIT_SERVE_WORKER_MEMORY_BYTES): split the audio into shorter files"
+    )
+
+
+def _chunk(channel: str, utterance: UtteranceLike, offset: float) -> Chunk:
+    words = tuple(
+        Word(text=str(w.text), start=round(offset + float(w.start), 3), end=round(offset + float(w.end), 3))
+        for w in utterance.words
+    )
     return Chunk(channel=channel, text=str(utterance.text), words=words)
 
 
@@ -278,6 +431,10 @@ class PoolClosedError(Exception):
     """The pool is shutting down."""
 
 
+class WorkerStartError(Exception):
+    """A worker process could not build its engine."""
+
+
 class Admission:
     """A place among the jobs in flight; give it back with :meth:`release` (or use ``with``)."""
 
@@ -286,7 +443,7 @@ class Admission:
 
     def release(self) -> None:
         if self._pool is not None:
-            self._pool._release()
+            self._pool._release_place()
             self._pool = None
 
     def __enter__(self) -> Admission:
@@ -296,8 +453,36 @@ class Admission:
         self.release()
 
 
+class _Worker:
+    """One worker process and the pool's end of its pipe."""
+
+    def __init__(self, process: BaseProcess, connection: Connection, number: int) -> None:
+        self.process = process
+        self.connection = connection
+        self.number = number
+        #: Running a job (its pipe and process are then the job thread's alone).
+        self.busy = False
+        self.retired = False
+
+    def alive(self) -> bool:
+        return not self.retired and self.process.exitcode is None
+
+
+@dataclass(frozen=True)
+class _Lost:
+    """The worker process ended while running the job."""
+
+    exitcode: int | None
+
+
+@dataclass(frozen=True)
+class _TimedOut:
+    limit_seconds: float
+
+
 class RecognitionPool:
-    """The worker processes, bounded admission and recovery from dead workers. Use from one event loop."""
+    """The worker processes, bounded admission, deadlines and recovery from dead workers. Use from one
+    event loop."""
 
     def __init__(
         self,
@@ -307,19 +492,37 @@ class RecognitionPool:
         queue_size: int,
         start_method: Literal["forkserver", "spawn"] = "forkserver",
         stop_timeout: float = 2.0,
+        timeout_seconds: float = 120.0,
+        timeout_factor: float = 2.0,
     ) -> None:
         if workers < 1 or queue_size < 0:
             raise ValueError("workers must be positive and queue_size not negative")
+        if timeout_seconds <= 0 or timeout_factor < 0:
+            raise ValueError("timeout_seconds must be positive and timeout_factor not negative")
         self.workers = workers
         self.capacity = workers + queue_size
         self._setup = setup
-        self._context = multiprocessing.get_context(start_method)
+        self._context: ForkServerContext | SpawnContext = (
+            multiprocessing.get_context("forkserver")
+            if start_method == "forkserver"
+            else multiprocessing.get_context("spawn")
+        )
         if start_method == "forkserver":
             # The fork server imports this module once; its children start from that state.
             self._context.set_forkserver_preload([__name__])
         self._stop_timeout = stop_timeout
-        self._executor: ProcessPoolExecutor | None = None
-        self._generation = 0
+        self._timeout_seconds = timeout_seconds
+        self._timeout_factor = timeout_factor
+        # Blocking pipe work (sending audio, waiting for a result or a start) runs in these threads:
+        # at most one per worker process, starting or busy, plus replacements.
+        self._threads = ThreadPoolExecutor(max_workers=2 * workers + 2, thread_name_prefix="recognition")
+        self._live: set[_Worker] = set()  # started and ready
+        self._processes: set[BaseProcess] = set()  # every process not yet reaped, starting ones too
+        self._idle: collections.deque[_Worker] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[_Worker]] = collections.deque()
+        self._jobs: set[asyncio.Task[JobOutcome]] = set()
+        self._replacements: set[asyncio.Task[None]] = set()
+        self._numbers = 0
         self._in_flight = 0
         self._info: EngineInfo | None = None
         self._closed = False
@@ -341,27 +544,38 @@ class RecognitionPool:
         return self._in_flight
 
     @property
+    def live_workers(self) -> int:
+        return len(self._live)
+
+    @property
     def stop_timeout(self) -> float:
         """Seconds running jobs get to finish when the pool closes."""
         return self._stop_timeout
 
-    # --- startup ---
+    def deadline_for(self, audio_seconds: float) -> float:
+        """Seconds a job may run once ``audio_seconds`` of its audio have been decoded."""
+        return max(self._timeout_seconds, self._timeout_factor * audio_seconds)
+
+    # --- starting and replacing workers ---
 
     async def start(self) -> EngineInfo:
-        """Start the worker processes and wait until each one has built its engine."""
+        """Start the missing worker processes and wait until each one has built its engine."""
         if self._closed:
             raise PoolClosedError("the recognition pool is closed")
-        executor, generation = self._current()
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await asyncio.gather(
-                *(loop.run_in_executor(executor, describe_engine) for _ in range(self.workers))
-            )
-        except BrokenProcessPool:
-            await self._replace(generation)
-            raise
-        self._info = infos[0]
-        return infos[0]
+        missing = self.workers - len(self._live)
+        starts = [self._start_worker() for _ in range(missing)]
+        results = await asyncio.gather(*starts, return_exceptions=True)
+        errors = [result for result in results if isinstance(result, BaseException)]
+        for result in results:
+            if isinstance(result, tuple):
+                worker, info = result
+                self._info = self._info or info
+                self._hand_over(worker)
+        if errors:
+            raise errors[0]
+        if self._info is None:  # pragma: no cover - at least one worker runs when none failed
+            raise WorkerStartError("no recognition worker is running")
+        return self._info
 
     async def start_until_ready(self, *, first_delay: float = 1.0, max_delay: float = 30.0) -> EngineInfo:
         """:meth:`start`, again and again with a growing pause, until the workers are up."""
@@ -384,26 +598,124 @@ class RecognitionPool:
                 )
                 return info
 
-    def _current(self) -> tuple[ProcessPoolExecutor, int]:
+    async def _start_worker(self) -> tuple[_Worker, EngineInfo]:
         if self._closed:
             raise PoolClosedError("the recognition pool is closed")
-        if self._executor is None:
-            self._executor = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=self._context,
-                initializer=initialize_worker,
-                initargs=(self._setup,),
-            )
-        return self._executor, self._generation
+        self._numbers += 1
+        ours, theirs = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=worker_main,
+            args=(theirs, self._setup),
+            name=f"recognition-worker-{self._numbers}",
+            daemon=True,
+        )
+        self._processes.add(process)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._threads, process.start)
+        finally:
+            theirs.close()
+        worker = _Worker(process, ours, self._numbers)
+        message = await loop.run_in_executor(self._threads, _wait_for_start, worker)
+        if isinstance(message, _Ready) and not self._closed:
+            self._live.add(worker)
+            with contextlib.suppress(NotImplementedError, ValueError, OSError):
+                loop.add_reader(process.sentinel, self._exited, worker)
+            return worker, message.info
+        self._processes.discard(process)
+        ours.close()
+        await loop.run_in_executor(self._threads, _reap, [process], 0.0)
+        if self._closed:
+            raise PoolClosedError("the recognition pool is closed")
+        detail = message.detail if isinstance(message, _StartFailed) else "the process ended"
+        raise WorkerStartError(f"a recognition worker could not start:\n{detail}")
 
-    async def _replace(self, generation: int) -> None:
-        """Drop the executor of ``generation`` when it is still the current one (it broke)."""
-        if generation != self._generation or self._executor is None:
+    def _exited(self, worker: _Worker) -> None:
+        """The process of ``worker`` ended; a busy worker's job thread notices by itself."""
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(worker.process.sentinel)
+        if not worker.busy and not worker.retired:
+            with contextlib.suppress(ValueError):
+                self._idle.remove(worker)
+            logger.error(
+                "Recognition worker %d stopped while idle (exit code %s); starting another",
+                worker.number,
+                worker.process.exitcode,
+            )
+            self._retire(worker)
+
+    def _retire(self, worker: _Worker) -> None:
+        """Forget ``worker`` (its process has ended or is to end) and start another unless closing."""
+        if worker.retired:
             return
-        broken, self._executor = self._executor, None
-        self._generation += 1
-        logger.error("A recognition worker process died; starting new workers")
-        await asyncio.to_thread(broken.shutdown, wait=False, cancel_futures=True)
+        worker.retired = True
+        self._live.discard(worker)
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(worker.process.sentinel)
+        # Closing our end ends an idle worker: its recv() sees the end of the pipe.
+        worker.connection.close()
+        loop = asyncio.get_running_loop()
+        reaping = loop.run_in_executor(self._threads, _reap, [worker.process], _REAP_SECONDS)
+        reaping.add_done_callback(lambda _: self._processes.discard(worker.process))
+        if not self._closed:
+            task = loop.create_task(self._replace(), name="replace-recognition-worker")
+            self._replacements.add(task)
+            task.add_done_callback(self._replacements.discard)
+
+    async def _replace(self) -> None:
+        delay = _RESTART_DELAY
+        while not self._closed:
+            try:
+                worker, _ = await self._start_worker()
+            except PoolClosedError:
+                return
+            except Exception:
+                logger.exception("A new recognition worker could not start; trying again in %.0f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_RESTART_DELAY)
+            else:
+                logger.info("Recognition worker %d started in place of one that stopped", worker.number)
+                self._hand_over(worker)
+                return
+
+    # --- idle workers ---
+
+    def _hand_over(self, worker: _Worker) -> None:
+        """``worker`` is free: give it to the first job waiting for one, or keep it idle."""
+        worker.busy = False
+        if self._closed or not worker.alive():
+            self._retire(worker)
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                worker.busy = True
+                waiter.set_result(worker)
+                return
+        self._idle.append(worker)
+
+    async def _acquire(self) -> _Worker:
+        while True:
+            if self._closed:
+                raise PoolClosedError("the recognition pool is closed")
+            while self._idle:
+                worker = self._idle.popleft()
+                if worker.alive():
+                    worker.busy = True
+                    return worker
+                self._retire(worker)
+            waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                worker = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._hand_over(waiter.result())
+                raise
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            return worker
 
     # --- admission ---
 
@@ -424,7 +736,7 @@ class RecognitionPool:
         self._in_flight += 1
         return Admission(self)
 
-    def _release(self) -> None:
+    def _release_place(self) -> None:
         self._in_flight = max(0, self._in_flight - 1)
 
     def retry_after(self) -> int:
@@ -436,59 +748,171 @@ class RecognitionPool:
     # --- jobs ---
 
     async def run(self, audio: bytes, job: RecognitionJob) -> JobOutcome:
-        """Recognise ``audio`` in a worker. A job whose worker died is run once more in new workers; if it
-        dies again it fails with INTERNAL. Raises :class:`PoolClosedError` when the pool is closing."""
+        """Recognise ``audio`` in a worker, when one is free. A worker that dies fails this job only
+        (INTERNAL, or RESOURCE_EXHAUSTED when it was killed) and is replaced; a job past its deadline ends
+        with DEADLINE_EXCEEDED. Raises :class:`PoolClosedError` when the pool is closing.
+
+        Cancelling the caller does not stop the job: it finishes (or meets its deadline) in the background
+        and its worker is then free again."""
+        worker = await self._acquire()
+        task = asyncio.get_running_loop().create_task(self._dispatch(worker, audio, job))
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+        return await asyncio.shield(task)
+
+    async def _dispatch(self, worker: _Worker, audio: bytes, job: RecognitionJob) -> JobOutcome:
         loop = asyncio.get_running_loop()
-        outcome: JobOutcome | None = None
-        for attempt in (1, 2):
-            executor, generation = self._current()
-            try:
-                outcome = await loop.run_in_executor(executor, recognize, audio, job)
-                break
-            except BrokenProcessPool:
-                if self._closed:
-                    raise PoolClosedError("the recognition pool is closed") from None
-                await self._replace(generation)
-                if attempt == 2:
-                    return JobOutcome(failure=JobFailure(GrpcCode.INTERNAL, WORKER_LOST_MESSAGE))
-            except RuntimeError:
-                if self._closed:  # "cannot schedule new futures after shutdown"
-                    raise PoolClosedError("the recognition pool is closed") from None
-                raise
-            except asyncio.CancelledError:
-                # A queued job cancelled by close(), not by cancelling the task awaiting it.
-                task = asyncio.current_task()
-                if self._closed and task is not None and not task.cancelling():
-                    raise PoolClosedError("the recognition pool is closed") from None
-                raise
-        assert outcome is not None
-        if outcome.log_detail:
-            logger.error("Recognition failed in a worker:\n%s", outcome.log_detail)
-        self._job_seconds = 0.8 * self._job_seconds + 0.2 * max(outcome.processing_seconds, 0.1)
-        return outcome
+        try:
+            result = await loop.run_in_executor(self._threads, self._exchange, worker, audio, job)
+        except BaseException:
+            self._retire(worker)
+            raise
+        if isinstance(result, JobOutcome):
+            self._hand_over(worker)
+            if result.log_detail:
+                logger.error("Recognition failed in a worker:\n%s", result.log_detail)
+            self._job_seconds = 0.8 * self._job_seconds + 0.2 * max(result.processing_seconds, 0.1)
+            return result
+        self._retire(worker)
+        if self._closed:
+            raise PoolClosedError("the recognition pool is closed")
+        if isinstance(result, _TimedOut):
+            logger.error(
+                "Recognition worker %d was stopped: its job ran past its deadline of %s s",
+                worker.number,
+                format_seconds(result.limit_seconds),
+            )
+            return JobOutcome(
+                failure=JobFailure(
+                    GrpcCode.DEADLINE_EXCEEDED,
+                    f"The recognition took longer than its limit of {format_seconds(result.limit_seconds)} s "
+                    "(SPEECHKIT_SERVE_RECOGNITION_TIMEOUT_SECONDS, or RECOGNITION_TIMEOUT_FACTOR times the "
+                    "audio's duration) and was stopped",
+                )
+            )
+        logger.error(
+            "Recognition worker %d died while recognising (exit code %s); starting another",
+            worker.number,
+            result.exitcode,
+        )
+        return JobOutcome(failure=_lost_failure(result.exitcode))
+
+    def _exchange(self, worker: _Worker, audio: bytes, job: RecognitionJob) -> JobOutcome | _Lost | _TimedOut:
+        """In a thread: send the job, wait for its outcome (taking progress reports), or for the worker's
+        end, or for the deadline (then kill the worker)."""
+        connection, process = worker.connection, worker.process
+        try:
+            connection.send(job)
+            connection.send_bytes(audio)
+        except (OSError, ValueError):
+            return _Lost(_exitcode(process))
+        started = time.monotonic()
+        limit = self.deadline_for(0.0)
+        while True:
+            remaining = started + limit - time.monotonic()
+            if remaining <= 0:
+                process.kill()
+                process.join(_REAP_SECONDS)
+                return _TimedOut(limit)
+            ready = wait([connection, process.sentinel], timeout=remaining)
+            if not ready:
+                continue
+            # Data first: an outcome sent just before the process ended still counts.
+            if connection in ready:
+                try:
+                    message = connection.recv()
+                except (EOFError, OSError):
+                    return _Lost(_exitcode(process))
+                except Exception:  # an outcome that cannot be unpickled
+                    logger.exception("A recognition worker sent an unreadable answer")
+                    process.kill()
+                    return _Lost(_exitcode(process))
+                if isinstance(message, _Progress):
+                    limit = max(limit, self.deadline_for(message.seconds))
+                    continue
+                if isinstance(message, JobOutcome):
+                    return message
+                process.kill()  # pragma: no cover - a worker only sends the messages above
+                return _Lost(_exitcode(process))  # pragma: no cover
+            if not connection.poll():
+                return _Lost(_exitcode(process))
 
     # --- shutdown ---
 
     async def close(self) -> None:
-        """Stop the workers: queued jobs are cancelled, running ones get ``stop_timeout`` seconds."""
-        self._closed = True
-        executor, self._executor = self._executor, None
-        if executor is None:
+        """Stop the workers: jobs waiting for one fail with :class:`PoolClosedError`, running ones get
+        ``stop_timeout`` seconds to finish, then every worker process is stopped."""
+        if self._closed:
             return
-        processes = list(executor._processes.values()) if executor._processes else []
-        executor.shutdown(wait=False, cancel_futures=True)
-        await asyncio.to_thread(_reap, processes, self._stop_timeout)
+        self._closed = True
+        for waiter in list(self._waiters):
+            if not waiter.done():
+                waiter.set_exception(PoolClosedError("the recognition pool is closed"))
+        self._waiters.clear()
+        for task in list(self._replacements):
+            task.cancel()
+        idle, self._idle = list(self._idle), collections.deque()
+        for worker in idle:
+            self._retire(worker)
+        jobs = list(self._jobs)
+        if jobs:
+            await asyncio.wait(jobs, timeout=self._stop_timeout)
+        processes = list(self._processes)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._threads, _reap, processes, 0.0)
+        if jobs:
+            await asyncio.gather(*jobs, return_exceptions=True)
+        await asyncio.gather(*self._replacements, return_exceptions=True)
+        for worker in list(self._live):
+            self._retire(worker)
+        # Every process has ended by now: the threads left only reap them.
+        await asyncio.to_thread(self._threads.shutdown, wait=True)
+
+
+def _lost_failure(exitcode: int | None) -> JobFailure:
+    if exitcode == -signal.SIGKILL:
+        return JobFailure(
+            GrpcCode.RESOURCE_EXHAUSTED,
+            "The recognition worker was killed (SIGKILL), which is how the kernel stops a process that "
+            "runs out of memory: split the audio into shorter files, or give the service more memory",
+        )
+    shown = "unknown" if exitcode is None else str(exitcode)
+    return JobFailure(GrpcCode.INTERNAL, f"{WORKER_LOST_MESSAGE} (exit code {shown})")
+
+
+def _exitcode(process: BaseProcess) -> int | None:
+    process.join(_REAP_SECONDS)
+    return process.exitcode
+
+
+def _wait_for_start(worker: _Worker) -> _Ready | _StartFailed | None:
+    """In a thread: the worker's first message, or None when its process ends first."""
+    connection, process = worker.connection, worker.process
+    while True:
+        ready = wait([connection, process.sentinel])
+        if connection in ready:
+            try:
+                message = connection.recv()
+            except (EOFError, OSError):
+                return None
+            if isinstance(message, _Ready | _StartFailed):
+                return message
+            return None  # pragma: no cover - a worker starts with one of the two
+        if ready and not connection.poll():
+            return None
 
 
 def _reap(processes: Sequence[BaseProcess], timeout: float) -> None:
+    """Wait up to ``timeout`` for ``processes`` to end, then terminate (and at last kill) the rest."""
     deadline = time.monotonic() + timeout
     for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
+        with contextlib.suppress(ValueError, AssertionError):
+            process.join(max(0.0, deadline - time.monotonic()))
     for process in processes:
-        if process.is_alive():
-            process.terminate()
-            process.join(1.0)
-        if process.is_alive():  # pragma: no cover - SIGTERM is not ignored by workers
-            process.kill()
-            with contextlib.suppress(Exception):
+        with contextlib.suppress(ValueError, AssertionError):
+            if process.is_alive():
+                process.terminate()
+                process.join(1.0)
+            if process.is_alive():  # pragma: no cover - SIGTERM is not ignored by workers
+                process.kill()
                 process.join(1.0)

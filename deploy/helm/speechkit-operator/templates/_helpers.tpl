@@ -96,15 +96,18 @@ the default, so that the arguments stay minimal; `--log-format json` for json.
 {{- end }}
 
 {{/*
-Checks of extra volumes and mounts (dict "volumes" <list> "mounts" <list> "prefix" <values path>):
-the name tmp and the path /tmp are the chart's own, and each mount names a volume of the pod.
+Checks of extra volumes and mounts (dict "volumes" <list> "mounts" <list> "prefix" <values path>,
+optionally "names" and "paths", the chart's own volume names and mount paths: tmp and /tmp by
+default): the chart's own names and paths are refused, and each mount names a volume of the pod.
 Renders nothing.
 */}}
 {{- define "speechkit-operator.checkVolumes" -}}
-{{- $names := list "tmp" }}
+{{- $own := .names | default (list "tmp") }}
+{{- $paths := .paths | default (list "/tmp") }}
+{{- $names := $own }}
 {{- range .volumes }}
-{{- if eq (toString .name) "tmp" }}
-{{- fail (printf "%sextraVolumes: the volume name tmp is the chart's own; choose another" $.prefix) }}
+{{- if has (toString .name) $own }}
+{{- fail (printf "%sextraVolumes: the volume name %s is the chart's own; choose another" $.prefix (toString .name)) }}
 {{- end }}
 {{- $names = append $names .name }}
 {{- end }}
@@ -112,8 +115,9 @@ Renders nothing.
 {{- if not (has .name $names) }}
 {{- fail (printf "%sextraVolumeMounts: %q is not a volume of the pod: add it to %sextraVolumes" $.prefix (toString .name) $.prefix) }}
 {{- end }}
-{{- if eq (trimSuffix "/" (toString .mountPath)) "/tmp" }}
-{{- fail (printf "%sextraVolumeMounts: /tmp is the chart's own mount; choose another mountPath" $.prefix) }}
+{{- $path := trimSuffix "/" (toString .mountPath) }}
+{{- if has $path $paths }}
+{{- fail (printf "%sextraVolumeMounts: %s is the chart's own mount; choose another mountPath" $.prefix $path) }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -129,7 +133,9 @@ The rules the operator needs in each namespace it watches.
 {{- define "speechkit-operator.namespacedRules" -}}
 - apiGroups: ["speechkit.dev"]
   resources: ["transcriptionjobs"]
-  verbs: ["list", "watch", "patch"]
+  # get: a fresh read when a job changed under a step; delete: ttlSecondsAfterFinished; patch:
+  # kopf removes the finalizer an earlier version left.
+  verbs: ["list", "watch", "get", "patch", "delete"]
 - apiGroups: ["speechkit.dev"]
   resources: ["transcriptionjobs/status"]
   verbs: ["patch"]
@@ -173,6 +179,21 @@ settings.self_hosted_url, so that each name appears once. extraEnv may not repea
   value: {{ include "speechkit-operator.envValue" $value | quote }}
 {{- end }}
 {{- end }}
+{{- /* Leader election keeps its Lease in the pod's namespace unless settings.lease_namespace says otherwise. */}}
+{{- $names = append $names "POD_NAMESPACE" }}
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- if and .Values.recognizer.enabled .Values.recognizer.apiKeySecret.enabled }}
+{{- /* The recognizer's own API key, from the Secret it reads it from. */}}
+{{- $names = append $names "SPEECHKIT_OPERATOR_SELF_HOSTED_API_KEY" }}
+- name: SPEECHKIT_OPERATOR_SELF_HOSTED_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "speechkit-operator.recognizer.apiKeySecretName" . | quote }}
+      key: {{ .Values.recognizer.apiKeySecret.operatorKey | default .Values.recognizer.apiKeySecret.key | quote }}
+{{- end }}
 {{- range .Values.extraEnv }}
 {{- if has .name $names }}
 {{- fail (printf "extraEnv: %s is set by the chart; set it in settings instead" .name) }}
@@ -188,6 +209,27 @@ The recognition service's resources: "<fullname>-recognizer", at most 63 charact
 */}}
 {{- define "speechkit-operator.recognizer.fullname" -}}
 {{- printf "%s-recognizer" (include "speechkit-operator.fullname" . | trunc 52 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+The Secret with the recognition service's API key: recognizer.apiKeySecret.name, or the chart's own.
+*/}}
+{{- define "speechkit-operator.recognizer.apiKeySecretName" -}}
+{{- .Values.recognizer.apiKeySecret.name | default (printf "%s-api-key" (include "speechkit-operator.recognizer.fullname" .)) }}
+{{- end }}
+
+{{/*
+Where the recognition service keeps its operations (SPEECHKIT_SERVE_STATE_DIR).
+*/}}
+{{- define "speechkit-operator.recognizer.stateDir" -}}
+/var/lib/speechkit-recognizer
+{{- end }}
+
+{{/*
+The PersistentVolumeClaim of the recognition service's state (persistence.type pvc).
+*/}}
+{{- define "speechkit-operator.recognizer.claimName" -}}
+{{- .Values.recognizer.persistence.existingClaim | default (printf "%s-state" (include "speechkit-operator.recognizer.fullname" .)) }}
 {{- end }}
 
 {{/*
@@ -234,8 +276,9 @@ The recognition service's image: repository and tag, the tag defaulting to the c
 
 {{/*
 The recognition service container's environment: workers, queue size, retention, the API key from
-a Secret, recognizer.settings as SPEECHKIT_SERVE_* variables, then recognizer.extraEnv. Host and
-port are command-line arguments.
+a Secret, the state directory, recognizer.settings as SPEECHKIT_SERVE_* variables (allowed_hosts
+defaulting to the host of settings.storage_endpoint), then recognizer.extraEnv. Host and port are
+command-line arguments.
 */}}
 {{- define "speechkit-operator.recognizer.env" -}}
 {{- $recognizer := .Values.recognizer }}
@@ -247,20 +290,29 @@ port are command-line arguments.
 - name: {{ $name }}
   value: {{ include "speechkit-operator.envValue" (get $explicit $key) | quote }}
 {{- end }}
-{{- with $recognizer.apiKeySecret.name }}
+{{- if $recognizer.apiKeySecret.enabled }}
 {{- $names = append $names "SPEECHKIT_SERVE_API_KEYS" }}
 - name: SPEECHKIT_SERVE_API_KEYS
   valueFrom:
     secretKeyRef:
-      name: {{ . | quote }}
-      key: {{ required "recognizer.apiKeySecret.key is required with recognizer.apiKeySecret.name" $recognizer.apiKeySecret.key | quote }}
+      name: {{ include "speechkit-operator.recognizer.apiKeySecretName" . | quote }}
+      key: {{ required "recognizer.apiKeySecret.key is required" $recognizer.apiKeySecret.key | quote }}
 {{- end }}
-{{- range $key, $value := ($recognizer.settings | default dict) }}
+{{- $names = append $names "SPEECHKIT_SERVE_STATE_DIR" }}
+- name: SPEECHKIT_SERVE_STATE_DIR
+  value: {{ include "speechkit-operator.recognizer.stateDir" . | quote }}
+{{- $settings := deepCopy ($recognizer.settings | default dict) }}
+{{- if empty $settings.allowed_hosts }}
+{{- /* Downloads are denied by default: allow where the operator's presigned URLs point. */}}
+{{- $storage := .Values.settings.storage_endpoint | default "https://storage.yandexcloud.net" }}
+{{- $_ := set $settings "allowed_hosts" (urlParse (toString $storage)).host }}
+{{- end }}
+{{- range $key, $value := $settings }}
 {{- if not (regexMatch "^[a-z][a-z0-9_]*$" $key) }}
 {{- fail (printf "recognizer.settings.%s: keys are ServiceSettings field names in snake_case" $key) }}
 {{- end }}
-{{- if has $key (list "host" "port" "workers" "queue_size" "retention_seconds" "api_keys") }}
-{{- fail (printf "recognizer.settings.%s is set by the chart: use recognizer.workers, queueSize, retentionSeconds or apiKeySecret" $key) }}
+{{- if has $key (list "host" "port" "workers" "queue_size" "retention_seconds" "api_keys" "state_dir") }}
+{{- fail (printf "recognizer.settings.%s is set by the chart: use recognizer.workers, queueSize, retentionSeconds, apiKeySecret or persistence" $key) }}
 {{- end }}
 {{- if not (or (kindIs "invalid" $value) (eq (toString $value) "")) }}
 {{- $name := printf "SPEECHKIT_SERVE_%s" (upper $key) }}
