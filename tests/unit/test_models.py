@@ -268,7 +268,7 @@ def test_unknown_encoding_is_rejected() -> None:
 @pytest.mark.parametrize(
     ("body", "location"),
     [
-        (spec(priority=1), ("priority",)),
+        (spec(importance=1), ("importance",)),
         (with_source(region="ru-central1"), ("source", "region")),
         (spec(output={"compress": True}), ("output", "compress")),
         (with_recognition(speakerLabels=True), ("recognition", "speakerLabels")),
@@ -376,14 +376,20 @@ def test_status_with_unknown_phase_is_rejected() -> None:
 
 @pytest.mark.parametrize(
     ("phase", "terminal"),
-    [(Phase.PENDING, False), (Phase.RUNNING, False), (Phase.SUCCEEDED, True), (Phase.FAILED, True)],
+    [
+        (Phase.PENDING, False),
+        (Phase.QUEUED, False),
+        (Phase.RUNNING, False),
+        (Phase.SUCCEEDED, True),
+        (Phase.FAILED, True),
+    ],
 )
 def test_phase_terminal(phase: Phase, terminal: bool) -> None:
     assert phase.terminal is terminal
 
 
 def test_phase_values_match_the_crd() -> None:
-    assert [phase.value for phase in Phase] == ["Pending", "Running", "Succeeded", "Failed"]
+    assert [phase.value for phase in Phase] == ["Pending", "Queued", "Running", "Succeeded", "Failed"]
 
 
 # --- AudioInfo -----------------------------------------------------------------------------------
