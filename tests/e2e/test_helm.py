@@ -264,6 +264,8 @@ def test_rendered_chart_passes_a_server_side_dry_run(
             # Leader election's Lease, in the release namespace.
             "Role": 1,
             "RoleBinding": 1,
+            # The operator's metrics.
+            "Service": 1,
         }
         if custom:
             expected |= {"Role": 3, "RoleBinding": 3}
@@ -341,7 +343,7 @@ def test_chart_with_the_recognizer_passes_a_server_side_dry_run(
         } == {
             "ServiceAccount": 2,
             "Deployment": 2,
-            "Service": 1,
+            "Service": 2,  # the recognizer's and the operator's metrics
             "NetworkPolicy": 1,
         }
         assert "Secret" not in kinds
@@ -349,7 +351,7 @@ def test_chart_with_the_recognizer_passes_a_server_side_dry_run(
         (recognizer,) = [
             o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == RECOGNIZER
         ]
-        service = only(objects, "Service")
+        (service,) = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == RECOGNIZER]
         url = f"http://{RECOGNIZER}.{release_namespace}.svc:8088"
         (operator_container,) = operator["spec"]["template"]["spec"]["containers"]
         names = [item["name"] for item in operator_container["env"]]

@@ -815,6 +815,7 @@ def test_schema_rejects_unknown_keys_in_every_object_of_the_chart(values: Any, v
         "podAnnotations", "podLabels", "serviceAccount.annotations",
         "recognizer.resources", "recognizer.affinity", "recognizer.nodeSelector",
         "recognizer.podAnnotations", "recognizer.podLabels", "recognizer.serviceAccount.annotations",
+        "metrics.serviceMonitor.labels", "metrics.grafanaDashboard.labels",
     }  # fmt: skip
 
     def maps(node: Any, path: str) -> Iterator[str]:
@@ -1227,7 +1228,10 @@ def test_rendered_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert container["image"] == "speechkit-operator:0.1.0"
     assert container["args"] == ["run", "--liveness-port", "8080"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "health", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 8081, "protocol": "TCP"},
+    ]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsUser"] == 10001
     assert pod["serviceAccountName"] == _one(docs, "ServiceAccount", "ops")["metadata"]["name"]
@@ -1305,7 +1309,7 @@ def test_rendered_namespaced_rbac_and_args() -> None:
 @needs_helm
 def test_rendered_without_rbac_or_service_account() -> None:
     docs = _render("--set", "rbac.create=false", "--set", "serviceAccount.create=false")
-    assert {doc["kind"] for doc in docs} == {"Deployment"}
+    assert {doc["kind"] for doc in docs} == {"Deployment", "Service"}  # the Service: metrics
     assert _one(docs, "Deployment", "ops")["spec"]["template"]["spec"]["serviceAccountName"] == "default"
 
 
@@ -1403,7 +1407,9 @@ def _operator_settings(container: dict[str, Any], monkeypatch: pytest.MonkeyPatc
 def test_recognizer_disabled_renders_nothing_of_it(monkeypatch: pytest.MonkeyPatch) -> None:
     docs = _render()
     assert [d["metadata"]["name"] for d in docs if _is_recognizer_related(d)] == []
-    assert not [d for d in docs if d["kind"] == "Service"]
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Service"] == [
+        "speech-speechkit-operator-metrics"
+    ]
     container = _container(_one(docs, "Deployment", "ops"))
     env = _plain_env(container)
     assert env["SPEECHKIT_OPERATOR_BACKEND"] == "cloud"
@@ -1420,7 +1426,7 @@ def test_recognizer_enabled_renders_deployment_service_and_service_account() -> 
         {
             "Deployment": 2,
             "ServiceAccount": 2,
-            "Service": 1,
+            "Service": 2,  # the recognizer's and the operator's metrics
             "ClusterRole": 1,
             "ClusterRoleBinding": 1,
             "Role": 1,  # leader election
@@ -2033,3 +2039,81 @@ def test_helm_applies_the_schema() -> None:
     # `--set` passes a decimal as text: number settings take it.
     env = _plain_env(_container(_one(_render("--set", "settings.http_timeout=12.5"), "Deployment", "ops")))
     assert env["SPEECHKIT_OPERATOR_HTTP_TIMEOUT"] == "12.5"
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics: the port, the Service, the ServiceMonitor and the Grafana dashboard.
+# --------------------------------------------------------------------------------------------------
+
+DASHBOARD = CHART / "dashboards" / "speechkit-operator.json"
+
+
+@needs_helm
+def test_metrics_port_and_service_by_default() -> None:
+    docs = _render()
+    [container] = _one(docs, "Deployment", "ops")["spec"]["template"]["spec"]["containers"]
+    assert {"name": "metrics", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+    [service] = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-metrics")]
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 8081, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    pod_labels = _one(docs, "Deployment", "ops")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert not [d for d in docs if d["kind"] in ("ServiceMonitor", "ConfigMap")]
+
+
+@needs_helm
+def test_no_metrics_port_no_service() -> None:
+    docs = _render("--set", "settings.metrics_port=0")
+    [container] = _one(docs, "Deployment", "ops")["spec"]["template"]["spec"]["containers"]
+    assert all(port["name"] != "metrics" for port in container["ports"])
+    assert not [d for d in docs if d["kind"] == "Service"]
+    assert "metrics.serviceMonitor needs" in _render_failure(
+        "--set", "settings.metrics_port=0", "--set", "metrics.serviceMonitor.enabled=true"
+    )
+
+
+@needs_helm
+def test_service_monitor_and_dashboard_when_asked() -> None:
+    docs = _render(
+        "--set", "metrics.serviceMonitor.enabled=true",
+        "--set", "metrics.serviceMonitor.labels.release=kube-prometheus",
+        "--set", "metrics.grafanaDashboard.enabled=true",
+    )  # fmt: skip
+    monitor = _one(docs, "ServiceMonitor", "ops")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus"
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    [service] = [d for d in docs if d["kind"] == "Service"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    dashboard = _one(docs, "ConfigMap", "ops")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["speechkit-operator.json"]) == json.loads(DASHBOARD.read_text())
+
+
+def test_the_dashboard_queries_only_metrics_the_operator_exports() -> None:
+    from prometheus_client import generate_latest
+
+    from speechkit_operator.metrics import OperatorMetrics
+
+    metrics = OperatorMetrics()
+    metrics.call("submit", 200)
+    metrics.call("submit", 429)
+    metrics.detection_latency.observe(1)
+    metrics.checks_per_job.observe(1)
+    exported = {
+        line.split("{")[0].split(" ")[0]
+        for line in generate_latest(metrics.registry).decode().splitlines()
+        if line and not line.startswith("#")
+    }
+    # The metrics read from the scheduler at scrape time.
+    exported |= {f"speechkit_operator_{name}" for name in ("jobs", "queue_length", "budget_tokens")}
+    exported |= {"speechkit_operator_budget_rate_per_second", "speechkit_operator_kubernetes_writes_total"}
+    dashboard = json.loads(DASHBOARD.read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"speechkit_operator_[a-z_]+", target["expr"])
+    }
+    assert used, "the dashboard has queries"
+    assert used <= exported, used - exported

@@ -330,3 +330,11 @@ command-line arguments.
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/*
+The operator's metrics port: settings.metrics_port, else the operator's default (8081); 0: none.
+*/}}
+{{- define "speechkit-operator.metricsPort" -}}
+{{- $port := .Values.settings.metrics_port }}
+{{- if or (kindIs "invalid" $port) (eq (toString $port) "") }}8081{{ else }}{{ int $port }}{{ end }}
+{{- end }}
