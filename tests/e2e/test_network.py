@@ -207,6 +207,8 @@ def _operator_env(
         env[name] = env[name.lower()] = value
     env["SPEECHKIT_OPERATOR_STORAGE_ENDPOINT"] = minio.endpoint
     env["SPEECHKIT_OPERATOR_STORAGE_REGION"] = minio.region
+    # The default endpoint is always allowed; no other.
+    env["SPEECHKIT_OPERATOR_STORAGE_ENDPOINTS"] = minio.endpoint
     if ca_bundle is not None:
         env[CA_BUNDLE_VARIABLE] = str(ca_bundle)
     return env

@@ -1,7 +1,14 @@
 """S3-compatible object storage with boto3, kept off the event loop.
 
 Every call runs in a worker thread. boto3 clients are created once per distinct configuration and
-shared: they are thread-safe, creating them is not cheap.
+shared: they are thread-safe, creating them is not cheap. All of them come from one boto3 Session, so
+that botocore's service models and endpoint data are loaded once (a Session of its own costs each
+client about 12 MiB), and :class:`StorageFactory` keeps the :data:`MAX_CLIENTS` most recently used,
+closing the others: memory stays bounded however many storage Secrets the jobs name.
+
+A failure to connect (refused, timed out, a name that does not resolve, a connection closed) gives one
+and the same message whatever its cause, so that the answers do not tell open ports from closed ones.
+TLS problems keep their own messages, which say what to configure.
 
 TLS is verified against ``ca_bundle`` (``SPEECHKIT_OPERATOR_CA_BUNDLE``) when one is given, else the
 system's trust. Proxies come from HTTPS_PROXY/HTTP_PROXY, and NO_PROXY is honoured: botocore decides
@@ -13,18 +20,30 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import boto3
+import urllib3.exceptions
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, ProxyConnectionError, SSLError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    ProxyConnectionError,
+    SSLError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from speechkit_operator.clients.speech.errors import find_ssl_error, origin_of, tls_problem
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+#: The storage clients a :class:`StorageFactory` keeps; the least recently used beyond are closed.
+MAX_CLIENTS = 32
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED_CODES = {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
@@ -81,7 +100,30 @@ def _classify(exc: Exception, what: str) -> StorageError:
             f"{what}: the proxy {proxy} could not be reached or refused the connection: "
             "check HTTPS_PROXY, HTTP_PROXY and NO_PROXY",
         )
-    return StorageError("unavailable", f"{what}: storage unreachable ({type(exc).__name__})")
+    if isinstance(exc, BotoConnectionError | HTTPClientError | urllib3.exceptions.HTTPError | OSError):
+        # One text for every way a connection fails: refused, timed out, not resolved, closed.
+        return StorageError("unavailable", f"{what}: {_UNREACHABLE}")
+    return StorageError("unavailable", f"{what}: storage call failed ({type(exc).__name__})")
+
+
+_UNREACHABLE = (
+    "storage unreachable: the connection to the endpoint failed (refused, timed out, not resolved or "
+    "closed); check the storage Secret's endpoint and the network"
+)
+
+_session: boto3.session.Session | None = None
+_session_lock = threading.Lock()
+
+
+def _client(**kwargs: Any) -> S3Client:
+    """An S3 client from the one Session of the process (creating clients from a Session is not
+    thread-safe, hence the lock)."""
+    global _session  # noqa: PLW0603 - one Session per process is the point
+    with _session_lock:
+        if _session is None:
+            _session = boto3.session.Session()
+        client: S3Client = _session.client("s3", **kwargs)
+        return client
 
 
 class ObjectStorage:
@@ -95,8 +137,7 @@ class ObjectStorage:
         ca_bundle: str | os.PathLike[str] | None = None,
     ) -> None:
         self.config = config
-        self._client: S3Client = boto3.session.Session().client(
-            "s3",
+        self._client: S3Client = _client(
             endpoint_url=config.endpoint,
             region_name=config.region,
             aws_access_key_id=config.access_key_id,
@@ -119,7 +160,7 @@ class ObjectStorage:
     async def _run(self, what: str, fn: Any, /, **kwargs: Any) -> Any:
         try:
             return await asyncio.to_thread(fn, **kwargs)
-        except (ClientError, BotoCoreError) as exc:
+        except (ClientError, BotoCoreError, urllib3.exceptions.HTTPError, OSError) as exc:
             raise _classify(exc, what) from None
 
     async def head(self, bucket: str, key: str) -> ObjectHead:
@@ -128,14 +169,17 @@ class ObjectStorage:
 
     async def read_range(self, bucket: str, key: str, byte_range: str) -> bytes:
         """``byte_range`` as in HTTP: ``bytes=0-65535`` or ``bytes=-65536`` (the last bytes)."""
-        answer = await self._run(
-            f"s3://{bucket}/{key}", self._client.get_object, Bucket=bucket, Key=key, Range=byte_range
-        )
-        body = answer["Body"]
-        try:
-            data: bytes = await asyncio.to_thread(body.read)
-        finally:
-            body.close()
+
+        def read() -> bytes:
+            body = self._client.get_object(Bucket=bucket, Key=key, Range=byte_range)["Body"]
+            try:
+                data: bytes = body.read()
+            finally:
+                body.close()
+            return data
+
+        # Reading the body is part of the call: a connection that breaks then is classified too.
+        data: bytes = await self._run(f"s3://{bucket}/{key}", read)
         return data
 
     async def put(self, bucket: str, key: str, body: bytes, content_type: str) -> None:
@@ -159,28 +203,52 @@ class ObjectStorage:
 
 
 class StorageFactory:
-    """Shares one :class:`ObjectStorage` per configuration; all of them trust ``ca_bundle`` if given."""
+    """Shares one :class:`ObjectStorage` per configuration; all of them trust ``ca_bundle`` if given.
 
-    def __init__(self, *, timeout: float = 30.0, ca_bundle: str | os.PathLike[str] | None = None) -> None:
+    At most ``max_clients`` are kept: asking for another closes the least recently used one (a step
+    still using it reconnects; asking for its configuration again makes a new one).
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 30.0,
+        ca_bundle: str | os.PathLike[str] | None = None,
+        max_clients: int = MAX_CLIENTS,
+    ) -> None:
+        if max_clients < 1:
+            raise ValueError("max_clients must be at least 1")
         self._timeout = timeout
         self._ca_bundle = ca_bundle
+        self._max_clients = max_clients
         self._lock = threading.Lock()
-        self._cache: dict[StorageConfig, ObjectStorage] = {}
+        self._cache: OrderedDict[StorageConfig, ObjectStorage] = OrderedDict()
+
+    def __len__(self) -> int:
+        """How many storages are kept now."""
+        return len(self._cache)
 
     def close(self) -> None:
         """Close every storage made so far (they are made again when asked for)."""
         with self._lock:
-            made, self._cache = list(self._cache.values()), {}
+            made, self._cache = list(self._cache.values()), OrderedDict()
         for storage in made:
             storage.close()
 
     def get(self, config: StorageConfig) -> ObjectStorage:
+        evicted: list[ObjectStorage] = []
         with self._lock:
             storage = self._cache.get(config)
-            if storage is None:
-                if self._ca_bundle is None:
-                    storage = ObjectStorage(config, timeout=self._timeout)
-                else:
-                    storage = ObjectStorage(config, timeout=self._timeout, ca_bundle=self._ca_bundle)
-                self._cache[config] = storage
-            return storage
+            if storage is not None:
+                self._cache.move_to_end(config)
+                return storage
+            if self._ca_bundle is None:
+                storage = ObjectStorage(config, timeout=self._timeout)
+            else:
+                storage = ObjectStorage(config, timeout=self._timeout, ca_bundle=self._ca_bundle)
+            self._cache[config] = storage
+            while len(self._cache) > self._max_clients:
+                evicted.append(self._cache.popitem(last=False)[1])
+        for old in evicted:
+            old.close()
+        return storage

@@ -17,12 +17,20 @@ What SpeechKit v2 accepts, and so what passes here:
 For Ogg and MP3 the declared ``sampleRateHertz`` and ``audioChannelCount`` are not compared with the
 bytes: the API takes both from the stream itself and ignores them for these encodings.
 
+The bytes are untrusted: whatever they hold, :func:`probe_audio` returns an :class:`AudioInfo` whose
+duration is finite and non-negative, or raises :class:`AudioProbeError`, never anything else. A
+duration far beyond what the object's size can hold at the codec's least possible bitrate (an Ogg
+granule position, or an MP3 Xing/VBRI frame count more than ten times too large: a cut upload keeps
+the header of the whole file) is corrupt or crafted: ``CorruptAudio``. Parsing takes time linear in
+the bytes at hand.
+
 Everything here is a pure function of its arguments: no I/O, no clock, no kopf.
 """
 
 from __future__ import annotations
 
-import functools
+import math
+import zlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,6 +41,9 @@ HEAD_BYTES: int = 64 * 1024
 #: How many trailing bytes the caller fetches, only when :func:`needs_tail` says so.
 #: An Ogg page is at most 65,307 bytes long, so the last page always fits.
 TAIL_BYTES: int = 64 * 1024
+#: Larger objects than this are not audio anyone stores (S3 objects end at 5 TiB); their size is
+#: refused rather than computed with.
+MAX_OBJECT_BYTES: int = 1 << 53
 
 ProbeFailure = Literal[
     "EmptyAudio", "UnknownAudioFormat", "UnsupportedAudio", "AudioEncodingMismatch", "CorruptAudio"
@@ -128,6 +139,10 @@ def probe_audio(head: bytes, size: int, declared: DeclaredAudio, tail: bytes | N
     """
     if size <= 0:
         raise AudioProbeError(EMPTY_AUDIO, "The audio object is empty (0 bytes): upload the audio again.")
+    if size > MAX_OBJECT_BYTES:
+        raise AudioProbeError(
+            CORRUPT_AUDIO, f"The audio object's size ({size} bytes) is beyond that of any real audio file."
+        )
     if not head:
         raise AudioProbeError(
             CORRUPT_AUDIO, f"The audio object is {size} bytes long but none of its bytes could be read."
@@ -135,18 +150,43 @@ def probe_audio(head: bytes, size: int, declared: DeclaredAudio, tail: bytes | N
     container = detect_container(head)
     try:
         if container is ContainerFormat.WAV:
-            return _probe_wav(head, size, declared)
-        if container is ContainerFormat.OGG:
-            return _probe_ogg(head, size, declared, tail)
-        if container is ContainerFormat.MP3:
-            return _probe_mp3(head, size, declared)
-        return _probe_raw(head, size, declared)
-    except _Truncated:
+            info = _probe_wav(head, size, declared)
+        elif container is ContainerFormat.OGG:
+            info = _probe_ogg(head, size, declared, tail)
+        elif container is ContainerFormat.MP3:
+            info = _probe_mp3(head, size, declared)
+        else:
+            info = _probe_raw(head, size, declared)
+    except (_Truncated, IndexError, ValueError, OverflowError, ZeroDivisionError):
+        # Bytes that do not hold what their header announces: never a crash of the caller.
         raise AudioProbeError(
             CORRUPT_AUDIO,
             f"The {container.value.upper()} header is truncated or garbled; "
             "check that the upload completed and the file plays.",
         ) from None
+    duration = info.duration_seconds
+    if duration is not None and not (math.isfinite(duration) and duration >= 0):
+        raise AudioProbeError(
+            CORRUPT_AUDIO, f"The {container.value.upper()} headers give no valid duration ({duration})."
+        )
+    return info
+
+
+def _seconds_text(seconds: float) -> str:
+    if seconds < 2 * 3600:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 86400:
+        return f"{seconds:.0f} s ({seconds / 3600:.1f} hours)"
+    return f"{seconds:.0f} s ({seconds / 86400:.0f} days)"
+
+
+def _implausible(what: str, claimed: float, size: int, limit: float, why: str) -> AudioProbeError:
+    return AudioProbeError(
+        CORRUPT_AUDIO,
+        f"{what} says the audio lasts {_seconds_text(claimed)}, but {size} bytes can hold at most "
+        f"{_seconds_text(limit)} of it ({why}): the file is corrupt or crafted. Check that it plays "
+        "and encode it again.",
+    )
 
 
 def _check_encoding(declared: DeclaredAudio, actual: AudioEncoding, what: str) -> None:
@@ -328,23 +368,20 @@ _OGG_CODECS = (
 )
 
 
-@functools.cache
-def _ogg_crc_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte << 24
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x04C11DB7) if crc & 0x80000000 else crc << 1
-        table.append(crc & 0xFFFFFFFF)
-    return tuple(table)
+#: An Opus packet lasts at most 120 ms and takes at least one byte of an Ogg page (its lacing value),
+#: so no Ogg Opus stream holds more than this many seconds per byte.
+_OPUS_MAX_SECONDS_PER_BYTE = 0.12
+_BIT_REVERSED = bytes(int(f"{byte:08b}"[::-1], 2) for byte in range(256))
 
 
-def _ogg_crc(data: bytes) -> int:
-    table = _ogg_crc_table()
-    crc = 0
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFFFFFF) ^ table[(crc >> 24) ^ byte]
-    return crc
+def _ogg_crc(*parts: bytes) -> int:
+    """The Ogg page checksum of the concatenated ``parts``: CRC-32 with the polynomial 0x04C11DB7, not
+    reflected, no initial value or final XOR. It is zlib's reflected CRC-32 over bit-reversed bytes,
+    bit-reversed: C speed, so that a tail crowded with fake pages costs milliseconds, not seconds."""
+    crc = 0xFFFFFFFF  # zlib's running value for an initial CRC of 0
+    for part in parts:
+        crc = zlib.crc32(part.translate(_BIT_REVERSED), crc)
+    return int(f"{crc ^ 0xFFFFFFFF:032b}"[::-1], 2)
 
 
 def _probe_ogg(head: bytes, size: int, declared: DeclaredAudio, tail: bytes | None) -> AudioInfo:
@@ -391,6 +428,15 @@ def _probe_ogg(head: bytes, size: int, declared: DeclaredAudio, tail: bytes | No
         granule = _last_granule(tail, serial)
         if granule is not None:
             duration = round(max(granule - pre_skip, 0) / _OPUS_RATE, 3)
+            limit = size * _OPUS_MAX_SECONDS_PER_BYTE
+            if duration > limit:
+                raise _implausible(
+                    f"The Ogg Opus file's last page (granule position {granule})",
+                    duration,
+                    size,
+                    limit,
+                    "an Opus packet lasts at most 120 ms and takes at least one byte",
+                )
     return AudioInfo(
         encoding=AudioEncoding.OGG_OPUS,
         container=ContainerFormat.OGG,
@@ -415,11 +461,11 @@ def _last_granule(tail: bytes, serial: int) -> int | None:
         if len(table) < segments or page_end > len(tail):
             continue
         page = tail[pos:page_end]
-        stored_crc = int.from_bytes(page[22:26], "little")
-        if _ogg_crc(page[:22] + b"\x00\x00\x00\x00" + page[26:]) != stored_crc:
-            continue
         granule = int.from_bytes(page[6:14], "little")
         if int.from_bytes(page[14:18], "little") != serial or granule == _NO_GRANULE or granule >> 63:
+            continue
+        stored_crc = int.from_bytes(page[22:26], "little")
+        if _ogg_crc(page[:22], b"\x00\x00\x00\x00", page[26:]) != stored_crc:
             continue
         return granule
     return None
@@ -578,6 +624,27 @@ def _probe_mp3(head: bytes, size: int, declared: DeclaredAudio) -> AudioInfo:
     )
 
 
+#: An MP3 header's frame count may exceed what the bytes hold (a cut upload keeps the header of the
+#: whole file), but not by more than this factor.
+_MP3_FRAME_SLACK = 10
+
+
+def _check_frame_count(frames: int, size: int, pos: int, header: _MpegHeader, tag: str) -> None:
+    """``frames`` frames of ``header``'s kind would fit, at their smallest (a header and mono side
+    information), in ten times the bytes from ``pos`` on; else the count is corrupt."""
+    smallest = 4 + (17 if header.version == 1 else 9)
+    fitting = max(size - pos, 0) // smallest
+    if frames > fitting * _MP3_FRAME_SLACK:
+        seconds = frames * header.samples_per_frame / header.sample_rate
+        raise AudioProbeError(
+            CORRUPT_AUDIO,
+            f"The MP3 file's {tag} header says it has {frames} frames ({_seconds_text(seconds)}), more "
+            f"than ten times what its {size} bytes can hold ({fitting} {header.describe()} frames of at "
+            f"least {smallest} bytes): the file is corrupt or crafted. Check that it plays and encode "
+            "it again.",
+        )
+
+
 def _mp3_duration(head: bytes, size: int, pos: int, header: _MpegHeader) -> float | None:
     samples_per_frame = header.samples_per_frame
     xing = pos + 4 + (2 if header.protected else 0) + header.side_info_length
@@ -585,6 +652,7 @@ def _mp3_duration(head: bytes, size: int, pos: int, header: _MpegHeader) -> floa
         flags = _uint(head, xing + 4, 4, "big")
         if flags & 1:
             frames = _uint(head, xing + 8, 4, "big")
+            _check_frame_count(frames, size, pos, header, head[xing : xing + 4].decode("latin-1"))
             samples = frames * samples_per_frame
             # Xing fields present per flag: frames (4), bytes (4), TOC (100), quality (4); then LAME's tag.
             lame = (
@@ -604,10 +672,11 @@ def _mp3_duration(head: bytes, size: int, pos: int, header: _MpegHeader) -> floa
     vbri = pos + 4 + 32
     if head[vbri : vbri + 4] == b"VBRI":
         frames = _uint(head, vbri + 14, 4, "big")
+        _check_frame_count(frames, size, pos, header, "VBRI")
         return round(frames * samples_per_frame / header.sample_rate, 3)
     if not header.bitrate_kbps:
         return None
-    return round((size - pos) * 8 / (header.bitrate_kbps * 1000), 3)
+    return round(max(size - pos, 0) * 8 / (header.bitrate_kbps * 1000), 3)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -699,6 +768,10 @@ def _probe_raw(head: bytes, size: int, declared: DeclaredAudio) -> AudioInfo:
         )
     _check_pcm_rate(rate, "spec.recognition.sampleRateHertz")
     channels = declared.channel_count or 1
+    if channels < 1:
+        raise AudioProbeError(
+            UNSUPPORTED_AUDIO, f"spec.recognition.audioChannelCount is {channels}; it must be at least 1."
+        )
     return AudioInfo(
         encoding=AudioEncoding.LINEAR16_PCM,
         container=ContainerFormat.RAW,

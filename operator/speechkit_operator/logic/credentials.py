@@ -1,9 +1,18 @@
-"""Turn the data of referenced Secrets into credentials, with errors a person can act on."""
+"""Turn the data of referenced Secrets into credentials, with errors a person can act on.
+
+A storage Secret's ``endpoint`` is where the operator will connect, so it is held to the operator's
+allowlist (``SPEECHKIT_OPERATOR_STORAGE_ENDPOINTS``, besides the configured default endpoint): whoever
+may create Secrets in a watched namespace must not be able to make the operator probe other hosts or
+ports. The endpoint must be plain ``scheme://host[:port]``, parsed here strictly and passed on in that
+canonical form, so that no URL parser downstream can read another host into it.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from speechkit_operator.clients.speech.base import (
@@ -22,6 +31,9 @@ ACCESS_KEY_ID = "access-key-id"
 SECRET_ACCESS_KEY = "secret-access-key"
 ENDPOINT = "endpoint"
 REGION = "region"
+
+#: The setting that lists the storage endpoints a Secret may name.
+STORAGE_ENDPOINTS_VARIABLE = "SPEECHKIT_OPERATOR_STORAGE_ENDPOINTS"
 
 
 class SecretProblem(Exception):
@@ -104,13 +116,85 @@ def _is_http_url(text: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname) and " " not in text
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_HOST = r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]"
+_ENDPOINT = re.compile(rf"(?P<scheme>https?)://(?P<host>{_HOST})(:(?P<port>[0-9]{{1,5}}))?/*", re.IGNORECASE)
+_PATTERN = re.compile(r"(?P<scheme>https?)://(?P<host>[^/:\[\]]+|\[[^/\]]+\])(:(?P<port>\*|[0-9]{1,5}))?/*")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A storage endpoint: ``scheme://host[:port]``, lower-case, the port only when one was written."""
+
+    scheme: str
+    host: str
+    port: int | None = None
+
+    @property
+    def effective_port(self) -> int:
+        return self.port if self.port is not None else _DEFAULT_PORTS[self.scheme]
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host}" + (f":{self.port}" if self.port is not None else "")
+
+
+def parse_endpoint(text: str) -> Endpoint | None:
+    """``text`` as an :class:`Endpoint`, or None unless it is exactly ``http(s)://host[:port]`` (trailing
+    slashes aside): no user, path, query, fragment, backslash or percent-encoding, a port in 1 to 65535."""
+    found = _ENDPOINT.fullmatch(text.strip())
+    if found is None:
+        return None
+    port = int(found["port"]) if found["port"] is not None else None
+    if port is not None and not 0 < port < 65536:
+        return None
+    return Endpoint(found["scheme"].lower(), found["host"].lower(), port)
+
+
+def endpoint_allowed(endpoint: Endpoint, patterns: Iterable[str]) -> bool:
+    """Whether one of ``patterns`` (``scheme://host[:port]``) names ``endpoint``. ``*`` in a pattern's host
+    matches any characters; a pattern without a port allows the scheme's default port, ``:*`` any port.
+    Patterns that are not of that form allow nothing."""
+    for pattern in patterns:
+        found = _PATTERN.fullmatch(pattern.strip().lower())
+        if found is None or found["scheme"] != endpoint.scheme:
+            continue
+        host = "".join(".*" if part == "*" else re.escape(part) for part in re.split(r"(\*)", found["host"]))
+        if re.fullmatch(host, endpoint.host) is None:
+            continue
+        wanted = found["port"]
+        if wanted == "*" or int(wanted or _DEFAULT_PORTS[endpoint.scheme]) == endpoint.effective_port:
+            return True
+    return False
+
+
+def _origin_pattern(url: str) -> str:
+    """The configured default endpoint (a URL that may carry a path) as a pattern of its origin."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
 def parse_storage_secret(
-    secret_name: str, data: Mapping[str, bytes], *, default_endpoint: str, default_region: str
+    secret_name: str,
+    data: Mapping[str, bytes],
+    *,
+    default_endpoint: str,
+    default_region: str,
+    allowed_endpoints: Iterable[str] | None = None,
 ) -> StorageConfig:
+    """The storage configuration of a Secret; its ``endpoint`` must be ``default_endpoint`` or match one
+    of ``allowed_endpoints`` (the operator's ``storage_endpoints``). ``None``: no allowlist at all,
+    for callers that enforce no policy of their own (tests, tools); the operator always passes one."""
     try:
         access_key_id = _text(data, ACCESS_KEY_ID)
         secret_access_key = _text(data, SECRET_ACCESS_KEY)
-        endpoint = _text(data, ENDPOINT) or default_endpoint
+        named_endpoint = _text(data, ENDPOINT)
         region = _text(data, REGION) or default_region
     except UnicodeDecodeError:
         raise SecretProblem(
@@ -123,11 +207,31 @@ def parse_storage_secret(
     ]
     if missing or access_key_id is None or secret_access_key is None:
         raise SecretProblem("InvalidStorageSecret", f"Secret {secret_name!r} lacks {', '.join(missing)}")
-    if not _is_http_url(endpoint):
-        raise SecretProblem(
-            "InvalidStorageSecret",
-            f"endpoint in Secret {secret_name!r} must be an http:// or https:// URL with a host",
-        )
+    if named_endpoint is None:
+        endpoint = default_endpoint
+        if not _is_http_url(endpoint):
+            raise SecretProblem(
+                "InvalidStorageSecret",
+                f"endpoint in Secret {secret_name!r} must be an http:// or https:// URL with a host",
+            )
+    else:
+        parsed = parse_endpoint(named_endpoint)
+        if parsed is None:
+            raise SecretProblem(
+                "InvalidStorageSecret",
+                f"endpoint in Secret {secret_name!r} must be an http:// or https:// URL with a host and "
+                "at most a port (scheme://host[:port]; no user, path or query)",
+            )
+        if allowed_endpoints is not None and not endpoint_allowed(
+            parsed, (_origin_pattern(default_endpoint), *allowed_endpoints)
+        ):
+            raise SecretProblem(
+                "StorageEndpointNotAllowed",
+                f"endpoint {parsed} in Secret {secret_name!r} is not one the operator may connect to: "
+                f"use the default endpoint (remove endpoint from the Secret), or ask an administrator "
+                f"to add it to {STORAGE_ENDPOINTS_VARIABLE} (settings.storage_endpoints in the Helm chart)",
+            )
+        endpoint = str(parsed)
     return StorageConfig(
         endpoint=endpoint.rstrip("/"),
         region=region,

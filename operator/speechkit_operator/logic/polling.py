@@ -4,6 +4,10 @@ The first check waits for the expected processing time (the docs say about 10 s 
 audio), then the interval grows geometrically up to a cap. A server's ``Retry-After`` pushes the next
 check out further. Whatever wakes the operator (a kopf timer today, a shared quota-aware scheduler
 later) asks :func:`check_due` and nothing else.
+
+No input makes these functions raise: an absurd duration, channel count, policy or ``Retry-After``
+(huge, infinite, NaN) is clamped, every wait is at most :data:`MAX_WAIT_SECONDS`, and a time beyond
+the last one ``datetime`` can hold is that last one.
 """
 
 from __future__ import annotations
@@ -34,24 +38,47 @@ class PollPolicy:
         )
 
 
-def expected_processing_seconds(duration_seconds: float | None, channels: int, policy: PollPolicy) -> float:
-    """About ``seconds_per_audio_minute`` per minute of audio, per channel; 0 when the duration is unknown."""
-    if not duration_seconds or duration_seconds <= 0:
+#: The longest a server's ``Retry-After`` may push a check out; results are kept only 3 days anyway.
+MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
+#: The longest wait before any check: SpeechKit keeps results for 3 days, so a job is looked at well
+#: before its result expires, whatever its duration, channels or the policy say.
+MAX_WAIT_SECONDS = 24 * 3600.0
+
+
+def _bounded_wait(seconds: float) -> float:
+    """``seconds`` within ``[0, MAX_WAIT_SECONDS]``; NaN counts as 0."""
+    if math.isnan(seconds):
         return 0.0
-    return duration_seconds / 60.0 * policy.seconds_per_audio_minute * max(1, channels)
+    return min(max(seconds, 0.0), MAX_WAIT_SECONDS)
+
+
+def _later(moment: datetime, seconds: float) -> datetime:
+    """``moment`` plus ``seconds`` (bounded), or the last representable time when that overflows."""
+    try:
+        return moment + timedelta(seconds=_bounded_wait(seconds))
+    except OverflowError:
+        return datetime.max.replace(tzinfo=moment.tzinfo)
+
+
+def expected_processing_seconds(duration_seconds: float | None, channels: int, policy: PollPolicy) -> float:
+    """About ``seconds_per_audio_minute`` per minute of audio, per channel; 0 when the duration is unknown
+    (or not a number). Huge inputs give ``inf`` rather than an OverflowError."""
+    if not duration_seconds or not duration_seconds > 0:
+        return 0.0
+    try:
+        return duration_seconds / 60.0 * policy.seconds_per_audio_minute * max(1, channels)
+    except OverflowError:  # a channel count too large for a float
+        return math.inf
 
 
 def first_check_at(
     submitted_at: datetime, duration_seconds: float | None, channels: int, policy: PollPolicy
 ) -> datetime:
     wait = max(
-        policy.first_check_min_seconds, expected_processing_seconds(duration_seconds, channels, policy)
+        _bounded_wait(policy.first_check_min_seconds),
+        _bounded_wait(expected_processing_seconds(duration_seconds, channels, policy)),
     )
-    return submitted_at + timedelta(seconds=wait)
-
-
-#: The longest a server's ``Retry-After`` may push a check out; results are kept only 3 days anyway.
-MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
+    return _later(submitted_at, wait)
 
 
 def interval_after(checks_done: int, policy: PollPolicy) -> float:
@@ -74,8 +101,8 @@ def honoured_retry_after(retry_after: float | None) -> float:
 def next_check_at(
     checked_at: datetime, checks_done: int, policy: PollPolicy, retry_after: float | None = None
 ) -> datetime:
-    wait = max(interval_after(checks_done, policy), honoured_retry_after(retry_after))
-    return checked_at + timedelta(seconds=wait)
+    wait = max(_bounded_wait(interval_after(checks_done, policy)), honoured_retry_after(retry_after))
+    return _later(checked_at, wait)
 
 
 def check_due(now: datetime, scheduled: datetime | None) -> bool:

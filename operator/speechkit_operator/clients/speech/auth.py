@@ -233,7 +233,7 @@ def json_object(raw: RawResponse, what: str) -> dict[str, Any]:
     """The JSON object of a 2xx answer, or :class:`MalformedResponseError`."""
     try:
         parsed: object = json.loads(raw.body.decode("utf-8", errors="replace"))
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         parsed = None
     if not isinstance(parsed, dict):
         raise MalformedResponseError(f"{what}: the answer is not a JSON object", http_status=raw.status)

@@ -148,7 +148,7 @@ def parse_operation(body: dict[str, Any], *, secrets: Iterable[str] = ()) -> Ope
     if done and response is not None:
         try:
             transcript = parse_v2_response(response)
-        except (ValueError, TypeError, RecursionError):
+        except (ValueError, TypeError, OverflowError, RecursionError):
             raise MalformedResponseError(
                 f"operation {op_id}: the recognition result has an unknown shape", body=body
             ) from None

@@ -35,7 +35,7 @@ def parse_duration(value: str | int | float | Mapping[str, Any]) -> float:
     if isinstance(value, bool):
         raise TypeError(f"not a duration: {value!r}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        seconds = _number(value)
     elif isinstance(value, str):
         text = value.strip()
         if text.endswith("s"):
@@ -55,7 +55,10 @@ def parse_duration(value: str | int | float | Mapping[str, Any]) -> float:
 def _number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise TypeError(f"not a number: {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond a float (JSON allows it)
+        raise ValueError("a number out of range") from None
 
 
 def channel_sort_key(tag: str) -> tuple[int, float, str]:
