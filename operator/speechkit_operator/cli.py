@@ -104,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.skip_preflight:
         try:
             lease = (lease_namespace, settings.lease_name) if lease_namespace is not None else None
-            preflight(namespaces, lease=lease)
+            state = None
+            if settings.predictions_configmap:
+                state = (default_lease_namespace(settings.lease_namespace), settings.predictions_configmap)
+            preflight(namespaces, lease=lease, state=state)
         except PreflightError as exc:
             print(f"speechkit-operator: {exc}", file=sys.stderr)
             return EXIT_SETUP

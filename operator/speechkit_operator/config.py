@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     #: ever holds more calls than the quota.
     quota_share: float = Field(default=0.99, gt=0, lt=1)
 
+    #: The ConfigMap (in the operator's namespace, as the Lease) where the learned processing pace
+    #: of each model is kept across restarts; empty: not kept.
+    predictions_configmap: str = Field(default="speechkit-operator-predictions", max_length=253)
+
     # --- Metrics ------------------------------------------------------------------------------
     #: Port of the Prometheus metrics endpoint (``GET /metrics`` on all interfaces); 0: none.
     metrics_port: int = Field(default=8081, ge=0, le=65535)
@@ -131,7 +135,8 @@ class Settings(BaseSettings):
     lease_renew_seconds: float = Field(default=5.0, gt=0)
 
     # --- Polling --------------------------------------------------------------------------------
-    #: Expected processing time per minute of audio per channel (the docs say about 10 s).
+    #: Expected processing time per minute of audio per channel (the docs say about 10 s), until
+    #: finished jobs of a model have taught the operator that model's pace.
     seconds_per_audio_minute: float = Field(default=10.0, ge=0)
     #: The first check never comes sooner than this after submission.
     first_check_min_seconds: float = Field(default=5.0, ge=0)

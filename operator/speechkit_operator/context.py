@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import kubernetes
 
 from speechkit_operator.clients.kube import JobStore
+from speechkit_operator.clients.leases import default_lease_namespace
 from speechkit_operator.clients.secrets import SecretReader
 from speechkit_operator.clients.speech.base import SpeechClient
 from speechkit_operator.clients.speech.errors import origin_of
@@ -37,6 +38,7 @@ class OperatorContext:
     async def close(self) -> None:
         """Let the steps in flight finish (a submission and its record above all), then close."""
         await self.scheduler.stop(self.settings.shutdown_timeout_seconds)
+        await self.workflow.save_rates()
         self.metrics.stop()
         await self.speech.close()
         self.workflow.storage.close()
@@ -75,6 +77,11 @@ def build_context(
         workflow, settings, sole_actor=settings.leader_election if sole_actor is None else sole_actor
     )
     metrics.watch(scheduler, workflow.jobs.writes)
+    if settings.predictions_configmap:
+        workflow.rates_store = (
+            default_lease_namespace(settings.lease_namespace),
+            settings.predictions_configmap,
+        )
     _log_network(settings)
     return OperatorContext(
         settings=settings, speech=speech, workflow=workflow, scheduler=scheduler, metrics=metrics

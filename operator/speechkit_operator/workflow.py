@@ -59,6 +59,7 @@ from speechkit_operator.logic.output_keys import (
     output_base_key,
     s3_uri,
 )
+from speechkit_operator.logic.prediction import ProcessingRates
 from speechkit_operator.logic.redaction import redact
 from speechkit_operator.logic.rendering import preview, render_json, render_outputs
 from speechkit_operator.logic.timestamps import format_time, parse_time, utcnow
@@ -181,6 +182,12 @@ class JobWorkflow:
         self.clock = clock
         self.policy = polling.PollPolicy.from_settings(settings)
         self._gates = _Gates()
+        #: Each model's processing pace, learned from finished jobs (see :meth:`load_rates`).
+        self.rates = ProcessingRates(default=settings.seconds_per_audio_minute / 60.0)
+        self._rates_saved_at: datetime | None = None
+        self._rates_dirty = False
+        #: Where the rates are kept: (namespace, ConfigMap name), or None.
+        self.rates_store: tuple[str, str] | None = None
         # uid -> the status that records its submission, kept until it is written: an answer that
         # could not be recorded is written again, never submitted again, while this process lives.
         self._unrecorded: dict[str, dict[str, Any]] = {}
@@ -237,8 +244,15 @@ class JobWorkflow:
                 logger.exception("job %s: unexpected error while submitting", job.ref, extra=job.ref.log)
                 return await self._uncertain(job, f"unexpected {type(exc).__name__} while submitting")
             self.metrics.call("submit", 200)
+            expected = self.rates.predict(
+                prepared.spec.recognition.model, prepared.audio.duration_seconds, prepared.audio.channels
+            )
             first = polling.first_check_at(
-                self.clock(), prepared.audio.duration_seconds, prepared.audio.channels, self.policy
+                self.clock(),
+                prepared.audio.duration_seconds,
+                prepared.audio.channels,
+                self.policy,
+                expected_seconds=expected,
             )
             recorded = transitions.submitted(
                 self._facts(job), operation_id=operation.id, audio=prepared.audio, first_check=first
@@ -620,6 +634,7 @@ class JobWorkflow:
         if finished is not None:
             self.metrics.detection_latency.observe(max(0.0, (self.clock() - finished).total_seconds()))
         self.metrics.checks_per_job.observe(checks)
+        await self._learn(spec, job.status, finished)
         patch = transitions.succeeded(
             self._facts(job), checks=checks, outputs=outputs, preview=preview(transcript)
         )
@@ -643,6 +658,49 @@ class JobWorkflow:
         except (_Problem, StorageError) as problem:
             kept = f"; the raw answer could not be kept ({problem})"
         return await self._fail(job, "MalformedResponse", f"{exc}{kept}", checks=checks)
+
+    async def _learn(self, spec: TranscriptionJobSpec, status: JobStatus, finished: datetime | None) -> None:
+        """One more sample of the model's pace (submission to the operation's end); saved at most
+        once a minute."""
+        submitted = parse_time(status.submitted_at)
+        audio = status.audio or {}
+        if submitted is None or finished is None:
+            return
+        took = (finished - submitted).total_seconds()
+        if not self.rates.learn(
+            spec.recognition.model, audio.get("durationSeconds"), int(audio.get("channels") or 1), took
+        ):
+            return
+        self._rates_dirty = True
+        now = self.clock()
+        if self._rates_saved_at is None or now - self._rates_saved_at >= timedelta(seconds=60):
+            await self.save_rates()
+
+    async def load_rates(self) -> None:
+        """The paces kept by an earlier process (at startup)."""
+        if self.rates_store is None:
+            return
+        namespace, name = self.rates_store
+        try:
+            data = await self.jobs.read_config(namespace, name)
+        except KubeError as exc:
+            logger.warning("the learned processing paces could not be read: %s", exc)
+            return
+        if data and "rates.json" in data:
+            self.rates = ProcessingRates.from_json(data["rates.json"], default=self.rates.default)
+            logger.info("learned processing paces: %s", ", ".join(sorted(self.rates.rates)) or "none")
+
+    async def save_rates(self) -> None:
+        if self.rates_store is None or not self._rates_dirty:
+            return
+        namespace, name = self.rates_store
+        try:
+            await self.jobs.write_config(namespace, name, {"rates.json": self.rates.to_json()})
+        except KubeError as exc:
+            logger.warning("the learned processing paces could not be kept: %s", exc)
+            return
+        self._rates_saved_at = self.clock()
+        self._rates_dirty = False
 
     # -- the end of a job ----------------------------------------------------------------------
 

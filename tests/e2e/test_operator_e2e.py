@@ -148,6 +148,14 @@ def test_cluster_role_grants_exactly_what_the_operator_uses(chart_rbac: list[dic
             "resourceNames": ["speechkit-operator"],
             "verbs": ["get", "update"],
         },
+        # The processing pace learned per model, kept across restarts.
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["speechkit-operator-predictions"],
+            "verbs": ["get", "patch"],
+        },
     ]
     role = next(doc for doc in chart_rbac if doc["kind"] == "ClusterRole")
     assert "aggregationRule" not in role

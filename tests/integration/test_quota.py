@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -121,3 +122,32 @@ async def test_a_burst_within_a_tiny_quota_gets_no_429_and_the_promised_order(
     # Jobs that waited for the quota said so, with their place in line and when.
     assert len(queued) >= 4, queued
     assert all("in line; expected at " in message for message in queued.values())
+
+
+async def test_the_first_check_comes_at_the_pace_learned_for_the_model(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    """SpeechKit takes ~2 s for 7.1 s of audio here: after one job, the next waits about that long
+    before its first check instead of the configured guess (0 s per minute in this tier)."""
+    speechkit.completion_delay = 2.0
+    first_key = upload(s3, bucket, "librivox-0870.wav", key="pace/first.wav")
+    second_key = upload(s3, bucket, "librivox-0870.wav", key="pace/second.wav")
+    handle = await start_operator(first_check_min_seconds=0.1)
+    await create_job(k8s, NAMESPACE, "first", {"source": {"bucket": bucket, "key": first_key}})
+    deadline = time.monotonic() + 30
+    while status_of(k8s, NAMESPACE, "first").get("phase") != "Succeeded":
+        assert time.monotonic() < deadline, status_of(k8s, NAMESPACE, "first")
+        await asyncio.sleep(0.05)
+    learned = handle.context.workflow.rates.rate("general")
+    # modifiedAt comes in whole seconds: the sample is within a second of the truth.
+    assert 0.9 / 7.1 < learned < 3.1 / 7.1
+
+    await create_job(k8s, NAMESPACE, "second", {"source": {"bucket": bucket, "key": second_key}})
+    deadline = time.monotonic() + 30
+    while not status_of(k8s, NAMESPACE, "second").get("nextCheckAt"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    status = status_of(k8s, NAMESPACE, "second")
+    submitted = datetime.fromisoformat(status["submittedAt"].replace("Z", "+00:00"))
+    first_check = datetime.fromisoformat(status["nextCheckAt"].replace("Z", "+00:00"))
+    assert (first_check - submitted).total_seconds() == pytest.approx(learned * 7.1, abs=0.2)

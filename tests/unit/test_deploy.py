@@ -1205,7 +1205,9 @@ _JOB_RULES = {
     ("", "secrets", "get"),
 }
 _CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions", verb) for verb in ("list", "watch")}
-_LEASE_RULES = {("coordination.k8s.io", "leases", verb) for verb in ("create", "get", "update")}
+_LEASE_RULES = {("coordination.k8s.io", "leases", verb) for verb in ("create", "get", "update")} | {
+    ("", "configmaps", verb) for verb in ("create", "get", "patch")
+}
 
 
 def _leader_election_role(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1283,8 +1285,17 @@ def test_rendered_cluster_wide_rbac() -> None:
             "resources": ["leases"],
             "resourceNames": ["speechkit-operator"],
             "verbs": ["get", "update"],
-        }
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["speechkit-operator-predictions"],
+            "verbs": ["get", "patch"],
+        },
     ]
+    # Without a ConfigMap for the learned paces, no rule for ConfigMaps.
+    plain = _leader_election_role(_render("--set", "settings.predictions_configmap="))
+    assert {resource for _, resource, _ in _rules(plain)} == {"leases"}
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "RoleBinding"] == [role["metadata"]["name"]]
 
 

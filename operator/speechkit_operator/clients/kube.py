@@ -148,6 +148,31 @@ class JobStore:
             return
         self.writes.add("event")
 
+    # -- the operator's own state ---------------------------------------------------------------
+
+    async def read_config(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The data of a ConfigMap, or None when there is none."""
+        try:
+            body = await self._request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+        except KubeError as exc:
+            if exc.gone:
+                return None
+            raise
+        data = body.get("data") or {}
+        return {str(key): str(value) for key, value in data.items()} if isinstance(data, dict) else {}
+
+    async def write_config(self, namespace: str, name: str, data: Mapping[str, str]) -> None:
+        """Create or replace the data of a ConfigMap the operator owns."""
+        path = f"/api/v1/namespaces/{namespace}/configmaps/{name}"
+        try:
+            await self._request("PATCH", path, {"data": dict(data)}, content_type=MERGE_PATCH)
+        except KubeError as exc:
+            if not exc.gone:
+                raise
+            body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": dict(data)}
+            await self._request("POST", f"/api/v1/namespaces/{namespace}/configmaps", body)
+        self.writes.add("configmap")
+
     # -- transport -----------------------------------------------------------------------------
 
     async def _request(

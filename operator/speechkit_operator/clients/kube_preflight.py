@@ -189,10 +189,23 @@ def _allowed(api: Any, permission: Permission, namespace: str | None) -> bool:
     return isinstance(verdict, dict) and verdict.get("allowed") is True
 
 
-def _check_rbac(api: Any, namespaces: Sequence[str], lease: tuple[str, str] | None) -> None:
+def state_permissions(name: str) -> tuple[Permission, ...]:
+    """The ConfigMap that keeps the learned processing paces."""
+    return (
+        Permission("create", "configmaps"),
+        Permission("get", "configmaps", name=name),
+        Permission("patch", "configmaps", name=name),
+    )
+
+
+def _check_rbac(
+    api: Any, namespaces: Sequence[str], lease: tuple[str, str] | None, state: tuple[str, str] | None
+) -> None:
     scopes: list[tuple[str | None, tuple[Permission, ...]]] = [(None, CLUSTER_PERMISSIONS)]
     if lease is not None:
         scopes.append((lease[0], lease_permissions(lease[1])))
+    if state is not None:
+        scopes.append((state[0], state_permissions(state[1])))
     if namespaces:
         # Globs are resolved by kopf at run time; only exact names can be checked here.
         exact = [name for name in namespaces if not any(char in name for char in "*?[!")]
@@ -209,13 +222,16 @@ def _check_rbac(api: Any, namespaces: Sequence[str], lease: tuple[str, str] | No
             )
 
 
-def preflight(namespaces: Sequence[str], *, lease: tuple[str, str] | None = None) -> None:
+def preflight(
+    namespaces: Sequence[str], *, lease: tuple[str, str] | None = None, state: tuple[str, str] | None = None
+) -> None:
     """Raise :class:`PreflightError` when the operator cannot work; return when it can.
-    ``lease``: the namespace and name of leader election's Lease (None: no leader election)."""
+    ``lease``: the namespace and name of leader election's Lease (None: no leader election);
+    ``state``: those of the ConfigMap of learned processing paces (None: not kept)."""
     api = _api_client()
     try:
         _check_server(api)
         _check_crd(api)
-        _check_rbac(api, namespaces, lease)
+        _check_rbac(api, namespaces, lease, state)
     finally:
         api.close()

@@ -43,6 +43,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     configure_kopf(settings, context.settings)
     if context.settings.metrics_port and memo.get("serve_metrics", True):
         context.metrics.serve(context.settings.metrics_port)
+    await context.workflow.load_rates()
     # Jobs arrive through the watch stream, which starts after the startup handlers; the loop
     # waits for them.
     context.scheduler.start()

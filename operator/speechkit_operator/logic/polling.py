@@ -72,12 +72,18 @@ def expected_processing_seconds(duration_seconds: float | None, channels: int, p
 
 
 def first_check_at(
-    submitted_at: datetime, duration_seconds: float | None, channels: int, policy: PollPolicy
+    submitted_at: datetime,
+    duration_seconds: float | None,
+    channels: int,
+    policy: PollPolicy,
+    *,
+    expected_seconds: float | None = None,
 ) -> datetime:
-    wait = max(
-        _bounded_wait(policy.first_check_min_seconds),
-        _bounded_wait(expected_processing_seconds(duration_seconds, channels, policy)),
-    )
+    """When to look first: at the expected processing time (``expected_seconds`` when the model's
+    pace is known, else the policy's per-minute figure), never sooner than the minimum."""
+    if expected_seconds is None:
+        expected_seconds = expected_processing_seconds(duration_seconds, channels, policy)
+    wait = max(_bounded_wait(policy.first_check_min_seconds), _bounded_wait(expected_seconds))
     return _later(submitted_at, wait)
 
 
