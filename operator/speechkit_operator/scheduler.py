@@ -22,6 +22,7 @@ import heapq
 import itertools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: After an unexpected error in a step, the job is looked at again this much later.
 ERROR_BACKOFF = timedelta(seconds=60)
+#: Finished jobs remembered so that late watch events do not bring them back.
+MAX_TOMBSTONES = 200_000
 
 
 @dataclass
@@ -103,6 +106,11 @@ class Scheduler:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = time.monotonic()
         self._started_at = clock()
+        #: Jobs that finished in this process (uid -> resourceVersion of the final status), until
+        #: their DELETED event: a late watch event never brings one back. Bounded, oldest first out.
+        self._finished: OrderedDict[str, str | None] = OrderedDict()
+        #: Jobs whose earlier submission was counted against the quota after the start.
+        self._debited: set[str] = set()
         self._limit = asyncio.Semaphore(settings.check_concurrency)
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -144,11 +152,14 @@ class Scheduler:
         uid = str(meta.get("uid") or f"{namespace}/{name}")
         entry = self._jobs.get(uid)
         if deleted or meta.get("deletionTimestamp"):
+            self._finished.pop(uid, None)
             if entry is not None:
                 self._forget(uid, entry)
             return
         status = _status(body.get("status"))
         version = meta.get("resourceVersion")
+        if entry is None and uid in self._finished:
+            return  # finished here: what comes later is an echo, or an edit of a finished job
         if entry is None:
             generation = meta.get("generation")
             ref = JobRef(
@@ -190,6 +201,9 @@ class Scheduler:
         window = timedelta(seconds=self.settings.quota_window_seconds)
         if submitted is None or not self._started_at - window < submitted <= self._started_at:
             return
+        if _uid(entry) in self._debited:
+            return
+        self._debited.add(_uid(entry))
         bucket = self._scope(self.workflow.scope_of(entry.job)).submits
         if bucket is not None:
             bucket.tokens -= 1.0
@@ -236,8 +250,12 @@ class Scheduler:
         plan = self._plan(entry)
         if plan.step is lifecycle.Step.NOTHING or plan.at is None:
             if entry.job.status.phase is not None and entry.job.status.phase.terminal:
-                # Finished, with nothing more to do: the job leaves the registry.
-                self._jobs.pop(_uid(entry), None)
+                # Finished, with nothing more to do: the job leaves the registry, a tombstone stays.
+                uid = _uid(entry)
+                self._jobs.pop(uid, None)
+                self._finished[uid] = entry.job.resource_version
+                while len(self._finished) > MAX_TOMBSTONES:
+                    self._finished.popitem(last=False)
             return
         due = _Due(plan.at.timestamp(), next(self._seq), _uid(entry), entry.version)
         if not self._heap or due < self._heap[0]:
@@ -280,12 +298,16 @@ class Scheduler:
         for scope in self._scopes.values():
             scope.queue_changed.set()
             scope.checks_changed.set()
-        running = {task for task in self._tasks if not task.done()}
-        if running:
-            logger.info("waiting up to %.0fs for %d steps in flight", grace, len(running))
-            _, pending = await asyncio.wait(running, timeout=grace)
-            for task in pending:
-                task.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while running := {task for task in self._tasks if not task.done()}:
+            left = deadline - loop.time()
+            if left <= 0:
+                for task in running:
+                    task.cancel()
+                break
+            logger.info("waiting up to %.0fs for %d steps in flight", left, len(running))
+            await asyncio.wait(running, timeout=left)
         loops = [task for scope in self._scopes.values() for task in scope.tasks]
         for task in [*loops, *([self._loop_task] if self._loop_task else [])]:
             task.cancel()
@@ -375,6 +397,10 @@ class Scheduler:
                 with contextlib.suppress(Exception):
                     await entry.notice
                 entry.notice = None
+            if self._stopping:
+                if bucket is not None:
+                    bucket.give_back(time.monotonic())
+                return
             if entry.job.status.submission is not None and not entry.job.status.operation_id:
                 action: Callable[[Job], Awaitable[StepResult]] = self.workflow.resolve_uncertain
             else:
@@ -385,22 +411,30 @@ class Scheduler:
             await asyncio.wait({task})
 
     async def _checker(self, scope: _Scope) -> None:
-        """The scope's due checks, the most overdue first, within its budget."""
+        """The scope's due checks, the most overdue first, within its budget. A concurrency slot is
+        taken before a token, so checks that wait for a slot never pile up tokens."""
         while not self._stopping:
             if not scope.due_checks:
                 await self._wait_for(scope.checks_changed)
                 continue
-            bucket = scope.checks
-            if bucket is not None and not bucket.take(time.monotonic()):
-                await self._wait_for(scope.checks_changed, bucket.ready_at(time.monotonic()))
-                continue
-            _, _, uid = heapq.heappop(scope.due_checks)
-            entry = self._jobs.get(uid)
-            if entry is None:
-                if bucket is not None:
-                    bucket.give_back(time.monotonic())
-                continue
-            self._spawn(self._step(entry, self.workflow.check, limited=True, budget=bucket))
+            await self._limit.acquire()
+            try:
+                bucket = scope.checks
+                if bucket is not None and not bucket.take(time.monotonic()):
+                    self._limit.release()
+                    await self._wait_for(scope.checks_changed, bucket.ready_at(time.monotonic()))
+                    continue
+                _, _, uid = heapq.heappop(scope.due_checks)
+                entry = self._jobs.get(uid)
+                if entry is None:
+                    if bucket is not None:
+                        bucket.give_back(time.monotonic())
+                    self._limit.release()
+                    continue
+            except BaseException:
+                self._limit.release()
+                raise
+            self._spawn(self._step(entry, self.workflow.check, budget=bucket, release=self._limit))
 
     # -- running a step ------------------------------------------------------------------------
 
@@ -416,6 +450,7 @@ class Scheduler:
         *,
         limited: bool = False,
         budget: TokenBucket | None = None,
+        release: asyncio.Semaphore | None = None,
     ) -> None:
         try:
             if limited:
@@ -432,6 +467,8 @@ class Scheduler:
             )
         finally:
             entry.busy = False
+            if release is not None:
+                release.release()
         if budget is not None:
             now = time.monotonic()
             if result.throttled is not None:
@@ -494,10 +531,10 @@ class Scheduler:
             return
         finally:
             entry.busy = False
-        if body is None:
-            self._jobs.pop(_uid(entry), None)
+        meta = (body.get("metadata") or {}) if body is not None else {}
+        if body is None or (entry.job.ref.uid and meta.get("uid") not in (None, entry.job.ref.uid)):
+            self._jobs.pop(_uid(entry), None)  # gone, or another job under the same name
             return
-        meta = body.get("metadata") or {}
         entry.job = replace(
             entry.job, status=_status(body.get("status")), resource_version=meta.get("resourceVersion")
         )

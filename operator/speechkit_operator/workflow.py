@@ -191,6 +191,8 @@ class JobWorkflow:
         # uid -> the status that records its submission, kept until it is written: an answer that
         # could not be recorded is written again, never submitted again, while this process lives.
         self._unrecorded: dict[str, dict[str, Any]] = {}
+        #: Nonces of intents whose write failed, so that nothing was submitted after them.
+        self._unsent_intents: set[str] = set()
 
     # -- submission ----------------------------------------------------------------------------
 
@@ -231,6 +233,8 @@ class JobWorkflow:
                     return StepResult(stale=True)
                 if exc.gone:
                     return StepResult(gone=True)
+                # The intent may have been written although its answer was lost: nothing was sent.
+                self._unsent_intents.add(nonce)
                 unwritten = _Problem(
                     "KubernetesUnavailable", f"could not record the intent: {exc}", permanent=False
                 )
@@ -327,6 +331,13 @@ class JobWorkflow:
         intent = job.status.submission
         if job.status.operation_id or intent is None:
             return StepResult()
+        if intent.nonce in self._unsent_intents:
+            # Its write seemed to fail, so nothing was sent after it: clear it, nothing is uncertain.
+            self._unsent_intents.discard(intent.nonce)
+            facts = self._facts(job)
+            message = "the intent to submit was written, but nothing was sent; submitting now"
+            body = await self._write(job.ref, transitions.waiting(facts, "Submitting", message, facts.now))
+            return StepResult(body=body, next_attempt=facts.now)
         return await self._uncertain(
             job, f"the operator stopped while submitting (intent {intent.nonce} of {intent.started_at})"
         )
@@ -510,14 +521,19 @@ class JobWorkflow:
         if job.status.phase is Phase.QUEUED or job.status.submission is not None:
             return StepResult()
         patch = transitions.queued(self._facts(job), position=position, eta=eta)
-        return StepResult(body=await self._write(job.ref, patch))
+        try:
+            body = await self.jobs.patch_status(job.ref, patch, resource_version=job.resource_version)
+        except KubeError:
+            return StepResult()  # the job changed meanwhile: saying it waits can wait
+        return StepResult(body=body)
 
     # -- checking ------------------------------------------------------------------------------
 
     async def check(self, job: Job) -> StepResult:
         """Look at the operation once and act on what it says."""
-        if job.status.phase is not Phase.RUNNING or not job.status.operation_id:
-            return StepResult()
+        if not job.status.operation_id or (job.status.phase is not None and job.status.phase.terminal):
+            # Nothing to look at: come back much later rather than at once.
+            return StepResult(next_check=self.clock() + timedelta(minutes=5))
         try:
             return await self._check(job)
         except Exception as exc:  # a bug or an unforeseen library error: visible, and backed off
@@ -709,9 +725,9 @@ class JobWorkflow:
         if job.status.phase is not None and job.status.phase.terminal:
             return StepResult()
         message = f"the job did not finish within its deadline of {seconds} s from its creation"
-        if job.status.operation_id:
-            cancelled = await self._cancel_quietly(job, job.status.operation_id)
-            message += f"; operation {job.status.operation_id} " + (
+        if operation_id := self._operation_of(job):
+            cancelled = await self._cancel_quietly(job, operation_id)
+            message += f"; operation {operation_id} " + (
                 "cancelled" if cancelled else "could not be cancelled"
             )
         return await self._fail(
@@ -730,11 +746,20 @@ class JobWorkflow:
             return StepResult(next_attempt=self.clock() + timedelta(seconds=60))
         return StepResult(gone=True)
 
+    def _operation_of(self, job: Job) -> str | None:
+        """The job's operation id: in its status, or only in memory when its record failed."""
+        if job.status.operation_id:
+            return job.status.operation_id
+        recorded = self._unrecorded.pop(job.ref.uid or "", None)
+        return str(recorded["operationId"]) if recorded else None
+
     async def cancel(self, job: Job) -> None:
         """The job was deleted while its operation ran: cancel the operation, best effort."""
-        if not job.status.operation_id or job.status.phase is not Phase.RUNNING:
+        if job.status.phase is not None and job.status.phase.terminal:
             return
-        operation_id = job.status.operation_id
+        operation_id = self._operation_of(job)
+        if not operation_id:
+            return
         cancelled = await self._cancel_quietly(job, operation_id)
         verdict = "cancelled" if cancelled else "could not be cancelled (best effort)"
         await self._notes(

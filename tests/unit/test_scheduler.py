@@ -367,3 +367,35 @@ async def test_after_a_restart_recent_submissions_count_against_the_quota() -> N
         scheduler.observe(recent)
         bucket = scheduler._scopes["cloud"].submits
         assert bucket is not None and bucket.tokens == pytest.approx(-1.0, abs=0.01)
+
+
+async def test_a_late_event_never_brings_a_finished_job_back() -> None:
+    """The watch lags: the job's intent arrives after the job failed and left the registry."""
+    workflow = FakeWorkflow()
+    async with running_scheduler(workflow) as scheduler:
+        scheduler.observe(body("a", rv="1"))
+        await until(lambda: ("check", "a") in workflow.calls)
+        await until(lambda: len(scheduler) == 0)
+        intent = {
+            "phase": "Pending",
+            "submission": {"nonce": "n", "holder": "me-1", "startedAt": format_time(now())},
+        }
+        scheduler.observe(body("a", status=intent, rv="2"))
+        scheduler.observe(body("a", status={"phase": "Running", "operationId": "op-a"}, rv="3"))
+        await asyncio.sleep(0.2)
+        assert len(scheduler) == 0
+        # Its DELETED event ends the tombstone; a job created again under the name is new.
+        scheduler.observe(body("a", rv="4"), deleted=True)
+    assert workflow.calls == [("submit", "a"), ("check", "a")]
+
+
+async def test_an_earlier_submission_is_counted_once_however_often_it_is_seen() -> None:
+    workflow = FakeWorkflow()
+    async with running_scheduler(workflow, quota_window_seconds=3600.0, submit_quota=100) as scheduler:
+        done = body(
+            "earlier", status={"phase": "Succeeded", "submittedAt": format_time(now() - timedelta(minutes=5))}
+        )
+        for _ in range(3):  # relists after a dropped watch
+            scheduler.observe(done)
+        bucket = scheduler._scopes["cloud"].submits
+        assert bucket is not None and bucket.tokens == pytest.approx(-1.0, abs=0.01)

@@ -87,9 +87,25 @@ class JobStore:
         """Merge ``status`` into the job's status; with ``resource_version``, only if the job is
         still at that version (else :class:`KubeError` with ``conflict``). The job as it is now."""
         body: dict[str, Any] = {"status": dict(status)}
+        metadata: dict[str, str] = {}
         if resource_version is not None:
-            body["metadata"] = {"resourceVersion": resource_version}
-        answer = await self._request("PATCH", _job_path(job) + "/status", body, content_type=MERGE_PATCH)
+            metadata["resourceVersion"] = resource_version
+        if job.uid:
+            # Only this job, not one re-created under its name: another uid is refused (422).
+            metadata["uid"] = job.uid
+        if metadata:
+            body["metadata"] = metadata
+        try:
+            answer = await self._request("PATCH", _job_path(job) + "/status", body, content_type=MERGE_PATCH)
+        except KubeError as exc:
+            if exc.status == 422 and job.uid:
+                logger.warning(
+                    "job %s: not written, the job was replaced or refused it: %s", job, exc, extra=job.log
+                )
+                raise KubeError(f"{exc} (the job was replaced)", 404) from None
+            raise
+        if job.uid and (answer.get("metadata") or {}).get("uid") not in (None, job.uid):
+            raise KubeError(f"PATCH {_job_path(job)}/status: another job of that name", 404)
         self.writes.add("status")
         return answer
 

@@ -66,6 +66,9 @@ class LeaseLock:
         self._api: kubernetes.client.ApiClient | None = None
         self._clock = clock
         self._seen: _Seen | None = None
+        #: Seconds one request may take: a renewal (a GET and a PUT) must fit well inside the
+        #: renew deadline.
+        self.request_timeout = min(TIMEOUT, max(1.0, duration_seconds / 6))
 
     @property
     def holder(self) -> str:
@@ -176,7 +179,7 @@ class LeaseLock:
         if self._api is None:
             self._api = self._factory()
         try:
-            return raw_request(self._api, method, path, body, timeout=TIMEOUT)
+            return raw_request(self._api, method, path, body, timeout=self.request_timeout)
         except KubeError as exc:
             raise LeaseError(str(exc)) from None
 
@@ -200,6 +203,10 @@ class LeaderElector:
         self.on_lost = on_lost
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
+        self._renewed_from = time.monotonic()
+        self._lost_lock = threading.Lock()
+        self._lost_called = False
 
     def acquire(self, *, stop: threading.Event | None = None) -> bool:
         """Block until this process holds the Lease (True), or ``stop`` is set (False)."""
@@ -229,33 +236,51 @@ class LeaderElector:
         return False
 
     def start_renewing(self) -> None:
+        # The last successful renewal, as of the moment its request *started*: a standby may count
+        # the Lease's duration from any moment after that.
+        self._renewed_from = time.monotonic()
         self._thread = threading.Thread(target=self._renew, name="lease-renewer", daemon=True)
         self._thread.start()
+        # A watchdog independent of the renewals' blocking requests: a leader that has not renewed
+        # for the renew deadline stops acting, however long a hanging request takes.
+        self._watchdog = threading.Thread(target=self._watch, name="lease-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.25):
+            if time.monotonic() - self._renewed_from > self.renew_deadline_seconds:
+                logger.error("the Lease could not be renewed for %.0fs", self.renew_deadline_seconds)
+                self._lost()
+                return
+
+    def _lost(self) -> None:
+        with self._lost_lock:
+            if self._lost_called:
+                return
+            self._lost_called = True
+        self.on_lost()
 
     def _renew(self) -> None:
-        last_renewed = time.monotonic()
         while not self._stop.wait(self.renew_seconds):
+            started = time.monotonic()
             try:
                 if self.lock.try_acquire_or_renew():
-                    last_renewed = time.monotonic()
+                    self._renewed_from = started
                     continue
                 if self.lock.holder and self.lock.holder != self.lock.identity:
                     logger.error(
                         "Lease %s/%s was taken by %s", self.lock.namespace, self.lock.name, self.lock.holder
                     )
-                    self.on_lost()
+                    self._lost()
                     return
             except LeaseError as exc:
                 logger.warning("renewing the Lease failed: %s", exc)
-            if time.monotonic() - last_renewed > self.renew_deadline_seconds:
-                logger.error("the Lease could not be renewed for %.0fs", self.renew_deadline_seconds)
-                self.on_lost()
-                return
 
     def stop_and_release(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=TIMEOUT + 1)
+        for thread in (self._thread, self._watchdog):
+            if thread is not None:
+                thread.join(timeout=TIMEOUT + 1)
         self.lock.release()
 
 

@@ -295,7 +295,7 @@ class SpeechKitV2Client:
         if self._closed:
             # A call that outlives close() (a handler still running at shutdown) must not open a
             # session that nobody would close.
-            raise SpeechApiError("the SpeechKit client is closed: the operator is shutting down")
+            raise SpeechApiError("the SpeechKit client is closed: the operator is shutting down", unsent=True)
         if self._session is None or (self._owns_session and self._session.closed):
             # No trust_env: send_request picks the environment's proxy itself, without ~/.netrc.
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout))
