@@ -32,6 +32,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -739,6 +740,57 @@ class KubeCluster:
             watch=self.processes,
         )
 
+    # ------------------------------------------------------------------ restarting the apiserver
+
+    @property
+    def apiserver(self) -> ManagedProcess:
+        """The kube-apiserver process that start() started (running or stopped)."""
+        for proc in self.processes:
+            if proc.name == "kube-apiserver":
+                return proc
+        raise ComponentError("the cluster has no kube-apiserver: start() it first")
+
+    def apiserver_ready(self) -> bool:
+        """Whether the kube-apiserver answers /readyz with 200 right now (False while it is down)."""
+        try:
+            return self.request("GET", "/readyz").status == 200
+        except (OSError, http.client.HTTPException):
+            return False
+
+    def stop_apiserver(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop the kube-apiserver (SIGTERM, SIGKILL after `timeout`); etcd and the rest keep running.
+        `start_apiserver()` brings it back on the same port with the same etcd and certificates.
+
+        On SIGTERM it stops listening at once, but its process may take longer than STOP_TIMEOUT to
+        exit: a short `timeout` shortens the outage, not the graceful part of its shutdown."""
+        self.apiserver.stop(timeout)
+
+    def start_apiserver(self, *, wait: bool = True, timeout: float = START_TIMEOUT) -> None:
+        """Start the stopped kube-apiserver again: the same arguments (port, etcd, certificates,
+        tokens), its output appended to the same log. With `wait`, block until /readyz answers 200;
+        without, return once the process is started (poll `apiserver_ready()` yourself -- from a
+        thread that outlives the process, see ManagedProcess: setpriv's parent-death signal follows
+        the thread that started it)."""
+        apiserver = self.apiserver
+        if apiserver.running():
+            raise ComponentError("kube-apiserver is already running")
+        apiserver.start()
+        if wait:
+            wait_until(
+                "kube-apiserver /readyz after a restart",
+                self.apiserver_ready,
+                timeout=timeout,
+                watch=[proc for proc in self.processes if proc is apiserver or proc.name == "etcd"],
+            )
+
+    def restart_apiserver(self, downtime: float = 0.0, *, stop_timeout: float = 5.0) -> None:
+        """Stop the kube-apiserver (SIGKILL if it has not exited `stop_timeout` seconds after
+        SIGTERM), leave it down for `downtime` more seconds, start it again and wait until it is
+        ready."""
+        self.stop_apiserver(stop_timeout)
+        time.sleep(downtime)
+        self.start_apiserver()
+
     def stop(self) -> None:
         """Stop what start() started, newest first; every process gets its stop even if one fails."""
         errors: list[BaseException] = []
@@ -787,6 +839,33 @@ class MinioServer:
         scheme = "https" if self.tls is not None else "http"
         self.endpoint = f"{scheme}://{self.host}:{port}"
         self.console = f"{scheme}://{self.host}:{console_port}"
+        self._launch(port, console_port)
+
+    def start_again(self, *, wait: bool = True, timeout: float = START_TIMEOUT) -> None:
+        """Start a stopped MinIO again on the same address (S3 and console ports), with the same
+        data directory, credentials and certificates: its buckets and objects are still there.
+        With `wait`, block until it is ready; without, return once the process is started (poll
+        `ready()` yourself, from a thread that outlives the process: see ManagedProcess)."""
+        if not self.endpoint or not self.console:
+            raise ComponentError("MinIO was never started: start() it first")
+        if self.process is not None and self.process.running():
+            raise ComponentError("MinIO is already running")
+        port = urllib.parse.urlsplit(self.endpoint).port
+        console_port = urllib.parse.urlsplit(self.console).port
+        assert port is not None and console_port is not None, (self.endpoint, self.console)
+        self._launch(port, console_port, wait=wait, timeout=timeout)
+
+    def ready(self) -> bool:
+        """Whether MinIO answers its readiness probe right now (False while it is down)."""
+        try:
+            url = self.endpoint + "/minio/health/ready"
+            return http_request(url, context=self.ssl_context, timeout=2).status == 200
+        except (OSError, http.client.HTTPException):
+            return False
+
+    def _launch(
+        self, port: int, console_port: int, *, wait: bool = True, timeout: float = START_TIMEOUT
+    ) -> None:
         certs = self.workdir / "certs"
         if self.tls is not None:
             certs.mkdir(parents=True, exist_ok=True)
@@ -816,12 +895,15 @@ class MinioServer:
             env=env,
         )
         self.process.start()
+        if not wait:
+            return
         context = self.ssl_context
         wait_until(
             "MinIO /minio/health/ready",
             lambda: (
                 http_request(self.endpoint + "/minio/health/ready", context=context, timeout=2).status == 200
             ),
+            timeout=timeout,
             watch=[self.process],
         )
 

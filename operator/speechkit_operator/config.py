@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     uncertain_submission_policy: Literal["resubmit", "fail"] = "resubmit"
     #: With ``resubmit``: the uncertain submissions a job may have; the one that reaches this
     #: number fails the job, so a job costs at most this many possible extra charges.
-    max_uncertain_submissions: int = Field(default=3, ge=1)
+    max_uncertain_submissions: int = Field(default=5, ge=1)
 
     # --- Jobs' lifetime -----------------------------------------------------------------------
     #: Seconds from creation after which an unfinished job fails ``DeadlineExceeded`` when its spec

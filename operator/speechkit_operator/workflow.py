@@ -353,8 +353,10 @@ class JobWorkflow:
                 f"{why}; SpeechKit may have created an operation that this job does not know: "
                 "submitting once more"
             )
-            patch = transitions.uncertain(facts, recorded=recorded, message=message, next_attempt=facts.now)
-            next_attempt: datetime | None = facts.now
+            # Not at once: a burst of 5xx answers is over before the job tries again.
+            upcoming = facts.now + timedelta(seconds=self._retry_delay(recorded - 1))
+            patch = transitions.uncertain(facts, recorded=recorded, message=message, next_attempt=upcoming)
+            next_attempt: datetime | None = upcoming
         else:
             message = (
                 f"{why}; SpeechKit may have created an operation that this job does not know"
@@ -632,9 +634,14 @@ class JobWorkflow:
         rendered = render_outputs(operation.response or {}, transcript, spec.output.formats, base_key)
         try:
             storage = await self._storage(job.ref, spec)
-            await asyncio.gather(
-                *(storage.put(bucket, out.key, out.body, out.content_type) for out in rendered)
+            # Every write runs to its end: none is left running unwatched when another one fails.
+            written = await asyncio.gather(
+                *(storage.put(bucket, out.key, out.body, out.content_type) for out in rendered),
+                return_exceptions=True,
             )
+            for failure in written:
+                if isinstance(failure, BaseException):
+                    raise failure
         except _Problem as problem:
             return await self._later(job, checks, problem.reason, problem.message)
         except StorageError as exc:
