@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: After an unexpected error in a step, the job is looked at again this much later.
 ERROR_BACKOFF = timedelta(seconds=60)
+#: After a step could not reach the Kubernetes API, the job is looked at again this much later.
+KUBE_RETRY = timedelta(seconds=3)
 #: Finished jobs remembered so that late watch events do not bring them back.
 MAX_TOMBSTONES = 200_000
 
@@ -458,6 +460,17 @@ class Scheduler:
                     result = await action(entry.job)
             else:
                 result = await action(entry.job)
+        except KubeError as exc:
+            # The apiserver is unreachable or overloaded (a restart, a rollout): nothing is wrong
+            # with the job, so it is looked at again soon, without a traceback.
+            logger.warning(
+                "job %s: Kubernetes API unavailable, trying again in %.0fs: %s",
+                entry.job.ref,
+                KUBE_RETRY.total_seconds(),
+                exc,
+                extra=entry.job.ref.log,
+            )
+            result = StepResult(next_check=self.clock() + KUBE_RETRY, next_attempt=self.clock() + KUBE_RETRY)
         except Exception as exc:
             logger.exception(
                 "job %s: step failed (%s)", entry.job.ref, type(exc).__name__, extra=entry.job.ref.log

@@ -538,6 +538,8 @@ class JobWorkflow:
             return StepResult(next_check=self.clock() + timedelta(minutes=5))
         try:
             return await self._check(job)
+        except KubeError:
+            raise  # the apiserver is unavailable: the scheduler looks again soon
         except Exception as exc:  # a bug or an unforeseen library error: visible, and backed off
             logger.exception("job %s: unexpected error while checking", job.ref, extra=job.ref.log)
             message = f"unexpected {type(exc).__name__} while checking; see the operator's log"

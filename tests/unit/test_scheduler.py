@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from speechkit_operator.clients.kube import KubeError
 from speechkit_operator.config import Settings
 from speechkit_operator.logic.timestamps import format_time
 from speechkit_operator.scheduler import Scheduler
@@ -66,6 +67,7 @@ class FakeWorkflow:
     most_submitting: int = 0
     check_results: dict[str, StepResult] = field(default_factory=dict)
     fail_once: set[str] = field(default_factory=set)
+    kube_down_once: set[str] = field(default_factory=set)
 
     @property
     def jobs(self) -> FakeWorkflow:
@@ -105,6 +107,9 @@ class FakeWorkflow:
 
     async def check(self, job: Job) -> StepResult:
         self.calls.append(("check", job.ref.name))
+        if job.ref.name in self.kube_down_once:
+            self.kube_down_once.discard(job.ref.name)
+            raise KubeError("connection refused")
         result = self.check_results.get(job.ref.name)
         if result is not None:
             return result
@@ -272,6 +277,20 @@ async def test_a_step_that_raises_is_tried_again_later_not_in_a_loop() -> None:
         await asyncio.sleep(0.3)
         assert workflow.calls.count(("submit", "a")) == 1  # the retry waits a minute
         assert len(scheduler) == 1
+
+
+async def test_a_step_that_cannot_reach_kubernetes_is_tried_again_in_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    workflow = FakeWorkflow(kube_down_once={"a"})
+    async with running_scheduler(workflow) as scheduler:
+        scheduler.observe(running("a", next_check=now()))
+        await until(lambda: ("check", "a") in workflow.calls)
+        await asyncio.sleep(0.3)
+        assert workflow.calls.count(("check", "a")) == 1  # not at once, in a loop
+        await until(lambda: workflow.calls.count(("check", "a")) == 2, timeout=6.0)  # nor a minute later
+        assert len(scheduler) == 0
+    assert not [record for record in caplog.records if record.exc_info], "no traceback for an outage"
 
 
 async def test_stop_waits_for_the_submission_in_flight() -> None:

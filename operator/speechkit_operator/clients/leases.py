@@ -261,11 +261,16 @@ class LeaderElector:
         self.on_lost()
 
     def _renew(self) -> None:
-        while not self._stop.wait(self.renew_seconds):
+        """Renew every ``renew_seconds``; after a failed renewal, try again every
+        ``retry_seconds`` (at most ``renew_seconds``), so a short outage does not eat the Lease."""
+        wait = self.renew_seconds
+        while not self._stop.wait(wait):
             started = time.monotonic()
+            wait = min(self.retry_seconds, self.renew_seconds)
             try:
                 if self.lock.try_acquire_or_renew():
                     self._renewed_from = started
+                    wait = self.renew_seconds
                     continue
                 if self.lock.holder and self.lock.holder != self.lock.identity:
                     logger.error(
