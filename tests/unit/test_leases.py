@@ -41,7 +41,7 @@ def _elector(lock: _FlakyLock, lost: list[bool]) -> LeaderElector:
 
 
 def test_a_failed_renewal_is_retried_every_retry_period() -> None:
-    lock, lost = _FlakyLock(failures=3), []
+    lock, lost = _FlakyLock(failures=3), list[bool]()
     elector = _elector(lock, lost)
     elector.start_renewing()
     try:
@@ -57,7 +57,7 @@ def test_a_failed_renewal_is_retried_every_retry_period() -> None:
 
 
 def test_after_a_successful_renewal_the_pace_is_the_renew_period_again() -> None:
-    lock, lost = _FlakyLock(failures=1), []
+    lock, lost = _FlakyLock(failures=1), list[bool]()
     elector = _elector(lock, lost)
     elector.start_renewing()
     try:
@@ -68,5 +68,3 @@ def test_after_a_successful_renewal_the_pace_is_the_renew_period_again() -> None
     # One failure, one quick retry that renews, then nothing for a renew period.
     assert len(lock.calls) == 2, lock.calls
     assert not lost
-
-
