@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     #: The share of each quota used steadily; the rest is the burst allowance, so that no window
     #: ever holds more calls than the quota.
     quota_share: float = Field(default=0.99, gt=0, lt=1)
+    #: What shares a quota: ``shared``, one budget for every job (one cloud); ``folder-id``, one
+    #: budget per ``folder-id`` of the jobs' credentials Secrets (several clouds, one per folder).
+    quota_scope: Literal["shared", "folder-id"] = "shared"
+    #: Self-hosted backend: the most operations in flight on the recognition service at once. The
+    #: operator starts at a quarter of it and learns the service's capacity from its 429s.
+    self_hosted_concurrency: int = Field(default=32, ge=1, le=10_000)
 
     #: The ConfigMap (in the operator's namespace, as the Lease) where the learned processing pace
     #: of each model is kept across restarts; empty: not kept.

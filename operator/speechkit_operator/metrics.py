@@ -107,13 +107,26 @@ class _StateCollector(Collector):
             "The pace in force (lowered by 429s).",
             labels=["scope", "budget"],
         )
+        running = GaugeMetricFamily(
+            f"{PREFIX}_operations_in_flight", "Jobs with an operation in flight.", labels=["scope"]
+        )
+        concurrency = GaugeMetricFamily(
+            f"{PREFIX}_concurrency_limit",
+            "Self-hosted backend: the operations in flight it allows now (learned from 429s).",
+            labels=["scope"],
+        )
         for scope, state in sorted(self.scheduler.budget_state().items()):
             queue.add_metric([scope], state["queued"])
+            running.add_metric([scope], state["running"])
+            if "concurrency" in state:
+                concurrency.add_metric([scope], state["concurrency"])
             for budget in ("submit", "check"):
                 if f"{budget}_tokens" in state:
                     tokens.add_metric([scope, budget], state[f"{budget}_tokens"])
                     rate.add_metric([scope, budget], state[f"{budget}_rate"])
         yield queue
+        yield running
+        yield concurrency
         yield tokens
         yield rate
         writes = CounterMetricFamily(

@@ -31,7 +31,7 @@ from typing import Any
 from speechkit_operator.clients.kube import KubeError
 from speechkit_operator.config import Settings
 from speechkit_operator.logic import lifecycle
-from speechkit_operator.logic.budget import TokenBucket
+from speechkit_operator.logic.budget import ConcurrencyWindow, TokenBucket
 from speechkit_operator.logic.queueing import FairQueue
 from speechkit_operator.logic.timestamps import parse_time, utcnow
 from speechkit_operator.models.job import JobRef, JobStatus, Phase
@@ -53,6 +53,8 @@ class _Entry:
     created_at: datetime
     limits: lifecycle.Limits
     priority: int = 0
+    #: The quota scope, once known (per folder, it takes a look at the credentials).
+    scope: str | None = None
     next_check: datetime | None = None
     next_attempt: datetime | None = None
     busy: bool = False
@@ -73,11 +75,15 @@ class _Due:
 
 @dataclass
 class _Scope:
-    """One quota scope: its waiting submissions, its due checks, and its budgets (cloud only)."""
+    """One quota scope: its waiting submissions, its due checks, and its budgets: hourly quotas
+    for the cloud, the operations in flight for the self-hosted service."""
 
     name: str
     submits: TokenBucket | None
     checks: TokenBucket | None
+    window: ConcurrencyWindow | None = None
+    #: Jobs of the scope with an operation in flight.
+    running: set[str] = field(default_factory=set)
     queue: FairQueue = field(default_factory=FairQueue)
     queue_changed: asyncio.Event = field(default_factory=asyncio.Event)
     due_checks: list[tuple[float, int, str]] = field(default_factory=list)
@@ -132,13 +138,16 @@ class Scheduler:
         scope = self._scopes.get(name)
         if scope is None:
             submits = checks = None
-            if self.settings.backend == "cloud":
+            window = None
+            if self.settings.backend == "self-hosted":
+                window = ConcurrencyWindow(self.settings.self_hosted_concurrency)
+            else:
                 # Budgets start empty: the previous process may have used the current window.
                 settings, now = self.settings, time.monotonic()
-                window, share = settings.quota_window_seconds, settings.quota_share
-                submits = TokenBucket.for_quota(settings.submit_quota, window, share=share, now=now)
-                checks = TokenBucket.for_quota(settings.check_quota, window, share=share, now=now)
-            scope = self._scopes[name] = _Scope(name, submits, checks)
+                seconds, share = settings.quota_window_seconds, settings.quota_share
+                submits = TokenBucket.for_quota(settings.submit_quota, seconds, share=share, now=now)
+                checks = TokenBucket.for_quota(settings.check_quota, seconds, share=share, now=now)
+            scope = self._scopes[name] = _Scope(name, submits, checks, window)
             scope.tasks = [
                 asyncio.create_task(self._submitter(scope), name=f"submitter-{name}"),
                 asyncio.create_task(self._checker(scope), name=f"checker-{name}"),
@@ -174,6 +183,7 @@ class Scheduler:
                 created_at=parse_time(meta.get("creationTimestamp")) or self.clock(),
                 limits=self._limits(spec),
                 priority=_priority(spec),
+                scope=self.workflow.scope_of(job),
             )
             self._debit_earlier_submission(entry)
         elif not self._is_newer(entry, version, status):
@@ -203,15 +213,16 @@ class Scheduler:
         window = timedelta(seconds=self.settings.quota_window_seconds)
         if submitted is None or not self._started_at - window < submitted <= self._started_at:
             return
-        if _uid(entry) in self._debited:
+        if entry.scope is None or _uid(entry) in self._debited:
             return
         self._debited.add(_uid(entry))
-        bucket = self._scope(self.workflow.scope_of(entry.job)).submits
+        bucket = self._scope(entry.scope).submits
         if bucket is not None:
             bucket.tokens -= 1.0
 
     def _forget(self, uid: str, entry: _Entry) -> None:
         del self._jobs[uid]
+        self._untrack(uid)
         for scope in self._scopes.values():
             scope.queue.discard(uid)
         entry.deleted = True
@@ -247,8 +258,25 @@ class Scheduler:
             intent_settles_at=settles,
         )
 
+    def _track(self, entry: _Entry) -> None:
+        """Count the job among its scope's operations in flight while it has one."""
+        status = entry.job.status
+        if status.operation_id and not (status.phase is not None and status.phase.terminal):
+            if entry.scope is not None:
+                self._scope(entry.scope).running.add(_uid(entry))
+        else:
+            self._untrack(_uid(entry))
+
+    def _untrack(self, uid: str) -> None:
+        for scope in self._scopes.values():
+            if uid in scope.running:
+                scope.running.discard(uid)
+                if scope.window is not None:
+                    scope.queue_changed.set()  # room for a waiting submission
+
     def _schedule(self, entry: _Entry) -> None:
         entry.version += 1
+        self._track(entry)
         plan = self._plan(entry)
         if plan.step is lifecycle.Step.NOTHING or plan.at is None:
             if entry.job.status.phase is not None and entry.job.status.phase.terminal:
@@ -325,12 +353,18 @@ class Scheduler:
             self._schedule(entry)
             return
         step = plan.step
+        budgeted = (lifecycle.Step.SUBMIT, lifecycle.Step.RESOLVE_UNCERTAIN, lifecycle.Step.CHECK)
+        if entry.scope is None and step in budgeted:
+            entry.busy = True
+            self._spawn(self._look_up_scope(entry))
+            return
         if step in (lifecycle.Step.SUBMIT, lifecycle.Step.RESOLVE_UNCERTAIN):
             self._enqueue(entry)
             return
         entry.busy = True
         if step is lifecycle.Step.CHECK:
-            scope = self._scope(self.workflow.scope_of(entry.job))
+            assert entry.scope is not None
+            scope = self._scope(entry.scope)
             heapq.heappush(scope.due_checks, (plan.at.timestamp(), next(self._seq), _uid(entry)))
             scope.checks_changed.set()
         elif step is lifecycle.Step.DEADLINE:
@@ -339,11 +373,27 @@ class Scheduler:
         elif step is lifecycle.Step.DELETE:
             self._spawn(self._step(entry, self.workflow.delete, limited=True))
 
+    async def _look_up_scope(self, entry: _Entry) -> None:
+        """Find the job's quota scope (its credentials' folder), then let it go on."""
+        try:
+            entry.scope = await self.workflow.look_up_scope(entry.job)
+        except Exception:  # a bug: visible, and the shared scope keeps the job moving
+            logger.exception("job %s: could not find its quota scope", entry.job.ref, extra=entry.job.ref.log)
+            entry.scope = self.settings.backend
+        finally:
+            entry.busy = False
+        if _uid(entry) not in self._jobs or entry.deleted or self._stopping:
+            return
+        self._debit_earlier_submission(entry)
+        self._track(entry)
+        self._due(entry)
+
     # -- submissions: one queue per quota scope, one at a time ---------------------------------
 
     def _enqueue(self, entry: _Entry) -> None:
         entry.busy = True
-        scope = self._scope(self.workflow.scope_of(entry.job))
+        assert entry.scope is not None
+        scope = self._scope(entry.scope)
         uid = _uid(entry)
         ref = entry.job.ref
         scope.queue.push(
@@ -385,6 +435,11 @@ class Scheduler:
             if not scope.queue:
                 await self._wait_for(scope.queue_changed)
                 continue
+            window = scope.window
+            if window is not None and not window.has_room(len(scope.running), time.monotonic()):
+                blocked = window.blocked_until if window.blocked_until > time.monotonic() else None
+                await self._wait_for(scope.queue_changed, blocked)
+                continue
             bucket = scope.submits
             if bucket is not None and not bucket.take(time.monotonic()):
                 await self._wait_for(scope.queue_changed, bucket.ready_at(time.monotonic()))
@@ -407,7 +462,7 @@ class Scheduler:
                 action: Callable[[Job], Awaitable[StepResult]] = self.workflow.resolve_uncertain
             else:
                 action = self.workflow.submit
-            task = asyncio.create_task(self._step(entry, action, budget=bucket))
+            task = asyncio.create_task(self._step(entry, action, budget=bucket, window=window))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             await asyncio.wait({task})
@@ -452,6 +507,7 @@ class Scheduler:
         *,
         limited: bool = False,
         budget: TokenBucket | None = None,
+        window: ConcurrencyWindow | None = None,
         release: asyncio.Semaphore | None = None,
     ) -> None:
         try:
@@ -490,6 +546,11 @@ class Scheduler:
                 budget.succeeded(now)
             else:
                 budget.give_back(now)
+        if window is not None:
+            if result.throttled is not None:
+                window.refused(time.monotonic(), result.throttled or None)
+            elif result.called:
+                window.succeeded(len(self._scope(entry.scope).running) + 1 if entry.scope else 1)
         self._apply(entry, result)
 
     def _apply(self, entry: _Entry, result: StepResult) -> None:
@@ -513,6 +574,7 @@ class Scheduler:
             entry.next_attempt = result.next_attempt
         if result.gone:
             self._jobs.pop(uid, None)
+            self._untrack(uid)
             return
         if entry.deleted:
             self._spawn(self.workflow.cancel(entry.job))
@@ -547,6 +609,7 @@ class Scheduler:
         meta = (body.get("metadata") or {}) if body is not None else {}
         if body is None or (entry.job.ref.uid and meta.get("uid") not in (None, entry.job.ref.uid)):
             self._jobs.pop(_uid(entry), None)  # gone, or another job under the same name
+            self._untrack(_uid(entry))
             return
         entry.job = replace(
             entry.job, status=_status(body.get("status")), resource_version=meta.get("resourceVersion")
@@ -560,7 +623,12 @@ class Scheduler:
         now = time.monotonic()
         state: dict[str, dict[str, float]] = {}
         for name, scope in self._scopes.items():
-            entry: dict[str, float] = {"queued": float(len(scope.queue))}
+            entry: dict[str, float] = {
+                "queued": float(len(scope.queue)),
+                "running": float(len(scope.running)),
+            }
+            if scope.window is not None:
+                entry["concurrency"] = float(int(scope.window.size))
             for budget, bucket in (("submit", scope.submits), ("check", scope.checks)):
                 if bucket is not None:
                     entry[f"{budget}_tokens"] = bucket.available(now)

@@ -196,10 +196,30 @@ class JobWorkflow:
 
     # -- submission ----------------------------------------------------------------------------
 
-    def scope_of(self, job: Job) -> str:
-        """The quota scope the job's submission counts against."""
+    def scope_of(self, job: Job) -> str | None:
+        """The quota scope the job's calls count against, or None when it has to be looked up
+        (:meth:`look_up_scope`: quotas per folder)."""
         del job
+        if self.settings.backend == "cloud" and self.settings.quota_scope == "folder-id":
+            return None
         return self.settings.backend
+
+    async def look_up_scope(self, job: Job) -> str:
+        """The quota scope of a job whose credentials decide it: ``folder:<folder-id>``, or the
+        shared scope when its Secret names no folder or cannot be read yet (its submission then
+        says why)."""
+        scope = self.scope_of(job)
+        if scope is not None:
+            return scope
+        try:
+            credentials = await self._credentials(job.ref, self._parse_spec(job.spec))
+        except _Problem:
+            return self.settings.backend
+        return self._folder_scope(credentials)
+
+    def _folder_scope(self, credentials: Credentials) -> str:
+        folder = getattr(credentials, "folder_id", None)
+        return f"folder:{folder}" if folder else self.settings.backend
 
     async def submit(self, job: Job) -> StepResult:
         """Submit the job once. A job with an operation id or an intent is never submitted here."""
@@ -219,7 +239,7 @@ class JobWorkflow:
             )
             return await self._not_submitted(job, _Problem("UnexpectedError", message, permanent=False))
 
-        async with self._gates(self.scope_of(job)):
+        async with self._gates(self.scope_of(job) or self._folder_scope(prepared.credentials)):
             facts = self._facts(job)
             nonce = random.token_hex(8)
             try:

@@ -106,13 +106,19 @@ def test_a_token_not_used_is_given_back() -> None:
 def test_the_self_hosted_window_learns_its_concurrency() -> None:
     window = ConcurrencyWindow(limit=16)
     assert window.size == 4
-    for _ in range(4):
-        assert window.has_room()
-        window.started()
-    assert not window.has_room()
-    window.refused()
+    assert window.has_room(3, now=0.0)
+    assert not window.has_room(4, now=0.0)
+    window.refused(10.0, retry_after=5.0)
     assert window.size == 2
-    window.finished()
-    for _ in range(30):
-        window.succeeded()
+    assert not window.has_room(0, now=14.9)  # Retry-After is honoured
+    assert window.has_room(1, now=15.0)
+    assert not window.has_room(2, now=15.0)
+    window.succeeded(in_flight=1)
+    assert window.size == 2  # it did not fill the window: nothing learned
+    for _ in range(300):
+        window.succeeded(in_flight=int(window.size))
     assert window.size == 16
+    for _ in range(10):
+        window.refused(20.0, retry_after=None)
+    assert window.size == 1  # never closed
+    assert window.has_room(0, now=21.0)

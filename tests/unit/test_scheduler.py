@@ -76,7 +76,7 @@ class FakeWorkflow:
     async def get(self, ref: Any) -> dict[str, Any] | None:
         return running(ref.name, rv="99")
 
-    def scope_of(self, job: Job) -> str:
+    def scope_of(self, job: Job) -> str | None:
         return "cloud"
 
     async def submit(self, job: Job) -> StepResult:
@@ -418,3 +418,80 @@ async def test_an_earlier_submission_is_counted_once_however_often_it_is_seen() 
             scheduler.observe(done)
         bucket = scheduler._scopes["cloud"].submits
         assert bucket is not None and bucket.tokens == pytest.approx(-1.0, abs=0.01)
+
+
+@dataclass
+class FolderWorkflow(FakeWorkflow):
+    """Jobs bill the folder their name starts with (``a-1`` bills folder ``a``)."""
+
+    looked_up: list[str] = field(default_factory=list)
+
+    def scope_of(self, job: Job) -> str | None:
+        return None
+
+    async def look_up_scope(self, job: Job) -> str:
+        self.looked_up.append(job.ref.name)
+        return f"folder:{job.ref.name.split('-')[0]}"
+
+
+async def test_with_quotas_per_folder_one_folders_backlog_does_not_hold_up_another() -> None:
+    workflow = FolderWorkflow()
+    async with running_scheduler(workflow, quota_window_seconds=4.0, submit_quota=4) as scheduler:
+        for index in range(6):
+            scheduler.observe(body(f"a-{index}", created=now() + timedelta(milliseconds=index)))
+        await until(lambda: sum(1 for kind, _ in workflow.calls if kind == "submit") >= 1, timeout=10)
+        scheduler.observe(body("b-0", created=now()))
+        # Folder b has a budget of its own: its job goes within its own first token's time, while
+        # folder a still has a backlog (4 per 4 s, 1 per second at most).
+        await until(lambda: ("submit", "b-0") in workflow.calls, timeout=3)
+        submitted_a = [name for kind, name in workflow.calls if kind == "submit" and name.startswith("a-")]
+        assert len(submitted_a) < 6
+        assert set(scheduler.budget_state()) == {"folder:a", "folder:b"}
+    assert "b-0" in workflow.looked_up
+
+
+@dataclass
+class SelfHostedWorkflow(FakeWorkflow):
+    """A self-hosted service that takes ``capacity`` operations at once and answers 429 beyond."""
+
+    capacity: int = 3
+    in_flight: set[str] = field(default_factory=set)
+    refusals: int = 0
+    most_in_flight: int = 0
+
+    def scope_of(self, job: Job) -> str:
+        return "self-hosted"
+
+    async def submit(self, job: Job) -> StepResult:
+        self.calls.append(("submit", job.ref.name))
+        if len(self.in_flight) >= self.capacity:
+            self.refusals += 1
+            return StepResult(next_attempt=now() + timedelta(seconds=0.2), throttled=0.2)
+        self.in_flight.add(job.ref.name)
+        self.most_in_flight = max(self.most_in_flight, len(self.in_flight))
+        return StepResult(body=running(job.ref.name), next_check=now() + timedelta(seconds=0.3), called=True)
+
+    async def check(self, job: Job) -> StepResult:
+        self.calls.append(("check", job.ref.name))
+        self.in_flight.discard(job.ref.name)
+        done = {"phase": "Succeeded", "reason": "Succeeded", "operationId": job.status.operation_id}
+        return StepResult(body=body(job.ref.name, status=done, rv="3"), checks=job.checks + 1)
+
+
+async def test_the_self_hosted_budget_is_its_concurrency_learned_from_429s() -> None:
+    workflow = SelfHostedWorkflow(capacity=3)
+    settings = {
+        "backend": "self-hosted",
+        "self_hosted_url": "http://recognizer:8080",
+        "self_hosted_concurrency": 16,
+    }
+    async with running_scheduler(workflow, **settings) as scheduler:
+        for index in range(20):
+            scheduler.observe(body(f"s{index}", created=now() + timedelta(milliseconds=index)))
+        await until(lambda: sum(1 for kind, _ in workflow.calls if kind == "check") >= 20, timeout=20)
+        state = scheduler.budget_state()["self-hosted"]
+    # It starts at a quarter of 16 (4): one 429 teaches it the service's size; few more follow.
+    assert workflow.most_in_flight <= 3
+    assert 1 <= workflow.refusals <= 5, workflow.refusals
+    assert state["running"] == 0
+    assert state["concurrency"] <= 16

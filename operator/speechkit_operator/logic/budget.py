@@ -102,27 +102,29 @@ class TokenBucket:
 @dataclass
 class ConcurrencyWindow:
     """For a backend without an hourly quota (the self-hosted service): how many operations may
-    run at once, learned from its 429s (halved on each; one more after each success, up to ``limit``)."""
+    be in flight at once, learned from its 429s: halved on each (and a pause for ``Retry-After``),
+    one more per window's worth of accepted submissions while it is full, up to ``limit``. It
+    starts at a quarter of ``limit``."""
 
     limit: int
     size: float = 0.0
-    in_flight: int = 0
+    blocked_until: float = 0.0
 
     def __post_init__(self) -> None:
         if self.size <= 0:
             self.size = float(max(1, self.limit // 4))
 
-    def has_room(self) -> bool:
-        return self.in_flight < math.floor(self.size)
+    def has_room(self, in_flight: int, now: float) -> bool:
+        """Whether one more operation may be submitted while ``in_flight`` are running."""
+        return now >= self.blocked_until and in_flight < math.floor(self.size)
 
-    def started(self) -> None:
-        self.in_flight += 1
-
-    def finished(self) -> None:
-        self.in_flight = max(0, self.in_flight - 1)
-
-    def refused(self) -> None:
+    def refused(self, now: float, retry_after: float | None) -> None:
         self.size = max(1.0, self.size / 2)
+        wait = retry_after if retry_after is not None and retry_after > 0 else 1.0
+        self.blocked_until = max(self.blocked_until, now + wait)
 
-    def succeeded(self) -> None:
-        self.size = min(float(self.limit), self.size + 1.0)
+    def succeeded(self, in_flight: int) -> None:
+        """A submission was accepted with ``in_flight`` operations now running: when that filled
+        the window, it grows by one per window's worth of acceptances (additive increase)."""
+        if in_flight >= math.floor(self.size):
+            self.size = min(float(self.limit), self.size + 1.0 / self.size)
