@@ -31,7 +31,7 @@ from typing import Any
 from speechkit_operator.clients.kube import KubeError
 from speechkit_operator.config import Settings
 from speechkit_operator.logic import lifecycle
-from speechkit_operator.logic.budget import ConcurrencyWindow, TokenBucket
+from speechkit_operator.logic.budget import CarriedOver, ConcurrencyWindow, TokenBucket
 from speechkit_operator.logic.queueing import FairQueue
 from speechkit_operator.logic.timestamps import parse_time, utcnow
 from speechkit_operator.models.job import JobRef, JobStatus, Phase
@@ -57,7 +57,10 @@ class _Entry:
     scope: str | None = None
     next_check: datetime | None = None
     next_attempt: datetime | None = None
+    #: Taken by a step: queued for submission, waiting for a check slot, or running.
     busy: bool = False
+    #: A step is running (not just waiting for its turn).
+    stepping: bool = False
     deleted: bool = False
     #: The Queued status write in flight, if any (the submission waits for it).
     notice: asyncio.Task[Any] | None = None
@@ -82,6 +85,8 @@ class _Scope:
     submits: TokenBucket | None
     checks: TokenBucket | None
     window: ConcurrencyWindow | None = None
+    #: Submissions made before the start, within the first window (cloud only).
+    carried: CarriedOver | None = None
     #: Jobs of the scope with an operation in flight.
     running: set[str] = field(default_factory=set)
     queue: FairQueue = field(default_factory=FairQueue)
@@ -138,7 +143,7 @@ class Scheduler:
         scope = self._scopes.get(name)
         if scope is None:
             submits = checks = None
-            window = None
+            window = carried = None
             if self.settings.backend == "self-hosted":
                 window = ConcurrencyWindow(self.settings.self_hosted_concurrency)
             else:
@@ -147,7 +152,12 @@ class Scheduler:
                 seconds, share = settings.quota_window_seconds, settings.quota_share
                 submits = TokenBucket.for_quota(settings.submit_quota, seconds, share=share, now=now)
                 checks = TokenBucket.for_quota(settings.check_quota, seconds, share=share, now=now)
-            scope = self._scopes[name] = _Scope(name, submits, checks, window)
+                carried = CarriedOver(
+                    limit=submits.capacity + submits.max_rate * seconds,
+                    window=seconds,
+                    until=self._started + seconds,
+                )
+            scope = self._scopes[name] = _Scope(name, submits, checks, window, carried)
             scope.tasks = [
                 asyncio.create_task(self._submitter(scope), name=f"submitter-{name}"),
                 asyncio.create_task(self._checker(scope), name=f"checker-{name}"),
@@ -208,7 +218,8 @@ class Scheduler:
 
     def _debit_earlier_submission(self, entry: _Entry) -> None:
         """A submission made before this process started, within the quota window, still counts:
-        after a restart the operator does not exceed the quota in its first window."""
+        after a restart the operator does not exceed the quota in its first window (and its slot
+        comes back when it leaves the window)."""
         submitted = parse_time(entry.job.status.submitted_at)
         window = timedelta(seconds=self.settings.quota_window_seconds)
         if submitted is None or not self._started_at - window < submitted <= self._started_at:
@@ -216,9 +227,10 @@ class Scheduler:
         if entry.scope is None or _uid(entry) in self._debited:
             return
         self._debited.add(_uid(entry))
-        bucket = self._scope(entry.scope).submits
-        if bucket is not None:
-            bucket.tokens -= 1.0
+        carried = self._scope(entry.scope).carried
+        if carried is not None:
+            age = (self.clock() - submitted).total_seconds()
+            carried.add_earlier(time.monotonic() - age)
 
     def _forget(self, uid: str, entry: _Entry) -> None:
         del self._jobs[uid]
@@ -226,7 +238,7 @@ class Scheduler:
         for scope in self._scopes.values():
             scope.queue.discard(uid)
         entry.deleted = True
-        if not entry.busy:
+        if not entry.stepping:  # a running step cancels when it ends (see _apply)
             self._spawn(self.workflow.cancel(entry.job))
 
     def _limits(self, spec: Mapping[str, Any]) -> lifecycle.Limits:
@@ -408,8 +420,15 @@ class Scheduler:
             return
         now = time.monotonic()
         position = scope.queue.position(uid) or 1
-        wait = scope.submits.ready_at(now) - now + (position - 1) / scope.submits.rate
-        if wait > 1.0 and entry.job.status.phase is not Phase.QUEUED:
+        ready = scope.submits.ready_at(now)
+        if scope.carried is not None:
+            ready = max(ready, scope.carried.ready_at(now))
+        wait = ready - now + (position - 1) / scope.submits.rate
+        status = entry.job.status
+        # Said once, by a job that has not said anything else yet: a job waiting to retry a
+        # problem keeps saying that (its reason), without a write each time it is back in line.
+        fresh = status.phase is None or (status.phase is Phase.PENDING and not status.reason)
+        if wait > 1.0 and fresh:
             eta = self.clock() + timedelta(seconds=wait)
             entry.notice = asyncio.ensure_future(self._notify_queued(entry, position, eta))
 
@@ -440,6 +459,10 @@ class Scheduler:
                 blocked = window.blocked_until if window.blocked_until > time.monotonic() else None
                 await self._wait_for(scope.queue_changed, blocked)
                 continue
+            carried = scope.carried
+            if carried is not None and (ready := carried.ready_at(time.monotonic())) > time.monotonic():
+                await self._wait_for(scope.queue_changed, ready)
+                continue
             bucket = scope.submits
             if bucket is not None and not bucket.take(time.monotonic()):
                 await self._wait_for(scope.queue_changed, bucket.ready_at(time.monotonic()))
@@ -462,7 +485,10 @@ class Scheduler:
                 action: Callable[[Job], Awaitable[StepResult]] = self.workflow.resolve_uncertain
             else:
                 action = self.workflow.submit
-            task = asyncio.create_task(self._step(entry, action, budget=bucket, window=window))
+            entry.job = replace(entry.job, scope=scope.name)
+            task = asyncio.create_task(
+                self._step(entry, action, budget=bucket, window=window, carried=carried)
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             await asyncio.wait({task})
@@ -508,8 +534,12 @@ class Scheduler:
         limited: bool = False,
         budget: TokenBucket | None = None,
         window: ConcurrencyWindow | None = None,
+        carried: CarriedOver | None = None,
         release: asyncio.Semaphore | None = None,
     ) -> None:
+        # A step that raised may have called SpeechKit before it did: its token stays spent.
+        spent = False
+        entry.stepping = True
         try:
             if limited:
                 async with self._limit:
@@ -517,16 +547,24 @@ class Scheduler:
             else:
                 result = await action(entry.job)
         except KubeError as exc:
-            # The apiserver is unreachable or overloaded (a restart, a rollout): nothing is wrong
-            # with the job, so it is looked at again soon, without a traceback.
-            logger.warning(
-                "job %s: Kubernetes API unavailable, trying again in %.0fs: %s",
-                entry.job.ref,
-                KUBE_RETRY.total_seconds(),
-                exc,
-                extra=entry.job.ref.log,
-            )
-            result = StepResult(next_check=self.clock() + KUBE_RETRY, next_attempt=self.clock() + KUBE_RETRY)
+            if exc.gone:
+                # Deleted (its DELETED event may never come: a watch gap) or replaced by another
+                # job under its name: nothing to do for it any more.
+                logger.info("job %s is gone", entry.job.ref, extra=entry.job.ref.log)
+                result = StepResult(gone=True)
+            else:
+                # The apiserver is unreachable or overloaded (a restart, a rollout): nothing is
+                # wrong with the job, so it is looked at again soon, without a traceback.
+                logger.warning(
+                    "job %s: Kubernetes API unavailable, trying again in %.0fs: %s",
+                    entry.job.ref,
+                    KUBE_RETRY.total_seconds(),
+                    exc,
+                    extra=entry.job.ref.log,
+                )
+                retry = self.clock() + KUBE_RETRY
+                result = StepResult(next_check=retry, next_attempt=retry)
+            spent = True
         except Exception as exc:
             logger.exception(
                 "job %s: step failed (%s)", entry.job.ref, type(exc).__name__, extra=entry.job.ref.log
@@ -534,8 +572,9 @@ class Scheduler:
             result = StepResult(
                 next_check=self.clock() + ERROR_BACKOFF, next_attempt=self.clock() + ERROR_BACKOFF
             )
+            spent = True
         finally:
-            entry.busy = False
+            entry.busy = entry.stepping = False
             if release is not None:
                 release.release()
         if budget is not None:
@@ -544,8 +583,10 @@ class Scheduler:
                 budget.refused(now, result.throttled or None)
             elif result.called:
                 budget.succeeded(now)
-            else:
+            elif not spent:
                 budget.give_back(now)
+        if carried is not None and (result.called or result.throttled is not None or spent):
+            carried.made += 1
         if window is not None:
             if result.throttled is not None:
                 window.refused(time.monotonic(), result.throttled or None)
@@ -565,6 +606,10 @@ class Scheduler:
             )
         if result.checks is not None:
             job = replace(job, checks=result.checks)
+        if result.scope is not None and result.scope != entry.scope:
+            logger.info("job %s: quota scope %s", job.ref, result.scope, extra=job.ref.log)
+            self._untrack(uid)
+            entry.scope = result.scope
         if result.attempt_failed:
             job = replace(job, attempts=job.attempts + 1)
         entry.job = job

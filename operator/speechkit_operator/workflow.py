@@ -104,6 +104,8 @@ class StepResult:
     called: bool = False
     #: SpeechKit answered 429: wait this many seconds (0: it did not say) and slow down.
     throttled: float | None = None
+    #: Not submitted: the job's credentials bill another quota scope than it was queued in.
+    scope: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ class Job:
     checks: int = 0
     #: Failed submission attempts in this process.
     attempts: int = 0
+    #: The quota scope whose budget this step was given (None: not budgeted).
+    scope: str | None = None
 
 
 class _Problem(Exception):
@@ -239,7 +243,11 @@ class JobWorkflow:
             )
             return await self._not_submitted(job, _Problem("UnexpectedError", message, permanent=False))
 
-        async with self._gates(self.scope_of(job) or self._folder_scope(prepared.credentials)):
+        scope = self.scope_of(job) or self._folder_scope(prepared.credentials)
+        if job.scope is not None and scope != job.scope:
+            # Queued under another folder (its Secret was missing or changed): not this budget's.
+            return StepResult(scope=scope)
+        async with self._gates(scope):
             facts = self._facts(job)
             nonce = random.token_hex(8)
             try:
@@ -254,11 +262,9 @@ class JobWorkflow:
                 if exc.gone:
                     return StepResult(gone=True)
                 # The intent may have been written although its answer was lost: nothing was sent.
+                # Not a failed attempt: the scheduler tries again soon.
                 self._unsent_intents.add(nonce)
-                unwritten = _Problem(
-                    "KubernetesUnavailable", f"could not record the intent: {exc}", permanent=False
-                )
-                return await self._not_submitted(job, unwritten, write=False)
+                raise
             job = replace(job, status=JobStatus.from_body(body.get("status")), resource_version=_rv(body))
             try:
                 operation = await self.speech.submit(prepared.request, prepared.credentials)
@@ -332,7 +338,15 @@ class JobWorkflow:
             facts = self._facts(job)
             upcoming = facts.now + timedelta(seconds=wait)
             message = f"SpeechKit's submission quota is exhausted; retrying at {format_time(upcoming)}"
-            body = await self._write(job.ref, transitions.waiting(facts, exc.reason, message, upcoming))
+            try:
+                body = await self._write(job.ref, transitions.waiting(facts, exc.reason, message, upcoming))
+            except KubeError as write_error:
+                if write_error.gone:
+                    return StepResult(gone=True, throttled=wait)
+                # The budget must hear of the 429 all the same; the intent stays, known unsent.
+                if job.status.submission is not None:
+                    self._unsent_intents.add(job.status.submission.nonce)
+                return StepResult(next_attempt=upcoming, throttled=wait)
             return StepResult(body=body, next_attempt=upcoming, throttled=wait)
         if exc.certainly_unprocessed:
             problem = _Problem(
@@ -512,9 +526,7 @@ class JobWorkflow:
             raw_results=recognition.raw_results,
         )
 
-    async def _not_submitted(
-        self, job: Job, problem: _Problem, *, write: bool = True, clear_intent: bool = False
-    ) -> StepResult:
+    async def _not_submitted(self, job: Job, problem: _Problem, *, clear_intent: bool = False) -> StepResult:
         """Not submitted: fail a permanent problem; retry a transient one later, within the cap."""
         if problem.permanent:
             return await self._fail(job, problem.reason, problem.message, submitted=False)
@@ -527,8 +539,9 @@ class JobWorkflow:
         upcoming = facts.now + timedelta(seconds=delay)
         message = f"{problem.message}; retrying at {format_time(upcoming)} (attempt {attempts})"
         result = StepResult(next_attempt=upcoming, attempt_failed=True)
-        changed = job.status.reason != problem.reason or job.status.phase is not Phase.PENDING
-        if write and (changed or clear_intent):
+        # A repeated problem writes nothing (the status says it, with the first retry's time).
+        changed = job.status.reason != problem.reason
+        if changed or clear_intent:
             result.body = await self._write(
                 job.ref, transitions.waiting(facts, problem.reason, message, upcoming)
             )
@@ -827,12 +840,9 @@ class JobWorkflow:
         )
 
     async def _write(self, job: JobRef, patch: Mapping[str, Any]) -> dict[str, Any] | None:
-        try:
-            return await self.jobs.patch_status(job, patch)
-        except KubeError as exc:
-            if exc.gone:
-                return None
-            raise
+        """Write the job's status. A KubeError leaves the step: the scheduler forgets a job that is
+        gone (deleted, or another one under its name) and looks again soon at the others."""
+        return await self.jobs.patch_status(job, patch)
 
     async def _notes(self, job: JobRef, notes: list[Note]) -> None:
         for note in notes:

@@ -589,6 +589,31 @@ class E2E:
         problems = self.operator.new_problems(mark_checked=True)
         assert not problems, "the operator logged denied requests or tracebacks:\n" + "\n".join(problems)
 
+    async def add_namespace(self, namespace: str) -> None:
+        """Create `namespace` with the credentials and storage Secrets (as the test's own has them)."""
+        manifests = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+            _secret(CREDENTIALS_SECRET, {"api-key": API_KEY, "folder-id": FOLDER_ID}),
+            _secret(
+                STORAGE_SECRET,
+                {
+                    "access-key-id": self.minio.access_key,
+                    "secret-access-key": self.minio.secret_key,
+                    "endpoint": self.minio.endpoint,
+                    "region": self.minio.region,
+                },
+            ),
+        ]
+        await self.kubectl("apply", "-f", "-", stdin=json.dumps(manifests[0]))
+        await self.kubectl(
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests[1:]}),
+        )
+
     # -- storage and SpeechKit -----------------------------------------------------------------
 
     def upload(self, name: str, key: str | None = None) -> str:
@@ -669,19 +694,6 @@ async def e2e(
     finalizers are removed by the operator, as in a real cluster.
     """
     namespace = f"e2e-{uuid.uuid4().hex[:10]}"
-    manifests = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
-        _secret(CREDENTIALS_SECRET, {"api-key": API_KEY, "folder-id": FOLDER_ID}),
-        _secret(
-            STORAGE_SECRET,
-            {
-                "access-key-id": minio_server.access_key,
-                "secret-access-key": minio_server.secret_key,
-                "endpoint": minio_server.endpoint,
-                "region": minio_server.region,
-            },
-        ),
-    ]
     harness = E2E(
         cluster=kube_cluster,
         minio=minio_server,
@@ -691,15 +703,7 @@ async def e2e(
         namespace=namespace,
         bucket=bucket,
     )
-    await harness.kubectl("apply", "-f", "-", stdin=json.dumps(manifests[0]))
-    await harness.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests[1:]}),
-    )
+    await harness.add_namespace(namespace)
     try:
         yield harness
     finally:

@@ -6,7 +6,7 @@ import bisect
 
 import pytest
 
-from speechkit_operator.logic.budget import ConcurrencyWindow, TokenBucket
+from speechkit_operator.logic.budget import CarriedOver, ConcurrencyWindow, TokenBucket
 
 HOUR = 3600.0
 
@@ -89,7 +89,9 @@ def test_a_lower_real_quota_is_learned_not_hammered() -> None:
 def test_successes_win_the_rate_back_up_to_the_configured_one() -> None:
     bucket = TokenBucket.for_quota(500, HOUR, share=0.99, now=0.0)
     bucket.refused(0.0, None)
-    bucket.refused(0.0, None)
+    bucket.refused(0.0, None)  # a 429 of a call that was in flight with the first: halved once
+    assert bucket.rate == pytest.approx(bucket.max_rate / 2)
+    bucket.refused(bucket.blocked_until, None)  # a 429 after the wait: halved again
     assert bucket.rate == pytest.approx(bucket.max_rate / 4)
     for _ in range(200):
         bucket.succeeded(0.0)
@@ -122,3 +124,17 @@ def test_the_self_hosted_window_learns_its_concurrency() -> None:
         window.refused(20.0, retry_after=None)
     assert window.size == 1  # never closed
     assert window.has_room(0, now=21.0)
+
+
+def test_calls_carried_over_from_before_the_start_keep_every_window_within_the_limit() -> None:
+    carried = CarriedOver(limit=5, window=10.0, until=10.0)
+    for at in (-8.0, -6.0, -1.0):
+        carried.add_earlier(at)
+    assert carried.ready_at(0.0) == 0.0  # 3 earlier + 1 new: within 5
+    carried.made = 2
+    # 3 earlier + 2 made fill the window: the next one when the oldest (-8) leaves it.
+    assert carried.ready_at(0.0) == 2.0
+    assert carried.ready_at(2.0) == 2.0
+    carried.made = 4
+    assert carried.ready_at(2.5) == 9.0  # -8 has left; -6 and -1 must leave too
+    assert carried.ready_at(10.0) == 10.0  # after the first window, the bucket alone decides

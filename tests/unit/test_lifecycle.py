@@ -39,6 +39,9 @@ def test_an_intent_without_an_operation_is_uncertain() -> None:
     # Written by another live operator: only once it could have settled.
     later = plan(intent, created_at=CREATED, limits=Limits(), now=NOW, intent_settles_at=at(300))
     assert later == Plan(Step.RESOLVE_UNCERTAIN, at(300))
+    # Resolving it failed (the apiserver was down): the next try waits, it does not spin.
+    retried = plan(intent, created_at=CREATED, limits=Limits(), now=NOW, next_attempt=at(3))
+    assert retried == Plan(Step.RESOLVE_UNCERTAIN, at(3))
 
 
 def test_a_running_job_is_checked_at_its_next_check_never_past_retention() -> None:

@@ -378,14 +378,46 @@ async def test_due_checks_keep_within_the_check_quota_most_overdue_first() -> No
     assert len(order) <= 2
 
 
-async def test_after_a_restart_recent_submissions_count_against_the_quota() -> None:
+async def test_after_a_restart_recent_submissions_count_against_the_quota_until_they_age_out() -> None:
+    """10 per 4 s (9 kept to): 9 submissions made 1 s before the start fill the window. The new process waits
+    for them to leave it (3 s), then goes on at the budget's pace: no window ever holds more than
+    the quota, and the earlier submissions do not hold it up any longer."""
+    workflow = FakeWorkflow()
+    stamps: list[float] = []
+    submit = workflow.submit
+
+    async def timed_submit(job: Job) -> StepResult:
+        stamps.append(asyncio.get_running_loop().time())
+        return await submit(job)
+
+    workflow.submit = timed_submit  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    async with running_scheduler(workflow, quota_window_seconds=4.0, submit_quota=10) as scheduler:
+        started = loop.time()
+        earlier = [started - 1.0 + index * 0.01 for index in range(9)]
+        for index, at in enumerate(earlier):
+            recent = running(f"earlier-{index}")
+            recent["status"]["submittedAt"] = format_time(now() - timedelta(seconds=started - at))
+            for _ in range(2):  # seen twice (a relist): counted once
+                scheduler.observe(recent)
+        for index in range(6):
+            scheduler.observe(body(f"new-{index}", created=now() + timedelta(milliseconds=index)))
+        await until(lambda: len(stamps) >= 3, timeout=15)
+    assert stamps[0] - started >= 2.5, "the first new submission waits for the earlier ones to age out"
+    assert stamps[0] - started <= 5.0, "and not longer"
+    assert in_any_window(earlier + stamps, 4.0) <= 10
+
+
+async def test_an_earlier_finished_submission_counts_too() -> None:
     workflow = FakeWorkflow()
     async with running_scheduler(workflow, quota_window_seconds=3600.0, submit_quota=100) as scheduler:
-        recent = running("earlier")
-        recent["status"]["submittedAt"] = format_time(now() - timedelta(minutes=5))
-        scheduler.observe(recent)
-        bucket = scheduler._scopes["cloud"].submits
-        assert bucket is not None and bucket.tokens == pytest.approx(-1.0, abs=0.01)
+        done = body(
+            "earlier", status={"phase": "Succeeded", "submittedAt": format_time(now() - timedelta(minutes=5))}
+        )
+        for _ in range(3):  # relists after a dropped watch
+            scheduler.observe(done)
+        carried = scheduler._scopes["cloud"].carried
+        assert carried is not None and len(carried.earlier) == 1
 
 
 async def test_a_late_event_never_brings_a_finished_job_back() -> None:
@@ -406,18 +438,6 @@ async def test_a_late_event_never_brings_a_finished_job_back() -> None:
         # Its DELETED event ends the tombstone; a job created again under the name is new.
         scheduler.observe(body("a", rv="4"), deleted=True)
     assert workflow.calls == [("submit", "a"), ("check", "a")]
-
-
-async def test_an_earlier_submission_is_counted_once_however_often_it_is_seen() -> None:
-    workflow = FakeWorkflow()
-    async with running_scheduler(workflow, quota_window_seconds=3600.0, submit_quota=100) as scheduler:
-        done = body(
-            "earlier", status={"phase": "Succeeded", "submittedAt": format_time(now() - timedelta(minutes=5))}
-        )
-        for _ in range(3):  # relists after a dropped watch
-            scheduler.observe(done)
-        bucket = scheduler._scopes["cloud"].submits
-        assert bucket is not None and bucket.tokens == pytest.approx(-1.0, abs=0.01)
 
 
 @dataclass
@@ -495,3 +515,13 @@ async def test_the_self_hosted_budget_is_its_concurrency_learned_from_429s() -> 
     assert 1 <= workflow.refusals <= 5, workflow.refusals
     assert state["running"] == 0
     assert state["concurrency"] <= 16
+
+
+async def test_a_job_deleted_while_its_check_waits_for_the_budget_has_its_operation_cancelled() -> None:
+    workflow = FakeWorkflow()
+    async with running_scheduler(workflow, quota_window_seconds=100.0, check_quota=2) as scheduler:
+        scheduler.observe(running("waits", next_check=now()))
+        await asyncio.sleep(0.2)  # due, waiting for a check token (the first comes in ~100 s)
+        assert ("check", "waits") not in workflow.calls
+        scheduler.observe(running("waits"), deleted=True)
+        await until(lambda: ("cancel", "waits") in workflow.calls)

@@ -14,8 +14,9 @@ Pure: every method takes ``now`` (seconds, any monotonic origin); nothing reads 
 
 from __future__ import annotations
 
+import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: The lowest rate a bucket learns, as a share of the configured one.
 MIN_RATE_SHARE = 1 / 64
@@ -86,9 +87,11 @@ class TokenBucket:
 
     def refused(self, now: float, retry_after: float | None) -> None:
         """The API answered 429: halve the rate, empty the bucket and wait (Retry-After, else one
-        token's time at the new rate)."""
+        token's time at the new rate). The 429s of calls that were in flight together halve it
+        once: while the bucket waits, another 429 only extends the wait."""
         self._refill(now)
-        self.rate = max(self.max_rate * MIN_RATE_SHARE, self.rate / 2)
+        if now >= self.blocked_until:
+            self.rate = max(self.max_rate * MIN_RATE_SHARE, self.rate / 2)
         self.tokens = 0.0
         wait = retry_after if retry_after is not None and retry_after > 0 else 1.0 / self.rate
         self.blocked_until = max(self.blocked_until, now + wait)
@@ -97,6 +100,37 @@ class TokenBucket:
         """A call went through: win back a little of the configured rate."""
         self._refill(now)
         self.rate = min(self.max_rate, self.rate + self.max_rate * RECOVERY_SHARE)
+
+
+@dataclass
+class CarriedOver:
+    """Calls made before this process started (another process's, recorded in the jobs' status),
+    for the first window after the start: together with the calls made since, they never exceed
+    ``limit`` in any window. A bucket that starts empty is enough when the previous process paced
+    itself the same way; this also holds after one that did not (an older version, other settings),
+    and lets the earlier calls' slots come back as they age out of the window."""
+
+    limit: float  # the most calls in any window (a bucket's ``capacity + max_rate * window``)
+    window: float
+    until: float  # the start + the window: later, no earlier call is in any window
+    earlier: list[float] = field(default_factory=list)  # sorted
+    made: int = 0
+
+    def add_earlier(self, at: float) -> None:
+        bisect.insort(self.earlier, at)
+
+    def ready_at(self, now: float) -> float:
+        """The earliest time one more call keeps every window within ``limit``."""
+        if now >= self.until:
+            return now
+        first = bisect.bisect_right(self.earlier, now - self.window)
+        inside = self.earlier[first:]
+        excess = len(inside) + self.made + 1 - math.floor(self.limit)
+        if excess <= 0:
+            return now
+        if excess > len(inside):
+            return self.until  # this process's own calls fill it: wait for the bucket alone
+        return min(self.until, inside[excess - 1] + self.window)
 
 
 @dataclass

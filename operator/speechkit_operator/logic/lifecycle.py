@@ -70,7 +70,8 @@ def plan(
         if submitted is not None:
             at = min(at, submitted + RETENTION - RETENTION_MARGIN)
     elif status.submission is not None:
-        step, at = Step.RESOLVE_UNCERTAIN, max(now, intent_settles_at or now)
+        # An attempt that failed (the apiserver was down, say) backs off here as well.
+        step, at = Step.RESOLVE_UNCERTAIN, max(now, intent_settles_at or now, next_attempt or now)
     else:
         step, at = Step.SUBMIT, next_attempt or parse_time(status.next_attempt_at) or now
 

@@ -1,0 +1,275 @@
+"""The real workflow under the real scheduler, around fakes of the cluster, Secrets, storage and
+SpeechKit: what reaches SpeechKit and Kubernetes when jobs are deleted unseen, Secrets come late,
+or the apiserver fails a write after SpeechKit was called."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, cast
+
+from speechkit_operator.clients.kube import JobStore, KubeError
+from speechkit_operator.clients.secrets import SecretNotFoundError, SecretReader
+from speechkit_operator.clients.speech.base import (
+    Credentials,
+    OperationState,
+    RecognitionRequest,
+    SpeechClient,
+)
+from speechkit_operator.clients.speech.errors import SpeechApiError
+from speechkit_operator.clients.storage import StorageFactory
+from speechkit_operator.config import Settings
+from speechkit_operator.logic.timestamps import format_time
+from speechkit_operator.models.job import JobRef
+from speechkit_operator.scheduler import Scheduler
+from speechkit_operator.workflow import JobWorkflow
+from tests.support.audio import audio_dir
+from tests.unit.test_hardening_operator import KEYS, FakeStorages
+from tests.unit.test_scheduler import body, in_any_window, now, until
+
+
+class Cluster:
+    """Job objects, status patches applied as the apiserver does, and the writes counted."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.writes: Counter[str] = Counter()
+        self.log: list[tuple[str, str, str | None]] = []
+        self.down = False
+        self._versions = itertools.count(100)
+
+    async def patch_status(
+        self, job: JobRef, status: Mapping[str, Any], *, resource_version: str | None = None
+    ) -> dict[str, Any]:
+        if self.down:
+            raise KubeError("connection refused")
+        if job.name not in self.objects:
+            raise KubeError(f"{job.name} not found", 404)
+        obj = self.objects[job.name]
+        if resource_version is not None and resource_version != obj["metadata"]["resourceVersion"]:
+            raise KubeError("conflict", 409)
+        current = obj.setdefault("status", {})
+        for key, value in status.items():
+            if value is None:
+                current.pop(key, None)
+            else:
+                current[key] = copy.deepcopy(value)
+        obj["metadata"]["resourceVersion"] = str(next(self._versions))
+        self.writes[job.name] += 1
+        self.log.append((job.name, "status", status.get("phase")))
+        return copy.deepcopy(obj)
+
+    async def post_event(self, job: JobRef, type_: str, reason: str, message: str) -> None:
+        if self.down:
+            raise KubeError("connection refused")
+        self.writes[job.name] += 1
+        self.log.append((job.name, "event", reason))
+
+    async def get(self, job: JobRef) -> dict[str, Any] | None:
+        found = self.objects.get(job.name)
+        return copy.deepcopy(found) if found is not None else None
+
+
+@dataclass
+class Secrets:
+    """The credentials Secret names ``folder``; it exists once ``ready``."""
+
+    folder: str = ""
+    ready: bool = True
+    #: Namespaces without the Secret, whatever ``ready`` says.
+    missing_in: set[str] = field(default_factory=set)
+
+    async def read(self, namespace: str, name: str) -> Mapping[str, bytes]:
+        if name == "speechkit-credentials":
+            if not self.ready or namespace in self.missing_in:
+                raise SecretNotFoundError(f"Secret {namespace}/{name} not found")
+            data = {"api-key": b"key"}
+            if self.folder:
+                data["folder-id"] = self.folder.encode()
+            return data
+        return KEYS
+
+    def forget(self, namespace: str, name: str) -> None:
+        pass
+
+
+@dataclass
+class Speech:
+    """Accepts submissions (429 for the keys in ``throttle``, once each); operations named in
+    ``done`` are finished."""
+
+    throttle: set[str] = field(default_factory=set)
+    submitted: list[tuple[str, str | None]] = field(default_factory=list)  # key, folder
+    looks: Counter[str] = field(default_factory=Counter)
+    done: set[str] = field(default_factory=set)
+
+    async def submit(self, request: RecognitionRequest, credentials: Credentials) -> OperationState:
+        key = request.audio_uri.rsplit("/", 1)[-1]
+        if key in self.throttle:
+            self.throttle.discard(key)
+            raise SpeechApiError("quota exceeded", http_status=429, retry_after=0.5)
+        self.submitted.append((key, credentials.folder_id))
+        return OperationState(id=f"op-{len(self.submitted)}", done=False)
+
+    async def get_operation(self, operation_id: str, credentials: Credentials) -> OperationState:
+        self.looks[operation_id] += 1
+        return OperationState(id=operation_id, done=operation_id in self.done, response={"chunks": []})
+
+    async def cancel(self, operation_id: str, credentials: Credentials) -> None:
+        pass
+
+
+@dataclass
+class Rig:
+    cluster: Cluster
+    speech: Speech
+    secrets: Secrets
+    scheduler: Scheduler
+
+    def add(
+        self,
+        name: str,
+        *,
+        status: Mapping[str, Any] | None = None,
+        exists: bool = True,
+        namespace: str = "calls",
+    ) -> None:
+        job = body(name, spec={"source": {"bucket": "calls", "key": f"{name}.ogg"}}, status=status)
+        job["metadata"]["namespace"] = namespace
+        if exists:
+            self.cluster.objects[name] = job
+        self.scheduler.observe(copy.deepcopy(job))
+
+
+def rig(*, secrets: Secrets | None = None, **settings: Any) -> Rig:
+    cluster, speech, secrets = Cluster(), Speech(), secrets or Secrets()
+    storages = FakeStorages((audio_dir() / "librivox-all.ogg").read_bytes())
+    config = Settings(
+        **{"quota_window_seconds": 100.0, "submit_quota": 1000, "check_quota": 100_000, **settings}
+    )
+    workflow = JobWorkflow(
+        config,
+        speech=cast(SpeechClient, speech),
+        storage=cast(StorageFactory, storages),
+        secrets=cast(SecretReader, secrets),
+        jobs=cast(JobStore, cluster),
+        identity="me",
+    )
+    return Rig(cluster, speech, secrets, Scheduler(workflow, config))
+
+
+def running(name: str, due_in: float) -> dict[str, Any]:
+    return {
+        "phase": "Running",
+        "reason": "Submitted",
+        "operationId": f"op-{name}",
+        "submittedAt": format_time(now()),
+        "nextCheckAt": format_time(now() + timedelta(seconds=due_in)),
+        "audio": {"durationSeconds": 10, "channels": 1},
+    }
+
+
+async def test_a_job_deleted_unseen_is_forgotten_not_checked_over_and_over() -> None:
+    """Its DELETED event never came (a watch gap): the first write that finds it gone ends it."""
+    setup = rig()
+    setup.speech.done.add("op-ghost")
+    setup.scheduler.start()
+    try:
+        setup.add("ghost", status=running("ghost", -30), exists=False)
+        setup.add("live", status=running("live", 1))
+        await until(lambda: setup.speech.looks["op-live"] >= 1, timeout=5)
+        await asyncio.sleep(0.5)
+    finally:
+        await setup.scheduler.stop(1.0)
+    assert setup.speech.looks["op-ghost"] == 1
+    assert len(setup.scheduler) == 1
+
+
+async def test_a_job_queued_before_its_secret_existed_is_billed_to_its_folder() -> None:
+    """With quotas per folder, a job whose Secret is missing at first cannot know its folder: once
+    the Secret is there, its submission goes through its folder's budget, not the shared one."""
+    setup = rig(
+        secrets=Secrets(folder="b1gfolder", ready=False),
+        quota_scope="folder-id",
+        submit_retry_base_seconds=0.2,
+        submit_retry_max_seconds=0.3,
+    )
+    setup.scheduler.start()
+    try:
+        setup.add("early")
+        await until(lambda: setup.cluster.objects["early"].get("status", {}).get("phase") == "Pending")
+        setup.secrets.ready = True
+        setup.add("late")
+        await until(lambda: len(setup.speech.submitted) == 2, timeout=10)
+        scopes = {entry.job.ref.name: entry.scope for entry in setup.scheduler._jobs.values()}
+    finally:
+        await setup.scheduler.stop(1.0)
+    assert scopes == {"early": "folder:b1gfolder", "late": "folder:b1gfolder"}
+    assert [folder for _, folder in setup.speech.submitted] == ["b1gfolder", "b1gfolder"]
+
+
+async def test_checks_whose_status_write_fails_still_count_against_the_check_quota() -> None:
+    """SpeechKit was asked, then the apiserver failed the write: the call counts all the same,
+    so an apiserver outage never lets the checks exceed their quota."""
+    setup = rig(quota_window_seconds=2.0, check_quota=10)
+    stamps: list[float] = []
+    looks = setup.speech.get_operation
+
+    async def timed(operation_id: str, credentials: Credentials) -> OperationState:
+        stamps.append(asyncio.get_running_loop().time())
+        return await looks(operation_id, credentials)
+
+    setup.speech.get_operation = timed  # type: ignore[method-assign]
+    for index in range(30):
+        setup.speech.done.add(f"op-j{index}")
+    setup.cluster.down = True
+    setup.scheduler.start()
+    try:
+        for index in range(30):
+            setup.add(f"j{index}", status=running(f"j{index}", -1))
+        await asyncio.sleep(6.0)
+    finally:
+        await setup.scheduler.stop(1.0)
+    assert len(stamps) >= 10, "the checks went on through the outage"
+    assert in_any_window(stamps, 2.0) <= 10
+
+
+async def test_a_missing_secret_while_others_wait_in_line_writes_once() -> None:
+    """A repeated problem updates the status when its reason changes, not each time the job is
+    back in line."""
+    setup = rig(
+        secrets=Secrets(missing_in={"other"}),
+        quota_window_seconds=100.0,
+        submit_quota=100,
+        submit_retry_base_seconds=0.3,
+        submit_retry_max_seconds=0.5,
+    )
+    setup.scheduler.start()
+    try:
+        for index in range(12):  # a backlog: jobs wait in line, and say so
+            setup.add(f"bulk-{index}")
+        setup.add("waiting", namespace="other")
+        await asyncio.sleep(6.0)
+    finally:
+        await setup.scheduler.stop(1.0)
+    # The first problem: a status write and a RetryScheduled Event; nothing on the retries.
+    assert setup.cluster.writes["waiting"] <= 3, setup.cluster.log
+
+
+async def test_a_submission_answered_429_costs_few_writes() -> None:
+    setup = rig()
+    setup.speech.throttle.add("once.ogg")
+    setup.scheduler.start()
+    try:
+        setup.add("once")
+        await until(lambda: len(setup.speech.submitted) == 1, timeout=10)
+        await asyncio.sleep(0.2)
+    finally:
+        await setup.scheduler.stop(1.0)
+    # intent, waiting (429), intent, recorded, Submitted Event; the job's end adds two more.
+    assert setup.cluster.writes["once"] <= 5, setup.cluster.log
