@@ -6,6 +6,7 @@ from tests.emulator.server import (
     IAM_AUDIENCE,
     EmulatedOperation,
     Endpoint,
+    ProcessingModel,
     SpeechKitEmulator,
 )
 
@@ -15,6 +16,7 @@ __all__ = [
     "RESPONSE_TYPE",
     "EmulatedOperation",
     "Endpoint",
+    "ProcessingModel",
     "SpeechKitEmulator",
     "Word",
     "build_response",

@@ -7,7 +7,9 @@ One aiohttp server answers all three APIs:
 * ``POST /iam/v1/tokens`` (iam.api.cloud.yandex.net).
 
 Accepted submissions download their audio in the background, like the real service reads the object from
-Object Storage, then finish after ``completion_delay`` with a result built from :attr:`transcripts`.
+Object Storage, then finish after ``completion_delay`` with a result built from :attr:`transcripts`
+(or, with a :class:`ProcessingModel` in :attr:`SpeechKitEmulator.processing_model`, after a time that
+grows with the audio's duration, with jitter and a share of slow operations: benchmarks use it).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import json
 import math
 import secrets
@@ -170,6 +173,13 @@ class EmulatedOperation:
     completed_at: float | None = None
     expired: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False, compare=False)
+    #: Checks (``GET /operations/{id}``) answered for this operation, its cancellation included.
+    checks: int = 0
+    #: ``time.time()`` when the operation finished (``completed_at`` is on the monotonic clock).
+    completed_wall: float | None = None
+    #: With a processing model: the processing time drawn for it, and whether it is a slow one.
+    processing_seconds: float | None = None
+    slow: bool = False
 
     def to_json(self, visible_error: dict[str, Any] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -191,6 +201,46 @@ class EmulatedOperation:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class ProcessingModel:
+    """How long an accepted operation takes once its audio is downloaded.
+
+    ``seconds_per_audio_second`` times the audio's duration (``audio_seconds`` of the operation, or
+    ``default_audio_seconds`` when it gives None), times a jitter factor uniform in
+    ``[1 - jitter, 1 + jitter]``; a ``slow_share`` of the operations (like ``deferred-general``) take
+    ``slow_factor`` times longer. The draws are a deterministic hash of the audio's path and ``seed``,
+    so that the same objects take the same time in every run.
+    """
+
+    #: The documented pace is about 10 s per minute of audio (per channel).
+    seconds_per_audio_second: float = 10.0 / 60.0
+    jitter: float = 0.2
+    slow_share: float = 0.05
+    slow_factor: float = 10.0
+    default_audio_seconds: float = 60.0
+    audio_seconds: Callable[[EmulatedOperation], float | None] | None = None
+    seed: str = ""
+
+    def _uniforms(self, operation: EmulatedOperation) -> tuple[float, float]:
+        digest = hashlib.sha256(f"{self.seed}:{operation.audio_path}".encode()).digest()
+        scale = float(1 << 64)
+        return int.from_bytes(digest[:8], "big") / scale, int.from_bytes(digest[8:16], "big") / scale
+
+    def is_slow(self, operation: EmulatedOperation) -> bool:
+        return self._uniforms(operation)[0] < self.slow_share
+
+    def seconds(self, operation: EmulatedOperation) -> float:
+        """The processing time of ``operation`` (after its download), in seconds."""
+        slow_draw, jitter_draw = self._uniforms(operation)
+        duration = self.audio_seconds(operation) if self.audio_seconds is not None else None
+        if duration is None:
+            duration = self.default_audio_seconds
+        seconds = self.seconds_per_audio_second * duration * (1 + self.jitter * (2 * jitter_draw - 1))
+        if slow_draw < self.slow_share:
+            seconds *= self.slow_factor
+        return max(0.0, seconds)
 
 
 class SpeechKitEmulator:
@@ -224,6 +274,8 @@ class SpeechKitEmulator:
         #: Called with each accepted submission's operation before the answer is sent (a test can
         #: stop the client right there: the operation exists, the client never learns its id).
         self.on_submission: Callable[[EmulatedOperation], None] | None = None
+        #: When set, how long operations take (instead of ``completion_delay``); read at each submission.
+        self.processing_model: ProcessingModel | None = None
 
         #: key suffix -> channelTag -> words; the first suffix the audio path ends with is recognised.
         self.transcripts: dict[str, dict[str, list[tuple[str, float, float]]]] = {}
@@ -238,6 +290,8 @@ class SpeechKitEmulator:
         self.faults_served: collections.Counter[tuple[Endpoint, int | None]] = collections.Counter()
         #: 429s answered because a quota was exhausted, by endpoint (injected faults not counted).
         self.quota_refusals: collections.Counter[str] = collections.Counter()
+        #: ``time.monotonic()`` of every call charged to a quota (accepted), by endpoint, in order.
+        self.quota_charges: dict[Endpoint, list[float]] = {"submit": [], "operation": []}
         #: Operation ids asked to be cancelled, in order.
         self.cancelled: list[str] = []
         self.operations: dict[str, EmulatedOperation] = {}
@@ -393,6 +447,11 @@ class SpeechKitEmulator:
         """
         self._failures[key_suffix] = _FailureRule(code, message, visible_while_running)
 
+    def reset_quota_windows(self) -> None:
+        """Forget the calls the quota windows hold (a new window starts now); ``quota_charges`` stays."""
+        for window in self._quota_windows.values():
+            window.clear()
+
     def expire(self, operation_id: str) -> None:
         """From now on ``GET /operations/{operation_id}`` answers 404, as after the retention period."""
         operation = self.operations[operation_id]
@@ -470,6 +529,7 @@ class SpeechKitEmulator:
                 headers={"Retry-After": str(retry_after)} if self.quota_retry_after else None,
             )
         window.append(now)
+        self.quota_charges[endpoint].append(now)
         return None
 
     async def _guard(self, request: web.Request, endpoint: Endpoint, per_hour: int) -> str | web.Response:
@@ -519,6 +579,9 @@ class SpeechKitEmulator:
             created_at=now,
             modified_at=now,
         )
+        if self.processing_model is not None:
+            operation.processing_seconds = self.processing_model.seconds(operation)
+            operation.slow = self.processing_model.is_slow(operation)
         self.operations[operation.id] = operation
         self.submissions.append(body)
         task = asyncio.get_running_loop().create_task(
@@ -579,7 +642,8 @@ class SpeechKitEmulator:
         if download_error is not None and self._failure_for(operation) is None:
             self._finish(operation, error={"code": 3, "message": download_error, "details": []})
             return
-        await asyncio.sleep(self.completion_delay)
+        delay = operation.processing_seconds
+        await asyncio.sleep(self.completion_delay if delay is None else delay)
         rule = self._failure_for(operation)
         if rule is not None:
             self._finish(operation, error={"code": rule.code, "message": rule.message, "details": []})
@@ -608,6 +672,7 @@ class SpeechKitEmulator:
         operation.done = True
         operation.modified_at = datetime.now(UTC)
         operation.completed_at = time.monotonic()
+        operation.completed_wall = time.time()
 
     # ------------------------------------------------------------------ operations
 
@@ -621,6 +686,7 @@ class SpeechKitEmulator:
         operation = self.operations.get(operation_id)
         if operation is None or operation.expired or self._past_retention(operation):
             return error_response(404, f"Operation {operation_id} not found")
+        operation.checks += 1
         if cancel:
             # GET /operations/{id}:cancel: a running operation ends with CANCELLED.
             self.cancelled.append(operation_id)
