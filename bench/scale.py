@@ -406,9 +406,11 @@ async def run_scale(args: argparse.Namespace, jobs: int, workdir: Path) -> RunRe
                 if time.monotonic() > deadline:
                     print(f"  timed out: {collections_of(kube.phases)}")
                     break
+                if backlog_measured(args, speechkit, kube):
+                    break
                 await asyncio.sleep(1.0)
-            finished = time.monotonic()
-            cpu = cpu_seconds(pid)
+            finished, cpu, rss = time.monotonic(), cpu_seconds(pid), rss_mb(pid)
+            fig["operator RSS at the end of the run (MB)"] = rss
             samples = await asyncio.to_thread(scrape, metrics_port)
             record_main(fig, args, jobs, speechkit, kube, samples, started, started_wall, finished, cpu)
             show(f"operator, {jobs:,} jobs (window {window:g} s)", fig)
@@ -433,6 +435,17 @@ async def run_scale(args: argparse.Namespace, jobs: int, workdir: Path) -> RunRe
             )
             show(f"seed baseline, {jobs:,} jobs", result.baseline.figures)
     return result
+
+
+def backlog_measured(args: argparse.Namespace, speechkit: SpeechKitEmulator, kube: Kube) -> bool:
+    """With ``--backlog-windows K``: whether K windows of submissions have passed (the run stops)."""
+    submits = speechkit.quota_charges["submit"]
+    if not args.backlog_windows or not submits:
+        return False
+    if time.monotonic() <= submits[0] + (args.backlog_windows + 0.5) * args.window:
+        return False
+    print(f"  stopped after {args.backlog_windows} windows of backlog: {collections_of(kube.phases)}")
+    return True
 
 
 def collections_of(phases: dict[str, str]) -> dict[str, int]:
@@ -632,6 +645,12 @@ def main() -> None:
     parser.add_argument("--pace", type=float, default=2.0, help="emulator processing s per audio s")
     parser.add_argument("--timeout", type=float, default=1800.0, help="budget of a phase, seconds")
     parser.add_argument("--idle-seconds", type=float, default=45.0)
+    parser.add_argument(
+        "--backlog-windows",
+        type=int,
+        default=0,
+        help="stop after this many quota windows of backlog (to measure the submission rate)",
+    )
     parser.add_argument(
         "--in-flight", action="store_true", help="also measure N jobs in flight and a restart"
     )

@@ -667,7 +667,7 @@ class Scheduler:
         """Per scope: jobs waiting, and tokens and pace of each budget (for metrics)."""
         now = time.monotonic()
         state: dict[str, dict[str, float]] = {}
-        for name, scope in self._scopes.items():
+        for name, scope in tuple(self._scopes.items()):
             entry: dict[str, float] = {
                 "queued": float(len(scope.queue)),
                 "running": float(len(scope.running)),
@@ -683,7 +683,9 @@ class Scheduler:
 
     def phase_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for entry in self._jobs.values():
+        # Called from the metrics server's thread: iterate over a snapshot (taken at once, under
+        # the GIL), never over the registry the loop is changing.
+        for entry in tuple(self._jobs.values()):
             phase = entry.job.status.phase or Phase.PENDING
             counts[phase.value] = counts.get(phase.value, 0) + 1
         return counts

@@ -12,6 +12,9 @@ from speechkit_operator.constants import ANNOTATION_PREFIX, FINALIZER
 from speechkit_operator.context import OperatorContext, build_context
 from speechkit_operator.envconfig import load_settings
 
+#: Jobs per page when kopf lists them (at startup and after a watch expires).
+LIST_CHUNK_SIZE = 500
+
 
 def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
     """kopf keeps no state in jobs (the handlers only observe); an old finalizer of ours, left by an
@@ -23,6 +26,8 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> 
     )
     kopf_settings.watching.server_timeout = settings.watch_server_timeout
     kopf_settings.watching.client_timeout = settings.watch_client_timeout
+    # Listed in pages: 10,000 jobs are never one response held in memory at once.
+    kopf_settings.watching.chunk_size = LIST_CHUNK_SIZE
     kopf_settings.networking.request_timeout = settings.request_timeout
     kopf_settings.posting.level = logging.INFO
     kopf_settings.peering.standalone = True

@@ -62,9 +62,11 @@ class TokenBucket:
             self.updated = now
 
     def available(self, now: float) -> float:
-        """Whole tokens available at ``now`` (0 while blocked)."""
-        self._refill(now)
-        return 0.0 if now < self.blocked_until else math.floor(self.tokens)
+        """Whole tokens available at ``now`` (0 while blocked). Reads only: the metrics thread
+        calls it while the loop takes tokens."""
+        if now < self.blocked_until:
+            return 0.0
+        return float(math.floor(min(self.capacity, self.tokens + max(0.0, now - self.updated) * self.rate)))
 
     def ready_at(self, now: float) -> float:
         """The earliest time a token can be taken (``now`` when one can)."""
