@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 ERROR_BACKOFF = timedelta(seconds=60)
 #: After a step could not reach the Kubernetes API, the job is looked at again this much later.
 KUBE_RETRY = timedelta(seconds=3)
+#: Queued notices (status writes) in flight at once.
+QUEUED_NOTICES_AT_ONCE = 4
 #: Finished jobs remembered so that late watch events do not bring them back.
 MAX_TOMBSTONES = 200_000
 
@@ -64,6 +66,7 @@ class _Entry:
     deleted: bool = False
     #: The Queued status write in flight, if any (the submission waits for it).
     notice: asyncio.Task[Any] | None = None
+    notice_started: bool = False
     #: Bumped on every (re)scheduling; heap items of an older version are ignored.
     version: int = 0
 
@@ -125,6 +128,8 @@ class Scheduler:
         #: Jobs whose earlier submission was counted against the quota after the start.
         self._debited: set[str] = set()
         self._limit = asyncio.Semaphore(settings.check_concurrency)
+        #: Queued notices written at once.
+        self._notices = asyncio.Semaphore(QUEUED_NOTICES_AT_ONCE)
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -433,11 +438,22 @@ class Scheduler:
             entry.notice = asyncio.ensure_future(self._notify_queued(entry, position, eta))
 
     async def _notify_queued(self, entry: _Entry, position: int, eta: datetime) -> None:
-        try:
-            result = await self.workflow.queued(entry.job, position=position, eta=eta)
-        except Exception:
-            logger.exception("job %s: could not say it is queued", entry.job.ref, extra=entry.job.ref.log)
-            return
+        """Write the Queued notice, a few at a time: 10,000 jobs queued at once are 10,000 writes
+        that must not crowd out the submissions' own. A job whose turn comes first skips it."""
+        async with self._notices:
+            if entry.notice is None or entry.deleted:
+                return
+            entry.notice_started = True
+            try:
+                result = await self.workflow.queued(entry.job, position=position, eta=eta)
+            except KubeError as exc:
+                logger.warning(
+                    "job %s: could not say it is queued: %s", entry.job.ref, exc, extra=entry.job.ref.log
+                )
+                return
+            except Exception:
+                logger.exception("job %s: could not say it is queued", entry.job.ref, extra=entry.job.ref.log)
+                return
         if result.body is not None:
             self._refresh_from(entry, result.body)
 
@@ -474,9 +490,13 @@ class Scheduler:
                     bucket.give_back(time.monotonic())
                 continue
             if entry.notice is not None:
-                with contextlib.suppress(Exception):
-                    await entry.notice
-                entry.notice = None
+                notice, entry.notice = entry.notice, None
+                if entry.notice_started:  # being written: let it land before the intent
+                    with contextlib.suppress(Exception):
+                        await notice
+                else:  # its turn came first: nothing to say any more
+                    notice.cancel()
+                entry.notice_started = False
             if self._stopping:
                 if bucket is not None:
                     bucket.give_back(time.monotonic())
