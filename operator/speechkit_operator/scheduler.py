@@ -35,14 +35,14 @@ from speechkit_operator.logic.budget import CarriedOver, ConcurrencyWindow, Toke
 from speechkit_operator.logic.queueing import FairQueue
 from speechkit_operator.logic.timestamps import parse_time, utcnow
 from speechkit_operator.models.job import JobRef, JobStatus, Phase
-from speechkit_operator.workflow import Job, JobWorkflow, StepResult
+from speechkit_operator.workflow import KUBE_RETRY_SECONDS, Job, JobWorkflow, StepResult
 
 logger = logging.getLogger(__name__)
 
 #: After an unexpected error in a step, the job is looked at again this much later.
 ERROR_BACKOFF = timedelta(seconds=60)
 #: After a step could not reach the Kubernetes API, the job is looked at again this much later.
-KUBE_RETRY = timedelta(seconds=3)
+KUBE_RETRY = timedelta(seconds=KUBE_RETRY_SECONDS)
 #: Queued notices (status writes) in flight at once.
 QUEUED_NOTICES_AT_ONCE = 4
 #: Finished jobs remembered so that late watch events do not bring them back.
@@ -229,10 +229,24 @@ class Scheduler:
         window = timedelta(seconds=self.settings.quota_window_seconds)
         if submitted is None or not self._started_at - window < submitted <= self._started_at:
             return
-        if entry.scope is None or _uid(entry) in self._debited:
+        if _uid(entry) in self._debited:
             return
         self._debited.add(_uid(entry))
-        carried = self._scope(entry.scope).carried
+        if entry.scope is None:  # per folder: once its folder is known
+            self._spawn(self._debit_in_its_scope(entry.job, submitted))
+            return
+        self._carry(entry.scope, submitted)
+
+    async def _debit_in_its_scope(self, job: Job, submitted: datetime) -> None:
+        try:
+            scope = await self.workflow.look_up_scope(job)
+        except Exception:
+            logger.exception("job %s: could not find its quota scope", job.ref, extra=job.ref.log)
+            scope = self.settings.backend
+        self._carry(scope, submitted)
+
+    def _carry(self, scope: str, submitted: datetime) -> None:
+        carried = self._scope(scope).carried
         if carried is not None:
             age = (self.clock() - submitted).total_seconds()
             carried.add_earlier(time.monotonic() - age)
@@ -497,10 +511,12 @@ class Scheduler:
                 else:  # its turn came first: nothing to say any more
                     notice.cancel()
                 entry.notice_started = False
-            if self._stopping:
+            if self._stopping or entry.deleted:
                 if bucket is not None:
                     bucket.give_back(time.monotonic())
-                return
+                if self._stopping:
+                    return
+                continue
             if entry.job.status.submission is not None and not entry.job.status.operation_id:
                 action: Callable[[Job], Awaitable[StepResult]] = self.workflow.resolve_uncertain
             else:
@@ -537,6 +553,7 @@ class Scheduler:
             except BaseException:
                 self._limit.release()
                 raise
+            entry.job = replace(entry.job, scope=scope.name)
             self._spawn(self._step(entry, self.workflow.check, budget=bucket, release=self._limit))
 
     # -- running a step ------------------------------------------------------------------------
@@ -597,6 +614,7 @@ class Scheduler:
             entry.busy = entry.stepping = False
             if release is not None:
                 release.release()
+        spent = spent or result.spent
         if budget is not None:
             now = time.monotonic()
             if result.throttled is not None:
@@ -640,6 +658,8 @@ class Scheduler:
         if result.gone:
             self._jobs.pop(uid, None)
             self._untrack(uid)
+            # Deleted under the step (or its DELETED event missed): its operation is not needed.
+            self._spawn(self.workflow.cancel(entry.job))
             return
         if entry.deleted:
             self._spawn(self.workflow.cancel(entry.job))
@@ -661,20 +681,28 @@ class Scheduler:
 
     async def _refresh(self, entry: _Entry) -> None:
         """The job changed under a step: read it again, then decide afresh."""
+        uid = _uid(entry)
         entry.busy = True
         try:
             body = await self.workflow.jobs.get(entry.job.ref)
         except KubeError as exc:
             logger.warning("job %s: could not read it again: %s", entry.job.ref, exc, extra=entry.job.ref.log)
-            entry.next_attempt = self.clock() + ERROR_BACKOFF
-            self._schedule(entry)
-            return
+            body, entry.next_attempt = {}, self.clock() + KUBE_RETRY
         finally:
             entry.busy = False
-        meta = (body.get("metadata") or {}) if body is not None else {}
-        if body is None or (entry.job.ref.uid and meta.get("uid") not in (None, entry.job.ref.uid)):
-            self._jobs.pop(_uid(entry), None)  # gone, or another job under the same name
-            self._untrack(_uid(entry))
+        if entry.deleted or self._jobs.get(uid) is not entry:
+            return  # deleted (and forgotten) meanwhile
+        if not body:
+            if body is None:  # gone
+                self._jobs.pop(uid, None)
+                self._untrack(uid)
+            else:  # could not read it: try again later
+                self._schedule(entry)
+            return
+        meta = body.get("metadata") or {}
+        if entry.job.ref.uid and meta.get("uid") not in (None, entry.job.ref.uid):
+            self._jobs.pop(uid, None)  # another job under the same name
+            self._untrack(uid)
             return
         entry.job = replace(
             entry.job, status=_status(body.get("status")), resource_version=meta.get("resourceVersion")

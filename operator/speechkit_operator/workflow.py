@@ -72,6 +72,8 @@ logger = logging.getLogger(__name__)
 
 #: Writes of a submission's answer are retried this long before the submission is left uncertain.
 RECORD_RETRY_SECONDS = 60.0
+#: After the Kubernetes API could not be reached, a job is looked at again this much later.
+KUBE_RETRY_SECONDS = 3.0
 #: The longest audio SpeechKit accepts (4 hours); longer probed durations are refused.
 MAX_AUDIO_SECONDS = 4 * 3600.0
 
@@ -102,6 +104,9 @@ class StepResult:
     attempt_failed: bool = False
     #: SpeechKit was called (a submission or a check): the call counts against the quota.
     called: bool = False
+    #: A call that failed may still have reached SpeechKit: it counts against the quota, but
+    #: teaches the budget nothing.
+    spent: bool = False
     #: SpeechKit answered 429: wait this many seconds (0: it did not say) and slow down.
     throttled: float | None = None
     #: Not submitted: the job's credentials bill another quota scope than it was queued in.
@@ -262,17 +267,28 @@ class JobWorkflow:
                 if exc.gone:
                     return StepResult(gone=True)
                 # The intent may have been written although its answer was lost: nothing was sent.
-                # Not a failed attempt: the scheduler tries again soon.
+                # Not a failed attempt (nor a call): tried again soon.
                 self._unsent_intents.add(nonce)
-                raise
+                logger.warning(
+                    "job %s: could not record the intent to submit, trying again in %.0fs: %s",
+                    job.ref,
+                    KUBE_RETRY_SECONDS,
+                    exc,
+                    extra=job.ref.log,
+                )
+                return StepResult(next_attempt=self.clock() + timedelta(seconds=KUBE_RETRY_SECONDS))
             job = replace(job, status=JobStatus.from_body(body.get("status")), resource_version=_rv(body))
             try:
                 operation = await self.speech.submit(prepared.request, prepared.credentials)
             except SpeechApiError as exc:
-                return await self._submission_failed(job, exc)
+                failed = await self._submission_failed(job, exc)
+                failed.spent = failed.throttled is None and not exc.certainly_unprocessed
+                return failed
             except Exception as exc:
                 logger.exception("job %s: unexpected error while submitting", job.ref, extra=job.ref.log)
-                return await self._uncertain(job, f"unexpected {type(exc).__name__} while submitting")
+                failed = await self._uncertain(job, f"unexpected {type(exc).__name__} while submitting")
+                failed.spent = True
+                return failed
             self.metrics.call("submit", 200)
             expected = self.rates.predict(
                 prepared.spec.recognition.model, prepared.audio.duration_seconds, prepared.audio.channels
@@ -589,6 +605,9 @@ class JobWorkflow:
                 return await self._fail(job, problem.reason, problem.message)
             # Not a check: SpeechKit was not asked. Back off as the checks do.
             return await self._later(job, job.checks, problem.reason, problem.message, counted=False)
+        scope = self.scope_of(job) or self._folder_scope(credentials)
+        if job.scope is not None and scope != job.scope:
+            return StepResult(scope=scope)  # its folder's budget pays for its checks
 
         checks = job.checks + 1
         try:

@@ -107,8 +107,17 @@ class Speech:
     submitted: list[tuple[str, str | None]] = field(default_factory=list)  # key, folder
     looks: Counter[str] = field(default_factory=Counter)
     done: set[str] = field(default_factory=set)
+    cancelled: list[str] = field(default_factory=list)
+    #: Every submission call answered with this error (a timeout: None status).
+    submit_error: SpeechApiError | None = None
+    submit_calls: list[float] = field(default_factory=list)
+    #: Every look at an operation answered with this error.
+    look_error: SpeechApiError | None = None
 
     async def submit(self, request: RecognitionRequest, credentials: Credentials) -> OperationState:
+        self.submit_calls.append(asyncio.get_running_loop().time())
+        if self.submit_error is not None:
+            raise self.submit_error
         key = request.audio_uri.rsplit("/", 1)[-1]
         if key in self.throttle:
             self.throttle.discard(key)
@@ -118,10 +127,12 @@ class Speech:
 
     async def get_operation(self, operation_id: str, credentials: Credentials) -> OperationState:
         self.looks[operation_id] += 1
+        if self.look_error is not None:
+            raise self.look_error
         return OperationState(id=operation_id, done=operation_id in self.done, response={"chunks": []})
 
     async def cancel(self, operation_id: str, credentials: Credentials) -> None:
-        pass
+        self.cancelled.append(operation_id)
 
 
 @dataclass
@@ -273,3 +284,51 @@ async def test_a_submission_answered_429_costs_few_writes() -> None:
         await setup.scheduler.stop(1.0)
     # intent, waiting (429), intent, recorded, Submitted Event; the job's end adds two more.
     assert setup.cluster.writes["once"] <= 5, setup.cluster.log
+
+
+async def test_a_job_found_gone_by_a_write_has_its_running_operation_cancelled() -> None:
+    setup = rig()
+    setup.speech.look_error = SpeechApiError("bad gateway", http_status=502)  # the check writes
+    setup.scheduler.start()
+    try:
+        setup.add("ghost", status=running("ghost", -1), exists=False)  # its DELETED event missed
+        await until(lambda: setup.speech.cancelled == ["op-ghost"], timeout=5)
+    finally:
+        await setup.scheduler.stop(1.0)
+    assert len(setup.scheduler) == 0
+
+
+async def test_submissions_that_may_have_reached_speechkit_count_against_the_quota() -> None:
+    """Timeouts (uncertain: possibly processed) spend their tokens: a brownout does not turn the
+    backlog into a burst of possibly billed submissions."""
+    setup = rig(
+        quota_window_seconds=4.0,
+        submit_quota=4,
+        submit_retry_base_seconds=0.05,
+        submit_retry_max_seconds=0.05,
+    )
+    setup.speech.submit_error = SpeechApiError("read timed out")
+    setup.scheduler.start()
+    try:
+        for index in range(10):
+            setup.add(f"j{index}")
+        await asyncio.sleep(5.0)
+    finally:
+        await setup.scheduler.stop(1.0)
+    assert setup.speech.submit_calls, "the submissions were tried"
+    assert in_any_window(setup.speech.submit_calls, 4.0) <= 4
+
+
+async def test_with_quotas_per_folder_checks_move_to_their_folder_once_its_secret_is_read() -> None:
+    secrets = Secrets(folder="b1gfolder", ready=False)
+    setup = rig(secrets=secrets, quota_scope="folder-id")
+    setup.scheduler.start()
+    try:
+        setup.add("r", status=running("r", -1))
+        await until(lambda: setup.scheduler._jobs["uid-r"].scope is not None, timeout=5)
+        secrets.ready = True
+        await until(lambda: setup.speech.looks["op-r"] >= 1, timeout=60)
+        scope = setup.scheduler._jobs["uid-r"].scope
+    finally:
+        await setup.scheduler.stop(1.0)
+    assert scope == "folder:b1gfolder"

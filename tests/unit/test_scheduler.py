@@ -525,3 +525,49 @@ async def test_a_job_deleted_while_its_check_waits_for_the_budget_has_its_operat
         assert ("check", "waits") not in workflow.calls
         scheduler.observe(running("waits"), deleted=True)
         await until(lambda: ("cancel", "waits") in workflow.calls)
+
+
+@dataclass
+class StaleWorkflow(SelfHostedWorkflow):
+    """Every submission meets a changed job; reading it again waits for ``gate``."""
+
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def submit(self, job: Job) -> StepResult:
+        self.calls.append(("submit", job.ref.name))
+        return StepResult(stale=True)
+
+    async def get(self, ref: Any) -> dict[str, Any] | None:
+        await self.gate.wait()
+        return running(ref.name, rv="99")
+
+
+async def test_a_job_deleted_while_it_is_read_again_leaves_no_operation_in_flight_behind() -> None:
+    workflow = StaleWorkflow()
+    settings = {"backend": "self-hosted", "self_hosted_url": "http://recognizer:8080"}
+    async with running_scheduler(workflow, **settings) as scheduler:
+        scheduler.observe(body("a"))
+        await until(lambda: ("submit", "a") in workflow.calls)
+        scheduler.observe(body("a"), deleted=True)
+        workflow.gate.set()
+        await asyncio.sleep(0.2)
+        assert len(scheduler) == 0
+        assert scheduler.budget_state()["self-hosted"]["running"] == 0
+
+
+async def test_with_quotas_per_folder_finished_jobs_earlier_submissions_count_in_their_folder() -> None:
+    workflow = FolderWorkflow()
+    async with running_scheduler(workflow, quota_window_seconds=100.0, submit_quota=10) as scheduler:
+        done = {
+            "phase": "Succeeded",
+            "reason": "Succeeded",
+            "operationId": "op",
+            "submittedAt": format_time(now()),
+            "completedAt": format_time(now()),
+        }
+        for index in range(5):
+            scheduler.observe(body(f"a-{index}", status=done))
+        await until(lambda: "folder:a" in scheduler._scopes)
+        await asyncio.sleep(0.1)
+        carried = scheduler._scopes["folder:a"].carried
+        assert carried is not None and len(carried.earlier) == 5
