@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     check_quota: int = Field(default=2500, ge=1)
     #: The share of each quota used steadily; the rest is the burst allowance, so that no window
     #: ever holds more calls than the quota.
-    quota_share: float = Field(default=0.99, gt=0, lt=1)
+    quota_share: float = Field(default=0.996, gt=0, lt=1)
     #: What shares a quota: ``shared``, one budget for every job (one cloud); ``folder-id``, one
     #: budget per ``folder-id`` of the jobs' credentials Secrets (several clouds, one per folder).
     quota_scope: Literal["shared", "folder-id"] = "shared"

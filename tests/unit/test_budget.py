@@ -6,6 +6,7 @@ import bisect
 
 import pytest
 
+from speechkit_operator.config import Settings
 from speechkit_operator.logic.budget import CarriedOver, ConcurrencyWindow, TokenBucket
 
 HOUR = 3600.0
@@ -138,3 +139,11 @@ def test_calls_carried_over_from_before_the_start_keep_every_window_within_the_l
     carried.made = 4
     assert carried.ready_at(2.5) == 9.0  # -8 has left; -6 and -1 must leave too
     assert carried.ready_at(10.0) == 10.0  # after the first window, the bucket alone decides
+
+
+@pytest.mark.parametrize("quota", [500, 2500])
+def test_the_default_share_gives_a_backlog_over_99_percent_and_never_the_whole_quota(quota: int) -> None:
+    share = Settings().quota_share
+    bucket = TokenBucket.for_quota(quota, HOUR, share=share, now=0.0)
+    assert bucket.max_rate * HOUR >= 0.99 * quota + 1  # a little slack for a slow start
+    assert bucket.capacity + bucket.max_rate * HOUR <= quota - 1

@@ -3,7 +3,7 @@
 SpeechKit allows, per cloud, a number of calls per window (500 submissions and 2,500 v2 checks an
 hour by default). A bucket of ``capacity`` tokens refilled at ``rate`` per second never allows more
 than ``capacity + rate * window`` calls in any window; :meth:`TokenBucket.for_quota` keeps that
-one below the quota, while a backlog still gets ``share`` of it (99% of 500 or 2,500 by default).
+one below the quota, while a backlog still gets ``share`` of it (99.6% of 500 or 2,500 by default).
 
 A 429 means the real quota is lower than configured (or shared with another client): the rate is
 halved and the bucket waits for ``Retry-After`` (or one token's time); each success afterwards
