@@ -67,7 +67,7 @@ from tests.support.audio import AUDIO_DIR  # noqa: E402
 from tests.support.speechkit import corpus_emulator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seed_baseline import BaselineResult, run_seed_baseline  # noqa: E402
+from seed_baseline import BaselineResult, peak_in_window, percentile, run_seed_baseline  # noqa: E402
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -111,23 +111,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def peak_in_window(times: list[float], window: float) -> int:
-    """The most calls in any sliding window of ``window`` seconds (the times are sorted)."""
-    best, start = 0, 0
-    for end, moment in enumerate(times):
-        while times[start] <= moment - window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
-def percentile(values: list[float], share: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")

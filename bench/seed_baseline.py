@@ -49,7 +49,8 @@ class _Marker:
     seen_done_at: float | None = None  # time.time()
 
 
-def _peak(times: list[float], window: float) -> int:
+def peak_in_window(times: list[float], window: float) -> int:
+    """The most calls in any sliding window of ``window`` seconds (the times are sorted)."""
     best, start = 0, 0
     for end, moment in enumerate(times):
         while times[start] <= moment - window:
@@ -58,7 +59,7 @@ def _peak(times: list[float], window: float) -> int:
     return best
 
 
-def _pct(values: list[float], share: float) -> float:
+def percentile(values: list[float], share: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
@@ -128,15 +129,21 @@ async def run_seed_baseline(
         fig["cron period s (180 s compressed)"] = period
         fig["cron runs"] = runs
         fig["wall seconds"] = wall
-        fig["peak submissions in any window (quota 500)"] = _peak(speechkit.quota_charges["submit"], window)
-        fig["peak checks in any window (quota 2,500)"] = _peak(speechkit.quota_charges["operation"], window)
+        fig["peak submissions in any window (quota 500)"] = peak_in_window(
+            speechkit.quota_charges["submit"], window
+        )
+        fig["peak checks in any window (quota 2,500)"] = peak_in_window(
+            speechkit.quota_charges["operation"], window
+        )
         fig["429s received"] = sum(speechkit.quota_refusals.values())
         fig["429s on submissions / on checks"] = (
             f"{speechkit.quota_refusals['submit']} / {speechkit.quota_refusals['operation']}"
         )
         fig["checks per job, mean / p95"] = (
-            f"{statistics.mean(per_job) if per_job else float('nan'):.2f} / {_pct(per_job, 0.95):.0f}"
+            f"{statistics.mean(per_job) if per_job else float('nan'):.2f} / {percentile(per_job, 0.95):.0f}"
         )
-        fig["detection latency p50 / p95 s"] = f"{_pct(latencies, 0.5):.2f} / {_pct(latencies, 0.95):.2f}"
+        fig["detection latency p50 / p95 s"] = (
+            f"{percentile(latencies, 0.5):.2f} / {percentile(latencies, 0.95):.2f}"
+        )
         fig["submissions made (accepted)"] = len(speechkit.quota_charges["submit"])
     return result

@@ -415,7 +415,6 @@ class Scheduler:
             entry.busy = False
         if _uid(entry) not in self._jobs or entry.deleted or self._stopping:
             return
-        self._debit_earlier_submission(entry)
         self._track(entry)
         self._due(entry)
 

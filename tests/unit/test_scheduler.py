@@ -318,12 +318,8 @@ async def test_many_idle_jobs_cost_no_work(jobs: int) -> None:
     assert workflow.calls == []
 
 
-def in_any_window(times: list[float], window: float) -> int:
-    return max((sum(1 for t in times if start <= t < start + window) for start in times), default=0)
-
-
-async def test_submissions_keep_within_the_quota_and_waiting_jobs_say_they_are_queued() -> None:
-    workflow = FakeWorkflow()
+def timed_submissions(workflow: FakeWorkflow) -> list[float]:
+    """The loop times of the workflow's submissions, as they happen."""
     stamps: list[float] = []
     submit = workflow.submit
 
@@ -332,6 +328,16 @@ async def test_submissions_keep_within_the_quota_and_waiting_jobs_say_they_are_q
         return await submit(job)
 
     workflow.submit = timed_submit  # type: ignore[method-assign]
+    return stamps
+
+
+def in_any_window(times: list[float], window: float) -> int:
+    return max((sum(1 for t in times if start <= t < start + window) for start in times), default=0)
+
+
+async def test_submissions_keep_within_the_quota_and_waiting_jobs_say_they_are_queued() -> None:
+    workflow = FakeWorkflow()
+    stamps = timed_submissions(workflow)
     async with running_scheduler(workflow, quota_window_seconds=2.0, submit_quota=4) as scheduler:
         for index in range(6):
             scheduler.observe(body(f"q{index}", created=now() + timedelta(milliseconds=index)))
@@ -383,14 +389,7 @@ async def test_after_a_restart_recent_submissions_count_against_the_quota_until_
     for them to leave it (3 s), then goes on at the budget's pace: no window ever holds more than
     the quota, and the earlier submissions do not hold it up any longer."""
     workflow = FakeWorkflow()
-    stamps: list[float] = []
-    submit = workflow.submit
-
-    async def timed_submit(job: Job) -> StepResult:
-        stamps.append(asyncio.get_running_loop().time())
-        return await submit(job)
-
-    workflow.submit = timed_submit  # type: ignore[method-assign]
+    stamps = timed_submissions(workflow)
     loop = asyncio.get_running_loop()
     async with running_scheduler(workflow, quota_window_seconds=4.0, submit_quota=10) as scheduler:
         started = loop.time()
