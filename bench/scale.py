@@ -550,8 +550,12 @@ async def in_flight(
         f"{busy['cores']:.3f} / {busy['rss_mb']:.0f}"
     )
     fig[f"in flight, window {args.window:g} s: checks made in {busy['seconds']:.0f} s"] = int(busy["checks"])
+    fig["429s received before the restart (in flight, compressed window)"] = sum(
+        speechkit.quota_refusals.values()
+    )
     # A restart with every job Running, under the shipped (uncompressed) window on both sides.
     await runner.terminate()
+    refused_before = sum(speechkit.quota_refusals.values())
     speechkit.quota_window_seconds = 3600.0
     speechkit.reset_quota_windows()
     runner.env["SPEECHKIT_OPERATOR_QUOTA_WINDOW_SECONDS"] = "3600"
@@ -580,7 +584,7 @@ async def in_flight(
     calm = await idle(restarted.pid, speechkit, args.idle_seconds)
     fig["in flight, window 3600 s: cores / RSS MB"] = f"{calm['cores']:.3f} / {calm['rss_mb']:.0f}"
     fig[f"in flight, window 3600 s: checks made in {calm['seconds']:.0f} s"] = int(calm["checks"])
-    fig["429s received after the restart"] = sum(speechkit.quota_refusals.values())
+    fig["429s received after the restart"] = sum(speechkit.quota_refusals.values()) - refused_before
     del stack
 
 

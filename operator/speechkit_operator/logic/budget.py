@@ -3,7 +3,8 @@
 SpeechKit allows, per cloud, a number of calls per window (500 submissions and 2,500 v2 checks an
 hour by default). A bucket of ``capacity`` tokens refilled at ``rate`` per second never allows more
 than ``capacity + rate * window`` calls in any window; :meth:`TokenBucket.for_quota` keeps that
-one below the quota, while a backlog still gets ``share`` of it (99.6% of 500 or 2,500 by default).
+one below the quota even for calls that reach the API up to 2 s late, while a backlog still gets
+``share`` of it at most (99.5% of 500 or 2,500 an hour by default).
 
 A 429 means the real quota is lower than configured (or shared with another client): the rate is
 halved and the bucket waits for ``Retry-After`` (or one token's time); each success afterwards
@@ -22,6 +23,9 @@ from dataclasses import dataclass, field
 MIN_RATE_SHARE = 1 / 64
 #: How much of the configured rate each success gives back after a 429.
 RECOVERY_SHARE = 1 / 100
+#: How long after its token is taken a call may reach the API (a busy event loop, a new
+#: connection): the windows the API counts are shifted by up to this much against the bucket's.
+CALL_LATENESS_SECONDS = 2.0
 
 
 @dataclass
@@ -43,14 +47,21 @@ class TokenBucket:
     ) -> TokenBucket:
         """A bucket that keeps within ``quota`` calls per ``window_seconds``, using ``share`` of it.
 
-        At most ``capacity + rate * window`` calls fit in a window: that is kept one below the
-        quota (calls reach the API a little later than their tokens are taken, and not all equally
-        late), and at ``share`` of the quota for a backlog. A new bucket starts empty unless
-        ``full``: after a restart the previous process may have used the current window."""
+        At most ``capacity + rate * (window + lateness)`` tokens are taken in a window widened by
+        how late a call may reach the API (:data:`CALL_LATENESS_SECONDS`, a hundredth of the
+        window for windows shorter than 200 s): that is kept one below the quota, so that every
+        window the API counts holds fewer calls than the quota however late each call arrives
+        within that allowance; a backlog gets at most ``share`` of the quota. A new bucket starts
+        empty unless ``full``: after a restart the previous process may have used the current
+        window, and an empty bucket keeps the two processes' calls together within the quota."""
         capacity = max(1.0, math.floor(quota * (1 - share)) - 1)
-        per_window = min(quota * share, max(quota - capacity - 1, quota / 2))
+        lateness = min(CALL_LATENESS_SECONDS, window_seconds / 100)
+        max_rate = min(
+            quota * share / window_seconds,
+            max(quota - capacity - 1, quota / 2) / (window_seconds + lateness),
+        )
         return cls(
-            max_rate=per_window / window_seconds,
+            max_rate=max_rate,
             capacity=capacity,
             tokens=capacity if full else 0.0,
             updated=now,
