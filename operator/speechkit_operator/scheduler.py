@@ -21,6 +21,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,11 +31,12 @@ from typing import Any
 
 from speechkit_operator.clients.kube import KubeError
 from speechkit_operator.config import Settings
+from speechkit_operator.constants import ADOPT_OPERATION_ANNOTATION, ADOPT_SUBMITTED_AT_ANNOTATION
 from speechkit_operator.logic import lifecycle
 from speechkit_operator.logic.budget import CarriedOver, ConcurrencyWindow, TokenBucket
 from speechkit_operator.logic.queueing import FairQueue
 from speechkit_operator.logic.timestamps import parse_time, utcnow
-from speechkit_operator.models.job import JobRef, JobStatus, Phase
+from speechkit_operator.models.job import OPERATION_ID_PATTERN, JobRef, JobStatus, Phase
 from speechkit_operator.workflow import KUBE_RETRY_SECONDS, Job, JobWorkflow, StepResult
 
 logger = logging.getLogger(__name__)
@@ -192,7 +194,16 @@ class Scheduler:
                 namespace, name, uid=meta.get("uid"), generation=int(generation) if generation else None
             )
             spec = dict(body.get("spec") or {})
-            job = Job(ref=ref, spec=spec, status=status, resource_version=version, checks=status.checks)
+            adopt, adopt_submitted_at = _adoption(meta.get("annotations"))
+            job = Job(
+                ref=ref,
+                spec=spec,
+                status=status,
+                resource_version=version,
+                checks=status.checks,
+                adopt=adopt,
+                adopt_submitted_at=adopt_submitted_at,
+            )
             entry = self._jobs[uid] = _Entry(
                 job=job,
                 created_at=parse_time(meta.get("creationTimestamp")) or self.clock(),
@@ -287,6 +298,7 @@ class Scheduler:
             next_check=entry.next_check,
             next_attempt=entry.next_attempt,
             intent_settles_at=settles,
+            adopt=entry.job.adopt is not None,
         )
 
     def _track(self, entry: _Entry) -> None:
@@ -398,6 +410,9 @@ class Scheduler:
             scope = self._scope(entry.scope)
             heapq.heappush(scope.due_checks, (plan.at.timestamp(), next(self._seq), _uid(entry)))
             scope.checks_changed.set()
+        elif step is lifecycle.Step.ADOPT:
+            # Not a call to SpeechKit: no budget, no queue.
+            self._spawn(self._step(entry, self.workflow.adopt, limited=True))
         elif step is lifecycle.Step.DEADLINE:
             seconds = entry.limits.deadline_seconds or 0
             self._spawn(self._step(entry, lambda job: self.workflow.deadline(job, seconds), limited=True))
@@ -736,6 +751,21 @@ class Scheduler:
             phase = entry.job.status.phase or Phase.PENDING
             counts[phase.value] = counts.get(phase.value, 0) + 1
         return counts
+
+
+def _adoption(annotations: Any) -> tuple[str | None, datetime | None]:
+    """The operation a job was created to take over, from its annotations; an id that is not one
+    is ignored (with a warning: the job is then submitted as any other)."""
+    if not isinstance(annotations, Mapping):
+        return None, None
+    operation = annotations.get(ADOPT_OPERATION_ANNOTATION)
+    if not isinstance(operation, str):
+        return None, None
+    if not re.fullmatch(OPERATION_ID_PATTERN, operation):
+        logger.warning("ignoring %s: not an operation id", ADOPT_OPERATION_ANNOTATION)
+        return None, None
+    submitted = annotations.get(ADOPT_SUBMITTED_AT_ANNOTATION)
+    return operation, parse_time(submitted) if isinstance(submitted, str) else None
 
 
 def _priority(spec: Mapping[str, Any]) -> int:

@@ -127,6 +127,10 @@ class Job:
     attempts: int = 0
     #: The quota scope whose budget this step was given (None: not budgeted).
     scope: str | None = None
+    #: An operation submitted elsewhere that the job takes over instead of submitting (the
+    #: adopt annotation, validated), and when it was submitted (None: unknown).
+    adopt: str | None = None
+    adopt_submitted_at: datetime | None = None
 
 
 class _Problem(Exception):
@@ -307,6 +311,56 @@ class JobWorkflow:
             result = await self._record(job, recorded, first)
             result.called = True
             return result
+
+    async def adopt(self, job: Job) -> StepResult:
+        """Take over the operation the job was created for (the seed script submitted it): record
+        it as the job's own, as if submitted when the seed did; nothing is sent to SpeechKit. The
+        audio is probed for its channels (the outputs depend on them); a problem with it does not
+        stop the adoption: the operation exists and its result is what the user wants."""
+        status = job.status
+        if (
+            job.adopt is None
+            or status.operation_id
+            or status.submission is not None
+            or (status.phase and status.phase.terminal)
+        ):
+            return StepResult()
+        audio: AudioInfo | None = None
+        try:
+            audio = (await self._prepare(job)).audio
+        except _Problem as problem:
+            logger.info(
+                "job %s: adopting operation %s without audio details: %s",
+                job.ref,
+                job.adopt,
+                problem.message,
+                extra=job.ref.log,
+            )
+        now = self.clock()
+        submitted_at = min(job.adopt_submitted_at or now, now)
+        recorded = transitions.adopted(
+            self._facts(job), operation_id=job.adopt, submitted_at=submitted_at, audio=audio, first_check=now
+        )
+        try:
+            body = await self.jobs.patch_status(job.ref, recorded, resource_version=job.resource_version)
+        except KubeError as exc:
+            if exc.conflict:
+                return StepResult(stale=True)
+            if exc.gone:
+                return StepResult(gone=True)
+            raise
+        logger.info("job %s adopted operation %s", job.ref, job.adopt, extra=job.ref.log)
+        await self._notes(
+            job.ref,
+            [
+                Note(
+                    "Normal",
+                    "Adopted",
+                    f"took over operation {job.adopt}, submitted elsewhere; not submitted again",
+                )
+            ],
+        )
+        return StepResult(body=body, next_check=now, checks=0)
 
     async def _record(self, job: Job, recorded: dict[str, Any], first: datetime | None) -> StepResult:
         """Write the submission's answer; retried for a while, and kept in memory meanwhile."""

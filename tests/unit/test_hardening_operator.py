@@ -98,6 +98,12 @@ class FakeStorage:
     def object_url(self, bucket: str, key: str, *, presign: bool, expires_in: int) -> str:
         return f"{self.config.endpoint}/{bucket}/{key}"
 
+    async def put(self, bucket: str, key: str, body: bytes, content_type: str) -> None:
+        self.written[(bucket, key)] = body
+
+    #: What every storage wrote, by (bucket, key).
+    written: dict[tuple[str, str], bytes] = {}  # noqa: RUF012 - shared on purpose
+
 
 @dataclass
 class FakeStorages:

@@ -100,3 +100,15 @@ def test_finished_jobs_are_deleted_after_their_ttl_or_left_alone() -> None:
 )
 def test_after_an_uncertain_submission(recorded: int, policy: str, limit: int, expected: str) -> None:
     assert after_uncertain(recorded, policy, limit) == expected  # type: ignore[arg-type]
+
+
+def test_a_job_created_to_adopt_an_operation_adopts_it_instead_of_submitting() -> None:
+    assert plan(status(), created_at=CREATED, limits=Limits(), now=NOW, adopt=True) == Plan(Step.ADOPT, NOW)
+    # Once it has an operation (its own or the adopted one), it is checked like any other.
+    running = status(phase="Running", operationId="e03op", nextCheckAt=format_time(at(10)))
+    assert plan(running, created_at=CREATED, limits=Limits(), now=NOW, adopt=True).step is Step.CHECK
+    # An intent of its own wins: the job did try to submit, and that is resolved first.
+    intent = status(phase="Pending", submission={"nonce": "n", "holder": "h", "startedAt": format_time(NOW)})
+    assert (
+        plan(intent, created_at=CREATED, limits=Limits(), now=NOW, adopt=True).step is Step.RESOLVE_UNCERTAIN
+    )

@@ -149,9 +149,12 @@ class Rig:
         status: Mapping[str, Any] | None = None,
         exists: bool = True,
         namespace: str = "calls",
+        annotations: Mapping[str, str] | None = None,
     ) -> None:
         job = body(name, spec={"source": {"bucket": "calls", "key": f"{name}.ogg"}}, status=status)
         job["metadata"]["namespace"] = namespace
+        if annotations:
+            job["metadata"]["annotations"] = dict(annotations)
         if exists:
             self.cluster.objects[name] = job
         self.scheduler.observe(copy.deepcopy(job))
@@ -332,3 +335,53 @@ async def test_with_quotas_per_folder_checks_move_to_their_folder_once_its_secre
     finally:
         await setup.scheduler.stop(1.0)
     assert scope == "folder:b1gfolder"
+
+
+async def test_a_job_created_to_adopt_an_operation_is_checked_never_submitted() -> None:
+    """The seed script's operation becomes the job's own: no submission, no submission token, the
+    Submitted condition says Adopted, and the job ends with the operation's result."""
+    setup = rig(submit_quota=1)  # one token an hour: adoptions must not need any
+    setup.speech.done.add("e03seedop1")
+    setup.scheduler.start()
+    try:
+        setup.add(
+            "seeded",
+            annotations={
+                "speechkit.dev/adopt-operation": "e03seedop1",
+                "speechkit.dev/adopt-submitted-at": "2026-11-29T10:00:00Z",
+            },
+        )
+        setup.add("seeded-too", annotations={"speechkit.dev/adopt-operation": "e03seedop2"})
+        await until(lambda: setup.cluster.objects["seeded"].get("status", {}).get("phase") == "Succeeded")
+        await until(lambda: setup.speech.looks["e03seedop2"] >= 1)
+    finally:
+        await setup.scheduler.stop(1.0)
+    assert setup.speech.submitted == []
+    status = setup.cluster.objects["seeded"]["status"]
+    assert status["operationId"] == "e03seedop1"
+    assert status["submittedAt"] == "2026-11-29T10:00:00.000Z"
+    submitted = next(c for c in status["conditions"] if c["type"] == "Submitted")
+    assert (submitted["status"], submitted["reason"]) == ("True", "Adopted")
+    assert ("seeded", "event", "Adopted") in setup.cluster.log
+    assert setup.cluster.objects["seeded-too"]["status"]["operationId"] == "e03seedop2"
+
+
+async def test_an_adopt_annotation_never_replaces_an_operation_or_takes_a_malformed_id() -> None:
+    """A job that already has an operation keeps it (a copied manifest carries the annotation); an
+    annotation that is not an operation id is ignored and the job is submitted as usual."""
+    setup = rig()
+    setup.scheduler.start()
+    try:
+        setup.add(
+            "own",
+            status=running("own", 30),
+            annotations={"speechkit.dev/adopt-operation": "e03other"},
+        )
+        setup.add("odd", annotations={"speechkit.dev/adopt-operation": "../../etc/passwd"})
+        await until(lambda: len(setup.speech.submitted) == 1)
+        await asyncio.sleep(0.2)
+    finally:
+        await setup.scheduler.stop(1.0)
+    assert setup.speech.submitted == [("odd.ogg", None)]
+    assert setup.cluster.objects["own"]["status"]["operationId"] == "op-own"
+    assert setup.speech.looks["e03other"] == 0

@@ -22,6 +22,8 @@ RETENTION_MARGIN = timedelta(hours=2)
 
 class Step(enum.StrEnum):
     SUBMIT = "submit"
+    #: Take over an operation submitted elsewhere (the seed script's): record it, send nothing.
+    ADOPT = "adopt"
     #: An intent without an operation id: a submission whose answer was lost.
     RESOLVE_UNCERTAIN = "resolve-uncertain"
     CHECK = "check"
@@ -54,10 +56,12 @@ def plan(
     next_check: datetime | None = None,
     next_attempt: datetime | None = None,
     intent_settles_at: datetime | None = None,
+    adopt: bool = False,
 ) -> Plan:
     """The next step and its time. ``next_check``/``next_attempt`` are what the scheduler holds in
     memory (the status has them only as of its last write); ``intent_settles_at`` is when an intent
-    written by another process counts as abandoned (None: at once)."""
+    written by another process counts as abandoned (None: at once); ``adopt``: the job was created
+    to take over an operation submitted elsewhere, which replaces its submission."""
     if status.phase is not None and status.phase.terminal:
         if limits.ttl_seconds is None:
             return Plan(Step.NOTHING)
@@ -72,6 +76,8 @@ def plan(
     elif status.submission is not None:
         # An attempt that failed (the apiserver was down, say) backs off here as well.
         step, at = Step.RESOLVE_UNCERTAIN, max(now, intent_settles_at or now, next_attempt or now)
+    elif adopt:
+        step, at = Step.ADOPT, next_attempt or now
     else:
         step, at = Step.SUBMIT, next_attempt or parse_time(status.next_attempt_at) or now
 

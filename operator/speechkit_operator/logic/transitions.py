@@ -126,6 +126,30 @@ def submitted(facts: Facts, *, operation_id: str, audio: AudioInfo, first_check:
     return status
 
 
+def adopted(
+    facts: Facts, *, operation_id: str, submitted_at: datetime, audio: AudioInfo | None, first_check: datetime
+) -> Status:
+    """A job that took over an operation submitted elsewhere (the seed script's): running, as if
+    submitted at ``submitted_at``, without a submission of its own."""
+    message = (
+        f"adopted operation {operation_id} (submitted elsewhere, not submitted again); "
+        f"first check at {format_time(first_check)}"
+    )
+    status = _base(facts, Phase.RUNNING, "Adopted", message)
+    status.update(
+        operationId=operation_id,
+        submittedAt=format_time(submitted_at),
+        nextCheckAt=format_time(first_check),
+        nextAttemptAt=None,
+        submission=None,
+        checks=0,
+    )
+    if audio is not None:
+        status["audio"] = audio.to_status()
+    status["conditions"] = _conditions(facts, (ConditionType.SUBMITTED, "True", "Adopted", message))
+    return status
+
+
 def checked(
     facts: Facts, *, checks: int, next_check: datetime, reason: str = "Running", message: str | None = None
 ) -> Status:
