@@ -23,6 +23,35 @@ from devstack.components import (
     running_cluster,
     running_minio,
 )
+from tests.e2e.crd_fixtures import crd_installed, fresh_namespace
+from tests.e2e.operator_fixtures import (
+    bucket,
+    chart_rbac,
+    e2e,
+    operator,
+    operator_crd,
+    operator_identity,
+    operator_runner,
+    s3,
+    speechkit,
+)
+
+#: The shared fixtures of crd_fixtures.py and operator_fixtures.py: pytest registers the fixtures a
+#: conftest module has, imported ones too, so every module under tests/e2e can request these by name
+#: without importing them (a module may still override one, e.g. `operator`, with its own fixture).
+__all__ = [
+    "bucket",
+    "chart_rbac",
+    "crd_installed",
+    "e2e",
+    "fresh_namespace",
+    "operator",
+    "operator_crd",
+    "operator_identity",
+    "operator_runner",
+    "s3",
+    "speechkit",
+]
 
 E2E_DIR = Path(__file__).resolve().parent
 

@@ -1,9 +1,8 @@
 """The TranscriptionJob CRD on the e2e cluster, applied once per session; fresh namespaces for tests.
 
-Import the fixtures into a test module to use them (``from tests.e2e.crd_fixtures import crd_installed``).
-A fixture imported into several modules gets one definition per module, so ``crd_installed`` may run
-more than once per session: it is idempotent (a server-side apply of the same CRD changes nothing, and
-takes the fields over if Helm created the CRD first).
+tests/e2e/conftest.py imports the fixtures, so every e2e module can request them by name; import only the
+plain helpers. ``crd_installed`` is idempotent (a server-side apply of the same CRD changes nothing, and
+takes the fields over if Helm created the CRD first), so a test may also apply the CRD again itself.
 """
 
 from __future__ import annotations

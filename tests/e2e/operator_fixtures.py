@@ -10,8 +10,8 @@
   bucket.
 
 The TranscriptionJob CRD comes from the shared `crd_installed` fixture (tests/e2e/crd_fixtures.py);
-`operator_crd` adds a wait until the resource is actually served. A test module using these
-fixtures imports `crd_installed` too, so that pytest finds it.
+`operator_crd` adds a wait until the resource is actually served. tests/e2e/conftest.py imports
+the fixtures, so every e2e module can request them by name; modules import only the plain helpers.
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ def operator_identity(
     manifests = [namespace, *chart_rbac]
     run_kubectl(kube_cluster, "apply", "-f", "-", stdin=yaml.safe_dump_all(manifests))
     token = run_kubectl(
-        kube_cluster, "create", "token", SERVICE_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration", "1h"
+        kube_cluster, "create", "token", SERVICE_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration", "6h"
     ).stdout.strip()
     assert token.count(".") == 2, "kubectl create token did not print a JWT"
     path = tmp_path_factory.mktemp("operator-identity") / "operator.kubeconfig"

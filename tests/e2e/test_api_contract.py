@@ -22,12 +22,7 @@ from speechkit_operator.logic.timestamps import format_time
 from speechkit_operator.logic.transitions import Facts, Status, submitted, succeeded, waiting
 from speechkit_operator.models.audio import AudioEncoding, AudioInfo, ContainerFormat
 from speechkit_operator.models.job import LANGUAGE_PATTERN
-from tests.e2e.crd_fixtures import (  # noqa: F401  (fixtures)
-    InstalledCrd,
-    crd_installed,
-    fresh_namespace,
-    install_crd,
-)
+from tests.e2e.crd_fixtures import InstalledCrd, install_crd
 
 MERGE_PATCH = "application/merge-patch+json"
 BUCKET = "call-audio"
@@ -74,7 +69,7 @@ class Jobs:
 
 
 @pytest.fixture
-def jobs(kube_cluster: KubeCluster, crd_installed: InstalledCrd, fresh_namespace: str) -> Jobs:  # noqa: F811
+def jobs(kube_cluster: KubeCluster, crd_installed: InstalledCrd, fresh_namespace: str) -> Jobs:
     return Jobs(kube_cluster, crd_installed, fresh_namespace)
 
 
@@ -142,7 +137,7 @@ def _table(output: str) -> tuple[list[str], list[dict[str, str]]]:
 
 def test_installing_the_crd_again_changes_nothing(
     kube_cluster: KubeCluster,
-    crd_installed: InstalledCrd,  # noqa: F811
+    crd_installed: InstalledCrd,
 ) -> None:
     path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd_installed.name}"
     before = _ok(kube_cluster.request("GET", path))

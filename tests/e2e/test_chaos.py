@@ -62,33 +62,9 @@ from botocore.exceptions import ClientError
 
 from devstack.components import ComponentError, ManagedProcess
 from speechkit_operator.constants import API_VERSION, JOB_KIND
-from tests.e2e.crd_fixtures import crd_installed
-from tests.e2e.operator_fixtures import (
-    E2E,
-    OperatorRunner,
-    bucket,
-    chart_rbac,
-    e2e,
-    operator_crd,
-    operator_identity,
-    operator_runner,
-    s3,
-    speechkit,
-)
+from tests.e2e.operator_fixtures import E2E, OperatorRunner
 from tests.emulator import EmulatedOperation, Endpoint
 from tests.support.audio import audio_dir, reference_text
-
-__all__ = [  # fixtures used here
-    "bucket",
-    "chart_rbac",
-    "crd_installed",
-    "e2e",
-    "operator_crd",
-    "operator_identity",
-    "operator_runner",
-    "s3",
-    "speechkit",
-]
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
 

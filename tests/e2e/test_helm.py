@@ -20,13 +20,7 @@ import yaml
 
 from devstack.components import REPO_ROOT, KubeCluster, Response
 from speechkit_operator.config import Settings
-from tests.e2e.crd_fixtures import (  # noqa: F401  (fixtures)
-    InstalledCrd,
-    crd_installed,
-    create_namespace,
-    delete_namespace,
-    unique_name,
-)
+from tests.e2e.crd_fixtures import InstalledCrd, create_namespace, delete_namespace, unique_name
 
 CHART = REPO_ROOT / "deploy" / "helm" / "speechkit-operator"
 RELEASE = "e2e-helm"  # not the release tests/e2e/operator_fixtures.py renders: no shared ClusterRole
@@ -244,7 +238,7 @@ def test_set_with_a_misspelt_setting_is_refused(kube_cluster: KubeCluster) -> No
 @pytest.mark.parametrize("custom", [False, True], ids=["cluster-wide", "namespaced"])
 def test_rendered_chart_passes_a_server_side_dry_run(
     kube_cluster: KubeCluster,
-    crd_installed: InstalledCrd,  # noqa: F811
+    crd_installed: InstalledCrd,
     tmp_path: Path,
     custom: bool,
 ) -> None:
@@ -326,7 +320,7 @@ def test_rendered_chart_passes_a_server_side_dry_run(
 
 def test_chart_with_the_recognizer_passes_a_server_side_dry_run(
     kube_cluster: KubeCluster,
-    crd_installed: InstalledCrd,  # noqa: F811
+    crd_installed: InstalledCrd,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -415,7 +409,7 @@ def test_chart_with_the_recognizer_passes_a_server_side_dry_run(
 
 def test_recognizer_key_survives_an_upgrade_and_its_policy_and_claim_are_accepted(
     kube_cluster: KubeCluster,
-    crd_installed: InstalledCrd,  # noqa: F811
+    crd_installed: InstalledCrd,
     tmp_path: Path,
 ) -> None:
     """The generated API key is created once and kept by `helm upgrade` (lookup against the real API
@@ -595,7 +589,7 @@ def _allowed(cluster: KubeCluster, service_account: tuple[str, str], access: Acc
 
 def test_helm_install_deploys_and_uninstall_removes(
     kube_cluster: KubeCluster,
-    crd_installed: InstalledCrd,  # noqa: F811
+    crd_installed: InstalledCrd,
 ) -> None:
     namespace = unique_name("helm-install")
     uninstalled = False

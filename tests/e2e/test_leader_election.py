@@ -17,31 +17,7 @@ import pytest
 import pytest_asyncio
 
 from devstack.components import ManagedProcess
-from tests.e2e.crd_fixtures import crd_installed
-from tests.e2e.operator_fixtures import (
-    E2E,
-    OperatorRunner,
-    bucket,
-    chart_rbac,
-    e2e,
-    operator_crd,
-    operator_identity,
-    operator_runner,
-    s3,
-    speechkit,
-)
-
-__all__ = [  # fixtures used here
-    "bucket",
-    "chart_rbac",
-    "crd_installed",
-    "e2e",
-    "operator_crd",
-    "operator_identity",
-    "operator_runner",
-    "s3",
-    "speechkit",
-]
+from tests.e2e.operator_fixtures import E2E, OperatorRunner
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
 

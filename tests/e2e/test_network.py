@@ -39,7 +39,7 @@ from devstack.components import (
     ServingCertificate,
     running_minio,
 )
-from tests.e2e.crd_fixtures import InstalledCrd, crd_installed
+from tests.e2e.crd_fixtures import InstalledCrd
 from tests.e2e.operator_fixtures import (
     CREDENTIALS_SECRET,
     E2E,
@@ -47,10 +47,7 @@ from tests.e2e.operator_fixtures import (
     STORAGE_SECRET,
     OperatorIdentity,
     OperatorRunner,
-    chart_rbac,
-    operator_crd,
     operator_environment,
-    operator_identity,
     remove_jobs,
     secret_manifest,
 )
@@ -60,10 +57,6 @@ from tests.support.forward_proxy import ForwardProxy
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-
-# The fixtures are defined in operator_fixtures.py and crd_fixtures.py; importing them here makes
-# pytest see them.
-__all__ = ["chart_rbac", "crd_installed", "operator_crd", "operator_identity"]
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
 

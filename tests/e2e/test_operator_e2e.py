@@ -19,7 +19,6 @@ import pytest
 
 from devstack.components import KubeCluster
 from speechkit_operator.constants import GROUP, JOB_PLURAL
-from tests.e2e.crd_fixtures import crd_installed
 from tests.e2e.operator_fixtures import (
     E2E,
     FOLDER_ID,
@@ -28,32 +27,9 @@ from tests.e2e.operator_fixtures import (
     SERVICE_ACCOUNT,
     OperatorIdentity,
     access_allowed,
-    bucket,
-    chart_rbac,
-    e2e,
     log_problems,
-    operator,
-    operator_crd,
-    operator_identity,
-    operator_runner,
-    s3,
-    speechkit,
 )
 from tests.support.audio import reference_text
-
-# The fixtures are defined in operator_fixtures.py; importing them here makes pytest see them.
-__all__ = [
-    "bucket",
-    "chart_rbac",
-    "crd_installed",
-    "e2e",
-    "operator",
-    "operator_crd",
-    "operator_identity",
-    "operator_runner",
-    "s3",
-    "speechkit",
-]
 
 #: The async tests share the module's event loop with the emulator and the operator fixtures.
 in_module_loop = pytest.mark.asyncio(loop_scope="module")

@@ -12,10 +12,7 @@ import pytest
 
 from devstack.components import KubeCluster, free_port, write_kubeconfig
 from speechkit_operator.clients.kube_preflight import preflight
-from tests.e2e.crd_fixtures import crd_installed
-from tests.e2e.operator_fixtures import OperatorIdentity, chart_rbac, operator_identity, run_kubectl
-
-__all__ = ["chart_rbac", "crd_installed", "operator_identity"]  # fixtures used here
+from tests.e2e.operator_fixtures import OperatorIdentity, run_kubectl
 
 SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 

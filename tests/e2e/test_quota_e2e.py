@@ -39,35 +39,10 @@ import pytest
 import pytest_asyncio
 
 from speechkit_operator.constants import API_VERSION, GROUP, JOB_KIND, JOB_PLURAL, VERSION
-from tests.e2e.crd_fixtures import crd_installed
-from tests.e2e.operator_fixtures import (
-    E2E,
-    OperatorRunner,
-    bucket,
-    chart_rbac,
-    e2e,
-    operator_crd,
-    operator_identity,
-    operator_runner,
-    remove_jobs,
-    s3,
-    speechkit,
-)
+from tests.e2e.operator_fixtures import E2E, OperatorRunner, remove_jobs
 from tests.e2e.test_chaos import ACTING, SIGKILL_RUN, SIGTERM_WAIT, _condition, _parse_time
 from tests.emulator import EmulatedOperation, SpeechKitEmulator
 from tests.support.audio import audio_dir
-
-__all__ = [  # fixtures used here
-    "bucket",
-    "chart_rbac",
-    "crd_installed",
-    "e2e",
-    "operator_crd",
-    "operator_identity",
-    "operator_runner",
-    "s3",
-    "speechkit",
-]
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
 
