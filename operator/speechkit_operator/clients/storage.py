@@ -10,6 +10,10 @@ A failure to connect (refused, timed out, a name that does not resolve, a connec
 and the same message whatever its cause, so that the answers do not tell open ports from closed ones.
 TLS problems keep their own messages, which say what to configure.
 
+Listing pages with ``StartAfter`` (:meth:`ObjectStorage.list_page`): the last key seen is a cursor that
+survives a restart, which a ContinuationToken does not. :meth:`ObjectStorage.read_small` reads files that
+must be small (a batch's ``config.json``, marker files) without ever loading a big one whole.
+
 TLS is verified against ``ca_bundle`` (``SPEECHKIT_OPERATOR_CA_BUNDLE``) when one is given, else the
 system's trust. Proxies come from HTTPS_PROXY/HTTP_PROXY, and NO_PROXY is honoured: botocore decides
 per endpoint (``host`` or ``host:port``) when a client is created.
@@ -21,7 +25,9 @@ import asyncio
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -45,6 +51,9 @@ if TYPE_CHECKING:
 #: The storage clients a :class:`StorageFactory` keeps; the least recently used beyond are closed.
 MAX_CLIENTS = 32
 
+#: The most keys one ``ListObjectsV2`` call returns (S3 caps MaxKeys there).
+MAX_LIST_KEYS = 1000
+
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED_CODES = {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 
@@ -63,8 +72,27 @@ class ObjectHead:
     content_type: str | None
 
 
+@dataclass(frozen=True)
+class ListedObject:
+    """One object of a listing. ``etag`` is without the quotes S3 puts around it."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+
+
+@dataclass(frozen=True)
+class ListPage:
+    """One ``ListObjectsV2`` answer: objects in key order; ``truncated`` when more follow the last."""
+
+    objects: tuple[ListedObject, ...]
+    truncated: bool
+
+
 class StorageError(Exception):
-    """A storage call failed. ``kind`` is ``not_found``, ``denied``, ``invalid`` or ``unavailable``."""
+    """A storage call failed. ``kind`` is ``not_found``, ``denied``, ``invalid``, ``unavailable`` or
+    ``too_large`` (:meth:`ObjectStorage.read_small`); only ``unavailable`` is transient."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -104,6 +132,24 @@ def _classify(exc: Exception, what: str) -> StorageError:
         # One text for every way a connection fails: refused, timed out, not resolved, closed.
         return StorageError("unavailable", f"{what}: {_UNREACHABLE}")
     return StorageError("unavailable", f"{what}: storage call failed ({type(exc).__name__})")
+
+
+def _is_absent_key(exc: ClientError) -> bool:
+    """Whether a GET failed because the key does not exist (a missing bucket is not that)."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code in {"NoSuchKey", "404", "NotFound"} or (status == 404 and code != "NoSuchBucket")
+
+
+def _is_invalid_range(exc: ClientError) -> bool:
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code == "InvalidRange" or status == 416
+
+
+def _check_list_size(name: str, value: int) -> None:
+    if not 1 <= value <= MAX_LIST_KEYS:
+        raise ValueError(f"{name} must be between 1 and {MAX_LIST_KEYS}, got {value}")
 
 
 _UNREACHABLE = (
@@ -191,6 +237,119 @@ class ObjectStorage:
             Body=body,
             ContentType=content_type,
         )
+
+    async def head_or_none(self, bucket: str, key: str) -> ObjectHead | None:
+        """The object's head, or None when it does not exist.
+
+        Only a 404 means absent; every other failure raises :class:`StorageError`: a 403 above all,
+        so that keys without the right to read never pass for a missing object. A HEAD answer has no
+        body, so a missing bucket is a 404 too and gives None as well. On AWS, keys that may not list
+        the bucket get a 403 for a missing object: that raises (``denied``).
+        """
+        try:
+            return await self.head(bucket, key)
+        except StorageError as exc:
+            if exc.kind == "not_found":
+                return None
+            raise
+
+    async def read_small(self, bucket: str, key: str, *, limit: int) -> bytes | None:
+        """The whole object when it has at most ``limit`` bytes; None when it does not exist.
+
+        Asks for the first ``limit + 1`` bytes only (and reads no more even from a server that
+        ignores the Range), so a huge object is never loaded: one above ``limit`` raises a
+        :class:`StorageError` of kind ``too_large``. A missing bucket raises (``not_found``).
+        """
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        what = f"s3://{bucket}/{key}"
+
+        def read() -> tuple[bytes | None, str]:
+            try:
+                answer = self._client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{limit}")
+            except ClientError as exc:
+                if _is_invalid_range(exc):
+                    # ``bytes=0-N`` is unsatisfiable only for an empty object.
+                    return b"", ""
+                if _is_absent_key(exc):
+                    return None, ""
+                raise
+            body = answer["Body"]
+            try:
+                data: bytes = body.read(limit + 1)
+            finally:
+                body.close()
+            return data, str(answer.get("ContentRange") or "")
+
+        # Reading the body is part of the call: a connection that breaks then is classified too.
+        data, content_range = await self._run(what, read)
+        if data is not None and len(data) > limit:
+            # ``bytes 0-{limit}/{size}``: the size, when the storage says it.
+            size = content_range.rpartition("/")[2]
+            has = f" ({size} bytes)" if size.isdigit() else ""
+            raise StorageError(
+                "too_large", f"{what}: the object{has} is larger than the limit of {limit} bytes"
+            )
+        result: bytes | None = data
+        return result
+
+    async def list_page(
+        self, bucket: str, prefix: str, *, start_after: str | None = None, max_keys: int = MAX_LIST_KEYS
+    ) -> ListPage:
+        """One ``ListObjectsV2`` call: at most ``max_keys`` (1 to 1000) objects under ``prefix``, in key
+        order, those after ``start_after`` when given.
+
+        Page on by passing the last key of a page as ``start_after``: unlike a ContinuationToken, that
+        cursor can be stored and still works after a restart.
+        """
+        _check_list_size("max_keys", max_keys)
+        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        if start_after is not None:
+            params["StartAfter"] = start_after
+        # boto3 asks for URL-encoded keys and decodes them: any key survives the XML answer.
+        answer = await self._run(f"s3://{bucket}/{prefix}", self._client.list_objects_v2, **params)
+        objects = tuple(
+            ListedObject(
+                key=item["Key"],
+                size=int(item.get("Size", 0)),
+                etag=str(item.get("ETag", "")).strip('"'),
+                last_modified=item["LastModified"],
+            )
+            for item in answer.get("Contents", [])
+        )
+        return ListPage(objects=objects, truncated=bool(answer.get("IsTruncated", False)))
+
+    async def iter_objects(
+        self,
+        bucket: str,
+        prefix: str,
+        *,
+        start_after: str | None = None,
+        page_size: int = MAX_LIST_KEYS,
+    ) -> AsyncIterator[ListedObject]:
+        """Every object under ``prefix`` (after ``start_after`` when given), in key order, one page of
+        at most ``page_size`` objects in memory at a time.
+
+        A storage whose pages do not move past the cursor (one that ignores ``StartAfter``, or says
+        more follow an empty page) raises a :class:`StorageError` (``invalid``) rather than giving the
+        same objects again or listing for ever.
+        """
+        _check_list_size("page_size", page_size)
+        cursor = start_after
+        while True:
+            page = await self.list_page(bucket, prefix, start_after=cursor, max_keys=page_size)
+            stuck = page.truncated and not page.objects
+            if stuck or (cursor is not None and page.objects and page.objects[0].key <= cursor):
+                raise StorageError(
+                    "invalid",
+                    f"s3://{bucket}/{prefix}: the storage's listing does not move past "
+                    f"{'the start' if cursor is None else repr(cursor)} (StartAfter unsupported?)",
+                )
+            for item in page.objects:
+                yield item
+            if not page.truncated:
+                return
+            cursor = page.objects[-1].key
 
     def object_url(self, bucket: str, key: str, *, presign: bool, expires_in: int) -> str:
         """The HTTPS URL that SpeechKit fetches. A presigned URL is a credential: never log it."""
