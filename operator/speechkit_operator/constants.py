@@ -26,3 +26,5 @@ ADOPT_SUBMITTED_AT_ANNOTATION = f"{GROUP}/adopt-submitted-at"
 BATCH_LABEL = f"{GROUP}/batch"
 OBJECT_LABEL = f"{GROUP}/object"
 ATTEMPT_ANNOTATION = f"{GROUP}/attempt"
+#: On a batch's jobs: the batch's uid (always a valid label value, unlike a long name).
+BATCH_UID_LABEL = f"{GROUP}/batch-uid"

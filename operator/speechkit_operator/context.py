@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import kubernetes
 
+from speechkit_operator.batches import BatchController
 from speechkit_operator.clients.kube import JobStore
 from speechkit_operator.clients.leases import default_lease_namespace
 from speechkit_operator.clients.secrets import SecretReader
@@ -32,11 +33,13 @@ class OperatorContext:
     speech: SpeechClient
     workflow: JobWorkflow
     scheduler: Scheduler
+    batches: BatchController
 
     metrics: OperatorMetrics
 
     async def close(self) -> None:
         """Let the steps in flight finish (a submission and its record above all), then close."""
+        await self.batches.stop()
         await self.scheduler.stop(self.settings.shutdown_timeout_seconds)
         await self.workflow.save_rates()
         self.metrics.stop()
@@ -84,7 +87,12 @@ def build_context(
         )
     _log_network(settings)
     return OperatorContext(
-        settings=settings, speech=speech, workflow=workflow, scheduler=scheduler, metrics=metrics
+        settings=settings,
+        speech=speech,
+        workflow=workflow,
+        scheduler=scheduler,
+        batches=BatchController(workflow),
+        metrics=metrics,
     )
 
 

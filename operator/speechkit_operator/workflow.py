@@ -133,7 +133,7 @@ class Job:
     adopt_submitted_at: datetime | None = None
 
 
-class _Problem(Exception):
+class Problem(Exception):
     """Why a step could not go on: permanent problems fail the job, others are retried later."""
 
     def __init__(
@@ -226,7 +226,7 @@ class JobWorkflow:
             return scope
         try:
             credentials = await self._credentials(job.ref, self._parse_spec(job.spec))
-        except _Problem:
+        except Problem:
             return self.settings.backend
         return self._folder_scope(credentials)
 
@@ -243,14 +243,14 @@ class JobWorkflow:
             return StepResult()
         try:
             prepared = await self._prepare(job)
-        except _Problem as problem:
+        except Problem as problem:
             return await self._not_submitted(job, problem)
         except Exception as exc:  # a bug or an unforeseen library error: visible, and retried
             logger.exception("job %s: unexpected error while preparing", job.ref, extra=job.ref.log)
             message = (
                 f"unexpected {type(exc).__name__} while preparing the submission; see the operator's log"
             )
-            return await self._not_submitted(job, _Problem("UnexpectedError", message, permanent=False))
+            return await self._not_submitted(job, Problem("UnexpectedError", message, permanent=False))
 
         scope = self.scope_of(job) or self._folder_scope(prepared.credentials)
         if job.scope is not None and scope != job.scope:
@@ -328,7 +328,7 @@ class JobWorkflow:
         audio: AudioInfo | None = None
         try:
             audio = (await self._prepare(job)).audio
-        except _Problem as problem:
+        except Problem as problem:
             logger.info(
                 "job %s: adopting operation %s without audio details: %s",
                 job.ref,
@@ -398,7 +398,7 @@ class JobWorkflow:
 
     async def _submission_failed(self, job: Job, exc: SpeechApiError) -> StepResult:
         if isinstance(exc, CredentialsError):
-            problem = _Problem(exc.reason, f"the credentials cannot be used: {exc}", permanent=False)
+            problem = Problem(exc.reason, f"the credentials cannot be used: {exc}", permanent=False)
             return await self._not_submitted(job, problem, clear_intent=True)
         if not exc.transient:
             return await self._fail(job, exc.reason, f"SpeechKit rejected the job: {exc}", submitted=False)
@@ -419,7 +419,7 @@ class JobWorkflow:
                 return StepResult(next_attempt=upcoming, throttled=wait)
             return StepResult(body=body, next_attempt=upcoming, throttled=wait)
         if exc.certainly_unprocessed:
-            problem = _Problem(
+            problem = Problem(
                 exc.reason,
                 f"submission failed, will retry: {exc}",
                 permanent=False,
@@ -481,7 +481,7 @@ class JobWorkflow:
         audio = await self._probe_source(spec, storage)
         length = longest_output_key_bytes(spec.source.key, spec.output.prefix, channels=audio.channels)
         if length > MAX_KEY_BYTES:
-            raise _Problem(
+            raise Problem(
                 "InvalidSpec",
                 f"invalid spec: output.prefix + source.key + the longest output suffix is {length} bytes "
                 f"of UTF-8, more than the {MAX_KEY_BYTES} that S3 keys may have",
@@ -493,7 +493,7 @@ class JobWorkflow:
         try:
             return TranscriptionJobSpec.model_validate(dict(raw_spec))
         except ValidationError as exc:
-            raise _Problem("InvalidSpec", format_validation_error(exc), permanent=True) from None
+            raise Problem("InvalidSpec", format_validation_error(exc), permanent=True) from None
 
     async def _credentials(self, job: JobRef, spec: TranscriptionJobSpec) -> Credentials:
         own_key = self.settings.self_hosted_api_key
@@ -504,7 +504,7 @@ class JobWorkflow:
         name = spec.credentials_secret or self.settings.default_credentials_secret
         try:
             data = await self._read_secret(job, name, "CredentialsSecret")
-        except _Problem as problem:
+        except Problem as problem:
             # A self-hosted service may run without API keys: a job that names no Secret, in a
             # namespace without the default one, goes without an Authorization header.
             missing = problem.reason == "CredentialsSecretNotFound"
@@ -515,11 +515,16 @@ class JobWorkflow:
             return parse_speech_credentials(name, data)
         except SecretProblem as exc:
             # A Secret can be fixed without re-creating the job: wait for it.
-            raise _Problem(exc.reason, exc.message, permanent=False) from None
+            raise Problem(exc.reason, exc.message, permanent=False) from None
 
     async def _storage(self, job: JobRef, spec: TranscriptionJobSpec) -> ObjectStorage:
-        name = spec.storage_secret or self.settings.default_storage_secret
-        data = await self._read_secret(job, name, "StorageSecret")
+        return await self.storage_for(job, spec.storage_secret)
+
+    async def storage_for(self, owner: JobRef, secret: str | None) -> ObjectStorage:
+        """The storage client for the Secret ``secret`` (else the default) in ``owner``'s
+        namespace; :class:`Problem` when the Secret is missing or unusable."""
+        name = secret or self.settings.default_storage_secret
+        data = await self._read_secret(owner, name, "StorageSecret")
         try:
             config = parse_storage_secret(
                 name,
@@ -529,16 +534,16 @@ class JobWorkflow:
                 allowed_endpoints=self.settings.storage_endpoints,
             )
         except SecretProblem as exc:
-            raise _Problem(exc.reason, exc.message, permanent=False) from None
+            raise Problem(exc.reason, exc.message, permanent=False) from None
         return self.storage.get(config)
 
     async def _read_secret(self, job: JobRef, name: str, role: str) -> Mapping[str, bytes]:
         try:
             return await self.secrets.read(job.namespace, name)
         except SecretNotFoundError as exc:
-            raise _Problem(f"{role}NotFound", str(exc), permanent=False) from None
+            raise Problem(f"{role}NotFound", str(exc), permanent=False) from None
         except SecretUnreadableError as exc:
-            raise _Problem(f"{role}Unreadable", str(exc), permanent=False) from None
+            raise Problem(f"{role}Unreadable", str(exc), permanent=False) from None
 
     async def _probe_source(self, spec: TranscriptionJobSpec, storage: ObjectStorage) -> AudioInfo:
         bucket, key = spec.source.bucket, spec.source.key
@@ -551,10 +556,10 @@ class JobWorkflow:
                 tail = await storage.read_range(bucket, key, f"bytes=-{TAIL_BYTES}")
         except StorageError as exc:
             if exc.transient:
-                raise _Problem("StorageUnavailable", exc.message, permanent=False) from None
+                raise Problem("StorageUnavailable", exc.message, permanent=False) from None
             reason = "SourceNotFound" if exc.kind == "not_found" else "SourceUnreadable"
             message = f"source {where} cannot be used: {exc.message}"
-            raise _Problem(reason, message, permanent=True) from None
+            raise Problem(reason, message, permanent=True) from None
         recognition = spec.recognition
         declared = DeclaredAudio(
             encoding=recognition.audio_encoding,
@@ -564,9 +569,9 @@ class JobWorkflow:
         try:
             audio = probe_audio(first, head.size, declared, tail)
         except AudioProbeError as exc:
-            raise _Problem(exc.reason, f"source {where}: {exc.message}", permanent=True) from None
+            raise Problem(exc.reason, f"source {where}: {exc.message}", permanent=True) from None
         if audio.duration_seconds is not None and audio.duration_seconds > MAX_AUDIO_SECONDS:
-            raise _Problem(
+            raise Problem(
                 "AudioTooLong",
                 f"source {where}: the audio lasts {audio.duration_seconds:.0f} s by its headers, more than "
                 f"the {MAX_AUDIO_SECONDS / 3600:.0f} hours SpeechKit accepts (or the file is corrupt)",
@@ -596,7 +601,7 @@ class JobWorkflow:
             raw_results=recognition.raw_results,
         )
 
-    async def _not_submitted(self, job: Job, problem: _Problem, *, clear_intent: bool = False) -> StepResult:
+    async def _not_submitted(self, job: Job, problem: Problem, *, clear_intent: bool = False) -> StepResult:
         """Not submitted: fail a permanent problem; retry a transient one later, within the cap."""
         if problem.permanent:
             return await self._fail(job, problem.reason, problem.message, submitted=False)
@@ -654,7 +659,7 @@ class JobWorkflow:
         try:
             spec = self._parse_spec(job.spec)
             credentials = await self._credentials(job.ref, spec)
-        except _Problem as problem:
+        except Problem as problem:
             if problem.permanent:
                 return await self._fail(job, problem.reason, problem.message)
             # Not a check: SpeechKit was not asked. Back off as the checks do.
@@ -750,7 +755,7 @@ class JobWorkflow:
             for failure in written:
                 if isinstance(failure, BaseException):
                     raise failure
-        except _Problem as problem:
+        except Problem as problem:
             return await self._later(job, checks, problem.reason, problem.message)
         except StorageError as exc:
             message = f"writing transcripts to s3://{bucket}/ failed: {exc.message}"
@@ -786,7 +791,7 @@ class JobWorkflow:
             storage = await self._storage(job.ref, spec)
             await storage.put(bucket, key, render_json(exc.body or {}), "application/json")
             kept = f"; the raw answer is in {s3_uri(bucket, key)}"
-        except (_Problem, StorageError) as problem:
+        except (Problem, StorageError) as problem:
             kept = f"; the raw answer could not be kept ({problem})"
         return await self._fail(job, "MalformedResponse", f"{exc}{kept}", checks=checks)
 
@@ -893,7 +898,7 @@ class JobWorkflow:
             spec = self._parse_spec(job.spec)
             credentials = await self._credentials(job.ref, spec)
             await self.speech.cancel(operation_id, credentials)
-        except (_Problem, SpeechApiError) as exc:
+        except (Problem, SpeechApiError) as exc:
             logger.warning(
                 "job %s: operation %s not cancelled: %s", job.ref, operation_id, exc, extra=job.ref.log
             )

@@ -37,11 +37,11 @@ def test_namespace_and_all_namespaces_are_exclusive(capsys: pytest.CaptureFixtur
     assert "not allowed with" in capsys.readouterr().err
 
 
-def test_register_adds_one_event_handler_and_nothing_that_needs_a_finalizer() -> None:
+def test_register_adds_one_event_handler_per_kind_and_nothing_that_needs_a_finalizer() -> None:
     registry = register(kopf.OperatorRegistry(), Settings())
 
     watching = list(registry._watching.get_all_handlers())  # kopf has no public listing
-    assert [handler.id for handler in watching] == ["observe"]
+    assert [handler.id for handler in watching] == ["observe", "observe-batch"]
     # No creation/update handlers (no progress annotations), no timers or daemons (no finalizer).
     assert list(registry._changing.get_all_handlers()) == []
     assert list(registry._spawning.get_all_handlers()) == []

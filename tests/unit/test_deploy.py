@@ -18,7 +18,7 @@ import shutil
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,20 @@ from speechkit_operator.clients.speech.base import (
 from speechkit_operator.config import Settings
 from speechkit_operator.logic import credentials
 from speechkit_operator.models.audio import SUPPORTED_PCM_RATES, AudioEncoding, AudioInfo, ContainerFormat
+from speechkit_operator.models.batch import (
+    EXTENSION_PATTERN,
+    GLOB_PATTERN,
+    MAX_FAILURES,
+    TRANSCRIPT_EXTENSIONS,
+    BatchFailure,
+    BatchPhase,
+    BatchStatus,
+    BatchStatusCounts,
+    BatchTemplate,
+    ScanProgress,
+    TranscriptionBatchSpec,
+    child_job_spec,
+)
 from speechkit_operator.models.job import (
     ALL_FORMATS,
     BUCKET_PATTERN,
@@ -1199,8 +1213,13 @@ def _rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 
 _JOB_RULES = {
-    *(("speechkit.dev", "transcriptionjobs", verb) for verb in ("list", "watch", "get", "patch", "delete")),
+    *(
+        ("speechkit.dev", "transcriptionjobs", verb)
+        for verb in ("list", "watch", "get", "patch", "delete", "create")
+    ),
     ("speechkit.dev", "transcriptionjobs/status", "patch"),
+    *(("speechkit.dev", "transcriptionbatches", verb) for verb in ("list", "watch", "get", "patch")),
+    ("speechkit.dev", "transcriptionbatches/status", "patch"),
     ("", "events", "create"),
     ("", "secrets", "get"),
 }
@@ -2128,3 +2147,411 @@ def test_the_dashboard_queries_only_metrics_the_operator_exports() -> None:
     }
     assert used, "the dashboard has queries"
     assert used <= exported, used - exported
+
+
+# --------------------------------------------------------------------------------------------------
+# (h) The TranscriptionBatch CRD agrees with its model, and its template with the job's CRD.
+# --------------------------------------------------------------------------------------------------
+
+BATCH_CRD_PATH = ROOT / "deploy" / "crds" / "transcriptionbatches.speechkit.dev.yaml"
+BATCH_CHART_CRD_PATH = CHART / "crds" / "transcriptionbatches.speechkit.dev.yaml"
+
+
+@pytest.fixture(scope="module")
+def batch_crd() -> Any:
+    return _load(BATCH_CRD_PATH)
+
+
+@pytest.fixture(scope="module")
+def batch_version(batch_crd: Any) -> Any:
+    [only] = batch_crd["spec"]["versions"]
+    return only
+
+
+@pytest.fixture(scope="module")
+def batch_root_schema(batch_version: Any) -> Schema:
+    schema: Schema = batch_version["schema"]["openAPIV3Schema"]
+    return schema
+
+
+@pytest.fixture(scope="module")
+def batch_spec_schema(batch_root_schema: Schema) -> Schema:
+    return _at(batch_root_schema, "spec")
+
+
+@pytest.fixture(scope="module")
+def batch_status_schema(batch_root_schema: Schema) -> Schema:
+    return _at(batch_root_schema, "status")
+
+
+def test_batch_chart_crd_is_a_byte_identical_copy() -> None:
+    assert BATCH_CHART_CRD_PATH.read_bytes() == BATCH_CRD_PATH.read_bytes(), (
+        f"{BATCH_CHART_CRD_PATH.relative_to(ROOT)} drifted from {BATCH_CRD_PATH.relative_to(ROOT)}: "
+        "copy it over again"
+    )
+
+
+def test_batch_crd_names_the_resource(batch_crd: Any, batch_version: Any) -> None:
+    spec = batch_crd["spec"]
+    assert batch_crd["apiVersion"] == "apiextensions.k8s.io/v1"
+    assert batch_crd["metadata"]["name"] == f"{constants.BATCH_PLURAL}.{constants.GROUP}"
+    assert spec["group"] == constants.GROUP
+    assert spec["scope"] == "Namespaced"
+    assert spec["names"]["kind"] == constants.BATCH_KIND
+    assert spec["names"]["listKind"] == f"{constants.BATCH_KIND}List"
+    assert spec["names"]["plural"] == constants.BATCH_PLURAL
+    assert spec["names"]["singular"] == "transcriptionbatch"
+    assert spec["names"]["shortNames"] == ["tb"]
+    assert spec["names"]["categories"] == ["speechkit"]
+    assert batch_version["name"] == constants.VERSION
+    assert batch_version["served"] is True
+    assert batch_version["storage"] is True
+    assert batch_version["subresources"] == {"status": {}}
+
+
+def test_batch_spec_schema_has_every_constraint_of_the_model(batch_spec_schema: Schema) -> None:
+    model_schema = TranscriptionBatchSpec.model_json_schema(by_alias=True)
+    assert _disagreements(model_schema, batch_spec_schema, model_schema.get("$defs", {}), "spec") == []
+
+
+def test_batch_crd_is_stricter_than_the_model_only_where_intended(batch_spec_schema: Schema) -> None:
+    model_schema = TranscriptionBatchSpec.model_json_schema(by_alias=True)
+    extras = _crd_only(model_schema, batch_spec_schema, model_schema.get("$defs", {}), "spec")
+    assert extras == {
+        ("spec.source.bucket", "maxLength"),
+        ("spec.template.output.bucket", "maxLength"),
+        ("spec.template.credentialsSecret", "maxLength"),
+        ("spec.template.storageSecret", "maxLength"),
+        ("spec.template.output.formats", "maxItems"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "pattern"),
+    [
+        ("source.bucket", BUCKET_PATTERN),
+        ("source.prefix", PREFIX_PATTERN),
+        ("source.include.items", GLOB_PATTERN),
+        ("source.exclude.items", GLOB_PATTERN),
+        ("source.extensions.items", EXTENSION_PATTERN),
+        ("source.seedLog", PREFIX_PATTERN),
+        ("source.seedOutput", PREFIX_PATTERN),
+        ("template.output.bucket", BUCKET_PATTERN),
+        ("template.output.prefix", PREFIX_PATTERN),
+        ("template.recognition.languageCode", LANGUAGE_PATTERN),
+        ("template.credentialsSecret", SECRET_NAME_PATTERN),
+        ("template.storageSecret", SECRET_NAME_PATTERN),
+    ],
+)
+def test_batch_spec_patterns_are_the_models_patterns(
+    batch_spec_schema: Schema, path: str, pattern: str
+) -> None:
+    assert _at(batch_spec_schema, path)["pattern"] == pattern
+
+
+def test_batch_spec_defaults_are_the_models_defaults(batch_spec_schema: Schema) -> None:
+    spec = TranscriptionBatchSpec.model_validate({"source": {"bucket": "calls"}})
+    assert _at(batch_spec_schema, "source.prefix")["default"] == spec.source.prefix
+    assert _at(batch_spec_schema, "source.include")["default"] == spec.source.include
+    assert _at(batch_spec_schema, "source.exclude")["default"] == spec.source.exclude
+    assert _at(batch_spec_schema, "source.extensions")["default"] == spec.source.extensions
+    assert _at(batch_spec_schema, "template")["default"] == {}
+    assert _at(batch_spec_schema, "template.output")["default"] == {}
+    assert _at(batch_spec_schema, "template.recognition")["default"] == {}
+    assert _at(batch_spec_schema, "template.output.prefix")["default"] == spec.template.output.prefix
+    assert _at(batch_spec_schema, "maxInFlight")["default"] == spec.max_in_flight
+    assert _at(batch_spec_schema, "maxAttempts")["default"] == spec.max_attempts
+    assert _at(batch_spec_schema, "priority")["default"] == spec.priority
+    for absent in ("rescanInterval", "source.seedLog", "source.seedOutput"):
+        assert "default" not in _at(batch_spec_schema, absent), f"absent {absent} means something"
+    # No default language: config.json may set it only when the template does not.
+    assert "default" not in _at(batch_spec_schema, "template.recognition.languageCode")
+
+
+def _without_descriptions(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {key: _without_descriptions(value) for key, value in schema.items() if key != "description"}
+    if isinstance(schema, list):
+        return [_without_descriptions(item) for item in schema]
+    return schema
+
+
+def test_batch_template_is_the_job_spec_without_source_and_priority(
+    spec_schema: Schema, batch_spec_schema: Schema
+) -> None:
+    """The template's schema is the TranscriptionJob CRD's, save the default language."""
+    template = _at(batch_spec_schema, "template")
+    job_fields = set(spec_schema["properties"]) - {"source", "priority"}
+    assert set(template["properties"]) == job_fields
+    assert set(BatchTemplate.model_fields) == set(TranscriptionJobSpec.model_fields) - {"source", "priority"}
+    for name in sorted(job_fields):
+        job_field = _without_descriptions(spec_schema["properties"][name])
+        if name == "recognition":
+            del job_field["properties"]["languageCode"]["default"]
+        assert _without_descriptions(template["properties"][name]) == job_field, name
+
+
+_BATCH_SPECS = [
+    {"source": {"bucket": "calls"}},
+    {"source": {"bucket": "calls", "prefix": "input", "seedLog": "log"}, "rescanInterval": 600},
+    {
+        "source": {"bucket": "calls", "prefix": "in/", "include": ["**/*.wav"], "exclude": ["tmp/**"]},
+        "template": {"output": {"bucket": "texts", "formats": ["srt"]}, "recognition": {"model": "x"}},
+        "maxInFlight": 10,
+    },
+    {
+        "source": {"bucket": "calls", "extensions": [".pcm"]},
+        "template": {
+            "recognition": {
+                "languageCode": "en-US",
+                "audioEncoding": "LINEAR16_PCM",
+                "sampleRateHertz": 8000,
+            },
+            "credentialsSecret": "speech",
+            "ttlSecondsAfterFinished": 0,
+        },
+        "priority": 5,
+        "maxAttempts": 1,
+    },
+]
+
+
+@pytest.mark.parametrize("spec", _BATCH_SPECS)
+def test_batch_api_server_defaulting_gives_what_the_model_assumes(
+    batch_spec_schema: Schema, spec: Any
+) -> None:
+    """Whatever the user leaves out, the API server and the model fill in alike, save the language
+    the API server leaves out so that a config.json can still set it."""
+    defaulted = _apply_defaults(copy.deepcopy(spec), batch_spec_schema)
+    assert _validate(defaulted, batch_spec_schema) == []
+    model = TranscriptionBatchSpec.model_validate(spec)
+    from_defaulted = TranscriptionBatchSpec.model_validate(defaulted)
+    expected = model.model_dump(by_alias=True, exclude_none=True, mode="json")
+    if not model.template.language_is_explicit:
+        del expected["template"]["recognition"]["languageCode"]
+    assert defaulted == expected
+    assert from_defaulted.template.language_is_explicit == model.template.language_is_explicit
+    for override in (None, "kk-KZ"):
+        child = child_job_spec(from_defaulted, "in/a.wav", override)
+        assert child == child_job_spec(model, "in/a.wav", override)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("source.bucket", "Bad_Bucket"),
+        ("source.prefix", "/abs/"),
+        ("source.include", ["/a.wav"]),
+        ("source.include", ["*.wav"] * 65),
+        ("source.exclude", [""]),
+        ("source.extensions", []),
+        ("source.extensions", ["wav"]),
+        ("source.seedLog", ""),
+        ("source.seedOutput", "/out"),
+        ("template.recognition.languageCode", "russian"),
+        ("template.output.formats", []),
+        ("template.source", {"bucket": "calls", "key": "a.wav"}),
+        ("template.priority", 1),
+        ("rescanInterval", 29),
+        ("maxInFlight", 0),
+        ("maxInFlight", 100_001),
+        ("maxAttempts", 21),
+        ("priority", -1001),
+    ],
+)
+def test_batch_crd_rejects_what_the_model_rejects(batch_spec_schema: Schema, path: str, value: Any) -> None:
+    spec: dict[str, Any] = {"source": {"bucket": "calls"}}
+    *parents, leaf = path.split(".")
+    node = spec
+    for parent in parents:
+        node = node.setdefault(parent, {})
+    node[leaf] = value
+    assert _validate(spec, batch_spec_schema) != []
+    with pytest.raises(ValueError, match="validation error"):
+        TranscriptionBatchSpec.model_validate(spec)
+
+
+def test_every_batch_spec_field_is_documented_and_typed(batch_spec_schema: Schema) -> None:
+    for path, node in _walk(batch_spec_schema, "spec"):
+        assert node.get("type"), f"{path} has no type"
+        if not path.endswith("[]"):
+            assert node.get("description"), f"{path} has no description"
+
+
+def test_every_batch_default_is_valid_under_its_own_schema(batch_root_schema: Schema) -> None:
+    for path, node in _walk(batch_root_schema):
+        if "default" in node:
+            defaulted = _apply_defaults(copy.deepcopy(node["default"]), node)
+            assert _validate(defaulted, node, path) == []
+
+
+def test_batch_status_declares_every_field_of_the_status_model(batch_status_schema: Schema) -> None:
+    assert _aliases(BatchStatus) - set(batch_status_schema["properties"]) == set()
+    assert _aliases(BatchStatusCounts) == set(_at(batch_status_schema, "counts")["properties"])
+    assert _aliases(ScanProgress) == set(_at(batch_status_schema, "scan")["properties"])
+    failure = _at(batch_status_schema, "failures.items")
+    assert _aliases(BatchFailure) == set(failure["properties"])
+    assert failure["required"] == ["key", "reason"]
+    assert _at(batch_status_schema, "failures")["maxItems"] == MAX_FAILURES
+    assert _aliases(Condition) - set(_at(batch_status_schema, "conditions.items")["properties"]) == set()
+    conditions = _at(batch_status_schema, "conditions")
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert _at(batch_status_schema, "phase")["enum"] == [phase.value for phase in BatchPhase]
+    assert "x-kubernetes-preserve-unknown-fields" not in batch_status_schema
+
+
+def _full_batch_status() -> dict[str, Any]:
+    status = BatchStatus(
+        phase=BatchPhase.RUNNING,
+        reason="InProgress",
+        message="3 of 5 objects finished",
+        counts=BatchStatusCounts(discovered=5, queued=1, running=1, succeeded=2, failed=1, skipped=0),
+        progress="60%",
+        last_scan_at=datetime(2024, 5, 1, 10, tzinfo=UTC),
+        next_scan_at=datetime(2024, 5, 1, 11, tzinfo=UTC),
+        scan=ScanProgress(
+            number=2,
+            after="in/c.wav",
+            matched=3,
+            skipped=1,
+            started_at=datetime(2024, 5, 1, 10, 30, tzinfo=UTC),
+        ),
+        passes=1,
+        failures=[BatchFailure(key="in/b.wav", reason="UnsupportedAudio", message="FLAC")],
+        conditions=[
+            Condition(
+                type="Complete",
+                status="False",
+                reason="InProgress",
+                message="3 of 5 objects finished",
+                last_transition_time="2024-05-01T10:00:00Z",
+                observed_generation=2,
+            )
+        ],
+        observed_generation=2,
+    )
+    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def test_a_full_batch_status_passes_the_status_schema_unpruned(batch_status_schema: Schema) -> None:
+    written = _full_batch_status()
+    assert set(written) == _aliases(BatchStatus)
+    assert set(written["scan"]) == _aliases(ScanProgress)
+    assert _validate(written, batch_status_schema, "status") == []
+    assert BatchStatus.from_body(written).model_dump(by_alias=True, exclude_none=True, mode="json") == written
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("phase", "Done"),
+        ("counts", {"discovered": "5"}),
+        ("lastScanAt", "yesterday"),
+        ("failures", [{"key": "a.wav"}]),
+        ("failures", [{"key": "a.wav", "reason": "Internal"}] * 11),
+        ("scan", {"after": 3}),
+    ],
+)
+def test_batch_status_schema_rejects_malformed_values(
+    batch_status_schema: Schema, field: str, value: Any
+) -> None:
+    assert _validate(_full_batch_status() | {field: value}, batch_status_schema, "status") != []
+
+
+def test_batch_printer_columns(batch_version: Any) -> None:
+    columns = [
+        (column["name"], column["jsonPath"], column["type"], column.get("priority", 0))
+        for column in batch_version["additionalPrinterColumns"]
+    ]
+    assert columns == [
+        ("Discovered", ".status.counts.discovered", "integer", 0),
+        ("Queued", ".status.counts.queued", "integer", 0),
+        ("Running", ".status.counts.running", "integer", 0),
+        ("Succeeded", ".status.counts.succeeded", "integer", 0),
+        ("Failed", ".status.counts.failed", "integer", 0),
+        ("Skipped", ".status.counts.skipped", "integer", 0),
+        ("Progress", ".status.progress", "string", 0),
+        ("Age", ".metadata.creationTimestamp", "date", 0),
+        ("Phase", ".status.phase", "string", 1),
+        ("LastScan", ".status.lastScanAt", "date", 1),
+        ("Message", ".status.message", "string", 1),
+    ]
+
+
+def test_batch_printer_columns_point_at_declared_fields(
+    batch_root_schema: Schema, batch_version: Any
+) -> None:
+    for column in batch_version["additionalPrinterColumns"]:
+        path = column["jsonPath"].lstrip(".")
+        if path.startswith("metadata."):
+            continue
+        declared = _at(batch_root_schema, path)
+        if column["type"] == "date":
+            assert (declared["type"], declared.get("format")) == ("string", "date-time"), column["name"]
+        else:
+            assert declared["type"] == column["type"], column["name"]
+
+
+def test_batch_source_and_template_are_immutable_the_rest_is_not(batch_spec_schema: Schema) -> None:
+    for field in ("source", "template"):
+        rules = _at(batch_spec_schema, field)["x-kubernetes-validations"]
+        [immutable] = [rule for rule in rules if rule["rule"] == "self == oldSelf"]
+        assert immutable["message"].startswith(f"{field} is immutable")
+    assert "x-kubernetes-validations" not in batch_spec_schema, "rescanInterval, maxInFlight... may change"
+    for field in ("rescanInterval", "maxInFlight", "maxAttempts", "priority"):
+        assert "x-kubernetes-validations" not in _at(batch_spec_schema, field)
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("source.prefix", "prefix"),
+        ("source.seedLog", "seedLog"),
+        ("source.seedOutput", "seedOutput"),
+        ("template.output.prefix", "prefix"),
+    ],
+)
+def test_batch_dot_segments_are_refused_by_the_models_rule(
+    batch_spec_schema: Schema, path: str, field: str
+) -> None:
+    [rule] = _at(batch_spec_schema, path)["x-kubernetes-validations"]
+    assert rule["rule"] == f"!self.matches('{DOT_SEGMENT_PATTERN}')"
+    assert rule["message"].startswith(f"{field} must not contain . or .. path segments")
+    with pytest.raises(ValueError, match=r"must not contain \. or \.\. path segments"):
+        TranscriptionBatchSpec.model_validate(_nested(path, "a/../b/"))
+
+
+def _nested(path: str, value: Any) -> dict[str, Any]:
+    """``{"source": {...}}`` or ``{"template": {...}}`` with ``value`` at ``path``, over a valid source."""
+    *parents, leaf = path.split(".")
+    body: dict[str, Any] = {"source": {"bucket": "calls", "prefix": "in/"}}
+    node = body
+    for parent in parents:
+        node = node.setdefault(parent, {})
+    node[leaf] = value
+    return body
+
+
+def test_batch_extension_rule_refuses_what_the_model_refuses(batch_spec_schema: Schema) -> None:
+    [rule] = _at(batch_spec_schema, "source.extensions.items")["x-kubernetes-validations"]
+    refused = re.fullmatch(r"!self\.matches\('(.*)'\)", rule["rule"])
+    assert refused is not None
+    assert "transcribe its own outputs" in rule["message"]
+    for extension in (".wav", ".ogg", ".opus", ".mp3", ".pcm", ".jsonl", ".txt2"):
+        assert not re.search(refused.group(1), extension), extension
+        TranscriptionBatchSpec.model_validate(_nested("source.extensions", [extension]))
+    for extension in [*TRANSCRIPT_EXTENSIONS, ".JSON", ".Srt"]:
+        assert re.search(refused.group(1), extension), extension
+        with pytest.raises(ValueError, match="transcribe its own outputs"):
+            TranscriptionBatchSpec.model_validate(_nested("source.extensions", [extension]))
+
+
+def test_batch_seed_prefixes_may_not_cover_the_source(batch_spec_schema: Schema) -> None:
+    rules = {rule["rule"] for rule in _at(batch_spec_schema, "source")["x-kubernetes-validations"]}
+    for field in ("seedLog", "seedOutput"):
+        assert f"!has(self.{field}) || !has(self.prefix) || !self.prefix.startsWith(self.{field})" in rules
+        with pytest.raises(ValueError, match=f"{field} .* covers the whole source prefix"):
+            TranscriptionBatchSpec.model_validate(
+                {"source": {"bucket": "calls", "prefix": "log/in/", field: "log/"}}
+            )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -14,7 +15,6 @@ from yarl import URL
 
 from speechkit_operator.clients import storage as storage_module
 from speechkit_operator.clients.storage import (
-    ObjectHead,
     ObjectStorage,
     StorageConfig,
     StorageError,
@@ -79,8 +79,11 @@ def audio_key(s3: S3Client, bucket: str) -> str:
 # --- head / read_range / put ---------------------------------------------------------------------
 
 
-async def test_head_gives_size_and_content_type(storage: ObjectStorage, bucket: str, audio_key: str) -> None:
-    assert await storage.head(bucket, audio_key) == ObjectHead(size=len(PAYLOAD), content_type="audio/wav")
+async def test_head_gives_size_type_and_time(storage: ObjectStorage, bucket: str, audio_key: str) -> None:
+    head = await storage.head(bucket, audio_key)
+    assert (head.size, head.content_type) == (len(PAYLOAD), "audio/wav")
+    assert head.last_modified is not None and head.last_modified.tzinfo is not None
+    assert abs((datetime.now(UTC) - head.last_modified).total_seconds()) < 120
 
 
 async def test_read_range_first_bytes(storage: ObjectStorage, bucket: str, audio_key: str) -> None:
@@ -109,9 +112,8 @@ async def test_put_then_read_back(storage: ObjectStorage, s3: S3Client, bucket: 
     stored = s3.get_object(Bucket=bucket, Key="out/a.txt")
     assert stored["Body"].read() == body
     assert stored["ContentType"] == "text/plain; charset=utf-8"
-    assert await storage.head(bucket, "out/a.txt") == ObjectHead(
-        size=len(body), content_type="text/plain; charset=utf-8"
-    )
+    head = await storage.head(bucket, "out/a.txt")
+    assert (head.size, head.content_type) == (len(body), "text/plain; charset=utf-8")
 
 
 async def test_put_overwrites(storage: ObjectStorage, bucket: str) -> None:

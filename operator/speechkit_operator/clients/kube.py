@@ -12,7 +12,8 @@ import asyncio
 import json
 import logging
 import secrets as random
-from collections.abc import Callable, Mapping
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -20,7 +21,7 @@ from typing import Any, Literal
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from speechkit_operator.constants import API_VERSION, GROUP, JOB_KIND, JOB_PLURAL, VERSION
+from speechkit_operator.constants import API_VERSION, BATCH_PLURAL, GROUP, JOB_KIND, JOB_PLURAL, VERSION
 from speechkit_operator.models.job import JobRef
 
 logger = logging.getLogger(__name__)
@@ -130,10 +131,65 @@ class JobStore:
                 raise
         self.writes.add("delete")
 
+    async def create_job(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create a job; None when one of that name exists already (409: its deterministic name
+        makes a second creation of the same job a no-op)."""
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{JOB_PLURAL}"
+        try:
+            created = await self._request("POST", path, dict(body))
+        except KubeError as exc:
+            if exc.conflict:
+                return None
+            raise
+        self.writes.add("create")
+        return created
+
+    async def list_jobs(
+        self, namespace: str, *, label_selector: str, limit: int = 500
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The jobs of ``namespace`` that match ``label_selector``, a page of ``limit`` at a time."""
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{JOB_PLURAL}"
+        token: str | None = None
+        while True:
+            query = {"labelSelector": label_selector, "limit": str(limit)}
+            if token:
+                query["continue"] = token
+            page = await self._request("GET", f"{path}?{urllib.parse.urlencode(query)}")
+            for item in page.get("items") or []:
+                if isinstance(item, dict):
+                    yield item
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return
+
+    # -- batches -------------------------------------------------------------------------------
+
+    async def patch_batch_status(self, batch: JobRef, status: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge ``status`` into a TranscriptionBatch's status (only the batch of ``batch.uid``)."""
+        body: dict[str, Any] = {"status": dict(status)}
+        if batch.uid:
+            body["metadata"] = {"uid": batch.uid}
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{batch.namespace}/{BATCH_PLURAL}/{batch.name}/status"
+        try:
+            answer = await self._request("PATCH", path, body, content_type=MERGE_PATCH)
+        except KubeError as exc:
+            if exc.status == 422 and batch.uid:
+                raise KubeError(f"{exc} (the batch was replaced)", 404) from None
+            raise
+        self.writes.add("batch-status")
+        return answer
+
     async def post_event(
-        self, job: JobRef, type_: Literal["Normal", "Warning"], reason: str, message: str
+        self,
+        job: JobRef,
+        type_: Literal["Normal", "Warning"],
+        reason: str,
+        message: str,
+        *,
+        kind: str = JOB_KIND,
     ) -> None:
-        """An Event on the job, as ``kubectl describe`` shows it. Best effort: a failure is logged."""
+        """An Event on the job (or another object of ours, by ``kind``), as ``kubectl describe``
+        shows it. Best effort: a failure is logged."""
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1",
@@ -141,7 +197,7 @@ class JobStore:
             "metadata": {"name": f"{job.name}.{random.token_hex(8)}", "namespace": job.namespace},
             "involvedObject": {
                 "apiVersion": API_VERSION,
-                "kind": JOB_KIND,
+                "kind": kind,
                 "namespace": job.namespace,
                 "name": job.name,
                 **({"uid": job.uid} if job.uid else {}),

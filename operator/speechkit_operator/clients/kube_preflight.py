@@ -20,7 +20,7 @@ from kubernetes import client as kube_client
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
-from speechkit_operator.constants import GROUP, JOB_PLURAL, VERSION
+from speechkit_operator.constants import BATCH_PLURAL, GROUP, JOB_PLURAL, VERSION
 
 #: Seconds each preflight request may take.
 TIMEOUT = 10.0
@@ -52,6 +52,12 @@ NAMESPACED_PERMISSIONS = (
     Permission("patch", JOB_PLURAL, GROUP),
     Permission("delete", JOB_PLURAL, GROUP),
     Permission("patch", JOB_PLURAL, GROUP, "status"),
+    Permission("create", JOB_PLURAL, GROUP),
+    Permission("list", BATCH_PLURAL, GROUP),
+    Permission("watch", BATCH_PLURAL, GROUP),
+    Permission("get", BATCH_PLURAL, GROUP),
+    Permission("patch", BATCH_PLURAL, GROUP),
+    Permission("patch", BATCH_PLURAL, GROUP, "status"),
     Permission("create", "events"),
     Permission("get", "secrets"),
 )

@@ -70,6 +70,8 @@ class StorageConfig:
 class ObjectHead:
     size: int
     content_type: str | None
+    #: When the object was written (timezone-aware), when the storage says.
+    last_modified: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,12 @@ class ObjectStorage:
 
     async def head(self, bucket: str, key: str) -> ObjectHead:
         answer = await self._run(f"s3://{bucket}/{key}", self._client.head_object, Bucket=bucket, Key=key)
-        return ObjectHead(size=int(answer.get("ContentLength", 0)), content_type=answer.get("ContentType"))
+        modified = answer.get("LastModified")
+        return ObjectHead(
+            size=int(answer.get("ContentLength", 0)),
+            content_type=answer.get("ContentType"),
+            last_modified=modified if isinstance(modified, datetime) else None,
+        )
 
     async def read_range(self, bucket: str, key: str, byte_range: str) -> bytes:
         """``byte_range`` as in HTTP: ``bytes=0-65535`` or ``bytes=-65536`` (the last bytes)."""

@@ -1,4 +1,5 @@
-"""TranscriptionJob handlers: hand every change of a job to the scheduler, nothing more.
+"""TranscriptionJob and TranscriptionBatch handlers: hand every change of a job to the scheduler
+(and to its batch), and of a batch to the batch controller; nothing more.
 
 An ``on.event`` handler keeps no state in the job (no progress annotations, no finalizer), so a
 job copied with ``kubectl get -o yaml`` is a new job, and deleting a job works in every phase, with
@@ -23,4 +24,13 @@ def _context(memo: kopf.Memo) -> OperatorContext:
 async def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     body = event.get("object")
     if isinstance(body, dict):
-        _context(memo).scheduler.observe(body, deleted=event.get("type") == "DELETED")
+        context = _context(memo)
+        deleted = event.get("type") == "DELETED"
+        context.scheduler.observe(body, deleted=deleted)
+        context.batches.observe_job(body, deleted=deleted)
+
+
+async def batch_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    body = event.get("object")
+    if isinstance(body, dict):
+        _context(memo).batches.observe_batch(body, deleted=event.get("type") == "DELETED")

@@ -52,6 +52,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # Jobs arrive through the watch stream, which starts after the startup handlers; the loop
     # waits for them.
     context.scheduler.start()
+    context.batches.start()
 
 
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:

@@ -134,10 +134,17 @@ The rules the operator needs in each namespace it watches.
 - apiGroups: ["speechkit.dev"]
   resources: ["transcriptionjobs"]
   # get: a fresh read when a job changed under a step; delete: ttlSecondsAfterFinished; patch:
-  # kopf removes the finalizer an earlier version left.
-  verbs: ["list", "watch", "get", "patch", "delete"]
+  # kopf removes the finalizer an earlier version left; create: a batch's jobs.
+  verbs: ["list", "watch", "get", "patch", "delete", "create"]
 - apiGroups: ["speechkit.dev"]
   resources: ["transcriptionjobs/status"]
+  verbs: ["patch"]
+- apiGroups: ["speechkit.dev"]
+  resources: ["transcriptionbatches"]
+  # patch: kopf removes the finalizer an earlier version left.
+  verbs: ["list", "watch", "get", "patch"]
+- apiGroups: ["speechkit.dev"]
+  resources: ["transcriptionbatches/status"]
   verbs: ["patch"]
 - apiGroups: [""]
   resources: ["events"]

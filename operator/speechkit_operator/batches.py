@@ -1,0 +1,684 @@
+"""TranscriptionBatch: every recording under a prefix, one child TranscriptionJob per object.
+
+One task per batch walks the source prefix a page at a time (S3 key order, the last key handled kept
+in the batch's status, so a restart goes on where it stopped) and gives each selected object one
+child job, with a deterministic name: the same object never gets two jobs, whatever restarts,
+overlapping scans or copied manifests do, because a second creation of a name is refused by the API
+server. Children are created lazily, at most ``maxInFlight`` unfinished at once, and wait for their
+turn in the scheduler like any job. An object whose transcripts exist already is skipped; with
+``source.seedLog`` the seed script's markers are read: an operation still in flight (or finished
+with no result kept) is adopted by the child, never submitted again; one finished with its result in
+the seed's output prefix is skipped. A child that failed for a transient reason gets another attempt
+(a new child, ``<name>-<attempt>``) until ``maxAttempts``.
+
+The children's phases come from the jobs' watch stream (:meth:`BatchController.observe_job`),
+after one paginated listing when the batch's task starts; the batch's status holds counts, never a
+list of objects, and is written at most every :data:`STATUS_INTERVAL` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from speechkit_operator.clients.kube import JobStore, KubeError
+from speechkit_operator.clients.storage import ListedObject, ObjectStorage, StorageError
+from speechkit_operator.constants import (
+    ADOPT_OPERATION_ANNOTATION,
+    ADOPT_SUBMITTED_AT_ANNOTATION,
+    API_VERSION,
+    ATTEMPT_ANNOTATION,
+    BATCH_KIND,
+    BATCH_LABEL,
+    BATCH_UID_LABEL,
+    JOB_KIND,
+    OBJECT_LABEL,
+)
+from speechkit_operator.logic import batch_progress, batch_selection
+from speechkit_operator.logic.output_keys import output_base_key
+from speechkit_operator.logic.redaction import redact
+from speechkit_operator.logic.timestamps import format_time, utcnow
+from speechkit_operator.models.batch import (
+    BatchFailure,
+    BatchPhase,
+    BatchStatus,
+    TranscriptionBatchSpec,
+    child_job_spec,
+)
+from speechkit_operator.models.job import JobRef
+from speechkit_operator.workflow import JobWorkflow, Problem, format_validation_error
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two status writes of a batch (counts change with every child).
+STATUS_INTERVAL = 2.0
+#: Seconds before a scan that could not go on (storage down, a missing Secret) is tried again.
+SCAN_RETRY = 30.0
+#: The most bytes read of ``config.json`` and of a seed marker.
+SMALL_FILE_LIMIT = 4096
+#: Objects looked at (seed markers, existing outputs) at once during a scan.
+LOOKUPS_AT_ONCE = 8
+#: A child's phase, in the order phases go: an event never moves a child back.
+PHASE_RANK = {"": 0, "Pending": 1, "Queued": 2, "Running": 3, "Succeeded": 4, "Failed": 4}
+ACTIVE_PHASES = ("", "Pending", "Queued", "Running")
+
+
+@dataclass
+class _Child:
+    attempt: int
+    phase: str
+
+
+@dataclass
+class _Batch:
+    ref: JobRef
+    body: dict[str, Any]
+    spec: TranscriptionBatchSpec | None
+    problem: str | None
+    status: BatchStatus
+    generation: int | None
+    #: Object name (shared by its attempts) -> the latest attempt's child.
+    children: dict[str, _Child] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
+    #: Children being created (not seen yet): they count as in flight.
+    creating: int = 0
+    #: (object name, key, next attempt) for children to create again.
+    retries: deque[tuple[str, str, int]] = field(default_factory=deque)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    dirty: bool = False
+    deleted: bool = False
+    task: asyncio.Task[None] | None = None
+    listed: bool = False
+    #: Why the scan is paused (reason, message), until it goes on.
+    scan_problem: tuple[str, str] | None = None
+
+
+class BatchController:
+    def __init__(self, workflow: JobWorkflow, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.workflow = workflow
+        self.jobs: JobStore = workflow.jobs
+        self.clock = clock
+        self._batches: dict[str, _Batch] = {}
+        self._stopping = False
+        self._started = False
+
+    # -- what the watch streams deliver --------------------------------------------------------
+
+    def observe_batch(self, body: Mapping[str, Any], *, deleted: bool = False) -> None:
+        meta = body.get("metadata") or {}
+        name, namespace, uid = meta.get("name"), meta.get("namespace"), meta.get("uid")
+        if not name or not namespace or not uid:
+            return
+        batch = self._batches.get(uid)
+        if deleted or meta.get("deletionTimestamp"):
+            if batch is not None:
+                batch.deleted = True
+                batch.changed.set()
+                del self._batches[uid]
+            return
+        generation = meta.get("generation")
+        spec, problem = _parse_spec(body.get("spec"))
+        if batch is None:
+            batch = self._batches[uid] = _Batch(
+                ref=JobRef(namespace, name, uid=uid),
+                body=dict(body),
+                spec=spec,
+                problem=problem,
+                status=BatchStatus.from_body(body.get("status")),
+                generation=int(generation) if generation else None,
+            )
+            if self._started:
+                self._start(batch)
+            return
+        if generation and int(generation) != batch.generation:
+            batch.generation = int(generation)
+            batch.spec, batch.problem = spec, problem
+            batch.dirty = True
+            batch.changed.set()
+
+    def observe_job(self, body: Mapping[str, Any], *, deleted: bool = False) -> None:
+        """A job event: a batch's child moves its counts (and may need another attempt)."""
+        meta = body.get("metadata") or {}
+        owner = _batch_owner(meta)
+        batch = self._batches.get(owner) if owner else None
+        if batch is None:
+            return
+        labels = meta.get("labels") or {}
+        annotations = meta.get("annotations") or {}
+        object_name = labels.get(OBJECT_LABEL) or meta.get("name") or ""
+        attempt = _attempt(annotations)
+        status = body.get("status") or {}
+        phase = str(status.get("phase") or "")
+        known = batch.children.get(object_name)
+        if known is not None and known.attempt > attempt:
+            return  # an earlier attempt's event
+        if deleted or meta.get("deletionTimestamp"):
+            if known is not None and known.attempt == attempt:
+                batch.counts[known.phase] -= 1
+                del batch.children[object_name]
+                self._changed(batch)
+            return
+        if known is not None and known.attempt == attempt:
+            if PHASE_RANK.get(phase, 0) <= PHASE_RANK.get(known.phase, 0):
+                return
+            batch.counts[known.phase] -= 1
+            known.phase = phase
+        else:
+            if known is not None:
+                batch.counts[known.phase] -= 1
+            if batch.creating > 0 and batch.listed:
+                batch.creating -= 1  # a child created here: its reservation becomes the child
+            known = batch.children[object_name] = _Child(attempt, phase)
+        batch.counts[phase] += 1
+        if phase == "Failed":
+            self._child_failed(batch, object_name, attempt, body)
+        self._changed(batch)
+
+    def _child_failed(self, batch: _Batch, object_name: str, attempt: int, body: Mapping[str, Any]) -> None:
+        status = body.get("status") or {}
+        reason = str(status.get("reason") or "Failed")
+        key = str(((body.get("spec") or {}).get("source") or {}).get("key") or "")
+        max_attempts = batch.spec.max_attempts if batch.spec is not None else 1
+        if key and batch_progress.retry_decision(reason, attempt, max_attempts):
+            batch.retries.append((object_name, key, attempt + 1))
+            return
+        self._remember_failure(batch, key, reason, str(status.get("message") or ""))
+
+    def _changed(self, batch: _Batch) -> None:
+        batch.dirty = True
+        batch.changed.set()
+
+    # -- running -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._started = True
+        for batch in self._batches.values():
+            self._start(batch)
+
+    def _start(self, batch: _Batch) -> None:
+        if batch.task is None:
+            batch.task = asyncio.create_task(self._run(batch), name=f"batch-{batch.ref}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        tasks = [batch.task for batch in self._batches.values() if batch.task is not None]
+        for batch in self._batches.values():
+            batch.changed.set()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    async def _run(self, batch: _Batch) -> None:
+        writer = asyncio.create_task(self._write_status_loop(batch))
+        try:
+            await self._list_children(batch)
+            while not (self._stopping or batch.deleted):
+                await self._step(batch)
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            if not batch.deleted:
+                with contextlib.suppress(Exception):
+                    await self._write_status(batch)
+
+    async def _step(self, batch: _Batch) -> None:
+        """Retries, then the scan when one is due, then wait for a change or the next scan."""
+        if batch.spec is None:
+            await self._wait(batch)
+            return
+        try:
+            await self._retry(batch)
+            if self._scan_due(batch):
+                await self._scan(batch)
+                await self._scan_problem(batch, None, None)
+        except _ScanStopped as stopped:
+            if stopped.message:
+                await self._scan_problem(batch, stopped.reason, stopped.message)
+            await self._wait(batch, stopped.retry_in)
+            return
+        except Exception as exc:
+            logger.exception("batch %s: unexpected error", batch.ref)
+            await self._scan_problem(
+                batch, "UnexpectedError", f"{type(exc).__name__}; see the operator's log"
+            )
+            await self._wait(batch, SCAN_RETRY)
+            return
+        await self._wait(batch, self._seconds_to_next_scan(batch))
+
+    async def _scan_problem(self, batch: _Batch, reason: str | None, message: str | None) -> None:
+        """Say (once per reason) why the scan is paused, or that it goes on again."""
+        before = batch.scan_problem
+        batch.scan_problem = (reason, message) if reason and message else None
+        if batch.scan_problem == before:
+            return
+        batch.dirty = True
+        if reason and message and (before is None or before[0] != reason):
+            logger.warning("batch %s: scan paused (%s): %s", batch.ref, reason, message)
+            await self._note(
+                batch, "Warning", reason, f"scan paused, trying again in {SCAN_RETRY:.0f}s: {message}"
+            )
+
+    async def _wait(self, batch: _Batch, seconds: float | None = None) -> None:
+        batch.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(batch.changed.wait(), seconds)
+
+    async def _list_children(self, batch: _Batch) -> None:
+        """The batch's children as the API server has them now (events keep them up to date)."""
+        selector = f"{BATCH_UID_LABEL}={batch.ref.uid}"
+        while not batch.listed:
+            try:
+                async for child in self.jobs.list_jobs(batch.ref.namespace, label_selector=selector):
+                    self.observe_job(child)
+                batch.listed = True
+            except KubeError as exc:
+                logger.warning("batch %s: its jobs could not be listed, trying again: %s", batch.ref, exc)
+                await asyncio.sleep(3.0)
+
+    # -- creating children ---------------------------------------------------------------------
+
+    def _active(self, batch: _Batch) -> int:
+        return sum(batch.counts[phase] for phase in ACTIVE_PHASES) + batch.creating
+
+    async def _reserve(self, batch: _Batch) -> None:
+        """Wait until one more child may be created (``maxInFlight``) and reserve its place: the
+        reservation ends when the child is seen (:meth:`observe_job`) or nothing is created."""
+        while True:
+            spec = batch.spec
+            if self._stopping or batch.deleted or spec is None:
+                raise _ScanStopped(None)
+            if batch_progress.room(spec.max_in_flight, self._active(batch)) > 0:
+                batch.creating += 1
+                return
+            await self._wait(batch)
+
+    def _release(self, batch: _Batch) -> None:
+        batch.creating = max(0, batch.creating - 1)
+        batch.changed.set()
+
+    async def _retry(self, batch: _Batch) -> None:
+        while batch.retries and not (self._stopping or batch.deleted):
+            await self._reserve(batch)
+            object_name, key, attempt = batch.retries.popleft()
+            known = batch.children.get(object_name)
+            if known is not None and known.attempt >= attempt:
+                self._release(batch)
+                continue
+            if not await self._create(batch, object_name, key, attempt=attempt):
+                self._release(batch)
+            max_attempts = batch.spec.max_attempts if batch.spec is not None else attempt
+            await self._note(batch, "Normal", "Retrying", f"{key}: attempt {attempt} of {max_attempts}")
+
+    async def _create(
+        self,
+        batch: _Batch,
+        object_name: str,
+        key: str,
+        *,
+        attempt: int = 1,
+        language: str | None = None,
+        adopt: tuple[str, datetime | None] | None = None,
+    ) -> bool:
+        """Create the object's child (True), or find it exists (False). Its place is reserved."""
+        spec = batch.spec
+        assert spec is not None
+        name = object_name if attempt == 1 else f"{object_name}-{attempt}"
+        labels = {BATCH_UID_LABEL: str(batch.ref.uid), OBJECT_LABEL: object_name}
+        if len(batch.ref.name) <= 63:
+            labels[BATCH_LABEL] = batch.ref.name
+        annotations = {ATTEMPT_ANNOTATION: str(attempt)}
+        if adopt is not None:
+            annotations[ADOPT_OPERATION_ANNOTATION] = adopt[0]
+            if adopt[1] is not None:
+                annotations[ADOPT_SUBMITTED_AT_ANNOTATION] = format_time(adopt[1])
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": JOB_KIND,
+            "metadata": {
+                "name": name,
+                "namespace": batch.ref.namespace,
+                "labels": labels,
+                "annotations": annotations,
+                "ownerReferences": [
+                    {
+                        "apiVersion": API_VERSION,
+                        "kind": BATCH_KIND,
+                        "name": batch.ref.name,
+                        "uid": batch.ref.uid,
+                        "controller": True,
+                    }
+                ],
+            },
+            "spec": child_job_spec(spec, key, language),
+        }
+        try:
+            created = await self.jobs.create_job(batch.ref.namespace, body)
+        except KubeError as exc:
+            if exc.gone:  # the namespace is going away
+                raise _ScanStopped(None) from None
+            raise _ScanStopped(
+                SCAN_RETRY, f"creating job {name} failed: {exc}", "KubernetesUnavailable"
+            ) from None
+        if created is None:
+            return False  # it exists already: its events count it
+        self.observe_job(created)  # unless its event came first
+        return True
+
+    # -- scanning ------------------------------------------------------------------------------
+
+    def _scan_due(self, batch: _Batch) -> bool:
+        status = batch.status
+        if status.scan is not None and status.scan.after is not None:
+            return True  # a pass under way
+        if status.last_scan_at is None:
+            return True
+        return self._seconds_to_next_scan(batch) == 0.0
+
+    def _seconds_to_next_scan(self, batch: _Batch) -> float | None:
+        spec = batch.spec
+        last = batch.status.last_scan_at
+        if spec is None or spec.rescan_interval is None:
+            return None if last is not None else 0.0
+        if last is None:
+            return 0.0
+        due = last + timedelta(seconds=spec.rescan_interval)
+        return max(0.0, (due - self.clock()).total_seconds())
+
+    async def _scan(self, batch: _Batch) -> None:
+        spec = batch.spec
+        assert spec is not None
+        source = spec.source
+        try:
+            storage = await self.workflow.storage_for(batch.ref, spec.template.storage_secret)
+        except Problem as problem:
+            raise _ScanStopped(SCAN_RETRY, problem.message, problem.reason) from None
+        language = await self._language(batch, storage)
+        scan = batch.status.scan_state()
+        pass_number = scan.number
+        output_prefix = spec.template.output.prefix
+        logger.info(
+            "batch %s: scanning s3://%s/%s (pass %d)", batch.ref, source.bucket, source.prefix, pass_number
+        )
+        lookups = asyncio.Semaphore(LOOKUPS_AT_ONCE)
+        while True:
+            await self._retry(batch)
+            try:
+                page = await storage.list_page(source.bucket, source.prefix, start_after=scan.after)
+            except StorageError as exc:
+                raise _ScanStopped(
+                    SCAN_RETRY,
+                    f"listing s3://{source.bucket}/{source.prefix} failed: {exc.message}",
+                    "StorageUnavailable",
+                ) from None
+            chosen = [listed for listed in page.objects if batch_selection.selected(listed.key, source)]
+            named = [
+                (
+                    listed,
+                    batch_selection.child_name(source.bucket, listed.key, spec.output_bucket, output_prefix),
+                )
+                for listed in chosen
+            ]
+            outcomes = await asyncio.gather(
+                *(
+                    self._handle(batch, storage, listed, object_name, language, lookups)
+                    for listed, object_name in named
+                    if object_name not in batch.children
+                ),
+                return_exceptions=True,
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            # The page is done: its objects are counted and the listing resumes after it.
+            skipped = sum(1 for outcome in outcomes if outcome is True)
+            scan = scan.model_copy(
+                update={"matched": scan.matched + len(chosen), "skipped": scan.skipped + skipped}
+            )
+            if page.objects:
+                scan = scan.at(page.objects[-1].key)
+            batch.status = batch.status.with_scan(scan)
+            self._changed(batch)
+            if not page.truncated:
+                break
+        batch.status = batch.status.scan_finished(scan, self.clock())
+        self._changed(batch)
+        await self._write_status(batch)
+        await self._note(
+            batch,
+            "Normal",
+            "ScanComplete",
+            f"pass {pass_number}: {scan.matched} objects, {scan.skipped} skipped",
+        )
+
+    async def _language(self, batch: _Batch, storage: ObjectStorage) -> str | None:
+        """The language of the seed's ``config.json`` in the source prefix (None: none there)."""
+        spec = batch.spec
+        assert spec is not None
+        key = batch_selection.seed_config_key(spec.source.prefix)
+        try:
+            data = await storage.read_small(spec.source.bucket, key, limit=SMALL_FILE_LIMIT)
+        except StorageError as exc:
+            raise _ScanStopped(
+                SCAN_RETRY,
+                f"s3://{spec.source.bucket}/{key} could not be read: {exc.message}",
+                "ConfigUnreadable",
+            ) from None
+        if data is None:
+            return None
+        try:
+            return batch_selection.parse_seed_config(data)
+        except ValueError as exc:
+            raise _ScanStopped(
+                SCAN_RETRY, f"s3://{spec.source.bucket}/{key} is not a valid config: {exc}", "InvalidConfig"
+            ) from None
+
+    async def _handle(
+        self,
+        batch: _Batch,
+        storage: ObjectStorage,
+        listed: ListedObject,
+        object_name: str,
+        language: str | None,
+        lookups: asyncio.Semaphore,
+    ) -> bool:
+        """One object of the page, within ``maxInFlight``: True when skipped."""
+        async with lookups:
+            await self._reserve(batch)
+            created = False
+            try:
+                outcome = await self._new_object(batch, storage, listed, object_name, language)
+                created = outcome == "created"
+                return outcome == "skipped"
+            finally:
+                if not created:
+                    self._release(batch)
+
+    async def _new_object(
+        self,
+        batch: _Batch,
+        storage: ObjectStorage,
+        listed: ListedObject,
+        object_name: str,
+        language: str | None,
+    ) -> Literal["created", "exists", "skipped"]:
+        """Give a new object its child (adopting the seed's operation when it has one), or skip it:
+        its transcripts exist, the seed finished it, or its key cannot be a job's."""
+        spec = batch.spec
+        assert spec is not None
+        source, output = spec.source, spec.template.output
+        if (problem := batch_selection.key_problem(listed.key)) is not None:
+            self._remember_failure(batch, listed.key, "UnusableKey", problem)
+            return "skipped"
+        adopt: tuple[str, datetime | None] | None = None
+        try:
+            if source.seed_log is not None:
+                seed = await self._seed_state(batch, storage, listed.key)
+                if seed == "done":
+                    return "skipped"
+                adopt = seed
+            if adopt is None:
+                probe = _output_probe_key(listed.key, output.prefix, [fmt.value for fmt in output.formats])
+                if await storage.head_or_none(spec.output_bucket, probe) is not None:
+                    return "skipped"
+        except StorageError as exc:
+            raise _ScanStopped(
+                SCAN_RETRY, f"looking at {listed.key} failed: {exc.message}", "StorageUnavailable"
+            ) from None
+        try:
+            child_job_spec(spec, listed.key, language)
+        except ValueError as exc:
+            self._remember_failure(batch, listed.key, "UnusableKey", f"not a job's source: {exc}")
+            return "skipped"
+        created = await self._create(batch, object_name, listed.key, language=language, adopt=adopt)
+        return "created" if created else "exists"
+
+    async def _seed_state(
+        self, batch: _Batch, storage: ObjectStorage, key: str
+    ) -> Literal["done"] | tuple[str, datetime | None] | None:
+        """What the seed script did with ``key``: ``"done"`` (its result is in the seed's output
+        prefix), an operation to adopt (in flight, or finished with no result kept: SpeechKit may
+        still have it) with when it was submitted, or None (no marker: the seed never sent it)."""
+        spec = batch.spec
+        assert spec is not None
+        source, seed_log = spec.source, spec.source.seed_log
+        assert seed_log is not None
+        marker_key = batch_selection.seed_marker_key(key, source.prefix, seed_log)
+        data = await storage.read_small(source.bucket, marker_key, limit=batch_selection.MAX_SEED_FILE_BYTES)
+        if data is None:
+            return None
+        try:
+            marker = batch_selection.parse_seed_marker(data)
+        except batch_selection.SeedMarkerWithoutOperation:
+            return None  # the seed's submission never got an operation: nothing runs for it
+        except ValueError as exc:
+            # Unreadable: whether the seed has an operation running for it is unknown, and a new
+            # submission could pay twice. Counted as skipped, with the reason.
+            self._remember_failure(batch, key, "SeedMarkerInvalid", f"{marker_key}: {exc}")
+            return "done"
+        seed_output = source.effective_seed_output or "out/"
+        result_key = batch_selection.seed_result_key(key, source.prefix, seed_output)
+        if marker.done and await storage.head_or_none(source.bucket, result_key) is not None:
+            return "done"
+        head = await storage.head_or_none(source.bucket, marker_key)
+        return marker.operation_id, head.last_modified if head is not None else None
+
+    def _remember_failure(self, batch: _Batch, key: str, reason: str, message: str) -> None:
+        failures = batch_progress.remember_failure(batch.status.failures, key, reason, message)
+        batch.status = batch.status.model_copy(
+            update={"failures": [BatchFailure.model_validate(entry) for entry in failures]}
+        )
+        batch.dirty = True
+
+    # -- status --------------------------------------------------------------------------------
+
+    async def _write_status_loop(self, batch: _Batch) -> None:
+        while not batch.deleted:
+            await asyncio.sleep(STATUS_INTERVAL)
+            if batch.dirty:
+                await self._write_status(batch)
+
+    async def _write_status(self, batch: _Batch) -> None:
+        batch.dirty = False
+        patch = batch_progress.status_patch(
+            batch.status,
+            counts=batch_progress.BatchCounts.from_phases(batch.counts, batch.status),
+            spec=batch.spec,
+            problem=batch.problem,
+            active=self._active(batch) + len(batch.retries),
+            generation=batch.generation,
+            now=self.clock(),
+        )
+        if batch.scan_problem is not None and batch.problem is None:
+            patch["reason"], message = batch.scan_problem
+            patch["message"] = redact(f"scan paused, trying again in {SCAN_RETRY:.0f}s: {message}")
+        try:
+            written = await self.jobs.patch_batch_status(batch.ref, patch)
+        except KubeError as exc:
+            if exc.gone:
+                batch.deleted = True
+                batch.changed.set()
+                return
+            batch.dirty = True
+            logger.warning("batch %s: status not written, trying again: %s", batch.ref, exc)
+            return
+        before = batch.status.phase
+        now_written = BatchStatus.from_body(written.get("status"))
+        # Only what the write decided: the scan and the failures may have moved on meanwhile.
+        batch.status = batch.status.model_copy(
+            update={"conditions": now_written.conditions, "phase": now_written.phase}
+        )
+        if now_written.phase is BatchPhase.COMPLETE and before is not BatchPhase.COMPLETE:
+            counts = now_written.counts
+            await self._note(
+                batch,
+                "Normal",
+                "Complete",
+                f"{counts.discovered} objects: {counts.succeeded} succeeded, {counts.failed} failed, "
+                f"{counts.skipped} skipped",
+            )
+
+    async def _note(
+        self, batch: _Batch, type_: Literal["Normal", "Warning"], reason: str, message: str
+    ) -> None:
+        await self.jobs.post_event(batch.ref, type_, reason, message, kind=BATCH_KIND)
+
+
+class _ScanStopped(Exception):
+    """The scan cannot go on now: tried again in ``retry_in`` seconds (None: when something changes)."""
+
+    def __init__(self, retry_in: float | None, message: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.retry_in = retry_in
+        self.message = message
+        self.reason = reason
+
+
+def _parse_spec(raw: Any) -> tuple[TranscriptionBatchSpec | None, str | None]:
+    try:
+        return TranscriptionBatchSpec.model_validate(dict(raw or {})), None
+    except ValidationError as exc:
+        return None, format_validation_error(exc)
+
+
+def _batch_owner(meta: Mapping[str, Any]) -> str | None:
+    for owner in meta.get("ownerReferences") or []:
+        if (
+            isinstance(owner, Mapping)
+            and owner.get("kind") == BATCH_KIND
+            and owner.get("apiVersion") == API_VERSION
+        ):
+            uid = owner.get("uid")
+            return str(uid) if uid else None
+    return None
+
+
+def _attempt(annotations: Mapping[str, Any]) -> int:
+    value = annotations.get(ATTEMPT_ANNOTATION)
+    try:
+        return max(1, int(value)) if value is not None else 1
+    except (TypeError, ValueError):
+        return 1
+
+
+def _output_probe_key(key: str, prefix: str, formats: list[str]) -> str:
+    """The output whose presence means the object was transcribed: the JSON (else the text, else
+    the first subtitle) next to the key, as a job writes it."""
+    base = output_base_key(key, prefix)
+    for single in ("json", "txt"):
+        if single in formats:
+            return f"{base}.{single}"
+    return f"{base}.{formats[0]}"
