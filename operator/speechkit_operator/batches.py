@@ -97,6 +97,8 @@ class _Batch:
     deleted: bool = False
     task: asyncio.Task[None] | None = None
     listed: bool = False
+    #: The generation whose invalid spec was reported.
+    reported: int | None = None
     #: Why the scan is paused (reason, message), until it goes on.
     scan_problem: tuple[str, str] | None = None
 
@@ -238,6 +240,10 @@ class BatchController:
     async def _step(self, batch: _Batch) -> None:
         """Retries, then the scan when one is due, then wait for a change or the next scan."""
         if batch.spec is None:
+            if batch.reported != batch.generation:
+                batch.reported = batch.generation
+                batch.dirty = True
+                await self._note(batch, "Warning", "InvalidSpec", batch.problem or "invalid spec")
             await self._wait(batch)
             return
         try:
@@ -475,7 +481,7 @@ class BatchController:
             raise _ScanStopped(
                 SCAN_RETRY,
                 f"s3://{spec.source.bucket}/{key} could not be read: {exc.message}",
-                "ConfigUnreadable",
+                "StorageUnavailable" if exc.transient else "ConfigUnreadable",
             ) from None
         if data is None:
             return None
