@@ -324,7 +324,11 @@ class BatchController:
             if known is not None and known.attempt >= attempt:
                 self._release(batch)
                 continue
-            if not await self._create(batch, object_name, key, attempt=attempt):
+            try:
+                created = await self._create(batch, object_name, key, attempt=attempt)
+            except _Skipped:
+                created = False
+            if not created:
                 self._release(batch)
             max_attempts = batch.spec.max_attempts if batch.spec is not None else attempt
             await self._note(batch, "Normal", "Retrying", f"{key}: attempt {attempt} of {max_attempts}")
@@ -380,9 +384,28 @@ class BatchController:
                 SCAN_RETRY, f"creating job {name} failed: {exc}", "KubernetesUnavailable"
             ) from None
         if created is None:
-            return False  # it exists already: its events count it
+            return await self._exists(batch, name, key)
         self.observe_job(created)  # unless its event came first
         return True
+
+    async def _exists(self, batch: _Batch, name: str, key: str) -> bool:
+        """A job of that name exists: this batch's (its events count it) or another's, which
+        transcribes the object already (a copied batch, say): then it is skipped here."""
+        try:
+            existing = await self.jobs.get(JobRef(batch.ref.namespace, name))
+        except KubeError as exc:
+            raise _ScanStopped(
+                SCAN_RETRY, f"reading job {name} failed: {exc}", "KubernetesUnavailable"
+            ) from None
+        if existing is None:
+            raise _ScanStopped(0.0)  # gone meanwhile: the scan goes on and creates it again
+        if _batch_owner(existing.get("metadata") or {}) == batch.ref.uid:
+            self.observe_job(existing)
+            return False
+        self._remember_failure(
+            batch, key, "TakenByAnotherJob", f"job {name}, not this batch's, transcribes it"
+        )
+        raise _Skipped
 
     # -- scanning ------------------------------------------------------------------------------
 
@@ -549,7 +572,10 @@ class BatchController:
         except ValueError as exc:
             self._remember_failure(batch, listed.key, "UnusableKey", f"not a job's source: {exc}")
             return "skipped"
-        created = await self._create(batch, object_name, listed.key, language=language, adopt=adopt)
+        try:
+            created = await self._create(batch, object_name, listed.key, language=language, adopt=adopt)
+        except _Skipped:
+            return "skipped"
         return "created" if created else "exists"
 
     async def _seed_state(
@@ -641,6 +667,10 @@ class BatchController:
         self, batch: _Batch, type_: Literal["Normal", "Warning"], reason: str, message: str
     ) -> None:
         await self.jobs.post_event(batch.ref, type_, reason, message, kind=BATCH_KIND)
+
+
+class _Skipped(Exception):
+    """The object is skipped (another job of its name transcribes it)."""
 
 
 class _ScanStopped(Exception):

@@ -86,6 +86,10 @@ class Jobs:
         self.creates.append(name)
         return copy.deepcopy(obj)
 
+    async def get(self, job: JobRef) -> dict[str, Any] | None:
+        found = self.objects.get(job.name)
+        return copy.deepcopy(found) if found is not None else None
+
     async def list_jobs(
         self, namespace: str, *, label_selector: str, limit: int = 500
     ) -> AsyncIterator[dict[str, Any]]:
@@ -124,14 +128,19 @@ class Rig:
     offset: list[timedelta]
 
     def batch(
-        self, spec: Mapping[str, Any], *, status: Mapping[str, Any] | None = None, generation: int = 1
+        self,
+        spec: Mapping[str, Any],
+        *,
+        status: Mapping[str, Any] | None = None,
+        generation: int = 1,
+        uid: str = UID,
     ) -> None:
         self.controller.observe_batch(
             {
                 "metadata": {
                     "name": "calls-day",
                     "namespace": "speech",
-                    "uid": UID,
+                    "uid": uid,
                     "generation": generation,
                 },
                 "spec": dict(spec),
@@ -481,3 +490,26 @@ async def test_a_failing_create_pauses_the_scan_without_losing_the_object(
     finally:
         await setup.controller.stop()
     assert setup.jobs.status["counts"]["discovered"] == 2
+
+
+async def test_a_copied_batch_skips_the_objects_another_batch_transcribes() -> None:
+    """Two batches over the same objects and outputs (a copied manifest): one job per object."""
+    storage = Storage({"input/a.wav": b"x", "input/b.wav": b"x"})
+    setup = rig(storage)
+    setup.batch(spec())
+    setup.controller.start()
+    try:
+        await until(lambda: len(setup.jobs.creates) == 2)
+    finally:
+        await setup.controller.stop()
+    copied = rig(storage, Jobs())
+    copied.jobs.objects = setup.jobs.objects  # the same namespace
+    copied.batch(spec(), uid="copied-uid")
+    copied.controller.start()
+    try:
+        await until(lambda: copied.jobs.status.get("phase") == "Complete")
+    finally:
+        await copied.controller.stop()
+    assert copied.jobs.creates == []
+    assert copied.jobs.status["counts"]["skipped"] == 2
+    assert {f["reason"] for f in copied.jobs.status["failures"]} == {"TakenByAnotherJob"}

@@ -1106,6 +1106,17 @@ def test_job_example_is_valid_for_the_crd_and_the_model(path: Path, root_schema:
     assert defaulted == spec.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+def test_the_batch_example_is_valid_for_the_model_and_its_children_for_the_job_crd(
+    root_schema: Schema,
+) -> None:
+    [batch] = _load_all(EXAMPLES / "transcriptionbatch.yaml")
+    assert (batch["apiVersion"], batch["kind"]) == (constants.API_VERSION, constants.BATCH_KIND)
+    spec = TranscriptionBatchSpec.model_validate(batch["spec"])
+    child = child_job_spec(spec, "input/2024/05/call-0001.wav", "kk-KZ")
+    assert _validate(child, _at(root_schema, "spec"), "spec") == []
+    assert child["recognition"]["languageCode"] == "kk-KZ"
+
+
 def test_stereo_example_is_multichannel_pcm() -> None:
     [job] = _load_all(EXAMPLES / "transcriptionjob-stereo.yaml")
     recognition = TranscriptionJobSpec.model_validate(job["spec"]).recognition
