@@ -365,47 +365,9 @@ async def run_scale(args: argparse.Namespace, jobs: int, workdir: Path) -> RunRe
         keys = job_keys("job", jobs)
         fig["upload seconds (MinIO)"] = await asyncio.to_thread(upload, stack.s3, bucket, keys)
         model = ProcessingModel(seconds_per_audio_second=args.pace, audio_seconds=audio_seconds, seed="scale")
-        async with AsyncExitStack() as exits:
-            speechkit = await exits.enter_async_context(corpus_emulator(fixtures.API_KEY))
-            speechkit.quota_window_seconds = window
-            speechkit.processing_model = model
-            kube = Kube(stack.cluster)
-            exits.push_async_callback(kube.close)
-            fig["job creation seconds (operator stopped)"] = await kube.create_jobs(bucket, keys)
-            watcher = asyncio.create_task(kube.watch())
-            exits.callback(watcher.cancel)
-            metrics_port = free_port()
-            runner = fixtures.OperatorRunner(
-                env=operator_env(speechkit, stack, window, metrics_port), log_dir=workdir / "operator-logs"
-            )
-            exits.callback(runner.stop_all)
-            started_wall, started = time.time(), time.monotonic()
-            process = await runner.start()
-            assert process.pid is not None
-            pid = process.pid
-            deadline = started + args.timeout
-            while kube.count("job-", "Succeeded", "Failed") < jobs:
-                process.check_running()
-                if time.monotonic() > deadline:
-                    print(f"  timed out: {collections_of(kube.phases)}")
-                    break
-                if backlog_measured(args, speechkit, kube):
-                    break
-                await asyncio.sleep(1.0)
-            finished, cpu, rss = time.monotonic(), cpu_seconds(pid), rss_mb(pid)
-            fig["operator RSS at the end of the run (MB)"] = rss
-            samples = await asyncio.to_thread(scrape, metrics_port)
-            record_main(fig, args, jobs, speechkit, kube, samples, started, started_wall, finished, cpu)
-            show(f"operator, {jobs:,} jobs (window {window:g} s)", fig)
-            if args.in_flight:
-                await in_flight(args, jobs, bucket, stack, speechkit, kube, runner, metrics_port, fig)
-                show(f"operator, {jobs:,} jobs in flight", fig)
-            log = runner.output()
-            fig["operator log: ERROR lines / tracebacks"] = (
-                f"{log.count(' ERROR ')} / {log.count('Traceback')}"
-            )
-            print(f"  operator logs: {runner.log_dir}")
-        if args.baseline:
+        if not args.baseline_only:
+            await run_operator(args, jobs, workdir, stack, bucket, keys, model, fig)
+        if args.baseline or args.baseline_only:
             result.baseline = await run_seed_baseline(
                 keys=keys,
                 bucket=bucket,
@@ -418,6 +380,59 @@ async def run_scale(args: argparse.Namespace, jobs: int, workdir: Path) -> RunRe
             )
             show(f"seed baseline, {jobs:,} jobs", result.baseline.figures)
     return result
+
+
+async def run_operator(
+    args: argparse.Namespace,
+    jobs: int,
+    workdir: Path,
+    stack: Stack,
+    bucket: str,
+    keys: dict[str, str],
+    model: ProcessingModel,
+    fig: dict[str, Any],
+) -> None:
+    """The operator as shipped over ``jobs`` jobs created at once (and, with ``--in-flight``, as many
+    more held in flight and a restart)."""
+    window: float = args.window
+    async with AsyncExitStack() as exits:
+        speechkit = await exits.enter_async_context(corpus_emulator(fixtures.API_KEY))
+        speechkit.quota_window_seconds = window
+        speechkit.processing_model = model
+        kube = Kube(stack.cluster)
+        exits.push_async_callback(kube.close)
+        fig["job creation seconds (operator stopped)"] = await kube.create_jobs(bucket, keys)
+        watcher = asyncio.create_task(kube.watch())
+        exits.callback(watcher.cancel)
+        metrics_port = free_port()
+        runner = fixtures.OperatorRunner(
+            env=operator_env(speechkit, stack, window, metrics_port), log_dir=workdir / "operator-logs"
+        )
+        exits.callback(runner.stop_all)
+        started_wall, started = time.time(), time.monotonic()
+        process = await runner.start()
+        assert process.pid is not None
+        pid = process.pid
+        deadline = started + args.timeout
+        while kube.count("job-", "Succeeded", "Failed") < jobs:
+            process.check_running()
+            if time.monotonic() > deadline:
+                print(f"  timed out: {collections_of(kube.phases)}")
+                break
+            if backlog_measured(args, speechkit, kube):
+                break
+            await asyncio.sleep(1.0)
+        finished, cpu, rss = time.monotonic(), cpu_seconds(pid), rss_mb(pid)
+        fig["operator RSS at the end of the run (MB)"] = rss
+        samples = await asyncio.to_thread(scrape, metrics_port)
+        record_main(fig, args, jobs, speechkit, kube, samples, started, started_wall, finished, cpu)
+        show(f"operator, {jobs:,} jobs (window {window:g} s)", fig)
+        if args.in_flight:
+            await in_flight(args, jobs, bucket, stack, speechkit, kube, runner, metrics_port, fig)
+            show(f"operator, {jobs:,} jobs in flight", fig)
+        log = runner.output()
+        fig["operator log: ERROR lines / tracebacks"] = f"{log.count(' ERROR ')} / {log.count('Traceback')}"
+        print(f"  operator logs: {runner.log_dir}")
 
 
 def backlog_measured(args: argparse.Namespace, speechkit: SpeechKitEmulator, kube: Kube) -> bool:
@@ -642,6 +657,9 @@ def main() -> None:
         "--in-flight", action="store_true", help="also measure N jobs in flight and a restart"
     )
     parser.add_argument("--baseline", action="store_true", help="also run the seed script's algorithm")
+    parser.add_argument(
+        "--baseline-only", action="store_true", help="run only the seed script's algorithm (no operator)"
+    )
     parser.add_argument(
         "--baseline-period",
         type=float,
