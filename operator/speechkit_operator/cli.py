@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import kopf
 
@@ -22,8 +23,11 @@ from speechkit_operator.envconfig import ConfigurationError, load_settings
 from speechkit_operator.handlers import register
 from speechkit_operator.health import standby_health
 from speechkit_operator.logs import LOG_FORMATS, configure_logging
+from speechkit_operator.models.batch import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_IN_FLIGHT
 from speechkit_operator.selfhosted.app import run as run_service
 from speechkit_operator.selfhosted.config import ServiceSettings
+from speechkit_operator.transcribe import DEFAULT_FORMATS, SEED_MAPPING, transcribe
+from speechkit_operator.transcribe import Options as TranscribeOptions
 
 #: Exit status for a usage or configuration error (as argparse's), and for a setup that cannot work.
 EXIT_CONFIGURATION = 2
@@ -85,7 +89,191 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-format", choices=LOG_FORMATS, default="plain", help="plain text, or one JSON object per line"
     )
+    _transcribe_parser(commands)
     return parser
+
+
+def _transcribe_epilog() -> str:
+    width = max(len(seed) for seed, _ in SEED_MAPPING)
+    rows = "\n".join(f"  {seed:<{width}}  {here}" for seed, here in SEED_MAPPING)
+    return f"""\
+The cron script's environment, side by side:
+{rows}
+
+Other environment variables: S3_ENDPOINT (the storage; default: SPEECHKIT_OPERATOR_STORAGE_ENDPOINT,
+https://storage.yandexcloud.net), S3_REGION, SPEECHKIT_FOLDER_ID, SPEECHKIT_AUTHORIZED_KEY_FILE (a
+service account's authorized key), and every SPEECHKIT_OPERATOR_* setting of the operator (quotas,
+polling, SpeechKit URLs, SPEECHKIT_OPERATOR_BACKEND=self-hosted).
+
+State: job objects, the pass's progress and a lock live in the output bucket under
+<output prefix>.speechkit/ (--state-prefix): an interrupted run is resumed by running the same command
+again, nothing is submitted twice (a submission whose answer was lost is submitted once more and counted
+as uncertain, as in the operator), and a second run on the same state is refused while the first runs.
+Each completed run starts a new pass: new objects are transcribed, transcribed ones skipped.
+
+Not supported: rescanning in a loop (run it from cron or a Kubernetes CronJob, or use a
+TranscriptionBatch with rescanInterval), Secrets or credentials other than the variables above, local
+input without --bucket and --upload-prefix.
+
+Exit status: 0 all transcribed or skipped, 1 some failed, 2 usage or configuration error (or another
+run holds the lock), 3 the lock was lost, 130 interrupted (run again to resume)."""
+
+
+def _transcribe_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "transcribe",
+        help="transcribe a prefix, object or local files, in the foreground (replaces the cron script)",
+        description="Transcribe every audio file under an S3 prefix (or one object, or local files) once, in "
+        "the foreground, with the operator's quotas, outputs and resume, without Kubernetes.",
+        epilog=_transcribe_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.add_argument(
+        "source",
+        nargs="?",
+        metavar="SOURCE",
+        help="s3://BUCKET/PREFIX/, s3://BUCKET/KEY (one object), or a local file or folder (uploaded "
+        "first: needs --bucket and --upload-prefix). Default: s3://$S3_BUCKET/$S3_PREFIX",
+    )
+    where = command.add_argument_group("where")
+    where.add_argument("--bucket", help="local input: the bucket to upload it to (required for local input)")
+    where.add_argument(
+        "--upload-prefix",
+        metavar="PREFIX",
+        help="local input: the prefix (a folder) to upload it under (required for local input)",
+    )
+    where.add_argument(
+        "--local-output",
+        type=Path,
+        default=Path("transcripts"),
+        metavar="DIR",
+        help="local input: where the transcripts are copied (default: ./transcripts)",
+    )
+    where.add_argument("--output-bucket", help="the bucket of the transcripts (default: the source's)")
+    where.add_argument(
+        "--output-prefix",
+        metavar="PREFIX",
+        help="the transcripts' prefix, glued to the full source key (default: $S3_PREFIX_OUT/, else out/)",
+    )
+    where.add_argument(
+        "--state-prefix",
+        metavar="PREFIX",
+        help="where the run's state lives in the output bucket (default: <output prefix>.speechkit/)",
+    )
+    what = command.add_argument_group("what")
+    what.add_argument(
+        "--formats",
+        type=_list,
+        default=",".join(DEFAULT_FORMATS),
+        help="output formats, comma-separated (default: json,txt,srt,vtt)",
+    )
+    what.add_argument(
+        "--language",
+        help="language code, such as ru-RU or en-US, or auto (default: config.json's lang in the source "
+        "prefix, as the cron script, else ru-RU)",
+    )
+    what.add_argument("--model", default="general", help="recognition model (default: general)")
+    what.add_argument(
+        "--include", action="append", default=[], metavar="GLOB", help="only keys matching (repeatable)"
+    )
+    what.add_argument(
+        "--exclude", action="append", default=[], metavar="GLOB", help="never keys matching (repeatable)"
+    )
+    what.add_argument(
+        "--extensions",
+        type=_list,
+        default=None,
+        help="audio extensions, comma-separated (default: .wav,.ogg,.opus,.mp3)",
+    )
+    seed = command.add_argument_group("the cron script's files")
+    seed.add_argument(
+        "--seed-log",
+        metavar="PREFIX",
+        help="its marker prefix (default: $S3_PREFIX_LOG): its operations are adopted, not resubmitted",
+    )
+    seed.add_argument(
+        "--seed-output", metavar="PREFIX", help="its results prefix (default: $S3_PREFIX_OUT, else out/)"
+    )
+    seed.add_argument("--no-seed", action="store_true", help="ignore S3_PREFIX_LOG and S3_PREFIX_OUT")
+    run = command.add_argument_group("running")
+    run.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=DEFAULT_MAX_IN_FLIGHT,
+        help="jobs unfinished at once (default: 1000)",
+    )
+    run.add_argument(
+        "--max-attempts",
+        type=int,
+        default=DEFAULT_MAX_ATTEMPTS,
+        help="tries per object for transient failures",
+    )
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="try again the objects that failed in earlier runs (by default they stay failed: no 2nd charge)",
+    )
+    run.add_argument(
+        "--force-unlock",
+        action="store_true",
+        help="take the lock over even if another run seems to hold it (only when that run is surely gone)",
+    )
+    run.add_argument(
+        "--lock-seconds",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long the lock lasts unless renewed (renewed every third of it; default: 60)",
+    )
+    output = command.add_argument_group("output")
+    output.add_argument(
+        "--progress",
+        choices=("auto", "rich", "plain", "none"),
+        default="auto",
+        help="progress bars on a terminal (auto), else a line every --progress-interval seconds",
+    )
+    output.add_argument(
+        "--progress-interval", type=float, default=10.0, metavar="SECONDS", help=argparse.SUPPRESS
+    )
+    verbosity = output.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="count", default=0, help="log steps (-vv: debug)")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="errors and the summary only")
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def transcribe_command(args: argparse.Namespace) -> int:
+    formats = args.formats if isinstance(args.formats, tuple) else _list(args.formats)
+    options = TranscribeOptions(
+        source=args.source,
+        bucket=args.bucket,
+        upload_prefix=args.upload_prefix,
+        local_output=args.local_output,
+        output_bucket=args.output_bucket,
+        output_prefix=args.output_prefix,
+        formats=formats,
+        language=args.language,
+        model=args.model,
+        include=tuple(args.include),
+        exclude=tuple(args.exclude),
+        extensions=args.extensions or (),
+        seed_log=args.seed_log,
+        seed_output=args.seed_output,
+        no_seed=args.no_seed,
+        max_in_flight=args.max_in_flight,
+        max_attempts=args.max_attempts,
+        state_prefix=args.state_prefix,
+        force_unlock=args.force_unlock,
+        retry_failed=args.retry_failed,
+        lock_seconds=args.lock_seconds,
+        progress=args.progress,
+        progress_interval=args.progress_interval,
+        verbose=args.verbose,
+        quiet=args.quiet,
+    )
+    return transcribe(options)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -196,4 +384,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args)
     if args.command == "serve":
         return serve(args)
+    if args.command == "transcribe":
+        return transcribe_command(args)
     return 2  # pragma: no cover - argparse enforces a command

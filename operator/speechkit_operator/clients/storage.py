@@ -33,6 +33,7 @@ from urllib.parse import quote
 
 import boto3
 import urllib3.exceptions
+from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import (
     BotoCoreError,
@@ -244,6 +245,29 @@ class ObjectStorage:
             Body=body,
             ContentType=content_type,
         )
+
+    async def upload_file(
+        self, bucket: str, key: str, path: str | os.PathLike[str], content_type: str
+    ) -> None:
+        """Upload a local file, in parts when it is large (never read into memory whole)."""
+        what = f"s3://{bucket}/{key}"
+        try:
+            await self._run(
+                what,
+                self._client.upload_file,
+                Filename=os.fspath(path),
+                Bucket=bucket,
+                Key=key,
+                ExtraArgs={"ContentType": content_type},
+            )
+        except S3UploadFailedError as exc:
+            # boto3's transfer manager wraps the ClientError in its message only.
+            kind = "not_found" if "NoSuchBucket" in str(exc) else "unavailable"
+            raise StorageError(kind, f"{what}: upload failed ({type(exc).__name__})") from None
+
+    async def delete(self, bucket: str, key: str) -> None:
+        """Delete the object; one that does not exist is fine (S3 answers 204 either way)."""
+        await self._run(f"s3://{bucket}/{key}", self._client.delete_object, Bucket=bucket, Key=key)
 
     async def head_or_none(self, bucket: str, key: str) -> ObjectHead | None:
         """The object's head, or None when it does not exist.
