@@ -250,7 +250,7 @@ def test_rendered_chart_passes_a_server_side_dry_run(
 
         kinds = Counter(obj["kind"] for obj in objects)
         expected = {
-            "CustomResourceDefinition": 1,
+            "CustomResourceDefinition": 2,  # TranscriptionJob, TranscriptionBatch
             "ServiceAccount": 1,
             "ClusterRole": 1,
             "ClusterRoleBinding": 1,
@@ -647,7 +647,7 @@ def test_helm_install_deploys_and_uninstall_removes(
             ("delete", "speechkit.dev", "transcriptionjobs", ""),
         ]
         denied: list[Access] = [
-            ("create", "speechkit.dev", "transcriptionjobs", ""),
+            ("create", "speechkit.dev", "transcriptionbatches", ""),
             ("update", "speechkit.dev", "transcriptionjobs", ""),
             ("list", "", "secrets", ""),
             ("create", "", "pods", ""),

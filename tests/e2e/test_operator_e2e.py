@@ -42,9 +42,13 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     # get: a job is read afresh when it changed under a step (a resourceVersion conflict).
     # patch: kopf removes the finalizer that an earlier version of the operator left on jobs.
     # delete: jobs past their ttlSecondsAfterFinished.
-    (GROUP, JOB_PLURAL): {"list", "watch", "get", "patch", "delete"},
+    # create: a TranscriptionBatch's jobs.
+    (GROUP, JOB_PLURAL): {"list", "watch", "get", "patch", "delete", "create"},
     # patch: the intent, phase, operationId, outputs and conditions go through the status subresource.
     (GROUP, f"{JOB_PLURAL}/status"): {"patch"},
+    # Batches are watched; their counts go through the status subresource.
+    (GROUP, "transcriptionbatches"): {"list", "watch", "get", "patch"},
+    (GROUP, "transcriptionbatches/status"): {"patch"},
     # create: the operator posts core/v1 Events (Submitted, Succeeded, Failed, RetryScheduled, ...).
     ("", "events"): {"create"},
     # get: the credentials and storage Secrets a job names are read by name, never listed/watched.
@@ -175,7 +179,7 @@ def test_the_applied_identity_is_denied_everything_else(
         ("watch", "", "secrets", ""),
         ("create", "", "secrets", ""),
         ("update", "", "secrets", ""),
-        ("create", GROUP, JOB_PLURAL, ""),
+        ("create", GROUP, "transcriptionbatches", ""),
         ("update", GROUP, JOB_PLURAL, ""),
         ("deletecollection", GROUP, JOB_PLURAL, ""),
         ("update", GROUP, JOB_PLURAL, "status"),
