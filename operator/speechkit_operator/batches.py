@@ -43,7 +43,7 @@ from speechkit_operator.constants import (
     OBJECT_LABEL,
 )
 from speechkit_operator.logic import batch_progress, batch_selection
-from speechkit_operator.logic.output_keys import output_base_key
+from speechkit_operator.logic.output_keys import MAX_KEY_BYTES, longest_output_key_bytes, output_base_key
 from speechkit_operator.logic.redaction import redact
 from speechkit_operator.logic.timestamps import format_time, utcnow
 from speechkit_operator.models.batch import (
@@ -66,6 +66,9 @@ SCAN_RETRY = 30.0
 SMALL_FILE_LIMIT = 4096
 #: Objects looked at (seed markers, existing outputs) at once during a scan.
 LOOKUPS_AT_ONCE = 8
+#: Seconds before a page whose objects still have jobs being deleted (a batch deleted and applied
+#: again: the garbage collector removes the old children) is looked at again.
+OLD_JOB_RETRY = 5.0
 #: A child's phase, in the order phases go: an event never moves a child back.
 PHASE_RANK = {"": 0, "Pending": 1, "Queued": 2, "Running": 3, "Succeeded": 4, "Failed": 4}
 ACTIVE_PHASES = ("", "Pending", "Queued", "Running")
@@ -75,6 +78,18 @@ ACTIVE_PHASES = ("", "Pending", "Queued", "Running")
 class _Child:
     attempt: int
     phase: str
+    #: Deleted after it succeeded (``ttlSecondsAfterFinished``): still counted, never created again.
+    removed: bool = False
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """A child to create again: the object's next attempt, with the language the failed one had."""
+
+    object_name: str
+    key: str
+    attempt: int
+    language: str | None
 
 
 @dataclass
@@ -88,10 +103,17 @@ class _Batch:
     #: Object name (shared by its attempts) -> the latest attempt's child.
     children: dict[str, _Child] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
-    #: Children being created (not seen yet): they count as in flight.
-    creating: int = 0
-    #: (object name, key, next attempt) for children to create again.
-    retries: deque[tuple[str, str, int]] = field(default_factory=deque)
+    #: Children being created (not seen yet), object name -> attempt: they count as in flight.
+    creating: dict[str, int] = field(default_factory=dict)
+    #: Children to create again, oldest first.
+    retries: deque[_Retry] = field(default_factory=deque)
+    #: Succeeded children deleted before this process listed the batch's children (from the
+    #: status): counted as succeeded until the next pass counts their objects as skipped.
+    removed_earlier: int = 0
+    #: Succeeded children deleted since (their tombstones are in ``children``).
+    removed_now: int = 0
+    #: Children created in the pass under way (a pass that created none posts no event).
+    created_in_pass: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     dirty: bool = False
     deleted: bool = False
@@ -137,6 +159,7 @@ class BatchController:
                 status=BatchStatus.from_body(body.get("status")),
                 generation=int(generation) if generation else None,
             )
+            batch.removed_earlier = batch.status.removed_succeeded
             if self._started:
                 self._start(batch)
             return
@@ -163,9 +186,16 @@ class BatchController:
         if known is not None and known.attempt > attempt:
             return  # an earlier attempt's event
         if deleted or meta.get("deletionTimestamp"):
-            if known is not None and known.attempt == attempt:
-                batch.counts[known.phase] -= 1
-                del batch.children[object_name]
+            if known is not None and known.attempt == attempt and not known.removed:
+                if known.phase == "Succeeded":
+                    # Its time to live after finishing: its transcripts stay, so does its count.
+                    known.removed = True
+                    batch.removed_now += 1
+                else:
+                    # Deleted by a person (a failed child is not deleted by its time to live):
+                    # the next pass gives the object a new child.
+                    batch.counts[known.phase] -= 1
+                    del batch.children[object_name]
                 self._changed(batch)
             return
         if known is not None and known.attempt == attempt:
@@ -176,8 +206,8 @@ class BatchController:
         else:
             if known is not None:
                 batch.counts[known.phase] -= 1
-            if batch.creating > 0 and batch.listed:
-                batch.creating -= 1  # a child created here: its reservation becomes the child
+            if batch.creating.get(object_name, attempt) <= attempt:
+                batch.creating.pop(object_name, None)  # its reservation becomes the child
             known = batch.children[object_name] = _Child(attempt, phase)
         batch.counts[phase] += 1
         if phase == "Failed":
@@ -186,13 +216,25 @@ class BatchController:
 
     def _child_failed(self, batch: _Batch, object_name: str, attempt: int, body: Mapping[str, Any]) -> None:
         status = body.get("status") or {}
+        spec = body.get("spec") or {}
         reason = str(status.get("reason") or "Failed")
-        key = str(((body.get("spec") or {}).get("source") or {}).get("key") or "")
+        message = str(status.get("message") or "")
+        key = str((spec.get("source") or {}).get("key") or "")
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        if ADOPT_OPERATION_ANNOTATION in annotations:
+            # The seed script's operation: a new child would submit the object a second time.
+            self._remember_failure(
+                batch, key, reason, f"{message} (adopted from the seed script: not retried)"
+            )
+            return
         max_attempts = batch.spec.max_attempts if batch.spec is not None else 1
         if key and batch_progress.retry_decision(reason, attempt, max_attempts):
-            batch.retries.append((object_name, key, attempt + 1))
+            language = (spec.get("recognition") or {}).get("languageCode")
+            batch.retries.append(
+                _Retry(object_name, key, attempt + 1, language if isinstance(language, str) else None)
+            )
             return
-        self._remember_failure(batch, key, reason, str(status.get("message") or ""))
+        self._remember_failure(batch, key, reason, message)
 
     def _changed(self, batch: _Batch) -> None:
         batch.dirty = True
@@ -252,8 +294,10 @@ class BatchController:
                 await self._scan(batch)
                 await self._scan_problem(batch, None, None)
         except _ScanStopped as stopped:
+            if self._stopping or batch.deleted:
+                return
             if stopped.message:
-                await self._scan_problem(batch, stopped.reason, stopped.message)
+                await self._scan_problem(batch, stopped.reason, stopped.message, stopped.retry_in)
             await self._wait(batch, stopped.retry_in)
             return
         except Exception as exc:
@@ -265,23 +309,29 @@ class BatchController:
             return
         await self._wait(batch, self._seconds_to_next_scan(batch))
 
-    async def _scan_problem(self, batch: _Batch, reason: str | None, message: str | None) -> None:
+    async def _scan_problem(
+        self, batch: _Batch, reason: str | None, message: str | None, retry_in: float | None = None
+    ) -> None:
         """Say (once per reason) why the scan is paused, or that it goes on again."""
         before = batch.scan_problem
-        batch.scan_problem = (reason, message) if reason and message else None
+        if reason and message:
+            after = f", trying again in {retry_in:.0f}s" if retry_in else ""
+            batch.scan_problem = (reason, f"scan paused{after}: {message}")
+        else:
+            batch.scan_problem = None
         if batch.scan_problem == before:
             return
         batch.dirty = True
-        if reason and message and (before is None or before[0] != reason):
-            logger.warning("batch %s: scan paused (%s): %s", batch.ref, reason, message)
-            await self._note(
-                batch, "Warning", reason, f"scan paused, trying again in {SCAN_RETRY:.0f}s: {message}"
-            )
+        if batch.scan_problem is not None and (before is None or before[0] != reason):
+            logger.warning("batch %s: %s (%s)", batch.ref, batch.scan_problem[1], reason)
+            await self._note(batch, "Warning", batch.scan_problem[0], batch.scan_problem[1])
 
     async def _wait(self, batch: _Batch, seconds: float | None = None) -> None:
-        batch.changed.clear()
+        """Until something changes (or ``seconds`` pass). A change signalled before the wait began
+        ends it at once: the flag is cleared only after it was seen."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(batch.changed.wait(), seconds)
+        batch.changed.clear()
 
     async def _list_children(self, batch: _Batch) -> None:
         """The batch's children as the API server has them now (events keep them up to date)."""
@@ -298,40 +348,55 @@ class BatchController:
     # -- creating children ---------------------------------------------------------------------
 
     def _active(self, batch: _Batch) -> int:
-        return sum(batch.counts[phase] for phase in ACTIVE_PHASES) + batch.creating
+        return sum(batch.counts[phase] for phase in ACTIVE_PHASES) + len(batch.creating)
 
-    async def _reserve(self, batch: _Batch) -> None:
-        """Wait until one more child may be created (``maxInFlight``) and reserve its place: the
-        reservation ends when the child is seen (:meth:`observe_job`) or nothing is created."""
+    async def _reserve(self, batch: _Batch, object_name: str, attempt: int = 1) -> None:
+        """Wait until one more child may be created (``maxInFlight``) and reserve its place, one per
+        object: the reservation ends when the object's child is seen (:meth:`observe_job`) or when
+        :meth:`_release` says nothing was created."""
         while True:
             spec = batch.spec
             if self._stopping or batch.deleted or spec is None:
                 raise _ScanStopped(None)
             if batch_progress.room(spec.max_in_flight, self._active(batch)) > 0:
-                batch.creating += 1
+                batch.creating[object_name] = attempt
                 return
             await self._wait(batch)
 
-    def _release(self, batch: _Batch) -> None:
-        batch.creating = max(0, batch.creating - 1)
-        batch.changed.set()
+    def _release(self, batch: _Batch, object_name: str) -> None:
+        if batch.creating.pop(object_name, None) is not None:
+            batch.changed.set()
 
     async def _retry(self, batch: _Batch) -> None:
+        """Create the children of the failed objects' next attempts; one that cannot be created
+        now stays first in line."""
         while batch.retries and not (self._stopping or batch.deleted):
-            await self._reserve(batch)
-            object_name, key, attempt = batch.retries.popleft()
-            known = batch.children.get(object_name)
-            if known is not None and known.attempt >= attempt:
-                self._release(batch)
-                continue
+            retry = batch.retries[0]
+            await self._reserve(batch, retry.object_name, retry.attempt)
+            batch.retries.popleft()
+            known = batch.children.get(retry.object_name)
+            created = False
             try:
-                created = await self._create(batch, object_name, key, attempt=attempt)
+                if known is None or known.attempt < retry.attempt:
+                    created = await self._create(
+                        batch, retry.object_name, retry.key, attempt=retry.attempt, language=retry.language
+                    )
             except _Skipped:
-                created = False
-            if not created:
-                self._release(batch)
-            max_attempts = batch.spec.max_attempts if batch.spec is not None else attempt
-            await self._note(batch, "Normal", "Retrying", f"{key}: attempt {attempt} of {max_attempts}")
+                pass
+            except _OldJob as old:
+                batch.retries.appendleft(retry)
+                raise _ScanStopped(OLD_JOB_RETRY, old.message, "WaitingForOldJobs") from None
+            except _ScanStopped:
+                batch.retries.appendleft(retry)
+                raise
+            finally:
+                if not created:
+                    self._release(batch, retry.object_name)
+            if created:
+                max_attempts = batch.spec.max_attempts if batch.spec is not None else retry.attempt
+                await self._note(
+                    batch, "Normal", "Retrying", f"{retry.key}: attempt {retry.attempt} of {max_attempts}"
+                )
 
     async def _create(
         self,
@@ -389,8 +454,10 @@ class BatchController:
         return True
 
     async def _exists(self, batch: _Batch, name: str, key: str) -> bool:
-        """A job of that name exists: this batch's (its events count it) or another's, which
-        transcribes the object already (a copied batch, say): then it is skipped here."""
+        """A job of that name exists: this batch's (its events count it), one being deleted or
+        left by a batch that no longer exists (the garbage collector deletes it soon: the object
+        waits for it, :class:`_OldJob`), or another live batch's or a person's, which transcribes
+        the object already (a copied batch, say): then it is skipped here."""
         try:
             existing = await self.jobs.get(JobRef(batch.ref.namespace, name))
         except KubeError as exc:
@@ -398,14 +465,38 @@ class BatchController:
                 SCAN_RETRY, f"reading job {name} failed: {exc}", "KubernetesUnavailable"
             ) from None
         if existing is None:
-            raise _ScanStopped(0.0)  # gone meanwhile: the scan goes on and creates it again
-        if _batch_owner(existing.get("metadata") or {}) == batch.ref.uid:
+            raise _OldJob(f"job {name} was deleted meanwhile")
+        meta = existing.get("metadata") or {}
+        owner = _batch_owner(meta)
+        if meta.get("deletionTimestamp"):
+            raise _OldJob(f"job {name} is being deleted; its object gets a new job once it is gone")
+        if owner == batch.ref.uid:
             self.observe_job(existing)
             return False
+        if owner is not None and not await self._batch_lives(batch, owner, _owner_name(meta)):
+            raise _OldJob(
+                f"job {name} belongs to a TranscriptionBatch (uid {owner}) that no longer exists; "
+                "its object gets a new job once the garbage collector has deleted it"
+            )
         self._remember_failure(
             batch, key, "TakenByAnotherJob", f"job {name}, not this batch's, transcribes it"
         )
         raise _Skipped
+
+    async def _batch_lives(self, batch: _Batch, uid: str, name: str) -> bool:
+        """Whether the TranscriptionBatch ``uid`` (in the batch's namespace) exists and is not
+        being deleted; asked of the API server, whatever the watch stream has delivered so far."""
+        known = self._batches.get(uid)
+        if known is not None and not known.deleted:
+            return True
+        try:
+            found = await self.jobs.get_batch(batch.ref.namespace, name) if name else None
+        except KubeError as exc:
+            raise _ScanStopped(
+                SCAN_RETRY, f"reading TranscriptionBatch uid {uid} failed: {exc}", "KubernetesUnavailable"
+            ) from None
+        meta = (found or {}).get("metadata") or {}
+        return meta.get("uid") == uid and not meta.get("deletionTimestamp")
 
     # -- scanning ------------------------------------------------------------------------------
 
@@ -436,7 +527,11 @@ class BatchController:
         except Problem as problem:
             raise _ScanStopped(SCAN_RETRY, problem.message, problem.reason) from None
         language = await self._language(batch, storage)
-        scan = batch.status.scan_state()
+        if batch.status.scan is None:
+            # A new pass: it counts the objects of deleted succeeded children as skipped.
+            batch.removed_earlier = 0
+            batch.created_in_pass = 0
+        scan = batch.status.scan_state(self.clock())
         pass_number = scan.number
         output_prefix = spec.template.output.prefix
         logger.info(
@@ -453,6 +548,15 @@ class BatchController:
                     f"listing s3://{source.bucket}/{source.prefix} failed: {exc.message}",
                     "StorageUnavailable",
                 ) from None
+            if page.truncated and (
+                not page.objects or (scan.after is not None and page.objects[0].key <= scan.after)
+            ):
+                raise _ScanStopped(
+                    SCAN_RETRY,
+                    f"listing s3://{source.bucket}/{source.prefix} does not move past "
+                    f"{scan.after!r}: the storage seems to ignore StartAfter",
+                    "ListingStuck",
+                )
             chosen = [listed for listed in page.objects if batch_selection.selected(listed.key, source)]
             named = [
                 (
@@ -472,6 +576,11 @@ class BatchController:
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
+            waiting = [outcome for outcome in outcomes if isinstance(outcome, str)]
+            if waiting:
+                # The page is looked at again (its children created meanwhile are known by then).
+                more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
+                raise _ScanStopped(OLD_JOB_RETRY, waiting[0] + more, "WaitingForOldJobs")
             # The page is done: its objects are counted and the listing resumes after it.
             skipped = sum(1 for outcome in outcomes if outcome is True)
             scan = scan.model_copy(
@@ -486,12 +595,14 @@ class BatchController:
         batch.status = batch.status.scan_finished(scan, self.clock())
         self._changed(batch)
         await self._write_status(batch)
-        await self._note(
-            batch,
-            "Normal",
-            "ScanComplete",
-            f"pass {pass_number}: {scan.matched} objects, {scan.skipped} skipped",
-        )
+        if pass_number == 1 or batch.created_in_pass:
+            await self._note(
+                batch,
+                "Normal",
+                "ScanComplete",
+                f"pass {pass_number}: {scan.matched} objects, {batch.created_in_pass} new jobs, "
+                f"{scan.skipped} skipped",
+            )
 
     async def _language(self, batch: _Batch, storage: ObjectStorage) -> str | None:
         """The language of the seed's ``config.json`` in the source prefix (None: none there)."""
@@ -523,18 +634,21 @@ class BatchController:
         object_name: str,
         language: str | None,
         lookups: asyncio.Semaphore,
-    ) -> bool:
-        """One object of the page, within ``maxInFlight``: True when skipped."""
+    ) -> bool | str:
+        """One object of the page, within ``maxInFlight``: True when skipped, a message when it
+        waits for an old job of its name to go (:class:`_OldJob`)."""
         async with lookups:
-            await self._reserve(batch)
+            await self._reserve(batch, object_name)
             created = False
             try:
                 outcome = await self._new_object(batch, storage, listed, object_name, language)
                 created = outcome == "created"
                 return outcome == "skipped"
+            except _OldJob as old:
+                return old.message
             finally:
                 if not created:
-                    self._release(batch)
+                    self._release(batch, object_name)
 
     async def _new_object(
         self,
@@ -552,6 +666,16 @@ class BatchController:
         if (problem := batch_selection.key_problem(listed.key)) is not None:
             self._remember_failure(batch, listed.key, "UnusableKey", problem)
             return "skipped"
+        length = longest_output_key_bytes(listed.key, output.prefix, channels=1)
+        if length > MAX_KEY_BYTES:
+            self._remember_failure(
+                batch,
+                listed.key,
+                "UnusableKey",
+                f"the output prefix + the key + the output suffix is {length} bytes of UTF-8, more "
+                f"than the {MAX_KEY_BYTES} that S3 keys may have",
+            )
+            return "skipped"
         adopt: tuple[str, datetime | None] | None = None
         try:
             if source.seed_log is not None:
@@ -564,8 +688,14 @@ class BatchController:
                 if await storage.head_or_none(spec.output_bucket, probe) is not None:
                     return "skipped"
         except StorageError as exc:
+            if exc.kind == "invalid":
+                # The storage refuses a request about this object alone: it cannot be handled.
+                self._remember_failure(batch, listed.key, "UnusableKey", exc.message)
+                return "skipped"
             raise _ScanStopped(
-                SCAN_RETRY, f"looking at {listed.key} failed: {exc.message}", "StorageUnavailable"
+                SCAN_RETRY,
+                f"looking at {listed.key} failed: {exc.message}",
+                "StorageUnavailable" if exc.transient else "StorageAccessDenied",
             ) from None
         try:
             child_job_spec(spec, listed.key, language)
@@ -576,6 +706,8 @@ class BatchController:
             created = await self._create(batch, object_name, listed.key, language=language, adopt=adopt)
         except _Skipped:
             return "skipped"
+        if created:
+            batch.created_in_pass += 1
         return "created" if created else "exists"
 
     async def _seed_state(
@@ -589,7 +721,16 @@ class BatchController:
         source, seed_log = spec.source, spec.source.seed_log
         assert seed_log is not None
         marker_key = batch_selection.seed_marker_key(key, source.prefix, seed_log)
-        data = await storage.read_small(source.bucket, marker_key, limit=batch_selection.MAX_SEED_FILE_BYTES)
+        try:
+            data = await storage.read_small(
+                source.bucket, marker_key, limit=batch_selection.MAX_SEED_FILE_BYTES
+            )
+        except StorageError as exc:
+            if exc.kind not in ("too_large", "invalid"):
+                raise
+            # Whether the seed has an operation running for it is unknown: never submitted.
+            self._remember_failure(batch, key, "SeedMarkerInvalid", exc.message)
+            return "done"
         if data is None:
             return None
         try:
@@ -625,9 +766,13 @@ class BatchController:
 
     async def _write_status(self, batch: _Batch) -> None:
         batch.dirty = False
+        phases = Counter(batch.counts)
+        phases["Succeeded"] += batch.removed_earlier
+        removed = batch.removed_earlier + batch.removed_now
+        batch.status = batch.status.model_copy(update={"removed_succeeded": removed})
         patch = batch_progress.status_patch(
             batch.status,
-            counts=batch_progress.BatchCounts.from_phases(batch.counts, batch.status),
+            counts=batch_progress.BatchCounts.from_phases(phases, batch.status),
             spec=batch.spec,
             problem=batch.problem,
             active=self._active(batch) + len(batch.retries),
@@ -636,7 +781,7 @@ class BatchController:
         )
         if batch.scan_problem is not None and batch.problem is None:
             patch["reason"], message = batch.scan_problem
-            patch["message"] = redact(f"scan paused, trying again in {SCAN_RETRY:.0f}s: {message}")
+            patch["message"] = redact(message)
         try:
             written = await self.jobs.patch_batch_status(batch.ref, patch)
         except KubeError as exc:
@@ -666,11 +811,20 @@ class BatchController:
     async def _note(
         self, batch: _Batch, type_: Literal["Normal", "Warning"], reason: str, message: str
     ) -> None:
-        await self.jobs.post_event(batch.ref, type_, reason, message, kind=BATCH_KIND)
+        await self.jobs.post_event(batch.ref, type_, reason, redact(message), kind=BATCH_KIND)
 
 
 class _Skipped(Exception):
     """The object is skipped (another job of its name transcribes it)."""
+
+
+class _OldJob(Exception):
+    """A job of the object's name is on its way out (deleted, or left by a deleted batch): the
+    object gets its child once that job is gone."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class _ScanStopped(Exception):
@@ -690,16 +844,25 @@ def _parse_spec(raw: Any) -> tuple[TranscriptionBatchSpec | None, str | None]:
         return None, format_validation_error(exc)
 
 
-def _batch_owner(meta: Mapping[str, Any]) -> str | None:
+def _batch_owner_reference(meta: Mapping[str, Any]) -> Mapping[str, Any]:
     for owner in meta.get("ownerReferences") or []:
         if (
             isinstance(owner, Mapping)
             and owner.get("kind") == BATCH_KIND
             and owner.get("apiVersion") == API_VERSION
         ):
-            uid = owner.get("uid")
-            return str(uid) if uid else None
-    return None
+            return owner
+    return {}
+
+
+def _batch_owner(meta: Mapping[str, Any]) -> str | None:
+    """The uid of the TranscriptionBatch that owns a job (None: none does)."""
+    uid = _batch_owner_reference(meta).get("uid")
+    return str(uid) if uid else None
+
+
+def _owner_name(meta: Mapping[str, Any]) -> str:
+    return str(_batch_owner_reference(meta).get("name") or "")
 
 
 def _attempt(annotations: Mapping[str, Any]) -> int:

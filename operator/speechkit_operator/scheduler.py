@@ -31,7 +31,12 @@ from typing import Any
 
 from speechkit_operator.clients.kube import KubeError
 from speechkit_operator.config import Settings
-from speechkit_operator.constants import ADOPT_OPERATION_ANNOTATION, ADOPT_SUBMITTED_AT_ANNOTATION
+from speechkit_operator.constants import (
+    ADOPT_OPERATION_ANNOTATION,
+    ADOPT_SUBMITTED_AT_ANNOTATION,
+    API_VERSION,
+    BATCH_KIND,
+)
 from speechkit_operator.logic import lifecycle
 from speechkit_operator.logic.budget import CarriedOver, ConcurrencyWindow, TokenBucket
 from speechkit_operator.logic.queueing import FairQueue
@@ -207,7 +212,7 @@ class Scheduler:
             entry = self._jobs[uid] = _Entry(
                 job=job,
                 created_at=parse_time(meta.get("creationTimestamp")) or self.clock(),
-                limits=self._limits(spec),
+                limits=self._limits(spec, batch_child=_is_batch_child(meta)),
                 priority=_priority(spec),
                 scope=self.workflow.scope_of(job),
             )
@@ -271,7 +276,7 @@ class Scheduler:
         if not entry.stepping:  # a running step cancels when it ends (see _apply)
             self._spawn(self.workflow.cancel(entry.job))
 
-    def _limits(self, spec: Mapping[str, Any]) -> lifecycle.Limits:
+    def _limits(self, spec: Mapping[str, Any], *, batch_child: bool = False) -> lifecycle.Limits:
         def seconds(key: str, default: int | None) -> int | None:
             value = spec.get(key)
             return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
@@ -279,6 +284,7 @@ class Scheduler:
         return lifecycle.Limits(
             deadline_seconds=seconds("activeDeadlineSeconds", self.settings.default_active_deadline_seconds),
             ttl_seconds=seconds("ttlSecondsAfterFinished", self.settings.default_ttl_seconds_after_finished),
+            keep_failed=batch_child,
         )
 
     # -- scheduling ----------------------------------------------------------------------------
@@ -766,6 +772,16 @@ def _adoption(annotations: Any) -> tuple[str | None, datetime | None]:
         return None, None
     submitted = annotations.get(ADOPT_SUBMITTED_AT_ANNOTATION)
     return operation, parse_time(submitted) if isinstance(submitted, str) else None
+
+
+def _is_batch_child(meta: Mapping[str, Any]) -> bool:
+    """Whether a TranscriptionBatch owns the job (it created it for one of its objects)."""
+    return any(
+        isinstance(owner, Mapping)
+        and owner.get("kind") == BATCH_KIND
+        and owner.get("apiVersion") == API_VERSION
+        for owner in meta.get("ownerReferences") or []
+    )
 
 
 def _priority(spec: Mapping[str, Any]) -> int:

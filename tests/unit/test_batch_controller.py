@@ -74,6 +74,8 @@ class Jobs:
         self.status: dict[str, Any] = {}
         self.events: list[tuple[str, str, str]] = []
         self.status_writes = 0
+        #: The TranscriptionBatches there are, by name (Rig.batch adds them).
+        self.batches: dict[str, dict[str, Any]] = {}
         self._uids = itertools.count(1)
 
     async def create_job(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -97,6 +99,10 @@ class Jobs:
         for obj in list(self.objects.values()):
             if obj["metadata"].get("labels", {}).get(label) == value:
                 yield copy.deepcopy(obj)
+
+    async def get_batch(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.batches.get(name)
+        return copy.deepcopy(found) if found is not None else None
 
     async def patch_batch_status(self, batch: JobRef, status: Mapping[str, Any]) -> dict[str, Any]:
         for key, value in status.items():
@@ -134,19 +140,15 @@ class Rig:
         status: Mapping[str, Any] | None = None,
         generation: int = 1,
         uid: str = UID,
+        name: str = "calls-day",
     ) -> None:
-        self.controller.observe_batch(
-            {
-                "metadata": {
-                    "name": "calls-day",
-                    "namespace": "speech",
-                    "uid": uid,
-                    "generation": generation,
-                },
-                "spec": dict(spec),
-                "status": dict(status or {}),
-            }
-        )
+        body = {
+            "metadata": {"name": name, "namespace": "speech", "uid": uid, "generation": generation},
+            "spec": dict(spec),
+            "status": dict(status or {}),
+        }
+        self.jobs.batches[name] = body
+        self.controller.observe_batch(body)
 
     def finish(
         self, name: str, phase: str = "Succeeded", reason: str = "Succeeded", message: str = ""
@@ -504,7 +506,8 @@ async def test_a_copied_batch_skips_the_objects_another_batch_transcribes() -> N
         await setup.controller.stop()
     copied = rig(storage, Jobs())
     copied.jobs.objects = setup.jobs.objects  # the same namespace
-    copied.batch(spec(), uid="copied-uid")
+    copied.jobs.batches = setup.jobs.batches
+    copied.batch(spec(), uid="copied-uid", name="calls-day-copy")
     copied.controller.start()
     try:
         await until(lambda: copied.jobs.status.get("phase") == "Complete")

@@ -88,6 +88,15 @@ def test_finished_jobs_are_deleted_after_their_ttl_or_left_alone() -> None:
     assert plan(failed, created_at=CREATED, limits=Limits(ttl_seconds=0), now=NOW) == Plan(Step.DELETE, NOW)
 
 
+def test_a_batch_child_that_failed_outlives_its_ttl_one_that_succeeded_does_not() -> None:
+    """The failed child is the batch's record that its object is not to be submitted again."""
+    limits = Limits(ttl_seconds=0, keep_failed=True)
+    failed = status(phase="Failed", completedAt=format_time(at(-10)))
+    assert plan(failed, created_at=CREATED, limits=limits, now=NOW) == Plan(Step.NOTHING)
+    done = status(phase="Succeeded", completedAt=format_time(at(-10)))
+    assert plan(done, created_at=CREATED, limits=limits, now=NOW) == Plan(Step.DELETE, at(-10))
+
+
 @pytest.mark.parametrize(
     ("recorded", "policy", "limit", "expected"),
     [

@@ -1,5 +1,5 @@
-"""Adversarial review of the TranscriptionBatch controller: each test shows one defect and is marked
-``xfail(strict=True)``, so it starts failing (XPASS) once the defect is fixed. The fakes are those of
+"""Adversarial review of the TranscriptionBatch controller: each test shows one defect the review
+found (fixed since; a test still marked ``xfail`` names one that is not). The fakes are those of
 ``tests/unit/test_batch_controller.py``."""
 
 from __future__ import annotations
@@ -114,12 +114,7 @@ async def test_review_batch_seed_log_without_slash_under_a_slashed_prefix_does_n
         assert "speechkit.dev/adopt-operation" in child["metadata"].get("annotations", {})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a failed child deleted by ttlSecondsAfterFinished leaves batch.children; the next rescan "
-    "creates the object's job again (attempt 1), submitting once more, at every rescan",
-)
-async def test_review_batch_ttl_deleted_failed_child_is_not_created_again_on_rescan() -> None:
+async def test_review_batch_succeeded_child_deleted_by_its_ttl_is_not_created_again_on_rescan() -> None:
     storage = Storage({"input/a.wav": b"x"})
     setup = rig(storage)
     batch_spec = spec(rescanInterval=60, template={"ttlSecondsAfterFinished": 0})
@@ -128,23 +123,41 @@ async def test_review_batch_ttl_deleted_failed_child_is_not_created_again_on_res
     name = name_of("input/a.wav")
     try:
         await until(lambda: setup.jobs.status.get("passes") == 1)
-        # Possibly paid (the answer to the submission was lost): never retried, says the README.
-        setup.finish(name, "Failed", "SubmissionUncertain", "the answer was lost")
+        setup.finish(name)
         gone = setup.jobs.objects.pop(name)  # ttlSecondsAfterFinished: 0 deletes it
         setup.controller.observe_job(gone, deleted=True)
         setup.offset[0] += timedelta(seconds=61)
         setup.batch({**batch_spec, "maxInFlight": 99}, generation=2)  # wakes the batch
         await until(lambda: setup.jobs.status.get("passes") == 2)
+        await until(lambda: setup.jobs.status_writes > 0 and setup.jobs.status.get("removedSucceeded") == 1)
     finally:
         await setup.controller.stop()
     assert setup.jobs.creates == [name], "created (and so submitted) a second time"
+    assert setup.jobs.status["counts"]["succeeded"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an adopted operation that SpeechKit does not know fails as ResultExpired, which the batch "
-    "retries as a fresh, paid, submission (README: adopted files are never submitted again)",
-)
+async def test_review_batch_failed_child_deleted_by_a_person_is_tried_again_on_the_next_pass() -> None:
+    """A failed child stays whatever its time to live (see test_lifecycle): deleting it is how a
+    person asks for the object to be tried again."""
+    storage = Storage({"input/a.wav": b"x"})
+    setup = rig(storage)
+    batch_spec = spec(rescanInterval=60, template={"ttlSecondsAfterFinished": 0})
+    setup.batch(batch_spec)
+    setup.controller.start()
+    name = name_of("input/a.wav")
+    try:
+        await until(lambda: setup.jobs.status.get("passes") == 1)
+        setup.finish(name, "Failed", "SubmissionUncertain", "the answer was lost")
+        await until(lambda: (setup.jobs.status.get("counts") or {}).get("failed") == 1)
+        setup.controller.observe_job(setup.jobs.objects.pop(name), deleted=True)
+        setup.offset[0] += timedelta(seconds=61)
+        setup.batch({**batch_spec, "maxInFlight": 99}, generation=2)
+        await until(lambda: setup.jobs.status.get("passes") == 2)
+    finally:
+        await setup.controller.stop()
+    assert setup.jobs.creates == [name, name]
+
+
 async def test_review_batch_adopted_child_that_fails_result_expired_is_not_resubmitted() -> None:
     storage = Storage(
         {"input/a.wav": b"x", "log/a.wav.json": json.dumps({"id": "e03flying", "done": False}).encode()}
@@ -165,7 +178,6 @@ async def test_review_batch_adopted_child_that_fails_result_expired_is_not_resub
 # -- retries -----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="_retry calls _create without the config.json language")
 async def test_review_batch_retry_attempt_keeps_the_config_json_language() -> None:
     storage = Storage({"input/config.json": b'{"lang": "en-US"}', "input/a.wav": b"x"})
     setup = rig(storage)
@@ -182,11 +194,6 @@ async def test_review_batch_retry_attempt_keeps_the_config_json_language() -> No
     assert setup.jobs.objects[f"{name}-2"]["spec"]["recognition"]["languageCode"] == "en-US"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_retry: a KubeError from create_job raises _ScanStopped after the retry was popped and its "
-    "place reserved: the retry is lost, `creating` leaks, the batch never completes",
-)
 async def test_review_batch_retry_survives_a_failed_create_and_the_batch_completes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -218,11 +225,6 @@ async def test_review_batch_retry_survives_a_failed_create_and_the_batch_complet
 # -- lost wake-ups -----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_wait clears batch.changed before waiting: a child failure observed during the awaits at "
-    "the end of _scan is forgotten; a run-once batch then waits for ever with a retry queued",
-)
 async def test_review_batch_failure_observed_while_the_scan_ends_is_retried() -> None:
     storage = Storage({"input/a.wav": b"x"})
     setup = rig(storage)
@@ -243,11 +245,6 @@ async def test_review_batch_failure_observed_while_the_scan_ends_is_retried() ->
         await setup.controller.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a batch deleted while its scan waits for room: _reserve raises _ScanStopped(None), _step's "
-    "_wait clears the deletion's wake-up and waits for ever; stop() no longer sees the batch",
-)
 async def test_review_batch_deleted_while_waiting_for_room_ends_its_task() -> None:
     storage = Storage({f"input/{index}.wav": b"x" for index in range(3)})
     setup = rig(storage)
@@ -272,11 +269,6 @@ async def test_review_batch_deleted_while_waiting_for_room_ends_its_task() -> No
 # -- maxInFlight -------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="409 for a child of this batch not seen yet: _exists -> observe_job takes one reservation, "
-    "_handle's _release takes another one: a third child starts with maxInFlight=2",
-)
 async def test_review_batch_an_existing_own_child_does_not_free_two_places(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -317,11 +309,6 @@ async def test_review_batch_an_existing_own_child_does_not_free_two_places(
 # -- scans that stop for ever or lose objects --------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="read_small raises too_large for a marker above 4 KiB; _new_object turns it into "
-    "_ScanStopped('StorageUnavailable'): the page is retried every 30 s for ever",
-)
 async def test_review_batch_oversized_seed_marker_is_skipped_and_the_scan_goes_on() -> None:
     storage = RealisticStorage(
         {
@@ -343,11 +330,6 @@ async def test_review_batch_oversized_seed_marker_is_skipped_and_the_scan_goes_o
     assert {f["reason"] for f in setup.jobs.status["failures"]} == {"SeedMarkerInvalid"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the output probe key (output prefix + key + .json) of a long key exceeds S3's 1,024 bytes: "
-    "the HEAD is refused (400), the scan pauses for ever on that page, later objects are never seen",
-)
 async def test_review_batch_key_whose_output_key_is_too_long_is_skipped_and_the_scan_goes_on() -> None:
     long_key = "input/" + "x" * 1006 + ".wav"  # 1,016 characters: a valid job source key
     storage = RealisticStorage({long_key: b"x", "input/z.wav": b"x"}, page=1)
@@ -372,11 +354,6 @@ class StuckStorage(Storage):
         return ListPage(page.objects, truncated=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_scan uses list_page without the stuck-listing check of iter_objects: a storage that "
-    "ignores StartAfter is listed in a tight loop for ever (matched grows without bound)",
-)
 async def test_review_batch_storage_that_ignores_start_after_stops_the_scan_with_a_reason() -> None:
     storage = StuckStorage({"input/a.wav": b"x", "input/b.wav": b"x"}, page=1)
     setup = rig(storage)
@@ -390,12 +367,6 @@ async def test_review_batch_storage_that_ignores_start_after_stops_the_scan_with
     assert lists < 50, f"{lists} listings in 0.5 s"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a job of the object's name owned by a batch that no longer exists (deleted, its children "
-    "not garbage-collected yet, e.g. delete + re-apply) is taken for a copied batch's: the object is "
-    "skipped for good as TakenByAnotherJob and never transcribed",
-)
 async def test_review_batch_recreated_batch_transcribes_objects_of_its_deleted_predecessor() -> None:
     storage = Storage({"input/a.wav": b"x"})
     setup = rig(storage)
@@ -421,7 +392,9 @@ async def test_review_batch_recreated_batch_transcribes_objects_of_its_deleted_p
     setup.batch(spec())  # the same manifest, applied again: a new uid
     setup.controller.start()
     try:
-        await until(lambda: setup.jobs.status.get("passes") == 1)
+        await until(lambda: setup.jobs.status.get("reason") == "WaitingForOldJobs")
+        assert setup.jobs.creates == [], "the old job is still there: nothing is created"
+        assert ("Warning", "WaitingForOldJobs") in [(type_, reason) for type_, reason, _ in setup.jobs.events]
         del setup.jobs.objects[name]  # the garbage collector catches up
         await until(
             lambda: (
@@ -437,11 +410,6 @@ async def test_review_batch_recreated_batch_transcribes_objects_of_its_deleted_p
 # -- counts ------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="observe_job(deleted) removes the child from the counts: after ttlSecondsAfterFinished a "
-    "Complete batch reports 0 succeeded, 0 discovered, progress 0%",
-)
 async def test_review_batch_counts_survive_children_deleted_by_their_ttl() -> None:
     storage = Storage({"input/a.wav": b"x", "input/b.wav": b"x"})
     setup = rig(storage)

@@ -259,6 +259,25 @@ async def test_a_finished_job_with_a_ttl_is_deleted_when_it_expires() -> None:
     assert ("delete", "keep") not in workflow.calls
 
 
+async def test_a_failed_child_of_a_batch_outlives_its_ttl_a_succeeded_one_does_not() -> None:
+    workflow = FakeWorkflow()
+    done = {"phase": "Succeeded", "completedAt": format_time(now())}
+    failed = {"phase": "Failed", "reason": "Unavailable", "completedAt": format_time(now())}
+    owner = {"apiVersion": "speechkit.dev/v1alpha1", "kind": "TranscriptionBatch", "name": "b", "uid": "u"}
+    children = []
+    for name, status in (("ok", done), ("bad", failed)):
+        child = body(name, status=status, spec={"ttlSecondsAfterFinished": 0})
+        child["metadata"]["ownerReferences"] = [owner]
+        children.append(child)
+    loose = body("loose", status=failed, spec={"ttlSecondsAfterFinished": 0})
+    async with running_scheduler(workflow) as scheduler:
+        for child in (*children, loose):
+            scheduler.observe(child)
+        await until(lambda: ("delete", "ok") in workflow.calls and ("delete", "loose") in workflow.calls)
+        await asyncio.sleep(0.2)
+    assert ("delete", "bad") not in workflow.calls
+
+
 async def test_a_job_past_its_deadline_ends() -> None:
     workflow = FakeWorkflow()
     async with running_scheduler(workflow) as scheduler:

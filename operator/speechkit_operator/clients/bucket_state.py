@@ -357,6 +357,14 @@ class BucketJobStore:
         self.writes.add("batch")
         return copy.deepcopy(written)
 
+    async def get_batch(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The batch, when it is the one of that name."""
+        async with self._lock(BATCH_NAME):
+            current = self._batch
+            if current is None or ((current.get("metadata") or {}).get("name")) != name:
+                return None
+            return copy.deepcopy(current)
+
     async def patch_batch_status(self, batch: JobRef, status: Mapping[str, Any]) -> dict[str, Any]:
         """Merge ``status`` into the batch's status (only the batch of ``batch.uid``)."""
         async with self._lock(BATCH_NAME):

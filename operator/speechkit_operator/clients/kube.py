@@ -164,6 +164,17 @@ class JobStore:
 
     # -- batches -------------------------------------------------------------------------------
 
+    async def get_batch(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The TranscriptionBatch as the API server has it now, or None when there is none."""
+        try:
+            return await self._request(
+                "GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{BATCH_PLURAL}/{name}"
+            )
+        except KubeError as exc:
+            if exc.gone:
+                return None
+            raise
+
     async def patch_batch_status(self, batch: JobRef, status: Mapping[str, Any]) -> dict[str, Any]:
         """Merge ``status`` into a TranscriptionBatch's status (only the batch of ``batch.uid``)."""
         body: dict[str, Any] = {"status": dict(status)}

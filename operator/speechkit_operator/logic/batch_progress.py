@@ -350,6 +350,7 @@ def status_patch(
         "nextScanAt": next_text,
         "scan": scan,
         "passes": status.passes,
+        "removedSucceeded": status.removed_succeeded,
         "failures": [_entry(entry) for entry in status.failures][-MAX_FAILURES:],
         "conditions": conditions,
         "observedGeneration": generation,

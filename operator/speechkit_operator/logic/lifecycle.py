@@ -45,6 +45,9 @@ class Limits:
 
     deadline_seconds: int | None = None
     ttl_seconds: int | None = None
+    #: A TranscriptionBatch's child: when it failed it stays, whatever its time to live, as the
+    #: batch's record that its object is not to be submitted again (deleting it asks for a retry).
+    keep_failed: bool = False
 
 
 def plan(
@@ -63,7 +66,7 @@ def plan(
     written by another process counts as abandoned (None: at once); ``adopt``: the job was created
     to take over an operation submitted elsewhere, which replaces its submission."""
     if status.phase is not None and status.phase.terminal:
-        if limits.ttl_seconds is None:
+        if limits.ttl_seconds is None or (limits.keep_failed and status.phase is Phase.FAILED):
             return Plan(Step.NOTHING)
         finished = parse_time(status.completed_at) or now
         return Plan(Step.DELETE, finished + timedelta(seconds=limits.ttl_seconds))

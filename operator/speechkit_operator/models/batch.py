@@ -254,6 +254,11 @@ def _lenient_time(value: Any) -> Any:
     return None
 
 
+def _lenient_count(value: Any) -> int:
+    """A count read back from the status: anything but a non-negative integer is 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 #: A time in the status: a datetime in Python, written as ``2024-05-01T10:00:00.000Z``.
 Moment = Annotated[
     datetime | None,
@@ -327,6 +332,9 @@ class BatchStatus(_Status):
     scan: ScanProgress | None = None
     #: Passes over the whole listing completed.
     passes: int = 0
+    #: Succeeded children deleted after finishing (``ttlSecondsAfterFinished``), still counted as
+    #: succeeded; the next pass counts their objects as skipped (their transcripts exist).
+    removed_succeeded: Annotated[int, BeforeValidator(_lenient_count)] = 0
     #: The latest failures, newest last, at most MAX_FAILURES.
     failures: list[BatchFailure] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
