@@ -682,12 +682,6 @@ async def test_transient_failures_are_tried_again_up_to_max_attempts(e2e: E2E, b
 
 
 @in_module_loop
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG batches.py BatchController._retry: a new attempt is created without the language "
-    "of config.json (_create(batch, object_name, key, attempt=attempt) passes no language), so "
-    "attempt 2 gets the template's or the default ru-RU",
-)
 async def test_a_new_attempt_keeps_the_config_json_language(e2e: E2E, batches: Batches) -> None:
     (key,) = put_audio(e2e, f"lang/retried-{AUDIO}")
     put(e2e, "lang/config.json", b'{"lang": "en-US"}')
@@ -714,13 +708,6 @@ async def test_a_new_attempt_keeps_the_config_json_language(e2e: E2E, batches: B
 
 
 @in_module_loop
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG batches.py BatchController.observe_job: a deleted child takes its count with it "
-    "(batch.counts[known.phase] -= 1 and del batch.children[...]), and the counts are only ever "
-    "rebuilt from the children that exist: children removed after template.ttlSecondsAfterFinished "
-    "leave a Complete batch showing discovered 0, succeeded 0, progress 0%",
-)
 async def test_children_removed_after_their_ttl_keep_their_counts(e2e: E2E, batches: Batches) -> None:
     keys = put_audio(e2e, *(f"ttl/{number}-{AUDIO}" for number in range(2)))
     batch = await batches.create(
@@ -860,12 +847,6 @@ HOLD = "e2e.speechkit.dev/hold"
 
 
 @in_module_loop
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG batches.py BatchController._exists: a job of the child's name that is being deleted "
-    "(deletionTimestamp set, owned by the batch deleted a moment ago) is taken for another batch's "
-    "job: the re-created batch skips the object for good (TakenByAnotherJob) and never transcribes it",
-)
 async def test_a_batch_created_again_transcribes_objects_whose_old_children_are_going(
     e2e: E2E, batches: Batches
 ) -> None:

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds one Kubernetes API request may take.
 DEFAULT_TIMEOUT = 30.0
+#: The most characters of the API server's own error message kept in a KubeError's text.
+MAX_DETAIL = 300
 MERGE_PATCH = "application/merge-patch+json"
 EVENT_COMPONENT = "speechkit-operator"
 
@@ -35,9 +37,11 @@ EVENT_COMPONENT = "speechkit-operator"
 class KubeError(Exception):
     """A Kubernetes API call failed; ``status`` is the HTTP status (0 when none came back)."""
 
-    def __init__(self, message: str, status: int = 0) -> None:
+    def __init__(self, message: str, status: int = 0, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
+        #: The API server's own message (its Status object's ``message``), when it sent one.
+        self.detail = detail
 
     @property
     def conflict(self) -> bool:
@@ -47,6 +51,12 @@ class KubeError(Exception):
     @property
     def gone(self) -> bool:
         return self.status == 404
+
+    @property
+    def replaced(self) -> bool:
+        """A write carrying the object's uid met another object of that name (the API server
+        refuses the change of ``metadata.uid``); not a write the schema refused."""
+        return self.status == 422 and "metadata.uid" in self.detail
 
 
 class WriteCounter:
@@ -99,7 +109,7 @@ class JobStore:
         try:
             answer = await self._request("PATCH", _job_path(job) + "/status", body, content_type=MERGE_PATCH)
         except KubeError as exc:
-            if exc.status == 422 and job.uid:
+            if exc.replaced and job.uid:
                 logger.warning(
                     "job %s: not written, the job was replaced or refused it: %s", job, exc, extra=job.log
                 )
@@ -184,7 +194,7 @@ class JobStore:
         try:
             answer = await self._request("PATCH", path, body, content_type=MERGE_PATCH)
         except KubeError as exc:
-            if exc.status == 422 and batch.uid:
+            if exc.replaced and batch.uid:
                 raise KubeError(f"{exc} (the batch was replaced)", 404) from None
             raise
         self.writes.add("batch-status")
@@ -276,7 +286,9 @@ class JobStore:
             self._client(), method, path, body, content_type=content_type, timeout=self._timeout
         )
         if status >= 400:
-            raise KubeError(f"{method} {path}: HTTP {status}", status)
+            detail = str(data.get("message") or "")
+            said = f": {detail[:MAX_DETAIL]}" if detail else ""
+            raise KubeError(f"{method} {path}: HTTP {status}{said}", status, detail)
         return data
 
 
@@ -302,7 +314,11 @@ def raw_request(
         response = api.call_api(*serialized, _request_timeout=timeout)
         response.read()  # type: ignore[no-untyped-call]
     except ApiException as exc:
-        return int(exc.status or 0), {}
+        try:
+            answer = json.loads(exc.body or b"{}")
+        except (TypeError, ValueError):
+            answer = {}
+        return int(exc.status or 0), answer if isinstance(answer, dict) else {}
     except Exception as exc:  # connection errors of urllib3 and the like
         raise KubeError(f"{method} {path}: {type(exc).__name__}") from None
     try:
