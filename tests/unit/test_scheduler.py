@@ -580,7 +580,9 @@ async def test_with_quotas_per_folder_finished_jobs_earlier_submissions_count_in
             "phase": "Succeeded",
             "reason": "Succeeded",
             "operationId": "op",
-            "submittedAt": format_time(now()),
+            # Before this process started (a submission after it is this process's own): the
+            # scheduler's start and now() could fall in the same millisecond, or not.
+            "submittedAt": format_time(now() - timedelta(seconds=1)),
             "completedAt": format_time(now()),
         }
         for index in range(5):
