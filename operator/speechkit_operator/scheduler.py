@@ -21,7 +21,6 @@ import contextlib
 import heapq
 import itertools
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -41,7 +40,7 @@ from speechkit_operator.logic import lifecycle
 from speechkit_operator.logic.budget import CarriedOver, ConcurrencyWindow, TokenBucket
 from speechkit_operator.logic.queueing import FairQueue
 from speechkit_operator.logic.timestamps import parse_time, utcnow
-from speechkit_operator.models.job import OPERATION_ID_PATTERN, JobRef, JobStatus, Phase
+from speechkit_operator.models.job import JobRef, JobStatus, Phase
 from speechkit_operator.workflow import KUBE_RETRY_SECONDS, Job, JobWorkflow, StepResult
 
 logger = logging.getLogger(__name__)
@@ -760,15 +759,15 @@ class Scheduler:
 
 
 def _adoption(annotations: Any) -> tuple[str | None, datetime | None]:
-    """The operation a job was created to take over, from its annotations; an id that is not one
-    is ignored (with a warning: the job is then submitted as any other)."""
+    """The operation a job was created to take over, from its annotations, as written: any string,
+    including one that is not an operation id and the empty one. Such a job is never submitted:
+    :meth:`JobWorkflow.adopt` checks the id and fails the job (``InvalidAdoption``) when it is not
+    one, since the operation the annotation meant may be running. None without the annotation (or
+    with a value that is not a string, which the API server never stores)."""
     if not isinstance(annotations, Mapping):
         return None, None
     operation = annotations.get(ADOPT_OPERATION_ANNOTATION)
     if not isinstance(operation, str):
-        return None, None
-    if not re.fullmatch(OPERATION_ID_PATTERN, operation):
-        logger.warning("ignoring %s: not an operation id", ADOPT_OPERATION_ANNOTATION)
         return None, None
     submitted = annotations.get(ADOPT_SUBMITTED_AT_ANNOTATION)
     return operation, parse_time(submitted) if isinstance(submitted, str) else None

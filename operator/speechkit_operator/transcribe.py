@@ -686,8 +686,9 @@ def _seed_prefixes(
     seed_output = (
         options.seed_output if options.seed_output is not None else environ.get("S3_PREFIX_OUT") or None
     )
-    if selection.single and selection.prefix:
-        # The prefix chosen for one object ends with "/": so must the seed's, for its keys to line up.
+    if selection.single:
+        # The prefix chosen for one object ends with "/" (or is empty, for an object at the bucket's
+        # root): so must the seed's, for its keys to line up (a batch refuses them otherwise).
         seed_log = _folder(seed_log) if seed_log else seed_log
         seed_output = _folder(seed_output) if seed_output else seed_output
     return seed_log, seed_output

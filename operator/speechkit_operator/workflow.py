@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets as random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,7 @@ from speechkit_operator.clients.speech.errors import (
 )
 from speechkit_operator.clients.storage import ObjectStorage, StorageError, StorageFactory
 from speechkit_operator.config import Settings
+from speechkit_operator.constants import ADOPT_OPERATION_ANNOTATION
 from speechkit_operator.logic import lifecycle, polling, transitions
 from speechkit_operator.logic.audio_probe import (
     HEAD_BYTES,
@@ -65,7 +67,13 @@ from speechkit_operator.logic.rendering import preview, render_json, render_outp
 from speechkit_operator.logic.timestamps import format_time, parse_time, utcnow
 from speechkit_operator.metrics import OperatorMetrics
 from speechkit_operator.models.audio import AudioEncoding, AudioInfo
-from speechkit_operator.models.job import JobRef, JobStatus, Phase, TranscriptionJobSpec
+from speechkit_operator.models.job import (
+    OPERATION_ID_PATTERN,
+    JobRef,
+    JobStatus,
+    Phase,
+    TranscriptionJobSpec,
+)
 from speechkit_operator.models.recognition import Transcript
 
 logger = logging.getLogger(__name__)
@@ -127,8 +135,9 @@ class Job:
     attempts: int = 0
     #: The quota scope whose budget this step was given (None: not budgeted).
     scope: str | None = None
-    #: An operation submitted elsewhere that the job takes over instead of submitting (the
-    #: adopt annotation, validated), and when it was submitted (None: unknown).
+    #: An operation submitted elsewhere that the job takes over instead of submitting (the adopt
+    #: annotation as written: :meth:`JobWorkflow.adopt` checks it), and when it was submitted
+    #: (None: unknown).
     adopt: str | None = None
     adopt_submitted_at: datetime | None = None
 
@@ -316,7 +325,11 @@ class JobWorkflow:
         """Take over the operation the job was created for (the seed script submitted it): record
         it as the job's own, as if submitted when the seed did; nothing is sent to SpeechKit. The
         audio is probed for its channels (the outputs depend on them); a problem with it does not
-        stop the adoption: the operation exists and its result is what the user wants."""
+        stop the adoption: the operation exists and its result is what the user wants.
+
+        An annotation that is not an operation id (empty, uppercase, a typo) fails the job for good,
+        ``InvalidAdoption``, without submitting it: whoever wrote it meant an operation that may be
+        running and paid for, and a submission would pay for the audio again."""
         status = job.status
         if (
             job.adopt is None
@@ -325,6 +338,8 @@ class JobWorkflow:
             or (status.phase and status.phase.terminal)
         ):
             return StepResult()
+        if re.fullmatch(OPERATION_ID_PATTERN, job.adopt) is None:
+            return await self._fail(job, "InvalidAdoption", _invalid_adoption(job.adopt), submitted=False)
         audio: AudioInfo | None = None
         try:
             audio = (await self._prepare(job)).audio
@@ -961,6 +976,18 @@ class JobWorkflow:
             result.body = await self._write(job.ref, patch)
             await self._notes(job.ref, [Note("Warning", "RetryScheduled", f"{reason}: {text}")])
         return result
+
+
+def _invalid_adoption(value: str) -> str:
+    """Why a job whose adopt annotation is not an operation id failed, and what to do about it."""
+    shown = repr(value) if len(value) <= 70 else repr(value[:69]) + "…"
+    return (
+        f"the annotation {ADOPT_OPERATION_ANNOTATION}: {shown} is not a SpeechKit operation id "
+        "(1 to 64 lowercase ASCII letters and digits, such as e03sup6d5h7rq5f3tmeh), so the job was "
+        "not submitted: the operation it was meant to take over may be running. To transcribe the "
+        "object with a new (paid) operation, delete the job and create it without the annotation; "
+        "to take the operation over, create it with the operation's id"
+    )
 
 
 def _rv(body: Mapping[str, Any]) -> str | None:

@@ -450,16 +450,19 @@ def test_the_full_status_is_stored_unpruned_behind_the_status_subresource(jobs: 
     assert jobs.get("interview")["status"] == expected
 
 
-def test_a_status_write_for_another_uid_is_told_apart_from_an_invalid_one(jobs: Jobs) -> None:
-    """The operator writes status with the job's uid (only that job, not one re-created under its
-    name): the refusal names ``metadata.uid``, which a status the schema refuses does not; the
-    client tells a replaced job from a bug in what it wrote by that (clients/kube.py)."""
+def test_a_status_write_for_another_uid_lands_and_its_answer_says_so(jobs: Jobs) -> None:
+    """The status subresource copies the stored object's metadata before applying a write: a uid
+    in the patch is no precondition there (resourceVersion is). The answer carries the stored
+    object's uid, which is how the client finds out post hoc that its job was replaced under the
+    same name (clients/kube.py); a status the schema refuses is a 422 that names no uid."""
     created = jobs.created("interview", VALID_SPEC)
     other = {"metadata": {"uid": "00000000-0000-0000-0000-000000000000"}, "status": {"phase": "Running"}}
-    replaced = jobs.patch("interview", other, subresource="status")
-    assert replaced.status == 422, replaced.body[:2000]
-    assert "metadata.uid" in replaced.body.decode()
-    invalid = {"metadata": {"uid": created["metadata"]["uid"]}, "status": {"phase": "Sleeping"}}
+    answer = _ok(jobs.patch("interview", other, subresource="status"))
+    assert answer["metadata"]["uid"] == created["metadata"]["uid"]
+    assert answer["status"]["phase"] == "Running"
+    stale = {"metadata": {"resourceVersion": created["metadata"]["resourceVersion"]}, "status": {}}
+    assert jobs.patch("interview", stale, subresource="status").status == 409
+    invalid = {"status": {"phase": "Sleeping"}}
     refused = jobs.patch("interview", invalid, subresource="status")
     assert refused.status == 422, refused.body[:2000]
     assert "metadata.uid" not in refused.body.decode()

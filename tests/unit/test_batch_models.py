@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -171,6 +172,99 @@ def test_globs_with_empty_ranges_are_refused(glob: str) -> None:
         TranscriptionBatchSpec.model_validate(with_source(include=[glob]))
 
 
+def test_glob_lists_hold_at_most_32_globs() -> None:
+    TranscriptionBatchSpec.model_validate(with_source(include=["*.wav"] * 32, exclude=["x/**"] * 32))
+    for field in ("include", "exclude"):
+        assert ("source", field) in invalid_locations(with_source(**{field: ["*.wav"] * 33}))
+
+
+@pytest.mark.parametrize(
+    "glob",
+    [
+        "/".join(["*"] * 16),  # 16 segments
+        "a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/*.wav",
+        "**/x/**",
+        "**/archive/old/**",  # two segments between two **
+        "2024/**/archive/old/**/*.wav",
+        "**/**",
+        "a**b/**/c**d",  # ** inside a segment is *
+        "x" * 256,
+    ],
+)
+def test_globs_within_the_bounds_are_taken(glob: str) -> None:
+    spec = TranscriptionBatchSpec.model_validate(with_source(include=[glob], exclude=[glob]))
+    assert spec.source.include == [glob]
+
+
+@pytest.mark.parametrize(
+    ("glob", "message"),
+    [
+        ("/".join(["*"] * 17), "has 17 segments, more than the 16"),
+        ("a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/*.wav", "has 17 segments, more than the 16"),
+        ("**/a/**/b/**", "has 3 ** segments, more than the 2"),
+        ("**/**/**", "has 3 ** segments, more than the 2"),
+        ("**/a/b/c/**", "has 3 segments between its two **, more than the 2"),
+        ("x/**/a/*/b/**/y", "has 3 segments between its two **, more than the 2"),
+        # The review's hostile spec: 64 globs of 62 "*a*" segments after a "**".
+        ("/".join(["**", *["*a*"] * 62, "x0"]), "has 64 segments, more than the 16"),
+    ],
+)
+def test_globs_beyond_the_bounds_are_refused_with_the_bound(glob: str, message: str) -> None:
+    for field in ("include", "exclude"):
+        with pytest.raises(ValidationError, match=re.escape(message)):
+            TranscriptionBatchSpec.model_validate(with_source(**{field: [glob]}))
+
+
+@pytest.mark.parametrize(
+    ("prefix", "seed_log", "seed_output", "refused"),
+    [
+        # The seed's own variables (S3_PREFIX=input, S3_PREFIX_LOG=log, S3_PREFIX_OUT=out), folders
+        # on both sides, the whole bucket with folders: the markers are log/a.wav.json.
+        ("input", "log", "out", None),
+        ("input/", "log/", "out/", None),
+        ("", "log/", "out/", None),
+        ("calls/in", "seed/log", None, None),
+        ("input", None, "out", None),
+        # Mixed: looked for at loga.wav.json, log//a.wav.json, outa.wav.json.
+        ("input/", "log", None, "seedLog 'log' and prefix 'input/' disagree about the trailing slash"),
+        ("input", "log/", None, "seedLog 'log/' and prefix 'input' disagree about the trailing slash"),
+        ("", "log", None, "seedLog 'log' and prefix '' disagree about the trailing slash"),
+        ("input/", "log/", "out", "seedOutput 'out' and prefix 'input/' disagree"),
+        ("input", None, "out/", "seedOutput 'out/' and prefix 'input' disagree"),
+    ],
+)
+def test_seed_prefixes_end_with_a_slash_exactly_when_the_source_prefix_does(
+    prefix: str, seed_log: str | None, seed_output: str | None, refused: str | None
+) -> None:
+    fields: dict[str, Any] = {"prefix": prefix}
+    if seed_log is not None:
+        fields["seedLog"] = seed_log
+    if seed_output is not None:
+        fields["seedOutput"] = seed_output
+    if refused is None:
+        TranscriptionBatchSpec.model_validate(with_source(**fields))
+        return
+    with pytest.raises(ValidationError, match=re.escape(refused)):
+        TranscriptionBatchSpec.model_validate(with_source(**fields))
+
+
+def test_the_slash_message_says_where_the_marker_would_be_looked_for_and_what_to_write() -> None:
+    with pytest.raises(ValidationError) as mixed:
+        TranscriptionBatchSpec.model_validate(with_source(prefix="input/", seedLog="log"))
+    message = str(mixed.value)
+    assert (
+        "the marker of input/a.wav would be looked for at 'loga.wav.json', not at 'log/a.wav.json'" in message
+    )
+    assert "(prefix: input/, seedLog: log/)" in message
+    assert "(prefix: input, seedLog: log)" in message
+    with pytest.raises(ValidationError) as doubled:
+        TranscriptionBatchSpec.model_validate(with_source(prefix="input", seedOutput="out/"))
+    assert "the result of input/a.wav would be looked for at 'out//a.wav.json'" in str(doubled.value)
+    with pytest.raises(ValidationError) as root:
+        TranscriptionBatchSpec.model_validate(with_source(prefix="", seedLog="log"))
+    assert "with the empty prefix, end seedLog with a slash (seedLog: log/)" in str(root.value)
+
+
 @pytest.mark.parametrize("extension", [".json", ".TXT", ".srt", ".Vtt"])
 def test_transcript_extensions_are_refused(extension: str) -> None:
     with pytest.raises(ValidationError, match="would transcribe its own outputs"):
@@ -181,7 +275,7 @@ def test_transcript_extensions_are_refused(extension: str) -> None:
     ("fields", "name"),
     [
         ({"prefix": "log/input/", "seedLog": "log/"}, "seedLog"),
-        ({"prefix": "", "seedLog": "l"}, None),  # "" starts with nothing but ""
+        ({"prefix": "", "seedLog": "l/"}, None),  # "" starts with nothing but ""
         ({"prefix": "input/", "seedLog": "input"}, "seedLog"),
         ({"prefix": "input/", "seedOutput": "input/"}, "seedOutput"),
         ({"prefix": "input/", "seedLog": "input/log/"}, None),  # inside the source: its keys are left out

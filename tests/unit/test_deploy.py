@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import base64
 import copy
+import itertools
 import json
 import os
 import re
 import shutil
 import subprocess
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ from speechkit_operator.models.batch import (
     EXTENSION_PATTERN,
     GLOB_PATTERN,
     MAX_FAILURES,
+    MAX_GLOB_DOUBLE_STARS,
+    MAX_GLOB_SEGMENTS,
+    MAX_GLOBS,
+    MAX_SEGMENTS_BETWEEN_DOUBLE_STARS,
     TRANSCRIPT_EXTENSIONS,
     BatchFailure,
     BatchPhase,
@@ -49,6 +54,8 @@ from speechkit_operator.models.batch import (
     ScanProgress,
     TranscriptionBatchSpec,
     child_job_spec,
+    glob_shape_problem,
+    seed_slash_problem,
 )
 from speechkit_operator.models.job import (
     ALL_FORMATS,
@@ -2556,6 +2563,94 @@ def test_batch_extension_rule_refuses_what_the_model_refuses(batch_spec_schema: 
         assert re.search(refused.group(1), extension), extension
         with pytest.raises(ValueError, match="transcribe its own outputs"):
             TranscriptionBatchSpec.model_validate(_nested("source.extensions", [extension]))
+
+
+def _cel_on_source(rule: str, source: Mapping[str, Any]) -> bool:
+    """The value of a CEL rule of ``source`` that uses only ``has``, ``==``, ``||``, ``!``,
+    ``startsWith`` and ``endsWith`` on its string fields, read as the Python it spells."""
+    python = re.sub(r"!has\(self\.(\w+)\)", r"(source.get('\1') is None)", rule)
+    python = re.sub(r"\.(starts|ends)With\(", r".\1with(", python)
+    python = re.sub(r"self\.(\w+)", r"source['\1']", python)
+    python = python.replace("||", " or ").replace("!", " not ").replace(" not =", "!=")
+    return bool(eval(python, {}, {"source": source}))
+
+
+_SOURCE_PREFIXES = ["", "input", "input/", "calls/in", "calls/in/", "log/in/"]
+_SEEDS = [None, "log", "log/", "seed/log", "seed/log/", "log/in/"]
+
+
+def test_batch_seed_prefixes_agree_with_the_source_prefix_about_the_slash(batch_spec_schema: Schema) -> None:
+    """The CRD's CEL rules on source refuse exactly what the model refuses (the slash rule and the
+    covering rule), over every pair of prefixes below; the slash rule says where the script's
+    files would be looked for."""
+    rules = _at(batch_spec_schema, "source")["x-kubernetes-validations"]
+    slash = [rule for rule in rules if "endsWith" in rule["rule"]]
+    assert len(slash) == 2
+    for field in ("seedLog", "seedOutput"):
+        [rule] = [rule for rule in slash if f"self.{field}.endsWith('/')" in rule["rule"]]
+        assert rule["message"].startswith(f"{field} and prefix disagree about the trailing slash")
+        assert "(prefix: input, " in rule["message"]
+        assert "ends with a slash" in rule["message"]
+    checks = [rule["rule"] for rule in rules if rule["rule"] != "self == oldSelf"]
+    for prefix in _SOURCE_PREFIXES:
+        for seed_log in _SEEDS:
+            for seed_output in _SEEDS:
+                source = {"bucket": "calls", "prefix": prefix}
+                if seed_log is not None:
+                    source["seedLog"] = seed_log
+                if seed_output is not None:
+                    source["seedOutput"] = seed_output
+                crd = all(_cel_on_source(rule, source) for rule in checks)
+                try:
+                    TranscriptionBatchSpec.model_validate({"source": source})
+                except ValueError:
+                    model = False
+                else:
+                    model = True
+                assert crd == model, source
+    assert seed_slash_problem("seedLog", "log", "input") is None
+    assert seed_slash_problem("seedLog", "log/", "input/") is None
+
+
+def _glob_rules(schema: Schema, field: str) -> list[str]:
+    patterns = []
+    for rule in _at(schema, f"source.{field}.items")["x-kubernetes-validations"]:
+        refused = re.fullmatch(r"!self\.matches\('(.*)'\)", rule["rule"])
+        assert refused is not None, rule
+        assert rule["message"].startswith("a glob has at most")
+        patterns.append(refused.group(1))
+    return patterns
+
+
+_GLOB_SEGMENTS = ["**", "a", "*", "b*c", "[!x]"]
+
+
+@pytest.mark.parametrize("field", ["include", "exclude"])
+def test_batch_glob_bounds_are_cel_rules_that_refuse_what_the_model_refuses(
+    batch_spec_schema: Schema, field: str
+) -> None:
+    """How many globs, how many segments, how many ``**`` and how many segments between two of them:
+    the CRD's maxItems and CEL rules (RE2 searches, the same in Python) are the model's bounds."""
+    assert _at(batch_spec_schema, f"source.{field}")["maxItems"] == MAX_GLOBS == 32
+    assert (MAX_GLOB_SEGMENTS, MAX_GLOB_DOUBLE_STARS, MAX_SEGMENTS_BETWEEN_DOUBLE_STARS) == (16, 2, 2)
+    patterns = _glob_rules(batch_spec_schema, field)
+    assert len(patterns) == 3
+    globs = ["/".join(["a"] * count) for count in range(1, 20)]
+    globs += ["/".join(["**", *["a"] * between, "**"]) for between in range(5)]
+    globs += ["/".join(["*", "**", *["a"] * between, "**", "*", "**"]) for between in range(4)]
+    globs += ["/".join(segments) for segments in itertools.product(_GLOB_SEGMENTS, repeat=4)]
+    globs += [
+        "/".join(segments) + "/x/y/z/w/v/u/t/s/r/q/p"
+        for segments in itertools.product(_GLOB_SEGMENTS, repeat=5)
+    ]
+    globs += ["a**b/**/c**d", "***/**/**", "**a/**/b**/**", "x" * 256]
+    refused = 0
+    for glob in globs:
+        model = glob_shape_problem(glob)
+        crd = [pattern for pattern in patterns if re.search(pattern, glob)]
+        assert bool(crd) == (model is not None), (glob, model, crd)
+        refused += bool(crd)
+    assert 0 < refused < len(globs)
 
 
 def test_batch_seed_prefixes_may_not_cover_the_source(batch_spec_schema: Schema) -> None:

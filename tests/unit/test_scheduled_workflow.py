@@ -10,7 +10,7 @@ import itertools
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from speechkit_operator.clients.kube import JobStore, KubeError
@@ -26,7 +26,7 @@ from speechkit_operator.clients.storage import StorageFactory
 from speechkit_operator.config import Settings
 from speechkit_operator.logic.timestamps import format_time
 from speechkit_operator.models.job import JobRef
-from speechkit_operator.scheduler import Scheduler
+from speechkit_operator.scheduler import Scheduler, _adoption
 from speechkit_operator.workflow import JobWorkflow
 from tests.support.audio import audio_dir
 from tests.unit.test_hardening_operator import KEYS, FakeStorages
@@ -366,10 +366,30 @@ async def test_a_job_created_to_adopt_an_operation_is_checked_never_submitted() 
     assert setup.cluster.objects["seeded-too"]["status"]["operationId"] == "e03seedop2"
 
 
-async def test_an_adopt_annotation_never_replaces_an_operation_or_takes_a_malformed_id() -> None:
-    """A job that already has an operation keeps it (a copied manifest carries the annotation); an
-    annotation that is not an operation id is ignored and the job is submitted as usual."""
+def test_the_adopt_annotation_reaches_the_workflow_as_written() -> None:
+    """The scheduler does not judge the id (the workflow fails a malformed one): a present but
+    malformed or empty annotation must never read as "no annotation", which would submit the job."""
+    adopt, at = "speechkit.dev/adopt-operation", "speechkit.dev/adopt-submitted-at"
+    assert _adoption({adopt: "e03ok", at: "2026-11-29T10:00:00Z"}) == (
+        "e03ok",
+        datetime(2026, 11, 29, 10, tzinfo=UTC),
+    )
+    assert _adoption({adopt: "e03ok", at: "not a time"}) == ("e03ok", None)
+    assert _adoption({adopt: "E03Flying"}) == ("E03Flying", None)
+    assert _adoption({adopt: "../../etc/passwd"}) == ("../../etc/passwd", None)
+    assert _adoption({adopt: ""}) == ("", None)
+    assert _adoption({adopt: 42}) == (None, None)  # never from the API server: annotations are strings
+    assert _adoption({at: "2026-11-29T10:00:00Z"}) == (None, None)
+    assert _adoption(None) == (None, None)
+
+
+async def test_an_adopt_annotation_never_replaces_an_operation_and_a_malformed_one_fails_the_job() -> None:
+    """A job that already has an operation keeps it (a copied manifest carries the annotation). An
+    annotation that is not an operation id (a path, uppercase, empty) fails the job for good with
+    InvalidAdoption, and nothing is submitted for it: the operation its author meant may be running,
+    and a submission would pay for the audio a second time."""
     setup = rig()
+    malformed = {"odd": "../../etc/passwd", "upper": "E03Flying", "empty": ""}
     setup.scheduler.start()
     try:
         setup.add(
@@ -377,11 +397,30 @@ async def test_an_adopt_annotation_never_replaces_an_operation_or_takes_a_malfor
             status=running("own", 30),
             annotations={"speechkit.dev/adopt-operation": "e03other"},
         )
-        setup.add("odd", annotations={"speechkit.dev/adopt-operation": "../../etc/passwd"})
+        for name, value in malformed.items():
+            setup.add(name, annotations={"speechkit.dev/adopt-operation": value})
+        setup.add("plain")  # no annotation: submitted as usual
+        await until(
+            lambda: all(
+                setup.cluster.objects[name].get("status", {}).get("phase") == "Failed" for name in malformed
+            )
+        )
         await until(lambda: len(setup.speech.submitted) == 1)
         await asyncio.sleep(0.2)
     finally:
         await setup.scheduler.stop(1.0)
-    assert setup.speech.submitted == [("odd.ogg", None)]
+    assert setup.speech.submitted == [("plain.ogg", None)]
     assert setup.cluster.objects["own"]["status"]["operationId"] == "op-own"
     assert setup.speech.looks["e03other"] == 0
+    for name, value in malformed.items():
+        status = setup.cluster.objects[name]["status"]
+        assert (status["phase"], status["reason"]) == ("Failed", "InvalidAdoption"), name
+        assert "operationId" not in status
+        assert "submission" not in status, "no intent was written: nothing was about to be sent"
+        message = status["message"]
+        assert f"speechkit.dev/adopt-operation: {value!r} is not a SpeechKit operation id" in message
+        assert "not submitted" in message
+        assert "delete the job and create it without the annotation" in message
+        submitted = next(c for c in status["conditions"] if c["type"] == "Submitted")
+        assert (submitted["status"], submitted["reason"]) == ("False", "InvalidAdoption")
+        assert (name, "event", "Failed") in setup.cluster.log

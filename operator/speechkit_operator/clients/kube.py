@@ -102,7 +102,8 @@ class JobStore:
         if resource_version is not None:
             metadata["resourceVersion"] = resource_version
         if job.uid:
-            # Only this job, not one re-created under its name: another uid is refused (422).
+            # The status subresource does not hold a write to this uid (it keeps the stored
+            # object's metadata): the answer's uid is checked below instead.
             metadata["uid"] = job.uid
         if metadata:
             body["metadata"] = metadata
@@ -198,6 +199,8 @@ class JobStore:
                 raise KubeError(f"{exc} (the batch was replaced)", 404) from None
             raise
         self.writes.add("batch-status")
+        if batch.uid and (answer.get("metadata") or {}).get("uid") not in (None, batch.uid):
+            raise KubeError(f"PATCH {path}: another batch of that name", 404)
         return answer
 
     async def post_event(

@@ -94,6 +94,9 @@ PERMANENT_REASONS: frozenset[str] = frozenset(
         "DeadlineExceeded",
         # A bug in the operator: a new child would meet it again.
         "UnexpectedError",
+        # The adopt annotation is not an operation id: the operation it meant may be running (and
+        # paid for); a new child would submit the audio again. A batch writes only valid ids.
+        "InvalidAdoption",
     }
 )
 

@@ -20,16 +20,25 @@ The glob and the key are split at ``/`` and matched segment by segment:
 - the whole relative key must match: ``*.wav`` matches ``a.wav`` but not ``2024/a.wav``.
 
 Matching never backtracks exponentially: at worst it takes time proportional to the length of the
-glob times the length of the key, whatever the glob (specs are untrusted input).
+glob times the length of the key, whatever the glob (specs are untrusted input). Each segment is a
+regular expression that cannot backtrack out of its segment; the segments before the first ``**``
+and after the last one match the key's first and last segments, and only a run of segments between
+two ``**`` is searched for along the key. The model bounds how many globs a batch has and how deep
+they are (:class:`~speechkit_operator.models.batch.BatchSourceSpec`), so that matching a key against
+all of them costs milliseconds even for a key of 1,000 segments.
 
 Seed files
 ----------
 The seed script keeps, for an input key ``input/a.wav`` (``S3_PREFIX=input``), a marker
-``log/a.wav.json`` (``S3_PREFIX_LOG`` + the key after the input prefix + ``.json``) holding the
-operation's JSON (``{"id": "e03...", "done": false, ...}``; ``{"done": "true", "id": "..."}`` once it
-wrote the result ``out/a.wav.json``); an optional ``config.json`` in the input prefix sets the
-language: ``{"lang": "ru-RU"}``. The script glues the prefixes to the keys as they are, and so do
-:func:`seed_marker_key` and :func:`seed_result_key`.
+``log/a.wav.json`` (``S3_PREFIX_LOG`` + the key after the input prefix + ``.json``: its
+``config['s3_prefix_log'] + key[len(config['s3_prefix']):] + ".json"``) holding the operation's
+JSON (``{"id": "e03...", "done": false, ...}``; ``{"done": "true", "id": "..."}`` once it wrote the
+result ``out/a.wav.json``, ``S3_PREFIX_OUT`` + the marker's key after ``S3_PREFIX_LOG``); an optional
+``config.json`` in the input prefix sets the language: ``{"lang": "ru-RU"}``. The script glues the
+prefixes to the keys as they are, and so do :func:`seed_marker_key` and :func:`seed_result_key`.
+The model refuses seed prefixes whose trailing slash disagrees with the source prefix's
+(``input/`` with ``log`` would look for ``loga.wav.json``): see
+:func:`~speechkit_operator.models.batch.seed_slash_problem`.
 """
 
 from __future__ import annotations
@@ -42,10 +51,15 @@ import json
 import posixpath
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from speechkit_operator.models.job import DOT_SEGMENT_PATTERN, KEY_PATTERN, LANGUAGE_PATTERN
+from speechkit_operator.models.job import (
+    DOT_SEGMENT_PATTERN,
+    KEY_PATTERN,
+    LANGUAGE_PATTERN,
+    OPERATION_ID_PATTERN,
+)
 
 if TYPE_CHECKING:  # the model imports this module to validate globs
     from speechkit_operator.models.batch import BatchSourceSpec
@@ -54,8 +68,6 @@ if TYPE_CHECKING:  # the model imports this module to validate globs
 SEED_CONFIG_NAME = "config.json"
 #: The largest marker or config.json accepted: the seed writes about 200 bytes.
 MAX_SEED_FILE_BYTES = 4096
-#: SpeechKit operation ids (``e03sup6d5h7rq...``): ASCII letters and digits.
-OPERATION_ID_PATTERN = r"^[A-Za-z0-9]{1,64}$"
 #: Characters of the hash at the end of a child's name (lowercase base32: 5 bits each).
 NAME_HASH_LENGTH = 10
 #: The longest Kubernetes name that is also a DNS-1123 label.
@@ -89,62 +101,106 @@ _Token = str | _Wild | _CharClass
 _Segment = tuple[_Token, ...] | None
 
 
+class _Key:
+    """A key relative to the source prefix, split once for all the globs it is matched against:
+    its segments, and the key behind a ``/`` (every segment then follows a ``/``), in which the
+    blocks between two ``**`` are searched for."""
+
+    __slots__ = ("parts", "slashed")
+
+    def __init__(self, relative: str) -> None:
+        self.parts = relative.split("/")
+        self.slashed = "/" + relative
+
+
 @dataclass(frozen=True)
 class Glob:
-    """A compiled include/exclude glob (see the module's documentation for its semantics)."""
+    """A compiled include/exclude glob (see the module's documentation for its semantics).
+
+    Its segments are cut at the ``**`` ones into blocks: the first block must match the key's
+    first segments, the last block its last ones, and each block between two ``**`` a run of
+    segments in between, the leftmost run that does (a later one never leaves more room to the
+    blocks after it). Each segment is a regular expression that cannot backtrack out of the
+    segment it matches, so matching costs, at worst, the key's length times the glob's."""
 
     text: str
     segments: tuple[_Segment, ...]
+    _head: tuple[re.Pattern[str], ...] = field(repr=False, compare=False)
+    _middle: tuple[re.Pattern[str], ...] = field(repr=False, compare=False)
+    _tail: tuple[re.Pattern[str], ...] = field(repr=False, compare=False)
+    #: Whether a ``**`` lets the key have more segments than the glob.
+    _spans: bool = field(repr=False, compare=False)
+    #: Segments of the key the blocks must have at least.
+    _least: int = field(repr=False, compare=False)
 
     def matches(self, relative: str) -> bool:
         """Whether the whole of ``relative`` (a key relative to the source prefix) matches."""
-        parts = relative.split("/")
-        reachable = {0}  # how many key segments the glob's segments so far can have consumed
-        for segment in self.segments:
-            if segment is None:
-                reachable = set(range(min(reachable), len(parts) + 1))
-            else:
-                reachable = {
-                    done + 1
-                    for done in reachable
-                    if done < len(parts) and _match_segment(segment, parts[done])
-                }
-            if not reachable:
+        return self._matches(_Key(relative))
+
+    def _matches(self, key: _Key) -> bool:
+        parts = key.parts
+        count, head, tail = len(parts), self._head, self._tail
+        if not self._spans:
+            return count == len(head) and all(
+                segment.fullmatch(part) for segment, part in zip(head, parts, strict=True)
+            )
+        if count < self._least:
+            return False
+        if not all(segment.fullmatch(part) for segment, part in zip(head, parts[: len(head)], strict=True)):
+            return False
+        last = parts[count - len(tail) :]
+        if not all(segment.fullmatch(part) for segment, part in zip(tail, last, strict=True)):
+            return False
+        if not self._middle:
+            return True
+        # Where the segments between the head and the tail are in ``slashed``: from the slash
+        # before the first of them to the end of the last.
+        position = sum(map(len, parts[: len(head)])) + len(head)
+        end = len(key.slashed) - sum(map(len, last)) - len(tail)
+        for block in self._middle:
+            found = block.search(key.slashed, position, end)
+            if found is None:
                 return False
-        return len(parts) in reachable
+            position = found.end()
+        return True
 
 
-def _match_one(token: _Token, char: str) -> bool:
+def _token_regex(token: _Token) -> str:
     if isinstance(token, str):
-        return token == char
+        return re.escape(token)
     if isinstance(token, _CharClass):
-        return token.matches(char)
-    return True  # ``?``; a segment never holds a "/"
+        body = "".join(
+            re.escape(low) if low == high else f"{re.escape(low)}-{re.escape(high)}"
+            for low, high in token.ranges
+        )
+        if token.negated:
+            return f"[^/{body}]"
+        # A range such as [+-9] holds "/", which a segment never does.
+        return f"(?!/)[{body}]" if token.matches("/") else f"[{body}]"
+    return "[^/]"  # ``?``
 
 
-def _match_segment(tokens: tuple[_Token, ...], name: str) -> bool:
-    """Wildcard matching of one segment without exponential backtracking: on a mismatch only the
-    last ``*`` takes one more character (R. Cox, "Glob Matching Can Be Simple And Fast Too")."""
-    position = index = 0
-    star = -1
-    restart = 0
-    while position < len(tokens) or index < len(name):
-        if position < len(tokens):
-            token = tokens[position]
-            if token is _Wild.STAR:
-                star, restart = position, index + 1
-                position += 1
-                continue
-            if index < len(name) and _match_one(token, name[index]):
-                position += 1
-                index += 1
-                continue
-        if star >= 0 and restart <= len(name):
-            position, index = star + 1, restart
-            restart += 1
-            continue
-        return False
-    return True
+def _segment_regex(tokens: tuple[_Token, ...]) -> str:
+    """A regular expression for one segment that runs in time proportional to the name's length
+    times the segment's: between two ``*`` the earliest place of the fixed run of characters is
+    the best one (it leaves the most room to the rest), so it is taken for good, atomically; only
+    the last ``*`` backtracks, to put the last run at the end."""
+    runs: list[list[str]] = [[]]
+    for token in tokens:
+        if token is _Wild.STAR:
+            runs.append([])
+        else:
+            runs[-1].append(_token_regex(token))
+    if len(runs) == 1:
+        return "".join(runs[0])
+    first, *between, last = ("".join(run) for run in runs)
+    return first + "".join(f"(?>[^/]*?{run})" for run in between) + "[^/]*" + last
+
+
+def _block_search(block: tuple[tuple[_Token, ...], ...]) -> re.Pattern[str]:
+    """The segments of ``block``, each behind a ``/`` and ending where its segment ends, atomically
+    (a segment matches its whole segment in one way only, so nothing is lost)."""
+    return re.compile("".join(f"/(?>{_segment_regex(tokens)}(?![^/]))" for tokens in block))
 
 
 def _parse_class(segment: str, start: int, glob: str) -> tuple[_CharClass, int] | None:
@@ -197,7 +253,9 @@ def _parse_segment(segment: str, glob: str) -> tuple[_Token, ...]:
 @functools.lru_cache(maxsize=1024)
 def compile_glob(text: str) -> Glob:
     """Compile an include/exclude glob; ValueError for an empty one, one that starts with ``/``
-    (globs match the key relative to the prefix) or one with an empty range such as ``[z-a]``."""
+    (globs match the key relative to the prefix) or one with an empty range such as ``[z-a]``.
+    ``**/**`` is the same as ``**``. (How long and deep a batch's globs may be is the model's
+    business: :class:`~speechkit_operator.models.batch.BatchSourceSpec`.)"""
     if not text:
         raise ValueError("a glob must not be empty")
     if text.startswith("/"):
@@ -205,8 +263,28 @@ def compile_glob(text: str) -> Glob:
             f"glob {text!r} starts with /: globs match the key relative to source.prefix, "
             "without a leading slash"
         )
-    segments = tuple(None if part == "**" else _parse_segment(part, text) for part in text.split("/"))
-    return Glob(text, segments)
+    segments: list[_Segment] = []
+    for part in text.split("/"):
+        if part != "**":
+            segments.append(_parse_segment(part, text))
+        elif not segments or segments[-1] is not None:
+            segments.append(None)
+    blocks: list[list[tuple[_Token, ...]]] = [[]]
+    for segment in segments:
+        if segment is None:
+            blocks.append([])
+        else:
+            blocks[-1].append(segment)
+    head, *middle, tail = blocks if len(blocks) > 1 else [*blocks, []]
+    return Glob(
+        text=text,
+        segments=tuple(segments),
+        _head=tuple(re.compile(_segment_regex(tokens)) for tokens in head),
+        _middle=tuple(_block_search(tuple(block)) for block in middle),
+        _tail=tuple(re.compile(_segment_regex(tokens)) for tokens in tail),
+        _spans=len(blocks) > 1,
+        _least=sum(len(block) for block in blocks),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -254,10 +332,12 @@ def selected(key: str, source: BatchSourceSpec) -> bool:
         return False
     if not _has_extension(key, source.extensions):
         return False
-    relative = relative_key(key, source.prefix)
-    if source.include and not any(compile_glob(glob).matches(relative) for glob in source.include):
+    if not source.include and not source.exclude:
+        return True
+    relative = _Key(relative_key(key, source.prefix))
+    if source.include and not any(compile_glob(glob)._matches(relative) for glob in source.include):
         return False
-    return not any(compile_glob(glob).matches(relative) for glob in source.exclude)
+    return not any(compile_glob(glob)._matches(relative) for glob in source.exclude)
 
 
 def key_problem(key: str) -> str | None:
@@ -375,9 +455,14 @@ def _shown(value: object) -> str:
 
 def parse_seed_marker(data: bytes) -> SeedMarker:
     """Read a seed marker; ValueError, saying what is wrong, for anything but an object with an
-    operation ``id`` (ASCII letters and digits, at most 64) and a ``done`` that is a boolean or the
-    string ``"true"``/``"false"`` (any case). A marker without an id (absent, null or empty) raises
-    :class:`SeedMarkerWithoutOperation`, a ValueError."""
+    operation ``id`` and a ``done`` that is a boolean or the string ``"true"``/``"false"`` (any
+    case). A marker without an id (absent, null or empty) raises :class:`SeedMarkerWithoutOperation`,
+    a ValueError.
+
+    The id must match :data:`~speechkit_operator.models.job.OPERATION_ID_PATTERN`, the one pattern
+    the scheduler takes an adopted operation id by (lowercase ASCII letters and digits, at most 64,
+    as SpeechKit writes them): an id the scheduler would refuse is refused here, so the object is
+    skipped (``SeedMarkerInvalid``) rather than given a child that cannot adopt it."""
     marker = _load_object(data, "the seed marker", '{"id": "<operation id>", "done": false}')
     operation_id = marker.get("id")
     if operation_id is None or operation_id == "":
@@ -388,7 +473,7 @@ def parse_seed_marker(data: bytes) -> SeedMarker:
     if not isinstance(operation_id, str) or re.fullmatch(OPERATION_ID_PATTERN, operation_id) is None:
         raise ValueError(
             f"the seed marker's id {_shown(operation_id)} is not a SpeechKit operation id "
-            "(1 to 64 ASCII letters and digits)"
+            "(1 to 64 lowercase ASCII letters and digits)"
         )
     done = marker.get("done")
     if isinstance(done, str) and done.strip().lower() in ("true", "false"):

@@ -54,8 +54,18 @@ TRANSCRIPT_EXTENSIONS: tuple[str, ...] = (".json", ".txt", ".srt", ".vtt")
 DEFAULT_SEED_OUTPUT = "out/"
 
 MAX_PREFIX_LENGTH = 512
-MAX_GLOBS = 64
+#: Bounds on the globs (each list, each glob), so that matching a listed key against all of them
+#: stays cheap whatever they are (specs are untrusted, and every key of every page is matched on
+#: the operator's event loop): 64 globs of the worst shape these allow take a few milliseconds for
+#: a key of 1,000 segments (tests/unit/test_batch_selection.py).
+MAX_GLOBS = 32
 MAX_GLOB_LENGTH = 256
+#: Segments (the parts between slashes) of one glob.
+MAX_GLOB_SEGMENTS = 16
+#: ``**`` segments of one glob, and segments between two of them (``**/archive/old/**``): only a
+#: run of segments between two ``**`` has to be searched for along the key.
+MAX_GLOB_DOUBLE_STARS = 2
+MAX_SEGMENTS_BETWEEN_DOUBLE_STARS = 2
 MAX_EXTENSIONS = 32
 MAX_EXTENSION_LENGTH = 32
 MIN_RESCAN_SECONDS = 30
@@ -81,6 +91,69 @@ def _no_dot_segments(value: str | None) -> str | None:
     return value
 
 
+def seed_slash_problem(name: str, seed: str, prefix: str) -> str | None:
+    """Why the seed prefix ``seed`` (``seedLog`` or ``seedOutput``, the ``name``) cannot go with the
+    source ``prefix``, or None.
+
+    The seed script glues its variables to the keys as they are: the marker of a key is
+    ``S3_PREFIX_LOG + key[len(S3_PREFIX):] + ".json"``, its result ``S3_PREFIX_OUT`` + the same,
+    and so are :func:`~speechkit_operator.logic.batch_selection.seed_marker_key` and
+    ``seed_result_key``. Its own style is ``S3_PREFIX=input``, ``S3_PREFIX_LOG=log``: the key after
+    the prefix starts with ``/`` and the marker is ``log/a.wav.json``. A prefix ending with ``/``
+    (or empty) takes the ``/`` away from the key, so the seed prefix must end with one instead. When
+    the two disagree, the keys looked for are ``loga.wav.json`` or ``log//a.wav.json``, which the
+    script never writes in its own style: the marker would not be found and the object submitted
+    again although the script's operation may be running. So both must end with ``/``, or neither
+    (the empty prefix counting as ending with one)."""
+    folder = not prefix or prefix.endswith("/")
+    if seed.endswith("/") == folder:
+        return None
+    example = f"{prefix}a.wav" if folder else f"{prefix}/a.wav"
+    what = "marker" if name == "seedLog" else "result"
+    looked_for = f"{seed}{example[len(prefix) :]}.json"
+    meant = f"{seed.rstrip('/')}/a.wav.json"
+    if not prefix:
+        fix = f"with the empty prefix, end {name} with a slash ({name}: {seed}/)"
+    elif folder:
+        fix = (
+            f"write both with a trailing slash (prefix: {prefix}, {name}: {seed}/) or both without, as "
+            f"the script's variables are (prefix: {prefix[:-1]}, {name}: {seed})"
+        )
+    else:
+        fix = (
+            f"write both without a trailing slash, as the script's variables are (prefix: {prefix}, "
+            f"{name}: {seed[:-1]}), or both with one (prefix: {prefix}/, {name}: {seed})"
+        )
+    return (
+        f"{name} {seed!r} and prefix {prefix!r} disagree about the trailing slash: the seed script "
+        f"glues them to the key as they are, so the {what} of {example} would be looked for at "
+        f"{looked_for!r}, not at {meant!r}; {fix}"
+    )
+
+
+def glob_shape_problem(glob: str) -> str | None:
+    """Why ``glob`` is too deep for a batch (see :data:`MAX_GLOB_SEGMENTS` and the two after it),
+    or None. The CRD's CEL rules on ``include`` and ``exclude`` say the same."""
+    segments = glob.split("/")
+    if len(segments) > MAX_GLOB_SEGMENTS:
+        return (
+            f"glob {glob!r} has {len(segments)} segments, more than the {MAX_GLOB_SEGMENTS} a glob may "
+            "have (a segment is what lies between two slashes)"
+        )
+    stars = [index for index, segment in enumerate(segments) if segment == "**"]
+    if len(stars) > MAX_GLOB_DOUBLE_STARS:
+        return (
+            f"glob {glob!r} has {len(stars)} ** segments, more than the {MAX_GLOB_DOUBLE_STARS} a glob "
+            "may have (**/tmp/** already covers tmp at any depth, and anything under it)"
+        )
+    if len(stars) == 2 and stars[1] - stars[0] - 1 > MAX_SEGMENTS_BETWEEN_DOUBLE_STARS:
+        return (
+            f"glob {glob!r} has {stars[1] - stars[0] - 1} segments between its two **, more than the "
+            f"{MAX_SEGMENTS_BETWEEN_DOUBLE_STARS} allowed (as in **/archive/old/**)"
+        )
+    return None
+
+
 class BatchSourceSpec(_Model):
     """Where the recordings are, and which of them to transcribe."""
 
@@ -94,9 +167,11 @@ class BatchSourceSpec(_Model):
         default_factory=lambda: list(DEFAULT_EXTENSIONS)
     )
     #: The seed script's marker prefix (its ``S3_PREFIX_LOG``): objects it submitted are not
-    #: submitted again. Keys under it are never selected.
+    #: submitted again. Keys under it are never selected. It ends with ``/`` exactly when
+    #: ``prefix`` does or is empty (:func:`seed_slash_problem`).
     seed_log: SeedPrefix = None
     #: The seed script's results prefix (its ``S3_PREFIX_OUT``); see :attr:`effective_seed_output`.
+    #: The same rule about the trailing slash.
     seed_output: SeedPrefix = None
 
     @field_validator("prefix", "seed_log", "seed_output")
@@ -108,6 +183,8 @@ class BatchSourceSpec(_Model):
     @classmethod
     def _globs_compile(cls, globs: list[str]) -> list[str]:
         for glob in globs:
+            if (problem := glob_shape_problem(glob)) is not None:
+                raise ValueError(problem)
             compile_glob(glob)
         return globs
 
@@ -130,6 +207,17 @@ class BatchSourceSpec(_Model):
                     f"{name} {seed!r} covers the whole source prefix {self.prefix!r}: every key would be "
                     f"taken for one of the seed script's files; give {name} its own prefix"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _seed_prefixes_end_like_the_source_prefix(self) -> BatchSourceSpec:
+        problems = [
+            problem
+            for name, seed in (("seedLog", self.seed_log), ("seedOutput", self.seed_output))
+            if seed is not None and (problem := seed_slash_problem(name, seed, self.prefix)) is not None
+        ]
+        if problems:
+            raise ValueError(". Also: ".join(problems))
         return self
 
     @property
