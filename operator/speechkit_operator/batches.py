@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -66,6 +67,8 @@ SCAN_RETRY = 30.0
 SMALL_FILE_LIMIT = 4096
 #: Objects looked at (seed markers, existing outputs) at once during a scan.
 LOOKUPS_AT_ONCE = 8
+#: Keys listed to find the subtitles of an object transcribed with subtitles only (one per channel).
+SUBTITLE_PROBE_KEYS = 100
 #: Seconds before a page whose objects still have jobs being deleted (a batch deleted and applied
 #: again: the garbage collector removes the old children) is looked at again.
 OLD_JOB_RETRY = 5.0
@@ -114,7 +117,12 @@ class _Batch:
     removed_now: int = 0
     #: Children created in the pass under way (a pass that created none posts no event).
     created_in_pass: int = 0
+    #: Something for the batch's task to do (a child moved, a retry queued, the spec changed).
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: A place for a child may have freed (a child finished or went, a reservation ended).
+    room: asyncio.Event = field(default_factory=asyncio.Event)
+    #: What ends a paused scan's wait early: the spec changed, the batch was deleted, a stop.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
     dirty: bool = False
     deleted: bool = False
     task: asyncio.Task[None] | None = None
@@ -145,7 +153,7 @@ class BatchController:
         if deleted or meta.get("deletionTimestamp"):
             if batch is not None:
                 batch.deleted = True
-                batch.changed.set()
+                _wake(batch)
                 del self._batches[uid]
             return
         generation = meta.get("generation")
@@ -167,7 +175,7 @@ class BatchController:
             batch.generation = int(generation)
             batch.spec, batch.problem = spec, problem
             batch.dirty = True
-            batch.changed.set()
+            _wake(batch)
 
     def observe_job(self, body: Mapping[str, Any], *, deleted: bool = False) -> None:
         """A job event: a batch's child moves its counts (and may need another attempt)."""
@@ -187,6 +195,11 @@ class BatchController:
             return  # an earlier attempt's event
         if deleted or meta.get("deletionTimestamp"):
             if known is not None and known.attempt == attempt and not known.removed:
+                if PHASE_RANK.get(phase, 0) > PHASE_RANK.get(known.phase, 0):
+                    # The last word of the child (a watch may skip a modification before it).
+                    batch.counts[known.phase] -= 1
+                    known.phase = phase
+                    batch.counts[phase] += 1
                 if known.phase == "Succeeded":
                     # Its time to live after finishing: its transcripts stay, so does its count.
                     known.removed = True
@@ -239,6 +252,7 @@ class BatchController:
     def _changed(self, batch: _Batch) -> None:
         batch.dirty = True
         batch.changed.set()
+        batch.room.set()
 
     # -- running -------------------------------------------------------------------------------
 
@@ -255,7 +269,7 @@ class BatchController:
         self._stopping = True
         tasks = [batch.task for batch in self._batches.values() if batch.task is not None]
         for batch in self._batches.values():
-            batch.changed.set()
+            _wake(batch)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -286,7 +300,7 @@ class BatchController:
                 batch.reported = batch.generation
                 batch.dirty = True
                 await self._note(batch, "Warning", "InvalidSpec", batch.problem or "invalid spec")
-            await self._wait(batch)
+            await _wait(batch.changed)
             return
         try:
             await self._retry(batch)
@@ -298,16 +312,17 @@ class BatchController:
                 return
             if stopped.message:
                 await self._scan_problem(batch, stopped.reason, stopped.message, stopped.retry_in)
-            await self._wait(batch, stopped.retry_in)
+            # Paused: children moving on do not end the pause, a changed spec does.
+            await _wait(batch.wake, stopped.retry_in)
             return
         except Exception as exc:
             logger.exception("batch %s: unexpected error", batch.ref)
             await self._scan_problem(
                 batch, "UnexpectedError", f"{type(exc).__name__}; see the operator's log"
             )
-            await self._wait(batch, SCAN_RETRY)
+            await _wait(batch.wake, SCAN_RETRY)
             return
-        await self._wait(batch, self._seconds_to_next_scan(batch))
+        await _wait(batch.changed, self._seconds_to_next_scan(batch))
 
     async def _scan_problem(
         self, batch: _Batch, reason: str | None, message: str | None, retry_in: float | None = None
@@ -326,17 +341,10 @@ class BatchController:
             logger.warning("batch %s: %s (%s)", batch.ref, batch.scan_problem[1], reason)
             await self._note(batch, "Warning", batch.scan_problem[0], batch.scan_problem[1])
 
-    async def _wait(self, batch: _Batch, seconds: float | None = None) -> None:
-        """Until something changes (or ``seconds`` pass). A change signalled before the wait began
-        ends it at once: the flag is cleared only after it was seen."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(batch.changed.wait(), seconds)
-        batch.changed.clear()
-
     async def _list_children(self, batch: _Batch) -> None:
         """The batch's children as the API server has them now (events keep them up to date)."""
         selector = f"{BATCH_UID_LABEL}={batch.ref.uid}"
-        while not batch.listed:
+        while not (batch.listed or batch.deleted or self._stopping):
             try:
                 async for child in self.jobs.list_jobs(batch.ref.namespace, label_selector=selector):
                     self.observe_job(child)
@@ -361,11 +369,11 @@ class BatchController:
             if batch_progress.room(spec.max_in_flight, self._active(batch)) > 0:
                 batch.creating[object_name] = attempt
                 return
-            await self._wait(batch)
+            await _wait(batch.room)
 
     def _release(self, batch: _Batch, object_name: str) -> None:
         if batch.creating.pop(object_name, None) is not None:
-            batch.changed.set()
+            batch.room.set()
 
     async def _retry(self, batch: _Batch) -> None:
         """Create the children of the failed objects' next attempts; one that cannot be created
@@ -683,10 +691,10 @@ class BatchController:
                 if seed == "done":
                     return "skipped"
                 adopt = seed
-            if adopt is None:
-                probe = _output_probe_key(listed.key, output.prefix, [fmt.value for fmt in output.formats])
-                if await storage.head_or_none(spec.output_bucket, probe) is not None:
-                    return "skipped"
+            if adopt is None and await _transcribed(
+                storage, spec.output_bucket, listed.key, output.prefix, [fmt.value for fmt in output.formats]
+            ):
+                return "skipped"
         except StorageError as exc:
             if exc.kind == "invalid":
                 # The storage refuses a request about this object alone: it cannot be handled.
@@ -787,7 +795,7 @@ class BatchController:
         except KubeError as exc:
             if exc.gone:
                 batch.deleted = True
-                batch.changed.set()
+                _wake(batch)
                 return
             batch.dirty = True
             logger.warning("batch %s: status not written, trying again: %s", batch.ref, exc)
@@ -812,6 +820,21 @@ class BatchController:
         self, batch: _Batch, type_: Literal["Normal", "Warning"], reason: str, message: str
     ) -> None:
         await self.jobs.post_event(batch.ref, type_, reason, redact(message), kind=BATCH_KIND)
+
+
+async def _wait(event: asyncio.Event, seconds: float | None = None) -> None:
+    """Until ``event`` is set (or ``seconds`` pass). One set before the wait began ends it at once:
+    the event is cleared only after it was seen, so no wake-up is lost."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+    event.clear()
+
+
+def _wake(batch: _Batch) -> None:
+    """Every wait of the batch's task ends: it was deleted, its spec changed, or the operator stops."""
+    batch.changed.set()
+    batch.room.set()
+    batch.wake.set()
 
 
 class _Skipped(Exception):
@@ -873,11 +896,16 @@ def _attempt(annotations: Mapping[str, Any]) -> int:
         return 1
 
 
-def _output_probe_key(key: str, prefix: str, formats: list[str]) -> str:
-    """The output whose presence means the object was transcribed: the JSON (else the text, else
-    the first subtitle) next to the key, as a job writes it."""
+async def _transcribed(
+    storage: ObjectStorage, bucket: str, key: str, prefix: str, formats: list[str]
+) -> bool:
+    """Whether the object's transcripts exist: the JSON (else the text) next to the key, as a job
+    writes it; with subtitles only, the first format's file, which multichannel audio has once per
+    channel (``<base>.channel-<tag>.srt``), so those are listed."""
     base = output_base_key(key, prefix)
     for single in ("json", "txt"):
         if single in formats:
-            return f"{base}.{single}"
-    return f"{base}.{formats[0]}"
+            return await storage.head_or_none(bucket, f"{base}.{single}") is not None
+    wanted = re.compile(rf"\.(channel-[A-Za-z0-9_-]+\.)?{re.escape(formats[0])}")
+    page = await storage.list_page(bucket, f"{base}.", max_keys=SUBTITLE_PROBE_KEYS)
+    return any(wanted.fullmatch(listed.key[len(base) :]) for listed in page.objects)

@@ -34,6 +34,7 @@ from tests.unit.test_batch_controller import (
 def _fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(batches, "STATUS_INTERVAL", 0.05)
     monkeypatch.setattr(batches, "SCAN_RETRY", 0.1)
+    monkeypatch.setattr(batches, "OLD_JOB_RETRY", 0.1)
 
 
 class RealisticStorage(Storage):

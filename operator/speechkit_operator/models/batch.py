@@ -202,7 +202,11 @@ class BatchSourceSpec(_Model):
     @model_validator(mode="after")
     def _seed_prefixes_do_not_cover_the_source(self) -> BatchSourceSpec:
         for name, seed in (("seedLog", self.seed_log), ("seedOutput", self.seed_output)):
-            if seed is not None and self.prefix.startswith(seed):
+            if seed is None:
+                continue
+            # Under a prefix without a trailing slash the script's keys are seed + "/" + ...
+            folder = seed if not self.prefix or self.prefix.endswith("/") else f"{seed}/"
+            if self.prefix.startswith(folder):
                 raise ValueError(
                     f"{name} {seed!r} covers the whole source prefix {self.prefix!r}: every key would be "
                     f"taken for one of the seed script's files; give {name} its own prefix"
