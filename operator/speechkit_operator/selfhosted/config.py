@@ -7,9 +7,10 @@ engine, so the operator, or any SpeechKit client, can use it instead of the clou
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -19,7 +20,35 @@ MIB = 1024 * 1024
 #: Resident memory of a worker process before it holds any audio: the interpreter, numpy, PyAV, the
 #: engine's model (PocketSphinx: about 150 MiB in all), with room for the decoding windows.
 WORKER_BASE_BYTES = 256 * MIB
+#: The same for Whisper base: about 200 MiB once loaded (int8), up to about 480 MiB while it recognises
+#: (the VAD and features of a 2-minute piece, beam search, the word alignment).
+WHISPER_WORKER_BASE_BYTES = 512 * MIB
 _BUCKET_PATTERN = re.compile(r"^[A-Za-z0-9._*-]+$")
+
+
+def whisper_installed() -> bool:
+    """Whether faster-whisper and CTranslate2 are installed (``speechkit-operator[whisper]``), without
+    importing them."""
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in ("faster_whisper", "ctranslate2"))
+    except (ImportError, ValueError):
+        return False
+
+
+def worker_base_bytes(engine: str) -> int:
+    """What a worker of ``engine`` needs besides the audio it holds."""
+    return WHISPER_WORKER_BASE_BYTES if engine == "whisper" else WORKER_BASE_BYTES
+
+
+def _default_worker_memory(data: dict[str, Any]) -> int:
+    """512 MiB; 1 GiB for Whisper."""
+    return 1024 * MIB if data.get("engine") == "whisper" else 512 * MIB
+
+
+def default_engine() -> str:
+    """``whisper`` when it is installed, else ``pocketsphinx``: the default of ``SPEECHKIT_SERVE_ENGINE``,
+    resolved when the settings are read, so the startup log and ``/readyz`` name the engine in use."""
+    return "whisper" if whisper_installed() else "pocketsphinx"
 
 
 def parse_host_pattern(pattern: str) -> tuple[str, int | None]:
@@ -47,15 +76,17 @@ class ServiceSettings(BaseSettings):
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
 
     # --- Recognition -----------------------------------------------------------------------------
-    #: The engine every worker process loads (see ``selfhosted.engines``).
-    engine: str = "pocketsphinx"
+    #: The engine every worker process loads (see ``selfhosted.engines``): ``whisper`` when
+    #: ``speechkit-operator[whisper]`` is installed, else ``pocketsphinx``.
+    engine: str = Field(default_factory=default_engine, min_length=1)
     #: Worker processes; each recognises one audio file at a time and holds its own engine.
     workers: int = Field(default=2, ge=1, le=64)
     #: Resident memory one worker may use. Audio is decoded and recognised in windows, so a worker needs
-    #: about 150 MiB (engine) + the audio file + 60 MiB, whatever the duration and channel count; a
-    #: job whose worker grows beyond this ends with RESOURCE_EXHAUSTED. Must be at least
-    #: ``max_audio_bytes`` + 256 MiB. Give the container ``workers`` times this, plus the queue's audio.
-    worker_memory_bytes: int = Field(default=512 * MIB, ge=64 * MIB)
+    #: about 150 MiB (PocketSphinx; Whisper base: up to 480 MiB) + the audio file + 60 MiB, whatever the
+    #: duration and channel count; a job whose worker grows beyond this ends with RESOURCE_EXHAUSTED.
+    #: Default 512 MiB, 1 GiB with Whisper; at least ``max_audio_bytes`` + 256 MiB (Whisper: + 512 MiB).
+    #: Give the container ``workers`` times this, plus the queue's audio.
+    worker_memory_bytes: int = Field(default_factory=_default_worker_memory, ge=64 * MIB)
     #: A recognition running longer than ``max(recognition_timeout_seconds,
     #: recognition_timeout_factor * seconds of audio decoded)`` ends with DEADLINE_EXCEEDED, and its
     #: worker process is replaced.
@@ -67,6 +98,20 @@ class ServiceSettings(BaseSettings):
     start_method: Literal["forkserver", "spawn"] = "forkserver"
     #: Longest audio accepted by the async API, in seconds (SpeechKit's limit is 4 hours).
     max_audio_seconds: float = Field(default=4 * 3600.0, gt=0)
+
+    # --- The Whisper engine ------------------------------------------------------------------------
+    #: ``base`` (multilingual) or ``tiny.en`` (English, 2x faster): bundled with the ``whisper`` extra
+    #: and checked against pinned sha256 digests; or the path of a CTranslate2 Whisper model directory
+    #: (mounted by the administrator, e.g. a larger model); or a name faster-whisper downloads from
+    #: huggingface.co (``small``, ``large-v3``, ``owner/repo``), where the service has internet access.
+    whisper_model: str = Field(default="base", min_length=1)
+    #: Where bundled models are assembled (and downloads kept); unset:
+    #: ``$XDG_CACHE_HOME/speechkit-operator/whisper``, else ``~/.cache/speechkit-operator/whisper``.
+    whisper_cache_dir: Path | None = None
+    #: CTranslate2 threads per worker process (parallelism comes from ``workers``: one per core).
+    whisper_threads: int = Field(default=1, ge=1, le=64)
+    #: Beam width of Whisper's decoder; 1 is greedy (faster, less accurate).
+    whisper_beam_size: int = Field(default=5, ge=1, le=16)
 
     # --- Operations ------------------------------------------------------------------------------
     #: How long a finished operation is kept; afterwards ``GET /operations/{id}`` answers 404.
@@ -156,6 +201,18 @@ class ServiceSettings(BaseSettings):
             parse_host_pattern(pattern)
         return value
 
+    @field_validator("engine", "whisper_model", mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("whisper_cache_dir", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("storage_endpoint", "storage_region", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
@@ -172,10 +229,11 @@ class ServiceSettings(BaseSettings):
             )
         if any(not key.get_secret_value() or " " in key.get_secret_value() for key in self.api_keys):
             raise ValueError("SPEECHKIT_SERVE_API_KEYS: keys must not be empty or contain spaces")
-        if self.worker_memory_bytes < self.max_audio_bytes + WORKER_BASE_BYTES:
+        base = worker_base_bytes(self.engine)
+        if self.worker_memory_bytes < self.max_audio_bytes + base:
             raise ValueError(
                 "SPEECHKIT_SERVE_WORKER_MEMORY_BYTES must be at least SPEECHKIT_SERVE_MAX_AUDIO_BYTES + "
-                f"{WORKER_BASE_BYTES // MIB} MiB ({self.max_audio_bytes + WORKER_BASE_BYTES}): a worker "
+                f"{base // MIB} MiB ({self.max_audio_bytes + base}) with the {self.engine} engine: a worker "
                 "holds the whole audio file while it decodes it"
             )
         return self

@@ -68,6 +68,7 @@ __all__ = [
     "PcmSegment",
     "decode_audio",
     "open_audio",
+    "quiet_cut",
 ]
 
 #: A channel of decoded audio: signed 16-bit samples.
@@ -455,7 +456,7 @@ class _Cutter:
             data = np.concatenate([self.carry[index], block[:, index]])
             offset = 0
             while len(data) - offset >= self.window:
-                cut = offset + _quiet_cut(data[offset : offset + self.window], self.hop)
+                cut = offset + quiet_cut(data[offset : offset + self.window], self.hop)
                 yield self._segment(index, data[offset:cut])
                 offset = cut
             self.carry[index] = data[offset:].copy()
@@ -477,7 +478,7 @@ class _Cutter:
         )
 
 
-def _quiet_cut(pcm: PcmArray, hop: int) -> int:
+def quiet_cut(pcm: PcmArray, hop: int) -> int:
     """Where to end a piece of ``pcm``: in its last third, the middle of the quietest stretch of
     :data:`_PAUSE_HOPS` hops (a pause between words rather than a quiet instant inside one)."""
     low = 2 * len(pcm) // 3

@@ -6,6 +6,10 @@
 * :func:`render_operation`, :func:`render_recognition_response` and :func:`error_body` build the JSON the
   service answers with.
 
+Results follow the v2 shapes exactly. The one addition: for ``languageCode: auto`` (which v2 does not
+define; v3 does) each alternative carries the language the engine detected in v3's shape,
+``"languages": [{"languageCode": "en-US", "probability": 0.98}]``; clients that parse v2 ignore it.
+
 Field names follow protobuf's JSON mapping: the lowerCamel name (``languageCode``) and the proto name
 (``language_code``) are both accepted, unknown fields are ignored (``literature_text`` is one SpeechKit
 documents but its proto does not declare), and int64 fields may be JSON numbers or decimal strings.
@@ -35,6 +39,8 @@ RESPONSE_TYPE: Final = "type.googleapis.com/yandex.cloud.ai.stt.v2.LongRunningRe
 OPERATION_DESCRIPTION: Final = "STT async recognition"
 
 DEFAULT_LANGUAGE: Final = "ru-RU"
+#: The language code that asks the engine to detect the language.
+AUTO_LANGUAGE: Final = "auto"
 DEFAULT_MODEL: Final = "general"
 DEFAULT_ENCODING: Final = AudioEncoding.OGG_OPUS
 DEFAULT_SAMPLE_RATE: Final = 48000
@@ -524,6 +530,14 @@ def format_duration(seconds: float) -> str:
     return f"{sign}{whole}.{nanos:09d}s"
 
 
+@dataclass(frozen=True)
+class RecognizedChunk(Chunk):
+    """A chunk with the language the engine detected (requests with ``languageCode: auto``)."""
+
+    language_code: str | None = None
+    language_probability: float | None = None
+
+
 def render_recognition_response(chunks: Iterable[Chunk]) -> dict[str, Any]:
     """A v2 ``LongRunningRecognitionResponse``: one chunk per utterance, ordered by start time (then
     channel), string ``channelTag``s, Duration word times, confidences of 1. Utterances with neither
@@ -551,7 +565,10 @@ def _render_chunk(chunk: Chunk) -> dict[str, Any]:
         }
         for word in chunk.words
     ]
-    return {
-        "alternatives": [{"words": words, "text": text, "confidence": 1}],
-        "channelTag": str(chunk.channel),
-    }
+    alternative: dict[str, Any] = {"words": words, "text": text, "confidence": 1}
+    if isinstance(chunk, RecognizedChunk) and chunk.language_code:
+        language: dict[str, Any] = {"languageCode": chunk.language_code}
+        if chunk.language_probability is not None:
+            language["probability"] = chunk.language_probability
+        alternative["languages"] = [language]
+    return {"alternatives": [alternative], "channelTag": str(chunk.channel)}

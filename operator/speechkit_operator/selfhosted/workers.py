@@ -47,7 +47,15 @@ from typing import Any, Final, Literal, Protocol
 
 from speechkit_operator.models.audio import AudioEncoding
 from speechkit_operator.models.recognition import Chunk, Word
-from speechkit_operator.selfhosted.protocol import MAX_CHANNELS, ApiError, GrpcCode, format_seconds
+from speechkit_operator.selfhosted.profanity import mask_text, mask_word
+from speechkit_operator.selfhosted.protocol import (
+    AUTO_LANGUAGE,
+    MAX_CHANNELS,
+    ApiError,
+    GrpcCode,
+    RecognizedChunk,
+    format_seconds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +77,9 @@ _REAP_SECONDS: Final = 5.0
 
 
 class UtteranceLike(Protocol):
+    """An engine's utterance (see :class:`~.engines.base.Utterance`); ``display_text``,
+    ``language_code`` and ``language_probability`` are read when an engine's utterances have them."""
+
     @property
     def text(self) -> str: ...
 
@@ -181,6 +192,10 @@ class RecognitionJob:
     max_seconds: float = DEFAULT_MAX_SECONDS
     #: More channels are refused with INVALID_ARGUMENT (the synchronous API takes mono only).
     max_channels: int = MAX_CHANNELS
+    #: Answer the engine's punctuated, cased text (when it has one) instead of the normalised words.
+    literature_text: bool = False
+    #: Mask profanity in the words and the text (see :mod:`.profanity`).
+    profanity_filter: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,6 +221,17 @@ class JobOutcome:
 class EngineInfo:
     name: str
     languages: frozenset[str]
+    #: The engine's model, when it names one (Whisper: ``base``, a directory, ...).
+    model: str | None = None
+    #: Seconds the worker took to build the engine and load its model.
+    load_seconds: float | None = None
+
+    def describe(self) -> str:
+        """``whisper (model base), 100 languages``, or the languages themselves when they are few."""
+        model = f" (model {self.model})" if self.model else ""
+        languages = sorted(self.languages)
+        shown = f"languages {', '.join(languages)}" if len(languages) <= 8 else f"{len(languages)} languages"
+        return f"{self.name}{model}, {shown}"
 
 
 # Messages from a worker process to the pool, besides a JobOutcome.
@@ -239,6 +265,7 @@ class _WorkerState:
         self.decoder = decoder
         self.client_errors = client_errors
         self.memory_limit_bytes = memory_limit_bytes
+        self.load_seconds: float | None = None
 
 
 _worker: _WorkerState | None = None
@@ -254,12 +281,14 @@ def initialize_worker(setup: WorkerSetup) -> None:
         os.environ.setdefault(variable, "1")
     decoder = setup.decoder if setup.decoder is not None else _default_decoder()
     client_errors = setup.client_errors if setup.client_errors is not None else _client_error_types()
+    started = time.monotonic()
     engine = setup.engine_factory()
     # Load the model now, so that a ready service answers its first request at full speed.
     warm_up = getattr(engine, "warm_up", None)
     if callable(warm_up):
         warm_up()
     _worker = _WorkerState(engine, decoder, client_errors, setup.memory_limit_bytes)
+    _worker.load_seconds = time.monotonic() - started
 
 
 def _state() -> _WorkerState:
@@ -269,9 +298,16 @@ def _state() -> _WorkerState:
 
 
 def describe_engine() -> EngineInfo:
-    """The engine's name and languages (and proof that the worker is up)."""
-    engine = _state().engine
-    return EngineInfo(name=str(engine.name), languages=frozenset(engine.languages))
+    """The engine's name, model and languages (and proof that the worker is up)."""
+    state = _state()
+    engine = state.engine
+    model = getattr(engine, "model_name", None)
+    return EngineInfo(
+        name=str(engine.name),
+        languages=frozenset(engine.languages),
+        model=str(model) if model else None,
+        load_seconds=state.load_seconds,
+    )
 
 
 def worker_main(connection: Connection, setup: WorkerSetup) -> None:
@@ -356,7 +392,7 @@ def recognize(
             if progress is not None:
                 progress(float(segment.end_seconds))
             for utterance in state.engine.recognize(segment.pcm, job.language_code):
-                chunks.append(_chunk(str(segment.channel), utterance, float(segment.start_seconds)))
+                chunks.append(_chunk(str(segment.channel), utterance, float(segment.start_seconds), job))
             del segment
             _check_memory(state.memory_limit_bytes)
         duration = float(decoded.duration_seconds or 0.0)
@@ -402,12 +438,32 @@ def _memory_message(limit: int | None) -> str:
     )
 
 
-def _chunk(channel: str, utterance: UtteranceLike, offset: float) -> Chunk:
+def _chunk(channel: str, utterance: UtteranceLike, offset: float, job: RecognitionJob) -> Chunk:
+    """One utterance as a result chunk, its times from the start of the audio. The text is the
+    normalised words, or with ``literature_text`` the engine's display text (when it has one); with
+    ``profanity_filter`` profane words are masked in both; with the ``auto`` language the chunk
+    carries the language the engine detected."""
+    mask = mask_word if job.profanity_filter else str
     words = tuple(
-        Word(text=str(w.text), start=round(offset + float(w.start), 3), end=round(offset + float(w.end), 3))
+        Word(mask(str(w.text)), start=round(offset + float(w.start), 3), end=round(offset + float(w.end), 3))
         for w in utterance.words
     )
-    return Chunk(channel=channel, text=str(utterance.text), words=words)
+    display = getattr(utterance, "display_text", None)
+    if job.literature_text and display:
+        text = mask_text(str(display)) if job.profanity_filter else str(display)
+    else:
+        text = " ".join(word.text for word in words) if job.profanity_filter else str(utterance.text)
+    detected = getattr(utterance, "language_code", None)
+    if job.language_code.strip().lower() == AUTO_LANGUAGE and detected:
+        probability = getattr(utterance, "language_probability", None)
+        return RecognizedChunk(
+            channel=channel,
+            text=text,
+            words=words,
+            language_code=str(detected),
+            language_probability=None if probability is None else float(probability),
+        )
+    return Chunk(channel=channel, text=text, words=words)
 
 
 def _client_message(exc: BaseException) -> str:
@@ -590,11 +646,9 @@ class RecognitionPool:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_delay)
             else:
+                loaded = f", loaded in {info.load_seconds:.1f} s" if info.load_seconds is not None else ""
                 logger.info(
-                    "%d recognition worker(s) ready: engine %s, languages %s",
-                    self.workers,
-                    info.name,
-                    ", ".join(sorted(info.languages)),
+                    "%d recognition worker(s) ready: engine %s%s", self.workers, info.describe(), loaded
                 )
                 return info
 

@@ -15,14 +15,19 @@ Adding another engine
    * ``recognize(pcm, language_code)``: call :func:`check_language` first, so a language without a model
      raises :class:`UnsupportedLanguageError` (the service answers ``INVALID_ARGUMENT``) instead of
      being recognised with the wrong model. Then return the utterances in time order: each
-     :class:`Utterance` holds lowercase words with start/end times in seconds from the start of
-     ``pcm``, taken from the engine's own segmentation, and its text is the words joined by spaces.
-     Return ``[]`` for silence.
+     :class:`Utterance` holds lowercase words without punctuation with start/end times in seconds
+     from the start of ``pcm``, taken from the engine's own segmentation, and its text is the words
+     joined by spaces. Optionally ``display_text`` (punctuated and cased, for ``literature_text``)
+     and, for ``auto``, the detected ``language_code``. Return ``[]`` for silence.
+
+   An engine may also offer ``warm_up()`` (load the model; the worker calls it once at start) and
+   ``model_name`` (shown by ``/readyz`` and ``/v1/languages``).
 
    Import the engine's library inside the module, not in this package's ``__init__``, and load models
    lazily on the first :meth:`~Engine.recognize` (or in a ``warm_up()`` method) and keep them: the
    service runs one engine instance per worker process and reuses it for every request. Models must be
-   shipped with the package or the image: nothing may be downloaded at run time.
+   shipped with the package or the image, and checked before use (see ``whisper_models.py``): nothing
+   is downloaded at run time unless the administrator names a model that has to be.
 
 2. **Register** a factory under the engine's name, either here in :data:`_BUILTIN_FACTORIES` (with the
    import inside the factory, so that importing the registry does not import every engine library) or,
@@ -66,10 +71,21 @@ ENGINE_SAMPLE_RATE = 16000
 
 @dataclass(frozen=True)
 class Utterance:
-    """One stretch of speech between silences: its words, with times in seconds."""
+    """One stretch of speech between silences: its words, with times in seconds.
+
+    ``text`` and the words are normalised (lowercase, no punctuation), which is what SpeechKit v2 answers
+    by default. An engine that also produces punctuated, cased text (Whisper) gives it as
+    ``display_text``, which the service answers with ``literature_text: true``; engines without it
+    leave it None and the service falls back to ``text``. An engine that identifies the language (for
+    the ``auto`` language) reports it as a SpeechKit language code in ``language_code``, with its
+    probability.
+    """
 
     text: str
     words: tuple[Word, ...] = ()
+    display_text: str | None = None
+    language_code: str | None = None
+    language_probability: float | None = None
 
     @property
     def start(self) -> float:
@@ -143,7 +159,19 @@ def _pocketsphinx() -> Engine:
     return PocketsphinxEngine()
 
 
-_BUILTIN_FACTORIES: dict[str, EngineFactory] = {"pocketsphinx": _pocketsphinx}
+def _whisper() -> Engine:
+    # faster-whisper is imported when the engine loads its model, not here. The model and its options come
+    # from the SPEECHKIT_SERVE_WHISPER_* variables, as in the service.
+    from speechkit_operator.selfhosted.config import ServiceSettings  # noqa: PLC0415
+    from speechkit_operator.selfhosted.engines.whisper_engine import (  # noqa: PLC0415
+        WhisperEngine,
+        options_from_settings,
+    )
+
+    return WhisperEngine(options_from_settings(ServiceSettings()))
+
+
+_BUILTIN_FACTORIES: dict[str, EngineFactory] = {"pocketsphinx": _pocketsphinx, "whisper": _whisper}
 _factories: dict[str, EngineFactory] = dict(_BUILTIN_FACTORIES)
 _instances: dict[str, Engine] = {}
 _lock = threading.Lock()
