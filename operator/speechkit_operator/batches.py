@@ -52,6 +52,7 @@ from speechkit_operator.models.batch import (
     BatchPhase,
     BatchStatus,
     TranscriptionBatchSpec,
+    batch_owner_reference,
     child_job_spec,
 )
 from speechkit_operator.models.job import JobRef
@@ -867,25 +868,14 @@ def _parse_spec(raw: Any) -> tuple[TranscriptionBatchSpec | None, str | None]:
         return None, format_validation_error(exc)
 
 
-def _batch_owner_reference(meta: Mapping[str, Any]) -> Mapping[str, Any]:
-    for owner in meta.get("ownerReferences") or []:
-        if (
-            isinstance(owner, Mapping)
-            and owner.get("kind") == BATCH_KIND
-            and owner.get("apiVersion") == API_VERSION
-        ):
-            return owner
-    return {}
-
-
 def _batch_owner(meta: Mapping[str, Any]) -> str | None:
     """The uid of the TranscriptionBatch that owns a job (None: none does)."""
-    uid = _batch_owner_reference(meta).get("uid")
+    uid = batch_owner_reference(meta).get("uid")
     return str(uid) if uid else None
 
 
 def _owner_name(meta: Mapping[str, Any]) -> str:
-    return str(_batch_owner_reference(meta).get("name") or "")
+    return str(batch_owner_reference(meta).get("name") or "")
 
 
 def _attempt(annotations: Mapping[str, Any]) -> int:

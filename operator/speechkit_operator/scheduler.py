@@ -30,16 +30,12 @@ from typing import Any
 
 from speechkit_operator.clients.kube import KubeError
 from speechkit_operator.config import Settings
-from speechkit_operator.constants import (
-    ADOPT_OPERATION_ANNOTATION,
-    ADOPT_SUBMITTED_AT_ANNOTATION,
-    API_VERSION,
-    BATCH_KIND,
-)
+from speechkit_operator.constants import ADOPT_OPERATION_ANNOTATION, ADOPT_SUBMITTED_AT_ANNOTATION
 from speechkit_operator.logic import lifecycle
 from speechkit_operator.logic.budget import CarriedOver, ConcurrencyWindow, TokenBucket
 from speechkit_operator.logic.queueing import FairQueue
 from speechkit_operator.logic.timestamps import parse_time, utcnow
+from speechkit_operator.models.batch import batch_owner_reference
 from speechkit_operator.models.job import JobRef, JobStatus, Phase
 from speechkit_operator.workflow import KUBE_RETRY_SECONDS, Job, JobWorkflow, StepResult
 
@@ -211,7 +207,7 @@ class Scheduler:
             entry = self._jobs[uid] = _Entry(
                 job=job,
                 created_at=parse_time(meta.get("creationTimestamp")) or self.clock(),
-                limits=self._limits(spec, batch_child=_is_batch_child(meta)),
+                limits=self._limits(spec, batch_child=bool(batch_owner_reference(meta))),
                 priority=_priority(spec),
                 scope=self.workflow.scope_of(job),
             )
@@ -771,16 +767,6 @@ def _adoption(annotations: Any) -> tuple[str | None, datetime | None]:
         return None, None
     submitted = annotations.get(ADOPT_SUBMITTED_AT_ANNOTATION)
     return operation, parse_time(submitted) if isinstance(submitted, str) else None
-
-
-def _is_batch_child(meta: Mapping[str, Any]) -> bool:
-    """Whether a TranscriptionBatch owns the job (it created it for one of its objects)."""
-    return any(
-        isinstance(owner, Mapping)
-        and owner.get("kind") == BATCH_KIND
-        and owner.get("apiVersion") == API_VERSION
-        for owner in meta.get("ownerReferences") or []
-    )
 
 
 def _priority(spec: Mapping[str, Any]) -> int:

@@ -162,6 +162,28 @@ class Rig:
         return sorted(self.jobs.objects)
 
 
+def old_child(name: str) -> dict[str, Any]:
+    """A running child of ``input/a.wav`` left by a batch (uid ``old-batch-uid``) that is gone."""
+    return {
+        "metadata": {
+            "name": name,
+            "uid": "old-child",
+            "labels": {"speechkit.dev/batch-uid": "old-batch-uid", "speechkit.dev/object": name},
+            "ownerReferences": [
+                {
+                    "apiVersion": "speechkit.dev/v1alpha1",
+                    "kind": "TranscriptionBatch",
+                    "name": "calls-day",
+                    "uid": "old-batch-uid",
+                    "controller": True,
+                }
+            ],
+        },
+        "spec": {"source": {"bucket": BUCKET, "key": "input/a.wav"}},
+        "status": {"phase": "Running"},
+    }
+
+
 def rig(storage: Storage | None = None, jobs: Jobs | None = None) -> Rig:
     jobs = jobs or Jobs()
     storage = storage or Storage()

@@ -24,6 +24,7 @@ from tests.unit.test_batch_controller import (
     UID,
     Storage,
     name_of,
+    old_child,
     rig,
     spec,
     until,
@@ -364,24 +365,7 @@ async def test_review_batch_recreated_batch_transcribes_objects_of_its_deleted_p
     storage = Storage({"input/a.wav": b"x"})
     setup = rig(storage)
     name = name_of("input/a.wav")
-    setup.jobs.objects[name] = {
-        "metadata": {
-            "name": name,
-            "uid": "old-child",
-            "labels": {"speechkit.dev/batch-uid": "old-batch-uid", "speechkit.dev/object": name},
-            "ownerReferences": [
-                {
-                    "apiVersion": "speechkit.dev/v1alpha1",
-                    "kind": "TranscriptionBatch",
-                    "name": "calls-day",
-                    "uid": "old-batch-uid",
-                    "controller": True,
-                }
-            ],
-        },
-        "spec": {"source": {"bucket": BUCKET, "key": "input/a.wav"}},
-        "status": {"phase": "Running"},
-    }
+    setup.jobs.objects[name] = old_child(name)
     setup.batch(spec())  # the same manifest, applied again: a new uid
     setup.controller.start()
     try:

@@ -13,7 +13,7 @@ import pytest
 from speechkit_operator import batches
 from speechkit_operator.clients.kube import KubeError
 from speechkit_operator.clients.storage import ObjectHead, StorageError
-from tests.unit.test_batch_controller import BUCKET, UID, Storage, name_of, rig, spec, until
+from tests.unit.test_batch_controller import UID, Storage, name_of, old_child, rig, spec, until
 
 
 @pytest.fixture(autouse=True)
@@ -24,34 +24,13 @@ def _fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(batches, "OLD_JOB_RETRY", 5.0)
 
 
-def _old_job(name: str) -> dict[str, Any]:
-    return {
-        "metadata": {
-            "name": name,
-            "uid": "old-child",
-            "labels": {"speechkit.dev/batch-uid": "old-batch-uid", "speechkit.dev/object": name},
-            "ownerReferences": [
-                {
-                    "apiVersion": "speechkit.dev/v1alpha1",
-                    "kind": "TranscriptionBatch",
-                    "name": "calls-day",
-                    "uid": "old-batch-uid",
-                    "controller": True,
-                }
-            ],
-        },
-        "spec": {"source": {"bucket": BUCKET, "key": "input/a.wav"}},
-        "status": {"phase": "Running"},
-    }
-
-
 async def test_waiting_for_old_jobs_waits_instead_of_hammering_the_api_server(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     storage = Storage({"input/a.wav": b"x"})
     setup = rig(storage)
     name = name_of("input/a.wav")
-    setup.jobs.objects[name] = _old_job(name)
+    setup.jobs.objects[name] = old_child(name)
     posts = [0]
     create = setup.jobs.create_job
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -26,6 +27,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from speechkit_operator.constants import API_VERSION, BATCH_KIND
 from speechkit_operator.logic.batch_selection import compile_glob
 from speechkit_operator.logic.timestamps import format_time, parse_time
 from speechkit_operator.models.job import (
@@ -452,3 +454,16 @@ class BatchStatus(_Status):
         return self.model_copy(
             update={"scan": None, "passes": scan.number, "last_scan_at": now, "counts": counts}
         )
+
+
+def batch_owner_reference(meta: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ownerReference of the TranscriptionBatch that owns an object, from its metadata ({}:
+    none does)."""
+    for owner in meta.get("ownerReferences") or []:
+        if (
+            isinstance(owner, Mapping)
+            and owner.get("kind") == BATCH_KIND
+            and owner.get("apiVersion") == API_VERSION
+        ):
+            return owner
+    return {}
