@@ -94,8 +94,8 @@ OPERATOR_START_TIMEOUT = 60.0
 _ASCTIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 # An HTTP 403 as kopf, the kubernetes client and the operator print it ("(403)", "HTTP 403",
 # "403 Forbidden", "status=403"), but not a fraction of a second (".403Z", ",403") or part of a
-# longer number.
-_HTTP_403 = re.compile(r"(?<![\d.,:])403(?!\d)")
+# longer word: operation ids, names and hashes are random letters and digits ("e03pb75gpp4b4agq403k").
+_HTTP_403 = re.compile(r"(?<![\w.,:])403(?!\w)")
 _FORBIDDEN = re.compile(r"forbidden", re.IGNORECASE)
 _TRACEBACK = "Traceback (most recent call last)"
 

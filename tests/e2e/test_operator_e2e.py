@@ -213,6 +213,8 @@ def test_log_problem_detection() -> None:
     """The log check must notice a denied request and a traceback, and not a timestamp's milliseconds."""
     assert log_problems("2026-01-02 03:04:05,403 INFO     kopf.objects: Handler 'submit' succeeded.") == []
     assert log_problems("x: nextCheckAt 2026-01-02T03:04:05.403Z, op e03403abc") == []
+    assert log_problems("job ns-e2e403/bulk-008 submitted as operation e03pb75gpp4b4agq403k") == []
+    assert log_problems("x: status=403")
     forbidden = "2026-01-02 03:04:05,100 ERROR    kopf: APIForbiddenError: ('transcriptionjobs is forbidden')"
     assert log_problems(forbidden) == [forbidden]
     assert log_problems("a: Secret x/y could not be read (HTTP 403 Forbidden)")
