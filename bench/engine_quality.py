@@ -32,8 +32,9 @@ language the engine lacks (``ru-RU`` for pocketsphinx and tiny.en) is skipped wi
   divided by its reference words. Normalisation: lower case, ``ёлка`` as ``елка``, punctuation dropped
   (words are runs of Latin or Cyrillic letters, digits and apostrophes, so hyphens split words);
   English written abbreviations ``mr``/``mrs``/``dr``/``st`` are read as ``mister``/``missus``/
-  ``doctor``/``saint``; in Russian a number written in digits is read as its nominative cardinal
-  (``47 812`` as "сорок семь тысяч восемьсот двенадцать"; an ordinal ending after a hyphen dropped). The
+  ``doctor``/``saint``; a number written in digits is read as the service reads it with
+  ``rawResults`` (:mod:`speechkit_operator.selfhosted.numbers`: in Russian its nominative cardinal,
+  ``47 812`` as "сорок семь тысяч восемьсот двенадцать", an ordinal ending after a hyphen dropped). The
   references spell numbers in words in the case the sentence needs, so a hypothesis "до 6 часов" for
   "до шести часов" counts one error.
 * RTF per core: CPU seconds of the worker process in ``recognize`` (all its threads) divided by the
@@ -82,6 +83,7 @@ from speechkit_operator.selfhosted.engines import (
     check_language,
     get_engine,
 )
+from speechkit_operator.selfhosted.numbers import spell_numbers
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_AUDIO_DIR = BENCH_DIR.parents[1] / "shared" / "audio"
@@ -127,114 +129,12 @@ RTF_TARGET = TARGETS[("pocketsphinx", "librivox")].rtf
 
 _WORD = re.compile(r"[a-z\u0430-\u044f0-9']+")  # Latin, Cyrillic without ё, digits
 _ENGLISH_ABBREVIATIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "st": "saint"}
-# A run of digit groups is one number when it is grouped by thousands ("47 812", "1 000 000"), else
-# each group is read on its own (a telephone number "8 916 123 45 67" or "8 916 123-45-67").
-_DIGIT_RUN = re.compile(r"\d+(?:[ \u00a0\u202f-]\d+)*")
-_GROUP_SEPARATOR = re.compile(r"[ \u00a0\u202f-]")
-_BY_THOUSANDS = re.compile(r"\d{1,3}(?:[ \u00a0\u202f]\d{3})+")
-_ORDINAL_SUFFIX = re.compile(r"(\d)-[\u0430-\u044f]{1,3}\b")
-
-_RU_UNITS = ("ноль", "один", "два", "три", "четыре", "пять", "шесть", "семь", "восемь", "девять")
-_RU_TEENS = (
-    "десять",
-    "одиннадцать",
-    "двенадцать",
-    "тринадцать",
-    "четырнадцать",
-    "пятнадцать",
-    "шестнадцать",
-    "семнадцать",
-    "восемнадцать",
-    "девятнадцать",
-)
-_RU_TENS = (
-    "",
-    "",
-    "двадцать",
-    "тридцать",
-    "сорок",
-    "пятьдесят",
-    "шестьдесят",
-    "семьдесят",
-    "восемьдесят",
-    "девяносто",
-)
-_RU_HUNDREDS = (
-    "",
-    "сто",
-    "двести",
-    "триста",
-    "четыреста",
-    "пятьсот",
-    "шестьсот",
-    "семьсот",
-    "восемьсот",
-    "девятьсот",
-)
-# (one, two to four, five and more), whether the group is feminine
-_RU_SCALES = (
-    (("тысяча", "тысячи", "тысяч"), True),
-    (("миллион", "миллиона", "миллионов"), False),
-)
-
-
-def _ru_below_thousand(n: int, feminine: bool) -> list[str]:
-    out = [_RU_HUNDREDS[n // 100]] if n >= 100 else []
-    rest = n % 100
-    if 10 <= rest < 20:
-        return [*out, _RU_TEENS[rest - 10]]
-    if rest >= 20:
-        out.append(_RU_TENS[rest // 10])
-    unit = rest % 10
-    if unit:
-        out.append(("одна", "две")[unit - 1] if feminine and unit in (1, 2) else _RU_UNITS[unit])
-    return out
-
-
-def _ru_plural(n: int, forms: tuple[str, str, str]) -> str:
-    if n % 100 in range(11, 20):
-        return forms[2]
-    return forms[0] if n % 10 == 1 else forms[1] if n % 10 in (2, 3, 4) else forms[2]
-
-
-def _ru_digits(digits: str) -> str:
-    """``digits`` in words: a number, or digit by digit when it has a leading zero ("007")."""
-    if len(digits) > 1 and digits.startswith("0"):
-        return " ".join(_RU_UNITS[int(d)] for d in digits)
-    return " ".join(russian_number(int(digits)))
-
-
-def _ru_digit_run(match: re.Match[str]) -> str:
-    run = match.group()
-    if _BY_THOUSANDS.fullmatch(run):
-        groups = ["".join(_GROUP_SEPARATOR.split(run))]
-    else:
-        groups = _GROUP_SEPARATOR.split(run)
-    return " " + " ".join(_ru_digits(group) for group in groups) + " "
-
-
-def russian_number(n: int) -> list[str]:
-    """The nominative cardinal of ``n`` in words (digit by digit from a billion on)."""
-    if n == 0:
-        return [_RU_UNITS[0]]
-    if n >= 1_000_000_000:
-        return [_RU_UNITS[int(d)] for d in str(n)]
-    out: list[str] = []
-    for scale, (forms, feminine) in reversed(list(enumerate(_RU_SCALES, 1))):
-        group = n // 1000**scale % 1000
-        if group == 1:  # "тысяча", not "одна тысяча"
-            out.append(forms[0])
-        elif group:
-            out += [*_ru_below_thousand(group, feminine), _ru_plural(group, forms)]
-    return out + _ru_below_thousand(n % 1000, feminine=False)
 
 
 def words(text: str, language: str = "en-US") -> list[str]:
     """``text`` as the words WER is counted over; see the module docstring for the normalisation."""
-    lowered = text.lower().replace("\u0451", "\u0435")  # ё read as the plain letter
+    lowered = spell_numbers(text.lower().replace("\u0451", "\u0435"), language)  # ё read as its plain letter
     if language.lower().startswith("ru"):
-        lowered = _ORDINAL_SUFFIX.sub(r"\1", lowered)
-        lowered = _DIGIT_RUN.sub(_ru_digit_run, lowered)
         return _WORD.findall(lowered)
     return [_ENGLISH_ABBREVIATIONS.get(word, word) for word in _WORD.findall(lowered)]
 

@@ -814,6 +814,36 @@ async def test_profanity_is_masked_on_request(service: Service) -> None:
 
 
 @module_loop
+async def test_raw_results_write_numbers_in_words(service: Service) -> None:
+    """rawResults: each number becomes its words, which share the number's time; without it digits stay;
+    the sync API too; combined with profanityFilter both apply."""
+    spoken = content("call 112 or 8 916 fuck")
+    digits = await service.wait_done((await service.submit_ok(spoken, {"languageCode": "ru-RU"}))["id"])
+    words = await service.wait_done(
+        (await service.submit_ok(spoken, {"languageCode": "ru-RU", "rawResults": True}))["id"]
+    )
+    assert digits["response"]["chunks"][0]["alternatives"][0]["text"] == "call 112 or 8 916 fuck"
+    alternative = words["response"]["chunks"][0]["alternatives"][0]
+    assert alternative["text"] == "call сто двенадцать or восемь девятьсот шестнадцать fuck"
+    spelled = alternative["words"][1:3]
+    assert [w["word"] for w in spelled] == ["сто", "двенадцать"]
+    # 112 was the second word, 0.5-0.9 s: its two words split that span
+    assert [(w["startTime"], w["endTime"]) for w in spelled] == [("0.500s", "0.700s"), ("0.700s", "0.900s")]
+    english = await service.wait_done(
+        (
+            await service.submit_ok(
+                content("21st of 1,250 damn fuck"), {"rawResults": True, "profanityFilter": True}
+            )
+        )["id"]
+    )
+    assert english["response"]["chunks"][0]["alternatives"][0]["text"] == (
+        "twenty first of one thousand two hundred fifty damn f***"
+    )
+    sync = await service.sync(b"room 42", "lang=en-US&rawResults=true")
+    assert await sync.json() == {"result": "room forty two"}
+
+
+@module_loop
 async def test_literature_text_falls_back_to_the_words_of_an_engine_without_display_text(
     service: Service,
 ) -> None:

@@ -478,6 +478,7 @@ class Service:
                 max_seconds=self.settings.max_audio_seconds,
                 literature_text=spec.literature_text,
                 profanity_filter=spec.profanity_filter,
+                raw_results=spec.raw_results,
             )
             try:
                 audio = await self._audio(request)
@@ -661,6 +662,7 @@ async def _recognize_sync(request: web.Request) -> web.Response:
         max_seconds=settings.sync_max_seconds,
         max_channels=1,
         profanity_filter=spec.profanity_filter,
+        raw_results=spec.raw_results,
     )
     with service.pool.admit():
         try:

@@ -47,6 +47,7 @@ from typing import Any, Final, Literal, Protocol
 
 from speechkit_operator.models.audio import AudioEncoding
 from speechkit_operator.models.recognition import Chunk, Word
+from speechkit_operator.selfhosted.numbers import has_speller, spell_numbers
 from speechkit_operator.selfhosted.profanity import mask_text, mask_word
 from speechkit_operator.selfhosted.protocol import (
     AUTO_LANGUAGE,
@@ -196,6 +197,8 @@ class RecognitionJob:
     literature_text: bool = False
     #: Mask profanity in the words and the text (see :mod:`.profanity`).
     profanity_filter: bool = False
+    #: Write numbers in words (``rawResults``; see :mod:`.numbers`).
+    raw_results: bool = False
 
 
 @dataclass(frozen=True)
@@ -441,29 +444,52 @@ def _memory_message(limit: int | None) -> str:
 def _chunk(channel: str, utterance: UtteranceLike, offset: float, job: RecognitionJob) -> Chunk:
     """One utterance as a result chunk, its times from the start of the audio. The text is the
     normalised words, or with ``literature_text`` the engine's display text (when it has one); with
-    ``profanity_filter`` profane words are masked in both; with the ``auto`` language the chunk
-    carries the language the engine detected."""
-    mask = mask_word if job.profanity_filter else str
-    words = tuple(
-        Word(mask(str(w.text)), start=round(offset + float(w.start), 3), end=round(offset + float(w.end), 3))
+    ``raw_results`` numbers are written in words (see :mod:`.numbers`) and with ``profanity_filter``
+    profane words are masked, in both; with the ``auto`` language the chunk carries the language the
+    engine detected."""
+    detected = getattr(utterance, "language_code", None)
+    auto = job.language_code.strip().lower() == AUTO_LANGUAGE
+    language = str(detected) if auto and detected else job.language_code
+    flat = tuple(
+        word
         for w in utterance.words
+        for word in _result_words(
+            str(w.text), round(offset + float(w.start), 3), round(offset + float(w.end), 3), job, language
+        )
     )
     display = getattr(utterance, "display_text", None)
     if job.literature_text and display:
-        text = mask_text(str(display)) if job.profanity_filter else str(display)
+        text = spell_numbers(str(display), language) if job.raw_results else str(display)
+        text = mask_text(text) if job.profanity_filter else text
+    elif job.profanity_filter or (job.raw_results and has_speller(language)):
+        text = " ".join(word.text for word in flat)
     else:
-        text = " ".join(word.text for word in words) if job.profanity_filter else str(utterance.text)
-    detected = getattr(utterance, "language_code", None)
-    if job.language_code.strip().lower() == AUTO_LANGUAGE and detected:
+        text = str(utterance.text)
+    if auto and detected:
         probability = getattr(utterance, "language_probability", None)
         return RecognizedChunk(
             channel=channel,
             text=text,
-            words=words,
+            words=flat,
             language_code=str(detected),
             language_probability=None if probability is None else float(probability),
         )
-    return Chunk(channel=channel, text=text, words=words)
+    return Chunk(channel=channel, text=text, words=flat)
+
+
+def _result_words(text: str, start: float, end: float, job: RecognitionJob, language: str) -> list[Word]:
+    """One engine word as result words: a number spelled out with ``raw_results`` becomes several, which
+    share its time evenly; each masked with ``profanity_filter``."""
+    spelled = spell_numbers(text, language).split() if job.raw_results else [text]
+    spelled = spelled or [text]
+    mask = mask_word if job.profanity_filter else str
+    if len(spelled) == 1:
+        return [Word(mask(spelled[0]), start=start, end=end)]
+    share = (end - start) / len(spelled)
+    return [
+        Word(mask(word), start=round(start + i * share, 3), end=round(start + (i + 1) * share, 3))
+        for i, word in enumerate(spelled)
+    ]
 
 
 def _client_message(exc: BaseException) -> str:
