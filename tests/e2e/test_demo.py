@@ -1,7 +1,8 @@
 """The README's first command, driven non-interactively: the whole product on real components.
 
 This is also the operator end to end with ``backend: self-hosted``: a real kube-apiserver and
-MinIO, the recognition service with the pocketsphinx engine, and the operator as a subprocess.
+MinIO, the recognition service with the Whisper engine (English and Russian samples), and the operator as
+a subprocess.
 """
 
 from __future__ import annotations
