@@ -72,7 +72,7 @@ from typing import Any
 
 import numpy as np
 
-from speechkit_operator.models.audio import AudioEncoding
+from speechkit_operator.contracts.stt_v2 import AudioEncoding
 from speechkit_operator.selfhosted.decoding import decode_audio
 from speechkit_operator.selfhosted.engines import (
     ENGINE_SAMPLE_RATE,

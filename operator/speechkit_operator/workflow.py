@@ -45,6 +45,8 @@ from speechkit_operator.clients.speech.errors import (
 from speechkit_operator.clients.storage import ObjectStorage, StorageError, StorageFactory
 from speechkit_operator.config import Settings
 from speechkit_operator.constants import ADOPT_OPERATION_ANNOTATION
+from speechkit_operator.contracts.operation import OPERATION_ID_PATTERN
+from speechkit_operator.contracts.stt_v2 import AudioEncoding
 from speechkit_operator.logic import lifecycle, polling, transitions
 from speechkit_operator.logic.audio_probe import (
     HEAD_BYTES,
@@ -66,9 +68,8 @@ from speechkit_operator.logic.redaction import redact
 from speechkit_operator.logic.rendering import preview, render_json, render_outputs
 from speechkit_operator.logic.timestamps import format_time, parse_time, utcnow
 from speechkit_operator.metrics import OperatorMetrics
-from speechkit_operator.models.audio import AudioEncoding, AudioInfo
+from speechkit_operator.models.audio import AudioInfo
 from speechkit_operator.models.job import (
-    OPERATION_ID_PATTERN,
     JobRef,
     JobStatus,
     Phase,

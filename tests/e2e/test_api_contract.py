@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 from devstack.components import KubeCluster, Response
+from speechkit_operator.contracts.stt_v2 import AudioEncoding
 from speechkit_operator.logic.output_keys import s3_uri
 from speechkit_operator.logic.timestamps import format_time
 from speechkit_operator.logic.transitions import Facts, Status, submitted, succeeded, waiting
-from speechkit_operator.models.audio import AudioEncoding, AudioInfo, ContainerFormat
+from speechkit_operator.models.audio import AudioInfo, ContainerFormat
 from speechkit_operator.models.job import LANGUAGE_PATTERN
 from tests.e2e.crd_fixtures import InstalledCrd, install_crd
 

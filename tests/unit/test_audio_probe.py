@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from speechkit_operator.contracts.stt_v2 import AudioEncoding
 from speechkit_operator.logic.audio_probe import (
     HEAD_BYTES,
     TAIL_BYTES,
@@ -18,7 +19,7 @@ from speechkit_operator.logic.audio_probe import (
     needs_tail,
     probe_audio,
 )
-from speechkit_operator.models.audio import AudioEncoding, AudioInfo, ContainerFormat
+from speechkit_operator.models.audio import AudioInfo, ContainerFormat
 
 AUDIO_DIR = Path(__file__).parents[2].parent / "shared" / "audio"
 MISSING_AUDIO = (

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from speechkit_operator.clients.speech.errors import GRPC_CODE_NAMES, grpc_reason
+from speechkit_operator.clients.speech.errors import grpc_reason
+from speechkit_operator.contracts.grpc import GrpcCode
 from speechkit_operator.logic import audio_probe
 from speechkit_operator.logic.batch_progress import (
     MAX_FAILURE_MESSAGE,
@@ -60,7 +61,7 @@ def _reasons_a_job_can_fail_with() -> set[str]:
     # Failed from the transitions (an uncertain submission that is not repeated).
     found |= set(re.findall(r'failed\(facts, "(\w+)"', transitions))
     # Operation errors and API errors by gRPC code, and the audio probe's verdicts.
-    found |= {grpc_reason(code) for code in [*GRPC_CODE_NAMES, 99]}
+    found |= {grpc_reason(code) for code in [*GrpcCode, 99]}
     found |= set(typing.get_args(audio_probe.ProbeFailure))
     return found
 

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from speechkit_operator.contracts.operation import OPERATION_ID_PATTERN
 from speechkit_operator.logic.batch_selection import (
     MAX_SEED_FILE_BYTES,
     SeedMarker,
@@ -30,7 +31,6 @@ from speechkit_operator.logic.batch_selection import (
     selected,
 )
 from speechkit_operator.models.batch import BatchSourceSpec
-from speechkit_operator.models.job import OPERATION_ID_PATTERN
 
 PROPERTY = settings(
     max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
@@ -444,7 +444,7 @@ def test_parse_seed_marker(data: bytes, expected: SeedMarker) -> None:
         (b'{"id": "", "done": false}', "no operation id"),
         (b'{"id": "e03/../x", "done": false}', "not a SpeechKit operation id"),
         (b'{"id": "e03 abc", "done": false}', "not a SpeechKit operation id"),
-        # The scheduler would not adopt these (models.job.OPERATION_ID_PATTERN): refused here too.
+        # The scheduler would not adopt these (contracts.operation.OPERATION_ID_PATTERN): refused here too.
         (b'{"id": "E03Flying", "done": false}', "not a SpeechKit operation id"),
         (b'{"id": "e03flyinG", "done": "true"}', "not a SpeechKit operation id"),
         (b'{"id": "e03_x", "done": false}', "not a SpeechKit operation id"),
@@ -553,7 +553,7 @@ def test_markers_the_script_writes_are_read(operation_id: str, done: bool) -> No
     | st.text(st.characters(codec="utf-8"), max_size=66)
 )
 def test_a_marker_id_is_read_exactly_when_the_scheduler_would_adopt_it(operation_id: str) -> None:
-    """One pattern for both (models.job.OPERATION_ID_PATTERN): an id the scheduler would not adopt
+    """One pattern for both (contracts.operation.OPERATION_ID_PATTERN): an id the scheduler would not adopt
     is refused here, so the batch skips the object (SeedMarkerInvalid) and never submits it."""
     data = json.dumps({"id": operation_id, "done": False}).encode()
     adoptable = re.fullmatch(OPERATION_ID_PATTERN, operation_id) is not None

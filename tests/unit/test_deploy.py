@@ -35,8 +35,9 @@ from speechkit_operator.clients.speech.base import (
     ServiceAccountKeyCredentials,
 )
 from speechkit_operator.config import Settings
+from speechkit_operator.contracts.stt_v2 import SUPPORTED_PCM_RATES, AudioEncoding
 from speechkit_operator.logic import credentials
-from speechkit_operator.models.audio import SUPPORTED_PCM_RATES, AudioEncoding, AudioInfo, ContainerFormat
+from speechkit_operator.models.audio import AudioInfo, ContainerFormat
 from speechkit_operator.models.batch import (
     EXTENSION_PATTERN,
     GLOB_PATTERN,

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from speechkit_operator.clients.speech.errors import MalformedResponseError
 from speechkit_operator.clients.speech.v2 import parse_operation
 from speechkit_operator.clients.speech.v2_parsing import parse_v2_response
+from speechkit_operator.contracts.stt_v2 import AudioEncoding
 from speechkit_operator.logic.audio_probe import (
     HEAD_BYTES,
     TAIL_BYTES,
@@ -39,7 +40,7 @@ from speechkit_operator.logic.audio_probe import (
 )
 from speechkit_operator.logic.output_keys import output_base_key
 from speechkit_operator.logic.polling import MAX_WAIT_SECONDS, PollPolicy, first_check_at, next_check_at
-from speechkit_operator.models.audio import AudioEncoding, AudioInfo
+from speechkit_operator.models.audio import AudioInfo
 from speechkit_operator.models.job import DOT_SEGMENT_PATTERN, TranscriptionJobSpec
 from tests.support.audio import audio_dir, manifest
 

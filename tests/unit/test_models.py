@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from speechkit_operator.models.audio import AudioEncoding, AudioInfo, ContainerFormat
+from speechkit_operator.contracts.stt_v2 import AudioEncoding
+from speechkit_operator.models.audio import AudioInfo, ContainerFormat
 from speechkit_operator.models.job import (
     ALL_FORMATS,
     Condition,

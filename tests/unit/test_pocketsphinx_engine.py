@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from speechkit_operator.models.audio import AudioEncoding
+from speechkit_operator.contracts.stt_v2 import AudioEncoding
 from speechkit_operator.models.recognition import Word
 from speechkit_operator.selfhosted.decoding import decode_audio
 from speechkit_operator.selfhosted.engines import base

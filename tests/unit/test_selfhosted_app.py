@@ -34,7 +34,7 @@ from speechkit_operator.clients.speech.base import ApiKeyCredentials, Recognitio
 from speechkit_operator.clients.speech.errors import OperationNotFoundError
 from speechkit_operator.clients.speech.v2 import SpeechKitV2Client
 from speechkit_operator.clients.speech.v2_parsing import parse_v2_response
-from speechkit_operator.models.audio import AudioEncoding
+from speechkit_operator.contracts.stt_v2 import AudioEncoding
 from speechkit_operator.models.recognition import Word
 from speechkit_operator.selfhosted import app as app_module
 from speechkit_operator.selfhosted.app import SERVICE, create_app

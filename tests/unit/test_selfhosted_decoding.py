@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from speechkit_operator.models.audio import AudioEncoding, ContainerFormat
+from speechkit_operator.contracts.stt_v2 import AudioEncoding
+from speechkit_operator.models.audio import ContainerFormat
 from speechkit_operator.selfhosted.decoding import (
     AudioDecodeError,
     AudioStream,

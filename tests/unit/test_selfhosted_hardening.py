@@ -34,9 +34,9 @@ from aiohttp.test_utils import TestClient
 from numpy.typing import NDArray
 
 from devstack.components import free_port
+from speechkit_operator.contracts.grpc import GrpcCode
 from speechkit_operator.selfhosted.app import SERVICE, create_app
 from speechkit_operator.selfhosted.config import ServiceSettings
-from speechkit_operator.selfhosted.protocol import GrpcCode
 from speechkit_operator.selfhosted.workers import RecognitionJob, RecognitionPool, WorkerSetup
 from tests.unit.test_selfhosted_app import (
     AUTH,

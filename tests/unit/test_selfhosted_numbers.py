@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001 - Russian text is written in Cyrillic
 """Numbers in words for ``rawResults`` (speechkit_operator.selfhosted.numbers)."""
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from speechkit_operator.contracts.grpc import GrpcCode
 from speechkit_operator.selfhosted.operations import RESTARTED_MESSAGE, OperationStore, StoreError
-from speechkit_operator.selfhosted.protocol import GrpcCode
 
 
 class Clock:

@@ -11,21 +11,17 @@ from typing import Any
 import pytest
 
 from speechkit_operator.clients.speech.v2_parsing import parse_v2_response
-from speechkit_operator.models.audio import AudioEncoding
+from speechkit_operator.contracts.duration import format_duration
+from speechkit_operator.contracts.grpc import GrpcCode, error_body
+from speechkit_operator.contracts.operation import format_timestamp, new_operation_id
+from speechkit_operator.contracts.stt_v2 import RESPONSE_TYPE, AudioEncoding, RecognitionSpec
 from speechkit_operator.models.recognition import Chunk, Word
 from speechkit_operator.selfhosted.operations import OperationStore
 from speechkit_operator.selfhosted.protocol import (
-    RESPONSE_TYPE,
     ApiError,
-    GrpcCode,
     LongRunningRequest,
-    RecognitionSpec,
     RecognizedChunk,
     check_language,
-    error_body,
-    format_duration,
-    format_timestamp,
-    new_operation_id,
     parse_json_object,
     parse_long_running_request,
     parse_sync_request,
@@ -90,7 +86,14 @@ def test_every_documented_field_is_read() -> None:
     payload["config"]["folderId"] = "b1gfolder"
     request = parse(payload)
     assert request.spec == RecognitionSpec(
-        "en-US", "general:rc", True, True, True, AudioEncoding.LINEAR16_PCM, 16000, 2
+        language_code="en-US",
+        model="general:rc",
+        profanity_filter=True,
+        literature_text=True,
+        raw_results=True,
+        audio_encoding=AudioEncoding.LINEAR16_PCM,
+        sample_rate_hertz=16000,
+        audio_channel_count=2,
     )
     assert request.folder_id == "b1gfolder"
     assert (request.spec.decoder_sample_rate, request.spec.decoder_channel_count) == (16000, 2)

@@ -35,7 +35,7 @@ from speechkit_operator.clients.speech.errors import (
     scrub,
 )
 from speechkit_operator.clients.speech.v2 import SpeechKitV2Client
-from speechkit_operator.models.audio import AudioEncoding
+from speechkit_operator.contracts.stt_v2 import AudioEncoding
 from speechkit_operator.models.recognition import Chunk, Transcript, Word
 
 SUBMIT = "/speech/stt/v2/longRunningRecognize"

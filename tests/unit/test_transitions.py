@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from speechkit_operator.clients.speech.base import OperationError, OperationState
+from speechkit_operator.contracts.stt_v2 import AudioEncoding
 from speechkit_operator.logic.conditions import get_condition
 from speechkit_operator.logic.transitions import (
     Facts,
@@ -23,7 +24,7 @@ from speechkit_operator.logic.transitions import (
     succeeded,
     waiting,
 )
-from speechkit_operator.models.audio import AudioEncoding, AudioInfo, ContainerFormat
+from speechkit_operator.models.audio import AudioInfo, ContainerFormat
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, 890_000, tzinfo=UTC)
 NOW_TEXT = "2026-03-04T05:06:07.890Z"

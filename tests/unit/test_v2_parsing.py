@@ -8,9 +8,9 @@ import pytest
 
 from speechkit_operator.clients.speech.v2_parsing import (
     channel_sort_key,
-    parse_duration,
     parse_v2_response,
 )
+from speechkit_operator.contracts.duration import parse_duration
 from speechkit_operator.models.recognition import Chunk, Transcript, Word
 
 RESPONSE_TYPE = "type.googleapis.com/yandex.cloud.ai.stt.v2.LongRunningRecognitionResponse"

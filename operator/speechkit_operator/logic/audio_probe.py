@@ -34,7 +34,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Literal
 
-from speechkit_operator.models.audio import SUPPORTED_PCM_RATES, AudioEncoding, AudioInfo, ContainerFormat
+from speechkit_operator.contracts.stt_v2 import SUPPORTED_PCM_RATES, AudioEncoding
+from speechkit_operator.models.audio import AudioInfo, ContainerFormat
 
 #: How many leading bytes the caller fetches with a ranged GET.
 HEAD_BYTES: int = 64 * 1024

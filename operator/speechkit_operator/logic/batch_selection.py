@@ -54,11 +54,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from speechkit_operator.contracts.operation import OPERATION_ID_PATTERN
 from speechkit_operator.models.job import (
     DOT_SEGMENT_PATTERN,
     KEY_PATTERN,
     LANGUAGE_PATTERN,
-    OPERATION_ID_PATTERN,
 )
 
 if TYPE_CHECKING:  # the model imports this module to validate globs
@@ -459,7 +459,7 @@ def parse_seed_marker(data: bytes) -> SeedMarker:
     case). A marker without an id (absent, null or empty) raises :class:`SeedMarkerWithoutOperation`,
     a ValueError.
 
-    The id must match :data:`~speechkit_operator.models.job.OPERATION_ID_PATTERN`, the one pattern
+    The id must match :data:`~speechkit_operator.contracts.operation.OPERATION_ID_PATTERN`, the one pattern
     the scheduler takes an adopted operation id by (lowercase ASCII letters and digits, at most 64,
     as SpeechKit writes them): an id the scheduler would refuse is refused here, so the object is
     skipped (``SeedMarkerInvalid``) rather than given a child that cannot adopt it."""

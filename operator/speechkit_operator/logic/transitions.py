@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from speechkit_operator.clients.speech.base import OperationState
-from speechkit_operator.clients.speech.errors import grpc_reason
+from speechkit_operator.contracts.grpc import GrpcCode
 from speechkit_operator.logic.conditions import ConditionStatus, set_condition
 from speechkit_operator.logic.redaction import redact
 from speechkit_operator.logic.timestamps import format_time
@@ -225,7 +225,7 @@ def judge_operation(operation: OperationState) -> OperationVerdict:
     if operation.error is not None:
         code = operation.error.code
         return OperationFailed(
-            reason=grpc_reason(code),
+            reason=(GrpcCode.from_wire(code) or GrpcCode.UNKNOWN).reason,
             message=f"recognition failed with code {code}: {operation.error.message}",
         )
     if not operation.done:

@@ -1,4 +1,4 @@
-"""Audio encodings and what the operator learns about an object's audio."""
+"""What the operator learns about an object's audio (its container, encoding, rate, channels, length)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,7 @@ import enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class AudioEncoding(enum.StrEnum):
-    """The encodings the SpeechKit async API v2 accepts."""
-
-    LINEAR16_PCM = "LINEAR16_PCM"
-    OGG_OPUS = "OGG_OPUS"
-    MP3 = "MP3"
+from speechkit_operator.contracts.stt_v2 import AudioEncoding
 
 
 class ContainerFormat(enum.StrEnum):
@@ -22,10 +16,6 @@ class ContainerFormat(enum.StrEnum):
     OGG = "ogg"
     MP3 = "mp3"
     RAW = "raw"
-
-
-#: Sample rates the API accepts for LINEAR16_PCM.
-SUPPORTED_PCM_RATES = (8000, 16000, 48000)
 
 
 class AudioInfo(BaseModel):

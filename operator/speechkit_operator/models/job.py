@@ -15,17 +15,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from speechkit_operator.contracts.stt_v2 import AudioEncoding
 from speechkit_operator.logs import job_fields
-from speechkit_operator.models.audio import AudioEncoding
 
 BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 KEY_PATTERN = r"^[^/\x00-\x1f][^\x00-\x1f]*$"
 PREFIX_PATTERN = r"^([^/\x00-\x1f][^\x00-\x1f]*)?$"
 LANGUAGE_PATTERN = r"^([a-z]{2,3}-[A-Z]{2}|auto)$"
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
-#: A SpeechKit operation id as the operator accepts one from outside (an adoption): lowercase
-#: letters and digits, such as ``e03sup6d5h7rq5f3tmeh``.
-OPERATION_ID_PATTERN = r"^[0-9a-z]{1,64}$"
 #: A ``.`` or ``..`` path segment. HTTP clients resolve such segments (RFC 3986) before sending, so
 #: ``a/../b.wav`` would read or write ``b.wav``: keys and prefixes with one are refused. The CRD's CEL
 #: rules on ``source.key`` and ``output.prefix`` use the same regular expression.

@@ -47,8 +47,10 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import aiohttp
 from aiohttp import web
 
+from speechkit_operator.contracts.grpc import GrpcCode, code_for_http_status, error_body
+from speechkit_operator.contracts.operation import OPERATION_ID_PATTERN, OPERATIONS_PATH
+from speechkit_operator.contracts.stt_v2 import SUBMIT_PATH, SYNC_PATH, AudioEncoding
 from speechkit_operator.logic.redaction import redact
-from speechkit_operator.models.audio import AudioEncoding
 from speechkit_operator.models.recognition import Chunk
 from speechkit_operator.selfhosted.config import ServiceSettings
 from speechkit_operator.selfhosted.engines.whisper_models import WhisperModelError, resolve_model
@@ -56,11 +58,9 @@ from speechkit_operator.selfhosted.operations import Clock, Operation, Operation
 from speechkit_operator.selfhosted.protocol import (
     AUTO_LANGUAGE,
     ApiError,
-    GrpcCode,
     LongRunningRequest,
     RecognizedChunk,
     check_language,
-    error_body,
     format_seconds,
     invalid_argument,
     parse_json_object,
@@ -86,9 +86,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SUBMIT_PATH: Final = "/speech/stt/v2/longRunningRecognize"
-OPERATION_PATH: Final = "/operations/{operation_id}"
-SYNC_PATH: Final = "/speech/v1/stt:recognize"
+OPERATION_PATH: Final = OPERATIONS_PATH + "{operation_id}"
 LANGUAGES_PATH: Final = "/v1/languages"
 #: Seconds a client should wait while the workers are starting.
 STARTING_RETRY_AFTER: Final = 5
@@ -98,21 +96,8 @@ _READ_BLOCK: Final = 256 * 1024
 #: Seconds the background tasks get, once the workers stopped, to record their outcome.
 _TASK_GRACE: Final = 1.0
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
-_OPERATION_ID = re.compile(r"^[0-9a-z]{1,64}$")
+_OPERATION_ID = re.compile(OPERATION_ID_PATTERN)
 
-#: gRPC code of error answers made from aiohttp's own HTTP errors (unknown route, wrong method, ...).
-_CODE_BY_STATUS: Final[dict[int, GrpcCode]] = {
-    400: GrpcCode.INVALID_ARGUMENT,
-    401: GrpcCode.UNAUTHENTICATED,
-    404: GrpcCode.NOT_FOUND,
-    405: GrpcCode.UNIMPLEMENTED,
-    408: GrpcCode.DEADLINE_EXCEEDED,
-    413: GrpcCode.INVALID_ARGUMENT,
-    429: GrpcCode.RESOURCE_EXHAUSTED,
-    501: GrpcCode.UNIMPLEMENTED,
-    503: GrpcCode.UNAVAILABLE,
-    504: GrpcCode.DEADLINE_EXCEEDED,
-}
 #: HTTP status of a synchronous answer whose job failed with this code.
 _STATUS_BY_CODE: Final[dict[GrpcCode, int]] = {
     GrpcCode.INVALID_ARGUMENT: 400,
@@ -570,7 +555,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _CODE_BY_STATUS.get(exc.status, GrpcCode.UNKNOWN if exc.status < 500 else GrpcCode.INTERNAL)
+        code = code_for_http_status(exc.status) or (
+            GrpcCode.UNKNOWN if exc.status < 500 else GrpcCode.INTERNAL
+        )
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         message = exc.reason
         if exc.status == 413:

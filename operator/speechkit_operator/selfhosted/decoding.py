@@ -44,6 +44,7 @@ import av
 import numpy as np
 from numpy.typing import NDArray
 
+from speechkit_operator.contracts.stt_v2 import AudioEncoding
 from speechkit_operator.logic.audio_probe import (
     CORRUPT_AUDIO,
     EMPTY_AUDIO,
@@ -53,7 +54,7 @@ from speechkit_operator.logic.audio_probe import (
     ProbeFailure,
     probe_audio,
 )
-from speechkit_operator.models.audio import AudioEncoding, ContainerFormat
+from speechkit_operator.models.audio import ContainerFormat
 
 __all__ = [
     "DEFAULT_TARGET_RATE",

@@ -29,13 +29,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from speechkit_operator.selfhosted.protocol import (
-    OPERATION_DESCRIPTION,
-    GrpcCode,
-    error_body,
-    new_operation_id,
-    render_operation,
-)
+from speechkit_operator.contracts.grpc import GrpcCode, error_body
+from speechkit_operator.contracts.operation import new_operation_id
+from speechkit_operator.contracts.stt_v2 import OPERATION_DESCRIPTION
+from speechkit_operator.selfhosted.protocol import render_operation
 
 logger = logging.getLogger(__name__)
 

@@ -19,32 +19,38 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import json
 import math
 import re
-import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from speechkit_operator.models.audio import SUPPORTED_PCM_RATES, AudioEncoding
+from speechkit_operator.contracts.grpc import GrpcCode, error_body
+from speechkit_operator.contracts.operation import Operation, OperationError, format_timestamp
+from speechkit_operator.contracts.stt_v2 import (
+    DEFAULT_ENCODING,
+    DEFAULT_LANGUAGE,
+    DEFAULT_MODEL,
+    DEFAULT_SAMPLE_RATE,
+    MAX_CHANNELS,
+    OPERATION_DESCRIPTION,
+    SUPPORTED_PCM_RATES,
+    SYNC_FORMATS,
+    AudioEncoding,
+    DetectedLanguage,
+    LongRunningRecognitionResponse,
+    RecognitionSpec,
+    SpeechRecognitionAlternative,
+    SpeechRecognitionChunk,
+    WordInfo,
+)
 from speechkit_operator.models.recognition import Chunk
 
-#: The ``@type`` of a v2 async recognition result.
-RESPONSE_TYPE: Final = "type.googleapis.com/yandex.cloud.ai.stt.v2.LongRunningRecognitionResponse"
-#: ``description`` of recognition operations.
-OPERATION_DESCRIPTION: Final = "STT async recognition"
-
-DEFAULT_LANGUAGE: Final = "ru-RU"
 #: The language code that asks the engine to detect the language.
 AUTO_LANGUAGE: Final = "auto"
-DEFAULT_MODEL: Final = "general"
-DEFAULT_ENCODING: Final = AudioEncoding.OGG_OPUS
-DEFAULT_SAMPLE_RATE: Final = 48000
-MAX_CHANNELS: Final = 8
 URI_SCHEMES: Final = frozenset({"http", "https", "s3"})
 
 _SPEC = "config.specification"
@@ -53,26 +59,6 @@ _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 #: An S3 bucket name (the AWS rules, with the dots, capitals and underscores that old buckets may have).
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
-_ID_ALPHABET: Final = "0123456789abcdefghijklmnopqrstuv"
-_ID_LENGTH: Final = 20
-_OPERATION_ID_PREFIX: Final = "e03"
-
-
-class GrpcCode(enum.IntEnum):
-    """The gRPC status codes SpeechKit puts into error bodies."""
-
-    CANCELLED = 1
-    UNKNOWN = 2
-    INVALID_ARGUMENT = 3
-    DEADLINE_EXCEEDED = 4
-    NOT_FOUND = 5
-    PERMISSION_DENIED = 7
-    RESOURCE_EXHAUSTED = 8
-    ABORTED = 10
-    UNIMPLEMENTED = 12
-    INTERNAL = 13
-    UNAVAILABLE = 14
-    UNAUTHENTICATED = 16
 
 
 class ApiError(Exception):
@@ -95,38 +81,7 @@ def invalid_argument(message: str) -> ApiError:
     return ApiError(400, GrpcCode.INVALID_ARGUMENT, message)
 
 
-def error_body(code: GrpcCode | int, message: str) -> dict[str, Any]:
-    """The REST error shape: ``{"code": <gRPC code>, "message": ..., "details": []}``.
-
-    Operations carry the same shape in their ``error`` field.
-    """
-    return {"code": int(code), "message": message, "details": []}
-
-
 # --- Requests ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RecognitionSpec:
-    """``config.specification`` with SpeechKit's defaults filled in."""
-
-    language_code: str = DEFAULT_LANGUAGE
-    model: str = DEFAULT_MODEL
-    profanity_filter: bool = False
-    literature_text: bool = False
-    raw_results: bool = False
-    audio_encoding: AudioEncoding = DEFAULT_ENCODING
-    sample_rate_hertz: int = DEFAULT_SAMPLE_RATE
-    audio_channel_count: int = 1
-
-    @property
-    def decoder_sample_rate(self) -> int | None:
-        """The rate to tell the decoder: only headerless PCM needs one."""
-        return self.sample_rate_hertz if self.audio_encoding is AudioEncoding.LINEAR16_PCM else None
-
-    @property
-    def decoder_channel_count(self) -> int | None:
-        return self.audio_channel_count if self.audio_encoding is AudioEncoding.LINEAR16_PCM else None
 
 
 @dataclass(frozen=True)
@@ -413,13 +368,6 @@ def check_language(language_code: str, supported: Iterable[str], *, field: str) 
 
 # --- The v1 synchronous API -----------------------------------------------------------------------
 
-#: ``format`` of ``POST /speech/v1/stt:recognize`` -> encoding.
-SYNC_FORMATS: Final[Mapping[str, AudioEncoding]] = {
-    "lpcm": AudioEncoding.LINEAR16_PCM,
-    "oggopus": AudioEncoding.OGG_OPUS,
-    "mp3": AudioEncoding.MP3,
-}
-
 
 def parse_sync_request(query: Mapping[str, str]) -> RecognitionSpec:
     """The query of ``stt:recognize``: ``lang``, ``topic``, ``format``, ``sampleRateHertz``,
@@ -469,19 +417,6 @@ def render_sync_result(chunks: Iterable[Chunk]) -> dict[str, Any]:
 # --- Operations -------------------------------------------------------------------------------------
 
 
-def new_operation_id() -> str:
-    """A random id in SpeechKit's style: 20 characters of ``[0-9a-v]`` starting with ``e03``."""
-    random_part = (secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH - len(_OPERATION_ID_PREFIX)))
-    return _OPERATION_ID_PREFIX + "".join(random_part)
-
-
-def format_timestamp(moment: datetime) -> str:
-    """A protobuf Timestamp in RFC 3339, UTC, whole seconds: ``2019-04-21T22:49:29Z``."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def render_operation(
     *,
     operation_id: str,
@@ -495,39 +430,20 @@ def render_operation(
 ) -> dict[str, Any]:
     """An Operation; when ``done`` exactly one of ``error`` and ``response`` is set, before that no
     ``response`` (an ``error`` may show early, as SpeechKit allows)."""
-    if done and (error is None) == (response is None):
-        raise ValueError("a done operation has exactly one of error and response")
-    if not done and response is not None:
-        raise ValueError("an operation that is not done has no response")
-    body: dict[str, Any] = {
-        "id": operation_id,
-        "description": description,
-        "createdAt": format_timestamp(created_at),
-        "createdBy": created_by,
-        "modifiedAt": format_timestamp(modified_at),
-        "done": done,
-    }
-    if error is not None:
-        body["error"] = dict(error)
-    if response is not None:
-        body["response"] = dict(response)
-    return body
-
-
-def format_duration(seconds: float) -> str:
-    """A protobuf Duration in its canonical JSON form: ``1s``, ``0.880s``, ``1.000250s``, ``0.879999999s``."""
-    if not math.isfinite(seconds):
-        raise ValueError(f"not a finite duration: {seconds!r}")
-    total_nanos = round(seconds * 1_000_000_000)
-    sign = "-" if total_nanos < 0 else ""
-    whole, nanos = divmod(abs(total_nanos), 1_000_000_000)
-    if nanos == 0:
-        return f"{sign}{whole}s"
-    if nanos % 1_000_000 == 0:
-        return f"{sign}{whole}.{nanos // 1_000_000:03d}s"
-    if nanos % 1_000 == 0:
-        return f"{sign}{whole}.{nanos // 1_000:06d}s"
-    return f"{sign}{whole}.{nanos:09d}s"
+    return (
+        Operation(
+            id=operation_id,
+            description=description,
+            created_at=format_timestamp(created_at),
+            created_by=created_by,
+            modified_at=format_timestamp(modified_at),
+            done=done,
+            error=None if error is None else OperationError.model_validate(error),
+            response=None if response is None else dict(response),
+        )
+        .check_outcome()
+        .to_wire()
+    )
 
 
 @dataclass(frozen=True)
@@ -544,31 +460,22 @@ def render_recognition_response(chunks: Iterable[Chunk]) -> dict[str, Any]:
     text nor words are left out, and with nothing recognised there is no ``chunks`` key at all."""
     kept = [chunk for chunk in chunks if chunk.text or chunk.words]
     kept.sort(key=lambda chunk: (chunk.start, _channel_order(chunk.channel)))
-    response: dict[str, Any] = {"@type": RESPONSE_TYPE}
-    if kept:
-        response["chunks"] = [_render_chunk(chunk) for chunk in kept]
-    return response
+    return LongRunningRecognitionResponse(chunks=[_wire_chunk(chunk) for chunk in kept]).to_wire()
 
 
 def _channel_order(tag: str) -> tuple[int, str]:
     return (int(tag), tag) if tag.isdigit() else (1 << 30, tag)
 
 
-def _render_chunk(chunk: Chunk) -> dict[str, Any]:
-    text = chunk.text or " ".join(word.text for word in chunk.words if word.text)
+def _wire_chunk(chunk: Chunk) -> SpeechRecognitionChunk:
     words = [
-        {
-            "startTime": format_duration(max(word.start, 0.0)),
-            "endTime": format_duration(max(word.end, word.start, 0.0)),
-            "word": word.text,
-            "confidence": 1,
-        }
+        WordInfo(start_time=max(word.start, 0.0), end_time=max(word.end, word.start, 0.0), word=word.text)
         for word in chunk.words
     ]
-    alternative: dict[str, Any] = {"words": words, "text": text, "confidence": 1}
+    languages = None
     if isinstance(chunk, RecognizedChunk) and chunk.language_code:
-        language: dict[str, Any] = {"languageCode": chunk.language_code}
-        if chunk.language_probability is not None:
-            language["probability"] = chunk.language_probability
-        alternative["languages"] = [language]
-    return {"alternatives": [alternative], "channelTag": str(chunk.channel)}
+        detected = DetectedLanguage(language_code=chunk.language_code, probability=chunk.language_probability)
+        languages = [detected]
+    text = chunk.text or " ".join(word.text for word in chunk.words if word.text)
+    alternative = SpeechRecognitionAlternative(words=words, text=text, languages=languages)
+    return SpeechRecognitionChunk(alternatives=[alternative], channel_tag=str(chunk.channel))

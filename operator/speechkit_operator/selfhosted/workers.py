@@ -45,18 +45,12 @@ from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Final, Literal, Protocol
 
-from speechkit_operator.models.audio import AudioEncoding
+from speechkit_operator.contracts.grpc import GrpcCode
+from speechkit_operator.contracts.stt_v2 import MAX_CHANNELS, AudioEncoding
 from speechkit_operator.models.recognition import Chunk, Word
 from speechkit_operator.selfhosted.numbers import has_speller, spell_numbers
 from speechkit_operator.selfhosted.profanity import mask_text, mask_word
-from speechkit_operator.selfhosted.protocol import (
-    AUTO_LANGUAGE,
-    MAX_CHANNELS,
-    ApiError,
-    GrpcCode,
-    RecognizedChunk,
-    format_seconds,
-)
+from speechkit_operator.selfhosted.protocol import AUTO_LANGUAGE, ApiError, RecognizedChunk, format_seconds
 
 logger = logging.getLogger(__name__)
 

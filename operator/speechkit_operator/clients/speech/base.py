@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from speechkit_operator.models.audio import AudioEncoding
+from speechkit_operator.contracts.stt_v2 import AudioEncoding
 from speechkit_operator.models.recognition import Transcript
 
 

@@ -11,47 +11,12 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-#: gRPC status codes by number, as SpeechKit reports them in error bodies.
-GRPC_CODE_NAMES: dict[int, str] = {
-    0: "OK",
-    1: "CANCELLED",
-    2: "UNKNOWN",
-    3: "INVALID_ARGUMENT",
-    4: "DEADLINE_EXCEEDED",
-    5: "NOT_FOUND",
-    6: "ALREADY_EXISTS",
-    7: "PERMISSION_DENIED",
-    8: "RESOURCE_EXHAUSTED",
-    9: "FAILED_PRECONDITION",
-    10: "ABORTED",
-    11: "OUT_OF_RANGE",
-    12: "UNIMPLEMENTED",
-    13: "INTERNAL",
-    14: "UNAVAILABLE",
-    15: "DATA_LOSS",
-    16: "UNAUTHENTICATED",
-}
-
-#: The gRPC code the REST gateway uses for each HTTP status.
-HTTP_TO_GRPC: dict[int, int] = {
-    400: 3,
-    401: 16,
-    403: 7,
-    404: 5,
-    409: 6,
-    429: 8,
-    499: 1,
-    500: 13,
-    501: 12,
-    503: 14,
-    504: 4,
-}
+from speechkit_operator.contracts.grpc import GrpcCode, code_for_http_status
 
 
-def grpc_reason(code: int) -> str:
-    """A CamelCase condition reason for a gRPC code: 3 -> ``InvalidArgument``."""
-    name = GRPC_CODE_NAMES.get(code, "UNKNOWN")
-    return "".join(part.capitalize() for part in name.split("_"))
+def grpc_reason(code: int | None) -> str:
+    """A CamelCase condition reason for a gRPC code: 3 -> ``InvalidArgument``; UNKNOWN's for others."""
+    return (GrpcCode.from_wire(code) or GrpcCode.UNKNOWN).reason
 
 
 def is_transient_http_status(status: int) -> bool:
@@ -77,7 +42,7 @@ class SpeechApiError(Exception):
         super().__init__(message)
         self.message = message
         self.http_status = http_status
-        self.grpc_code = grpc_code if grpc_code is not None else HTTP_TO_GRPC.get(http_status or 0)
+        self.grpc_code = grpc_code if grpc_code is not None else code_for_http_status(http_status)
         self.retry_after = retry_after
         self._unsent = unsent
 
@@ -100,10 +65,11 @@ class SpeechApiError(Exception):
         """A CamelCase reason for conditions and events, from the API's code."""
         if self.http_status is None:
             return "SpeechApiUnreachable"
-        return grpc_reason(self.grpc_code if self.grpc_code is not None else 2)
+        return grpc_reason(self.grpc_code)
 
     def __str__(self) -> str:
-        code = f" ({GRPC_CODE_NAMES.get(self.grpc_code, '?')})" if self.grpc_code is not None else ""
+        known = GrpcCode.from_wire(self.grpc_code)
+        code = f" ({known.name if known is not None else '?'})" if self.grpc_code is not None else ""
         status = f"HTTP {self.http_status}{code}: " if self.http_status is not None else ""
         return f"{status}{self.message}"
 
@@ -236,9 +202,9 @@ def api_error_from_body(
     except ValueError:
         parsed = None
     if isinstance(parsed, dict):
-        code = parsed.get("code")
-        if isinstance(code, int) and not isinstance(code, bool) and 0 < code <= 16:
-            grpc_code = code
+        code = GrpcCode.from_wire(parsed.get("code"))
+        if code is not None and code is not GrpcCode.OK:
+            grpc_code = int(code)
         message = parsed.get("message")
         if isinstance(message, str):
             api_message = scrub(message, secrets).strip()

@@ -46,7 +46,6 @@ from speechkit_operator.clients.speech.base import (
     ServiceAccountKeyCredentials,
 )
 from speechkit_operator.clients.speech.errors import (
-    GRPC_CODE_NAMES,
     MalformedResponseError,
     OperationNotFoundError,
     SpeechApiError,
@@ -56,12 +55,15 @@ from speechkit_operator.clients.speech.errors import (
 )
 from speechkit_operator.clients.speech.v2_parsing import parse_v2_response
 from speechkit_operator.config import Settings
-from speechkit_operator.models.audio import AudioEncoding
+from speechkit_operator.contracts.operation import CANCEL_SUFFIX, OPERATIONS_PATH, Operation
+from speechkit_operator.contracts.stt_v2 import (
+    SUBMIT_PATH,
+    AudioEncoding,
+    RecognitionSpec,
+    long_running_request,
+)
 
 logger = logging.getLogger(__name__)
-
-SUBMIT_PATH = "/speech/stt/v2/longRunningRecognize"
-OPERATIONS_PATH = "/operations/"
 
 
 def _is_retried(exc: Exception) -> bool:
@@ -105,23 +107,27 @@ def _uri_secrets(uri: str) -> tuple[str, ...]:
 
 def build_submit_body(request: RecognitionRequest, folder_id: str | None) -> dict[str, Any]:
     """The JSON body of ``longRunningRecognize`` for ``request``."""
-    specification: dict[str, Any] = {
-        "languageCode": request.language_code,
-        "model": request.model,
-        "profanityFilter": request.profanity_filter,
-        "literature_text": request.literature_text,
-        "audioEncoding": AudioEncoding(request.audio_encoding).value,
-        "rawResults": request.raw_results,
-    }
-    if request.audio_encoding == AudioEncoding.LINEAR16_PCM:
-        if request.sample_rate_hertz is not None:
-            specification["sampleRateHertz"] = request.sample_rate_hertz
-        if request.audio_channel_count is not None:
-            specification["audioChannelCount"] = request.audio_channel_count
-    config: dict[str, Any] = {"specification": specification}
-    if folder_id:
-        config["folderId"] = folder_id
-    return {"config": config, "audio": {"uri": request.audio_uri}}
+    pcm = request.audio_encoding == AudioEncoding.LINEAR16_PCM
+    spec = RecognitionSpec(
+        language_code=request.language_code,
+        model=request.model,
+        profanity_filter=request.profanity_filter,
+        literature_text=request.literature_text,
+        raw_results=request.raw_results,
+        audio_encoding=AudioEncoding(request.audio_encoding),
+    )
+    if pcm and request.sample_rate_hertz is not None:
+        spec = spec.model_copy(update={"sample_rate_hertz": request.sample_rate_hertz})
+    if pcm and request.audio_channel_count is not None:
+        spec = spec.model_copy(update={"audio_channel_count": request.audio_channel_count})
+    body = long_running_request(spec, uri=request.audio_uri, folder_id=folder_id)
+    specification = body["config"]["specification"]
+    # Fields the request leaves to the API's defaults are not sent.
+    if pcm and request.sample_rate_hertz is None:
+        del specification["sampleRateHertz"]
+    if pcm and request.audio_channel_count is None:
+        del specification["audioChannelCount"]
+    return body
 
 
 def parse_operation(body: dict[str, Any], *, secrets: Iterable[str] = ()) -> OperationState:
@@ -130,36 +136,31 @@ def parse_operation(body: dict[str, Any], *, secrets: Iterable[str] = ()) -> Ope
     op_id = body.get("id")
     if not isinstance(op_id, str) or not op_id:
         raise MalformedResponseError("the operation has no id")
-    done = body.get("done") is True
-    error: OperationError | None = None
-    raw_error = body.get("error")
-    if isinstance(raw_error, dict):
-        code = raw_error.get("code")
-        if isinstance(code, bool) or not isinstance(code, int) or code not in GRPC_CODE_NAMES:
-            code = 2  # UNKNOWN
-        message = raw_error.get("message")
-        error = OperationError(code=code, message=scrub(message if isinstance(message, str) else "", secrets))
-    elif raw_error is not None:
-        raise MalformedResponseError(f"operation {op_id}: error is not an object")
-    response = body.get("response")
-    if response is not None and not isinstance(response, dict):
-        raise MalformedResponseError(f"operation {op_id}: response is not an object")
+    for name in ("error", "response"):
+        if body.get(name) is not None and not isinstance(body[name], dict):
+            raise MalformedResponseError(f"operation {op_id}: {name} is not an object")
+    try:
+        operation = Operation.model_validate(body)
+    except ValueError:
+        raise MalformedResponseError(f"operation {op_id}: not an Operation") from None
+    error = None
+    if operation.error is not None:
+        error = OperationError(code=operation.error.code, message=scrub(operation.error.message, secrets))
     transcript = None
-    if done and response is not None:
+    if operation.done and operation.response is not None:
         try:
-            transcript = parse_v2_response(response)
+            transcript = parse_v2_response(operation.response)
         except (ValueError, TypeError, OverflowError, RecursionError):
             raise MalformedResponseError(
                 f"operation {op_id}: the recognition result has an unknown shape", body=body
             ) from None
-    modified = body.get("modifiedAt")
     return OperationState(
         id=op_id,
-        done=done,
+        done=operation.done,
         error=error,
-        response=dict(response) if response is not None else None,
+        response=operation.response,
         transcript=transcript,
-        modified_at=modified if isinstance(modified, str) else None,
+        modified_at=operation.modified_at,
     )
 
 
@@ -260,7 +261,7 @@ class SpeechKitV2Client:
         if not operation_id:
             raise ValueError("operation_id must not be empty")
         what = f"cancelling SpeechKit operation {scrub(operation_id)}"
-        url = self._operations_url + quote(operation_id, safe="") + ":cancel"
+        url = self._operations_url + quote(operation_id, safe="") + CANCEL_SUFFIX
         await self._call(what, "GET", url, credentials, not_found=OperationNotFoundError, retried=_never)
 
     async def close(self) -> None:
