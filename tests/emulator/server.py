@@ -1,9 +1,12 @@
-"""An in-process emulator of Yandex SpeechKit's async API v2, the Operation API and IAM token exchange.
+"""An in-process emulator of Yandex SpeechKit's async APIs v2 and v3, the Operation API and IAM tokens.
 
-One aiohttp server answers all three APIs:
+One aiohttp server answers all of them:
 
 * ``POST /speech/stt/v2/longRunningRecognize`` (transcribe.api.cloud.yandex.net),
-* ``GET /operations/{id}`` (operation.api.cloud.yandex.net),
+* ``POST /stt/v3/recognizeFileAsync``, ``GET /stt/v3/getRecognition``, ``DELETE /stt/v3/deleteRecognition``
+  (stt.api.cloud.yandex.net; request checks and result framing in :mod:`tests.emulator.v3`, results in
+  :mod:`tests.emulator.results_v3`),
+* ``GET /operations/{id}`` (operation.api.cloud.yandex.net), for v2 and v3 operations,
 * ``POST /iam/v1/tokens`` (iam.api.cloud.yandex.net).
 
 Accepted submissions download their audio in the background, like the real service reads the object from
@@ -36,8 +39,36 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from tests.emulator.results import Word, build_response
+from tests.emulator.results_v3 import StreamOptions, build_stream, utterances_for
+from tests.emulator.v3 import (
+    DELETE_RECOGNITION_PATH,
+    FAILED_PRECONDITION,
+    FOLDER_HEADER,
+    GET_RECOGNITION_PATH,
+    MAX_CONTENT_BYTES,
+    OPERATION_DESCRIPTION_V3,
+    RECOGNIZE_PATH,
+    V3InvalidRequestError,
+    V3Request,
+    http_status_for,
+    parse_recognize_file_request,
+    stream_error_line,
+    stream_line,
+)
 
-Endpoint = Literal["submit", "operation", "token"]
+Endpoint = Literal["submit", "operation", "token", "v3_submit", "v3_recognition", "v3_delete"]
+#: The quota windows: v2 submissions (and v3 ones, unless v3 has its own quota), v2 operation checks,
+#: v3 submissions with their own quota, and v3 checks (``getRecognition`` and operation checks of v3
+#: operations; per second).
+QuotaName = Literal["submit", "operation", "v3_submit", "v3_check"]
+ENDPOINTS: Final[tuple[Endpoint, ...]] = (
+    "submit",
+    "operation",
+    "token",
+    "v3_submit",
+    "v3_recognition",
+    "v3_delete",
+)
 
 #: The gRPC code the REST gateways put into error bodies for each HTTP status.
 GRPC_CODE_BY_HTTP_STATUS: Final[dict[int, int]] = {
@@ -60,6 +91,10 @@ UNKNOWN_GRPC_CODE: Final = 2
 IAM_AUDIENCE: Final = "https://iam.api.cloud.yandex.net/iam/v1/tokens"
 MAX_JWT_LIFETIME_SECONDS: Final = 3600
 QUOTA_WINDOW_SECONDS: Final = 3600.0
+V3_CHECK_WINDOW_SECONDS: Final = 1.0
+#: Request bodies up to this size are read (inline v3 content may take 60 MB, 80 MB in base64).
+MAX_REQUEST_BYTES: Final = 96 * 1024 * 1024
+MAX_OPERATION_ID_LENGTH: Final = 50
 OPERATION_DESCRIPTION: Final = "STT async recognition"
 #: ``createdBy`` of operations submitted with an API key or a static IAM token.
 DEFAULT_CREATOR: Final = "ajeemulatorserviceac"
@@ -138,6 +173,13 @@ class _FailureRule:
     visible_while_running: bool
 
 
+@dataclass
+class _StreamFault:
+    after: int
+    error: dict[str, Any] | None
+    remaining: int
+
+
 @dataclass(frozen=True)
 class _IssuedToken:
     expires_at: float  # time.time()
@@ -180,20 +222,36 @@ class EmulatedOperation:
     #: With a processing model: the processing time drawn for it, and whether it is a slow one.
     processing_seconds: float | None = None
     slow: bool = False
+    #: Which API created it: "v2" (longRunningRecognize) or "v3" (recognizeFileAsync).
+    api: Literal["v2", "v3"] = "v2"
+    description: str = OPERATION_DESCRIPTION
+    #: v3: the parsed request, the ``x-folder-id`` it came with, the ``getRecognition`` messages once it
+    #: finished without error, whether ``deleteRecognition`` removed them, and how often they were asked.
+    v3_request: V3Request | None = None
+    folder_id: str | None = None
+    v3_results: list[dict[str, Any]] | None = None
+    results_deleted: bool = False
+    recognition_fetches: int = 0
 
-    def to_json(self, visible_error: dict[str, Any] | None = None) -> dict[str, Any]:
+    def to_json(
+        self, visible_error: dict[str, Any] | None = None, *, with_metadata: bool = False
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": self.id,
-            "description": OPERATION_DESCRIPTION,
+            "description": self.description,
             "createdAt": rfc3339(self.created_at),
             "createdBy": self.created_by,
             "modifiedAt": rfc3339(self.modified_at),
             "done": self.done,
         }
+        if with_metadata:
+            # The stt gateway writes unset message fields as null (documented recognizeFileAsync answer).
+            body["metadata"] = None
         if self.done:
             if self.error is not None:
                 body["error"] = self.error
-            else:
+            elif self.response is not None:
+                # v3 operations finish without one unless ``v3_operation_response`` says otherwise.
                 body["response"] = self.response
         elif visible_error is not None:
             body["error"] = visible_error
@@ -244,7 +302,7 @@ class ProcessingModel:
 
 
 class SpeechKitEmulator:
-    """A faithful-enough SpeechKit v2 async service for tests; see the module docstring."""
+    """A faithful-enough SpeechKit v2 and v3 async service for tests; see the module docstring."""
 
     def __init__(
         self,
@@ -256,6 +314,8 @@ class SpeechKitEmulator:
         submit_quota_per_hour: int = 500,
         check_quota_per_hour: int = 2500,
         token_lifetime_seconds: float = 12 * 3600,
+        v3_submit_quota_per_hour: int | None = None,
+        v3_check_quota_per_second: int = 5,
     ) -> None:
         self.api_keys: set[str] = set(api_keys)
         self.iam_tokens: set[str] = set(iam_tokens)
@@ -263,6 +323,14 @@ class SpeechKitEmulator:
         self.retention_seconds = retention_seconds
         self.submit_quota_per_hour = submit_quota_per_hour
         self.check_quota_per_hour = check_quota_per_hour
+        #: The quotas page lists one "recognition requests per hour" quota: by default (None) v3
+        #: submissions use the v2 submission window and ``submit_quota_per_hour``; a number gives v3
+        #: submissions their own window ("v3_submit") with that limit.
+        self.v3_submit_quota_per_hour = v3_submit_quota_per_hour
+        #: "Operation status check requests via API v3 per second": charged by ``getRecognition`` and
+        #: by ``GET /operations/{id}`` of v3 operations, in a window of ``v3_check_window_seconds``.
+        self.v3_check_quota_per_second = v3_check_quota_per_second
+        self.v3_check_window_seconds = V3_CHECK_WINDOW_SECONDS
         #: The quotas' window ("per hour"): tests and benchmarks compress it.
         self.quota_window_seconds = QUOTA_WINDOW_SECONDS
         #: Whether a 429 for an exhausted quota carries Retry-After (a gateway may send none).
@@ -282,16 +350,49 @@ class SpeechKitEmulator:
         #: Operations on audio whose path ends with a key here finish with that ``response``
         #: object verbatim (a result of a shape the operator does not know, for instance).
         self.raw_responses: dict[str, dict[str, Any]] = {}
-        #: Requests received per endpoint ("submit", "operation", "token"), whatever was answered.
+
+        # ---- API v3
+        #: v3 operations on audio whose path ends with a key here answer ``getRecognition`` with these
+        #: ``StreamingResponse`` messages verbatim (instead of ones built from :attr:`transcripts`).
+        #: Inline ``content`` has the audio path ``content:<sha256 hex of the audio>``.
+        self.v3_raw_results: dict[str, list[dict[str, Any]]] = {}
+        #: The ``response`` of finished v3 operations. The documented example of a finished v3
+        #: operation has none (the method's response type is google.protobuf.Empty): None omits it;
+        #: ``{"@type": "type.googleapis.com/google.protobuf.Empty"}`` is the other plausible answer.
+        self.v3_operation_response: dict[str, Any] | None = None
+        #: Whether v3 calls authenticated with an IAM token must name the folder in ``x-folder-id``
+        #: (403 PERMISSION_DENIED without it). API keys carry their folder.
+        self.v3_require_folder_id = True
+        #: The inline ``content`` limit of ``recognizeFileAsync`` (decoded bytes).
+        self.v3_max_content_bytes = MAX_CONTENT_BYTES
+        #: The gRPC code ``getRecognition`` and ``deleteRecognition`` answer while the operation runs
+        #: (undocumented; the HTTP status follows the code). FAILED_PRECONDITION by default.
+        self.v3_not_ready_code = FAILED_PRECONDITION
+        #: Whether ``getRecognition`` errors have the grpc-gateway stream form ``{"error": {...}}``
+        #: instead of the usual ``{"code", "message", "details"}``.
+        self.v3_wrap_stream_errors = False
+        #: JSON bodies of accepted v3 submissions, in order.
+        self.v3_submissions: list[dict[str, Any]] = []
+        #: Operation ids whose results ``deleteRecognition`` removed, in order.
+        self.deleted_recognitions: list[str] = []
+
+        #: Requests received per endpoint ("submit", "operation", "token", "v3_submit",
+        #: "v3_recognition", "v3_delete"), whatever was answered.
         self.counts: collections.Counter[str] = collections.Counter()
         #: JSON bodies of accepted submissions, in order.
         self.submissions: list[dict[str, Any]] = []
         #: Injected faults answered so far, by endpoint and status (None: only delayed).
         self.faults_served: collections.Counter[tuple[Endpoint, int | None]] = collections.Counter()
-        #: 429s answered because a quota was exhausted, by endpoint (injected faults not counted).
+        #: 429s answered because a quota was exhausted, by quota window (see :data:`QuotaName`;
+        #: "submit" and "operation" are the v2 endpoints'), injected faults not counted.
         self.quota_refusals: collections.Counter[str] = collections.Counter()
-        #: ``time.monotonic()`` of every call charged to a quota (accepted), by endpoint, in order.
-        self.quota_charges: dict[Endpoint, list[float]] = {"submit": [], "operation": []}
+        #: ``time.monotonic()`` of every call charged to a quota (accepted), by quota window, in order.
+        self.quota_charges: dict[QuotaName, list[float]] = {
+            "submit": [],
+            "operation": [],
+            "v3_submit": [],
+            "v3_check": [],
+        }
         #: Operation ids asked to be cancelled, in order.
         self.cancelled: list[str] = []
         self.operations: dict[str, EmulatedOperation] = {}
@@ -300,14 +401,15 @@ class SpeechKitEmulator:
 
         self._keys: dict[str, _ServiceAccountKey] = {}
         self._faults: dict[Endpoint, collections.deque[_Fault]] = {
-            "submit": collections.deque(),
-            "operation": collections.deque(),
-            "token": collections.deque(),
+            endpoint: collections.deque() for endpoint in ENDPOINTS
         }
+        self._stream_faults: collections.deque[_StreamFault] = collections.deque()
         self._failures: dict[str, _FailureRule] = {}
-        self._quota_windows: dict[Endpoint, collections.deque[float]] = {
+        self._quota_windows: dict[QuotaName, collections.deque[float]] = {
             "submit": collections.deque(),
             "operation": collections.deque(),
+            "v3_submit": collections.deque(),
+            "v3_check": collections.deque(),
         }
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
@@ -340,10 +442,13 @@ class SpeechKitEmulator:
         if self._runner is not None:
             raise RuntimeError("the emulator is already started")
         self._stopping = asyncio.Event()
-        app = web.Application(middlewares=[self._error_middleware])
+        app = web.Application(middlewares=[self._error_middleware], client_max_size=MAX_REQUEST_BYTES)
         app.router.add_post("/speech/stt/v2/longRunningRecognize", self._handle_submit)
         app.router.add_get("/operations/{operation_id}", self._handle_operation)
         app.router.add_post("/iam/v1/tokens", self._handle_token)
+        app.router.add_post(RECOGNIZE_PATH, self._handle_v3_recognize)
+        app.router.add_get(GET_RECOGNITION_PATH, self._handle_v3_get_recognition)
+        app.router.add_delete(DELETE_RECOGNITION_PATH, self._handle_v3_delete_recognition)
         runner = web.AppRunner(app, shutdown_timeout=1.0, handler_cancellation=True, access_log=None)
         await runner.setup()
         try:
@@ -428,10 +533,24 @@ class SpeechKitEmulator:
 
     def clear_faults(self) -> int:
         """Drop every injected fault not used yet; how many requests they would still have hit."""
-        pending = self.pending_faults()
+        pending = self.pending_faults() + sum(fault.remaining for fault in self._stream_faults)
         for queue in self._faults.values():
             queue.clear()
+        self._stream_faults.clear()
         return pending
+
+    def inject_v3_stream_break(
+        self, after: int = 0, *, error: dict[str, Any] | None = None, count: int = 1
+    ) -> None:
+        """Make the next ``count`` ``getRecognition`` streams (200 answers) break after ``after`` messages.
+
+        With ``error`` (a ``google.rpc.Status`` object) the stream ends with a grpc-gateway error element
+        ``{"error": error}``; without, the connection drops in the middle of the next message (the
+        chunked body never ends properly).
+        """
+        if after < 0 or count < 1:
+            raise ValueError("after must not be negative and count must be at least 1")
+        self._stream_faults.append(_StreamFault(after, error, count))
 
     def fail_operations(
         self,
@@ -453,7 +572,8 @@ class SpeechKitEmulator:
             window.clear()
 
     def expire(self, operation_id: str) -> None:
-        """From now on ``GET /operations/{operation_id}`` answers 404, as after the retention period."""
+        """From now on ``GET /operations/{operation_id}`` (and, for v3, ``getRecognition`` and
+        ``deleteRecognition``) answer 404, as after the retention period."""
         operation = self.operations[operation_id]
         operation.expired = True
         if operation.task is not None:
@@ -512,28 +632,44 @@ class SpeechKitEmulator:
                 return issued.service_account_id
         return None
 
-    def _take_quota(self, endpoint: Endpoint, per_hour: int) -> web.Response | None:
-        """Use one slot of a sliding one-hour window, or answer 429 when none is free."""
-        window = self._quota_windows[endpoint]
+    def _quota_limits(self, name: QuotaName) -> tuple[int, float, str]:
+        """(limit, window seconds, unit of the message) of a quota window."""
+        if name == "submit":
+            return self.submit_quota_per_hour, self.quota_window_seconds, "hour"
+        if name == "operation":
+            return self.check_quota_per_hour, self.quota_window_seconds, "hour"
+        if name == "v3_submit":
+            limit = self.v3_submit_quota_per_hour
+            return (self.submit_quota_per_hour if limit is None else limit), self.quota_window_seconds, "hour"
+        return self.v3_check_quota_per_second, self.v3_check_window_seconds, "second"
+
+    def _take_quota(self, name: QuotaName) -> web.Response | None:
+        """Use one slot of the sliding window ``name``, or answer 429 when none is free."""
+        limit, length, unit = self._quota_limits(name)
+        window = self._quota_windows[name]
         now = time.monotonic()
-        length = self.quota_window_seconds
         while window and window[0] <= now - length:
             window.popleft()
-        if len(window) >= per_hour:
+        if len(window) >= limit:
             wait = window[0] + length - now if window else length
             retry_after = max(1, math.ceil(wait))
-            self.quota_refusals[endpoint] += 1
+            self.quota_refusals[name] += 1
             return error_response(
                 429,
-                f"Quota limit exceeded: at most {per_hour} requests per hour",
+                f"Quota limit exceeded: at most {limit} requests per {unit}",
                 headers={"Retry-After": str(retry_after)} if self.quota_retry_after else None,
             )
         window.append(now)
-        self.quota_charges[endpoint].append(now)
+        self.quota_charges[name].append(now)
         return None
 
-    async def _guard(self, request: web.Request, endpoint: Endpoint, per_hour: int) -> str | web.Response:
-        """Count, inject faults, authenticate and charge the quota; the caller's account id when all pass."""
+    async def _guard(
+        self, request: web.Request, endpoint: Endpoint, quota: QuotaName | None, *, v3: bool = False
+    ) -> str | web.Response:
+        """Count, inject faults, authenticate and charge the quota; the caller's account id when all pass.
+
+        For v3 calls (``v3``) an IAM token must come with ``x-folder-id`` (see ``v3_require_folder_id``).
+        """
         self.counts[endpoint] += 1
         fault = await self._apply_fault(endpoint)
         if fault is not None:
@@ -541,9 +677,16 @@ class SpeechKitEmulator:
         creator = self._authenticate(request)
         if creator is None:
             return error_response(401, "The request is unauthenticated: the API key or IAM token is invalid")
-        quota = self._take_quota(endpoint, per_hour)
+        if v3 and self.v3_require_folder_id and not request.headers.get(FOLDER_HEADER, "").strip():
+            scheme = request.headers.get("Authorization", "").strip().partition(" ")[0]
+            if scheme.lower() == "bearer":
+                return error_response(
+                    403, f"Permission denied: calls with an IAM token must name the folder in {FOLDER_HEADER}"
+                )
         if quota is not None:
-            return quota
+            refused = self._take_quota(quota)
+            if refused is not None:
+                return refused
         return creator
 
     def _failure_for(self, operation: EmulatedOperation) -> _FailureRule | None:
@@ -561,7 +704,7 @@ class SpeechKitEmulator:
     # ------------------------------------------------------------------ submit
 
     async def _handle_submit(self, request: web.Request) -> web.Response:
-        guarded = await self._guard(request, "submit", self.submit_quota_per_hour)
+        guarded = await self._guard(request, "submit", "submit")
         if isinstance(guarded, web.Response):
             return guarded
         try:
@@ -631,14 +774,18 @@ class SpeechKitEmulator:
 
     async def _recognize(self, operation: EmulatedOperation) -> None:
         download_error: str | None = None
-        try:
-            operation.download_status, size = await self._download_retrying(operation.audio_uri)
-            if size == 0:
-                download_error = "audio could not be downloaded: the object is empty"
-            else:
-                operation.downloaded_bytes = size
-        except _DownloadError as exc:
-            download_error, operation.download_status = exc.message, exc.status
+        inline = operation.v3_request.content if operation.v3_request is not None else None
+        if inline is not None:
+            operation.downloaded_bytes = len(inline)
+        else:
+            try:
+                operation.download_status, size = await self._download_retrying(operation.audio_uri)
+                if size == 0:
+                    download_error = "audio could not be downloaded: the object is empty"
+                else:
+                    operation.downloaded_bytes = size
+            except _DownloadError as exc:
+                download_error, operation.download_status = exc.message, exc.status
         if download_error is not None and self._failure_for(operation) is None:
             self._finish(operation, error={"code": 3, "message": download_error, "details": []})
             return
@@ -649,6 +796,8 @@ class SpeechKitEmulator:
             self._finish(operation, error={"code": rule.code, "message": rule.message, "details": []})
         elif download_error is not None:
             self._finish(operation, error={"code": 3, "message": download_error, "details": []})
+        elif operation.api == "v3":
+            self._finish_v3(operation)
         elif (raw := self._raw_response_for(operation)) is not None:
             self._finish(operation, response=raw)
         else:
@@ -677,13 +826,19 @@ class SpeechKitEmulator:
     # ------------------------------------------------------------------ operations
 
     async def _handle_operation(self, request: web.Request) -> web.Response:
-        guarded = await self._guard(request, "operation", self.check_quota_per_hour)
+        guarded = await self._guard(request, "operation", None)
         if isinstance(guarded, web.Response):
             return guarded
         operation_id = request.match_info["operation_id"]
         cancel = operation_id.endswith(":cancel")
         operation_id = operation_id.removesuffix(":cancel")
         operation = self.operations.get(operation_id)
+        # Checks of v3 operations count against the v3 per-second quota, all others the v2 hourly one.
+        refused = self._take_quota(
+            "v3_check" if operation is not None and operation.api == "v3" else "operation"
+        )
+        if refused is not None:
+            return refused
         if operation is None or operation.expired or self._past_retention(operation):
             return error_response(404, f"Operation {operation_id} not found")
         operation.checks += 1
@@ -708,6 +863,188 @@ class SpeechKitEmulator:
             operation.completed_at is not None
             and time.monotonic() - operation.completed_at >= self.retention_seconds
         )
+
+    # ------------------------------------------------------------------ API v3
+
+    def _v3_error(self, code: int, message: str) -> web.Response:
+        """A ``getRecognition``/``deleteRecognition`` error answer for gRPC ``code``."""
+        status = http_status_for(code)
+        body = {"code": code, "message": message, "details": []}
+        if self.v3_wrap_stream_errors:
+            return web.json_response({"error": body}, status=status)
+        return web.json_response(body, status=status)
+
+    async def _handle_v3_recognize(self, request: web.Request) -> web.Response:
+        quota: QuotaName = "submit" if self.v3_submit_quota_per_hour is None else "v3_submit"
+        guarded = await self._guard(request, "v3_submit", quota, v3=True)
+        if isinstance(guarded, web.Response):
+            return guarded
+        try:
+            body = _parse_json_object(await request.read())
+            parsed = parse_recognize_file_request(body, max_content_bytes=self.v3_max_content_bytes)
+        except (InvalidRequestError, V3InvalidRequestError) as exc:
+            return error_response(400, str(exc))
+        if parsed.content is not None:
+            audio_uri, audio_path = "", f"content:{hashlib.sha256(parsed.content).hexdigest()}"
+        else:
+            assert parsed.uri is not None
+            audio_uri, audio_path = parsed.uri, unquote(urlsplit(parsed.uri).path)
+        now = datetime.now(UTC)
+        operation = EmulatedOperation(
+            id=self._new_operation_id(),
+            request=body,
+            audio_uri=audio_uri,
+            audio_path=audio_path,
+            created_by=guarded,
+            created_at=now,
+            modified_at=now,
+            api="v3",
+            description=OPERATION_DESCRIPTION_V3,
+            v3_request=parsed,
+            folder_id=request.headers.get(FOLDER_HEADER),
+        )
+        if self.processing_model is not None:
+            operation.processing_seconds = self.processing_model.seconds(operation)
+            operation.slow = self.processing_model.is_slow(operation)
+        self.operations[operation.id] = operation
+        self.v3_submissions.append(body)
+        task = asyncio.get_running_loop().create_task(
+            self._recognize(operation), name=f"recognize-{operation.id}"
+        )
+        operation.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if self.on_submission is not None:
+            self.on_submission(operation)
+        return web.json_response(operation.to_json(with_metadata=True))
+
+    def _finish_v3(self, operation: EmulatedOperation) -> None:
+        """Finish a v3 operation: keep its ``getRecognition`` messages, answer ``v3_operation_response``."""
+        parsed = operation.v3_request
+        assert parsed is not None
+        raw = next(
+            (
+                results
+                for suffix, results in self.v3_raw_results.items()
+                if operation.audio_path.endswith(suffix)
+            ),
+            None,
+        )
+        if raw is not None:
+            messages = [dict(message) for message in raw]
+        else:
+            try:
+                utterances = utterances_for(
+                    self._transcript_for(operation), speaker_labeling=parsed.speaker_labeling_enabled
+                )
+            except ValueError as exc:
+                self._finish(operation, error={"code": 13, "message": str(exc), "details": []})
+                return
+            languages: tuple[tuple[str, float], ...] = ()
+            if parsed.restriction_type == "WHITELIST" and parsed.language_codes:
+                languages = ((parsed.language_codes[0], 1.0),)
+            elapsed = datetime.now(UTC) - operation.created_at
+            options = StreamOptions(
+                text_normalization=parsed.normalization_enabled,
+                literature_text=parsed.literature_text,
+                languages=languages,
+                session_uuid="-".join(secrets.token_hex(4) for _ in range(4)),
+                user_request_id=_random_id("e03"),
+                response_wall_time_ms=max(0, round(elapsed.total_seconds() * 1000)),
+            )
+            messages = build_stream(utterances, options)
+        operation.v3_results = messages
+        response = self.v3_operation_response
+        self._finish(operation, response=dict(response) if response is not None else None)
+
+    def _v3_operation(self, request: web.Request) -> EmulatedOperation | web.Response:
+        """The v3 operation ``operation_id`` (or ``operationId``) names, or the error to answer."""
+        operation_id = request.query.get("operation_id", request.query.get("operationId", ""))
+        if not operation_id:
+            return error_response(400, "operation_id: required field is missing")
+        if len(operation_id) > MAX_OPERATION_ID_LENGTH:
+            return error_response(
+                400, f"operation_id: must be at most {MAX_OPERATION_ID_LENGTH} characters long"
+            )
+        operation = self.operations.get(operation_id)
+        if (
+            operation is None
+            or operation.api != "v3"
+            or operation.expired
+            or operation.results_deleted
+            or self._past_retention(operation)
+        ):
+            return self._v3_error(5, f"Operation {operation_id} not found")
+        return operation
+
+    def _v3_unfinished(self, operation: EmulatedOperation) -> web.Response | None:
+        """The error for results of an operation that is running or failed; None when they exist."""
+        if not operation.done:
+            return self._v3_error(self.v3_not_ready_code, f"Operation {operation.id} is not done yet")
+        if operation.error is not None:
+            code = operation.error.get("code")
+            message = operation.error.get("message")
+            return self._v3_error(
+                code if isinstance(code, int) else 13,
+                message if isinstance(message, str) else "recognition failed",
+            )
+        return None
+
+    async def _handle_v3_get_recognition(self, request: web.Request) -> web.StreamResponse:
+        guarded = await self._guard(request, "v3_recognition", "v3_check", v3=True)
+        if isinstance(guarded, web.Response):
+            return guarded
+        operation = self._v3_operation(request)
+        if isinstance(operation, web.Response):
+            return operation
+        operation.recognition_fetches += 1
+        unfinished = self._v3_unfinished(operation)
+        if unfinished is not None:
+            return unfinished
+        messages = list(operation.v3_results or [])
+        fault: _StreamFault | None = None
+        if self._stream_faults:
+            fault = self._stream_faults[0]
+            fault.remaining -= 1
+            if fault.remaining <= 0:
+                self._stream_faults.popleft()
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for index, message in enumerate(messages):
+            line = stream_line(message)
+            if fault is not None and index >= fault.after:
+                if fault.error is None:
+                    await response.write(line[: len(line) // 2])
+                    break
+                await response.write(stream_error_line(fault.error))
+                await response.write_eof()
+                return response
+            await response.write(line)
+        else:
+            if fault is not None and fault.error is not None:
+                await response.write(stream_error_line(fault.error))
+            await response.write_eof()
+            return response
+        # A dropped connection: the chunked body never ends.
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        return response
+
+    async def _handle_v3_delete_recognition(self, request: web.Request) -> web.Response:
+        guarded = await self._guard(request, "v3_delete", None, v3=True)
+        if isinstance(guarded, web.Response):
+            return guarded
+        operation = self._v3_operation(request)
+        if isinstance(operation, web.Response):
+            return operation
+        if not operation.done:
+            return self._v3_error(self.v3_not_ready_code, f"Operation {operation.id} is not done yet")
+        operation.results_deleted = True
+        operation.v3_results = None
+        self.deleted_recognitions.append(operation.id)
+        return web.json_response({})
 
     # ------------------------------------------------------------------ IAM
 
