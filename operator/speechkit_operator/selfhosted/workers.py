@@ -382,14 +382,26 @@ def recognize(
         _check_memory(state.memory_limit_bytes)
         chunks: list[Chunk] = []
         channels = 0
+        auto = job.language_code.strip().lower() == AUTO_LANGUAGE
+        # With ``auto``, the language detected in a channel's first window with speech holds for the
+        # channel's later windows: one recording is not switched to another language half-way.
+        detected: dict[int, Detection] = {}
         for segment in decoded.segments():
             if segment.channel > job.max_channels:
                 return _too_many_channels(started, segment.channel, job.max_channels)
             channels = max(channels, segment.channel)
             if progress is not None:
                 progress(float(segment.end_seconds))
-            for utterance in state.engine.recognize(segment.pcm, job.language_code):
-                chunks.append(_chunk(str(segment.channel), utterance, float(segment.start_seconds), job))
+            known = detected.get(segment.channel)
+            language = known.language_code if known is not None else job.language_code
+            for utterance in state.engine.recognize(segment.pcm, language):
+                found = getattr(utterance, "language_code", None)
+                if auto and known is None and found:
+                    probability = getattr(utterance, "language_probability", None)
+                    known = Detection(str(found), None if probability is None else float(probability))
+                    detected[segment.channel] = known
+                offset = float(segment.start_seconds)
+                chunks.append(_chunk(str(segment.channel), utterance, offset, job, known if auto else None))
             del segment
             _check_memory(state.memory_limit_bytes)
         duration = float(decoded.duration_seconds or 0.0)
@@ -435,15 +447,27 @@ def _memory_message(limit: int | None) -> str:
     )
 
 
-def _chunk(channel: str, utterance: UtteranceLike, offset: float, job: RecognitionJob) -> Chunk:
+@dataclass(frozen=True)
+class Detection:
+    """The language an engine detected in a channel (``auto``), and how sure it was."""
+
+    language_code: str
+    probability: float | None = None
+
+
+def _chunk(
+    channel: str,
+    utterance: UtteranceLike,
+    offset: float,
+    job: RecognitionJob,
+    detection: Detection | None = None,
+) -> Chunk:
     """One utterance as a result chunk, its times from the start of the audio. The text is the
     normalised words, or with ``literature_text`` the engine's display text (when it has one); with
     ``raw_results`` numbers are written in words (see :mod:`.numbers`) and with ``profanity_filter``
-    profane words are masked, in both; with the ``auto`` language the chunk carries the language the
-    engine detected."""
-    detected = getattr(utterance, "language_code", None)
-    auto = job.language_code.strip().lower() == AUTO_LANGUAGE
-    language = str(detected) if auto and detected else job.language_code
+    profane words are masked, in both; with the ``auto`` language the chunk carries the language
+    detected in its channel (``detection``)."""
+    language = detection.language_code if detection is not None else job.language_code
     flat = tuple(
         word
         for w in utterance.words
@@ -459,14 +483,13 @@ def _chunk(channel: str, utterance: UtteranceLike, offset: float, job: Recogniti
         text = " ".join(word.text for word in flat)
     else:
         text = str(utterance.text)
-    if auto and detected:
-        probability = getattr(utterance, "language_probability", None)
+    if detection is not None:
         return RecognizedChunk(
             channel=channel,
             text=text,
             words=flat,
-            language_code=str(detected),
-            language_probability=None if probability is None else float(probability),
+            language_code=detection.language_code,
+            language_probability=detection.probability,
         )
     return Chunk(channel=channel, text=text, words=flat)
 

@@ -47,6 +47,7 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -257,12 +258,52 @@ def resolve_model(setting: str, cache_dir: Path | None = None) -> ResolvedModel:
         path = _bundled(BUNDLED_MODELS[name], cache)
         source: Literal["bundled", "directory", "download"] = "bundled"
     elif _looks_like_path(name):
-        path = check_model_directory(Path(name).expanduser())
+        path = check_loadable(check_model_directory(Path(name).expanduser()))
         source = "directory"
     else:
-        path = check_model_directory(_download(name, cache))
+        path = check_loadable(check_model_directory(_download(name, cache)))
         source = "download"
     return ResolvedModel(name, path, source, time.monotonic() - started)
+
+
+#: How long a trial load of a model that no pinned digest covers may take (large-v3: about 10 s).
+TRIAL_LOAD_TIMEOUT_SECONDS: Final = 300.0
+_TRIAL_LOAD = (
+    "import sys, ctranslate2; "
+    "ctranslate2.models.Whisper(sys.argv[1], device='cpu', compute_type='int8', intra_threads=1)"
+)
+
+
+def check_loadable(path: Path) -> Path:
+    """``path``, once CTranslate2 loaded the model in it, in a short-lived process of its own.
+
+    A mounted or downloaded model has no pinned digests (a ``SHA256SUMS`` is optional), so a truncated
+    or damaged ``model.bin`` would only show when a worker loads it, and the workers would retry for
+    ever; loading it once here turns that into a startup error that names the file. Raises
+    :class:`WhisperModelError`.
+    """
+    try:
+        result = subprocess.run(  # noqa: S603 - this interpreter, a fixed program, the path as argv
+            [sys.executable, "-c", _TRIAL_LOAD, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=TRIAL_LOAD_TIMEOUT_SECONDS,
+            check=False,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+    except subprocess.TimeoutExpired:
+        raise WhisperModelError(
+            f"the Whisper model in {path} did not load within {TRIAL_LOAD_TIMEOUT_SECONDS:.0f} s"
+        ) from None
+    if result.returncode != 0:
+        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        detail = lines[-1] if lines else f"the loading process exited with {result.returncode}"
+        raise WhisperModelError(
+            f"the Whisper model in {path} does not load ({detail[:300]}): its model.bin is damaged or "
+            "incomplete, or not a CTranslate2 conversion; copy or convert it again (a SHA256SUMS file "
+            "beside it lets the service check every file first)"
+        )
+    return path
 
 
 def _looks_like_path(name: str) -> bool:
