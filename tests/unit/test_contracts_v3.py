@@ -1,4 +1,3 @@
-# ruff: noqa: RUF001 - Russian text is written in Cyrillic
 """The v3 wire contract (speechkit_operator.contracts.stt_v3): requests as SpeechKit documents them, and
 getRecognition's streamed answer read incrementally, whatever its chunking."""
 
