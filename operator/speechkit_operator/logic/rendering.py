@@ -200,13 +200,14 @@ def _channels(transcript: Transcript) -> list[str]:
 
 
 def render_txt(transcript: Transcript) -> str:
-    """Every chunk's text in time order, one per line; labelled ``[channel N]`` when there are several."""
+    """Every chunk's text in time order, one per line; labelled ``[channel N]`` (or ``[speaker N]``) when
+    there are several."""
     labelled = len(_channels(transcript)) > 1
     lines = []
     for chunk in _in_time_order(transcript.chunks):
         text = _clean(chunk.text)
         if text:
-            lines.append(f"[channel {chunk.channel}] {text}" if labelled else text)
+            lines.append(f"[{transcript.tag_kind} {chunk.channel}] {text}" if labelled else text)
     return "".join(f"{line}\n" for line in lines)
 
 
@@ -234,8 +235,9 @@ def preview(transcript: Transcript, limit: int = 200) -> str:
 # --------------------------------------------------------------------------------------------------------
 
 
-def render_json(response: Mapping[str, Any]) -> bytes:
-    """The operation's response as returned: key order kept, UTF-8 without escapes, indented."""
+def render_json(response: Mapping[str, Any] | Sequence[Any]) -> bytes:
+    """The API's answer as returned (v2: the operation's response; v3: the list of results of
+    getRecognition): key order kept, UTF-8 without escapes, indented."""
     return json.dumps(response, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
 
 
@@ -244,12 +246,17 @@ def _key_tag(channel: str) -> str:
 
 
 def render_outputs(
-    response: Mapping[str, Any], transcript: Transcript, formats: Sequence[OutputFormat], base_key: str
+    response: Mapping[str, Any] | Sequence[Any],
+    transcript: Transcript,
+    formats: Sequence[OutputFormat],
+    base_key: str,
 ) -> list[RenderedOutput]:
     """Every file to write for ``formats``, in that order.
 
     Keys are ``{base_key}.{format}``. For multichannel audio subtitles come one file per channel,
-    ``{base_key}.channel-{tag}.{format}`` named ``"{format}:{tag}"``; json and txt are always one file.
+    ``{base_key}.channel-{tag}.{format}`` named ``"{format}:{tag}"`` (with speaker labels, one per
+    speaker: ``{base_key}.speaker-{tag}.{format}``, ``"{format}:speaker-{tag}"``); json and txt are always
+    one file.
     """
     channels = _channels(transcript)
     multichannel = len(channels) > 1
@@ -268,10 +275,11 @@ def render_outputs(
             continue
         for channel in channels:
             words = [word for chunk in transcript.chunks if chunk.channel == channel for word in chunk.words]
+            prefix = "speaker-" if transcript.speakers else ""
             outputs.append(
                 RenderedOutput(
-                    name=f"{fmt.value}:{channel}",
-                    key=f"{base_key}.channel-{_key_tag(channel)}.{fmt.value}",
+                    name=f"{fmt.value}:{prefix}{channel}",
+                    key=f"{base_key}.{transcript.tag_kind}-{_key_tag(channel)}.{fmt.value}",
                     body=render(build_cues(words)).encode(),
                     content_type=content_type,
                     format=fmt,

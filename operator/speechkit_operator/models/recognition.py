@@ -33,7 +33,16 @@ class Chunk:
 class Transcript:
     chunks: tuple[Chunk, ...] = ()
     channels: tuple[str, ...] = field(default=())
+    #: The chunks' tags name speakers (v3 speaker labeling on mono audio), not audio channels.
+    speakers: bool = False
+    #: The language the API detected (v3, or ``auto``), when it reported one.
+    language_code: str | None = None
 
     @property
     def is_multichannel(self) -> bool:
         return len(self.channels) > 1
+
+    @property
+    def tag_kind(self) -> str:
+        """What a chunk's tag names: ``channel`` or ``speaker``."""
+        return "speaker" if self.speakers else "channel"
