@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 
 from speechkit_operator.contracts.stt_v2 import AudioEncoding
 from speechkit_operator.models.audio import ContainerFormat
+from speechkit_operator.models.job import Reason
 from speechkit_operator.selfhosted.decoding import (
     AudioDecodeError,
     AudioStream,
@@ -210,7 +211,7 @@ def _error(data: bytes, **declared: Any) -> AudioDecodeError:
 def test_empty_input() -> None:
     error = _error(b"", encoding=AudioEncoding.LINEAR16_PCM, sample_rate_hertz=16000)
 
-    assert error.code_name == "EmptyAudio"
+    assert error.code_name == Reason.EMPTY_AUDIO
     assert "empty" in error.message
 
 
@@ -230,7 +231,7 @@ def test_a_declared_encoding_that_contradicts_the_bytes(
 ) -> None:
     error = _error(_read(name), encoding=declared, sample_rate_hertz=16000)
 
-    assert error.code_name == "AudioEncodingMismatch"
+    assert error.code_name == Reason.AUDIO_ENCODING_MISMATCH
     assert f"config.specification.audioEncoding is {declared.value}" in error.message
     assert f"to {actual}" in error.message
 
@@ -238,7 +239,7 @@ def test_a_declared_encoding_that_contradicts_the_bytes(
 def test_headerless_pcm_declared_for_a_wav_with_another_rate() -> None:
     error = _error(_read("librivox-0870.wav"), encoding=AudioEncoding.LINEAR16_PCM, sample_rate_hertz=8000)
 
-    assert error.code_name == "AudioEncodingMismatch"
+    assert error.code_name == Reason.AUDIO_ENCODING_MISMATCH
     assert "config.specification.sampleRateHertz is 8000" in error.message
     assert "16000" in error.message
 
@@ -248,28 +249,28 @@ def test_headerless_pcm_declared_for_a_wav_with_another_channel_count() -> None:
         _read("librivox-stereo-0880L-0930R.wav"), encoding=AudioEncoding.LINEAR16_PCM, channel_count=1
     )
 
-    assert error.code_name == "AudioEncodingMismatch"
+    assert error.code_name == Reason.AUDIO_ENCODING_MISMATCH
     assert "audioChannelCount" in error.message
 
 
 def test_a_declared_encoding_for_bytes_with_no_header_at_all() -> None:
     error = _error(_read("librivox-0870-8k.pcm"), encoding=AudioEncoding.OGG_OPUS)
 
-    assert error.code_name == "AudioEncodingMismatch"
+    assert error.code_name == Reason.AUDIO_ENCODING_MISMATCH
     assert "OggS" in error.message
 
 
 def test_headerless_pcm_without_a_sample_rate() -> None:
     error = _error(_read("librivox-0870-8k.pcm"), encoding=AudioEncoding.LINEAR16_PCM)
 
-    assert error.code_name == "UnknownAudioFormat"
+    assert error.code_name == Reason.UNKNOWN_AUDIO_FORMAT
     assert "config.specification.sampleRateHertz" in error.message
 
 
 def test_headerless_bytes_without_a_declared_encoding() -> None:
     error = _error(_read("librivox-0870-8k.pcm"))
 
-    assert error.code_name == "UnknownAudioFormat"
+    assert error.code_name == Reason.UNKNOWN_AUDIO_FORMAT
     assert "LINEAR16_PCM" in error.message
 
 
@@ -278,7 +279,7 @@ def test_headerless_pcm_at_a_rate_speechkit_does_not_take() -> None:
         _read("librivox-0870-8k.pcm"), encoding=AudioEncoding.LINEAR16_PCM, sample_rate_hertz=44100
     )
 
-    assert error.code_name == "UnsupportedAudio"
+    assert error.code_name == Reason.UNSUPPORTED_AUDIO
     assert "8000, 16000 or 48000" in error.message
 
 
@@ -291,7 +292,7 @@ def test_an_impossible_channel_count(count: int) -> None:
         channel_count=count,
     )
 
-    assert error.code_name == "UnsupportedAudio"
+    assert error.code_name == Reason.UNSUPPORTED_AUDIO
     assert "audioChannelCount" in error.message
 
 
@@ -322,7 +323,7 @@ def test_an_impossible_channel_count(count: int) -> None:
 def test_corrupt_input(description: str, data: Any, declared: dict[str, Any]) -> None:
     error = _error(data(), **declared)
 
-    assert error.code_name == "CorruptAudio", description
+    assert error.code_name == Reason.CORRUPT_AUDIO, description
     assert "upload" in error.message or "plays" in error.message
 
 
@@ -337,7 +338,7 @@ def test_more_channels_than_accepted_in_a_wav_header(tmp_path: Path) -> None:
 
     error = _error(path.read_bytes())
 
-    assert error.code_name == "UnsupportedAudio"
+    assert error.code_name == Reason.UNSUPPORTED_AUDIO
     assert "10 channels" in error.message
 
 
@@ -354,7 +355,7 @@ def test_an_ogg_that_ends_after_its_headers() -> None:
 
     error = _error(b"".join(pages))
 
-    assert error.code_name == "CorruptAudio"
+    assert error.code_name == Reason.CORRUPT_AUDIO
     assert "ends before its first audio packet" in error.message
 
 
@@ -376,7 +377,7 @@ def test_audio_longer_than_the_limit() -> None:
             max_seconds=5,
         )
 
-    assert wav.value.code_name == raw.value.code_name == "UnsupportedAudio"
+    assert wav.value.code_name == raw.value.code_name == Reason.UNSUPPORTED_AUDIO
     assert "limit of 5 s" in raw.value.message
     assert "split" in raw.value.message
 
@@ -384,7 +385,7 @@ def test_audio_longer_than_the_limit() -> None:
 def test_an_encoding_the_api_does_not_have() -> None:
     error = _error(_read("librivox-0870-8k.pcm"), encoding="FLAC", sample_rate_hertz=8000)
 
-    assert error.code_name == "UnsupportedAudio"
+    assert error.code_name == Reason.UNSUPPORTED_AUDIO
     assert "LINEAR16_PCM, OGG_OPUS, MP3" in error.message
 
 
@@ -566,4 +567,4 @@ def test_audio_too_long_for_the_limit_fails_while_decoding_in_pieces() -> None:
     with pytest.raises(AudioDecodeError) as raised:
         for _ in stream.segments(window_seconds=1.0):
             pass
-    assert raised.value.code_name == "UnsupportedAudio"
+    assert raised.value.code_name == Reason.UNSUPPORTED_AUDIO

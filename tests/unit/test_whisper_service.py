@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 
 from speechkit_operator.clients.speech.v2_parsing import parse_v2_response
+from speechkit_operator.contracts.stt_v3 import StreamingResponse, decode_results
 from speechkit_operator.selfhosted.app import create_app
 from speechkit_operator.selfhosted.config import ServiceSettings, default_engine
 from tests.support.audio import audio_dir
@@ -173,3 +174,64 @@ async def test_russian_through_the_async_and_the_sync_api(service: Service) -> N
 
     detected = await recognise(service, inline(sample.name, EXAMPLES), languageCode="auto")
     assert detected["chunks"][0]["alternatives"][0]["languages"][0]["languageCode"] == "ru-RU"
+
+
+async def recognise_v3(service: Service, audio: dict[str, str], **model: Any) -> list[StreamingResponse]:
+    """Through the v3 API: submit, poll the operation, read getRecognition's stream."""
+    body = {
+        **audio,
+        "recognitionModel": {"audioFormat": {"containerAudio": {"containerAudioType": "WAV"}}, **model},
+    }
+    response = await service.client.post("/stt/v3/recognizeFileAsync", json=body, headers=AUTH)
+    accepted = await response.json()
+    assert response.status == 200, accepted
+    assert accepted["description"] == "STT v3 async recognition"
+    done = await service.wait_done(accepted["id"], timeout=120)
+    assert done["done"] and "error" not in done and "response" not in done, done
+    answer = await service.client.get(
+        "/stt/v3/getRecognition", params={"operation_id": accepted["id"]}, headers=AUTH
+    )
+    assert answer.status == 200
+    return list(decode_results(await answer.read()))
+
+
+@module_loop
+async def test_v3_recognises_a_librivox_file_with_word_times_and_refinements(service: Service) -> None:
+    results = await recognise_v3(
+        service,
+        inline("librivox-0880.wav"),
+        textNormalization={"textNormalization": "TEXT_NORMALIZATION_ENABLED", "literatureText": True},
+        languageRestriction={"restrictionType": "WHITELIST", "languageCode": ["en-US"]},
+    )
+
+    finals = [r.final.alternatives[0] for r in results if r.final is not None]
+    refined = [
+        r.final_refinement.normalized_text.alternatives[0]
+        for r in results
+        if r.final_refinement is not None and r.final_refinement.normalized_text is not None
+    ]
+    assert {r.channel_tag for r in results} == {"0"}
+    assert " ".join(final.text for final in finals) == "he was not an ill-disposed young man"
+    assert " ".join(text.text for text in refined) == "He was not an ill-disposed young man."
+    assert all(final.languages == [] for final in finals), "a named language is not a detected one"
+    words = [word for final in finals for word in final.words]
+    assert [word.text for word in words] == ["he", "was", "not", "an", "ill-disposed", "young", "man"]
+    # Word times in milliseconds: increasing, inside the 3.3 s clip, "young man" in its second half.
+    starts = [word.start_time_ms for word in words]
+    assert starts == sorted(starts)
+    assert all(0 <= word.start_time_ms < word.end_time_ms <= 3300 for word in words)
+    young = next(word for word in words if word.text == "young")
+    assert 1500 <= young.start_time_ms <= 3000, young
+    # Each final has its refinement (same finalIndex) and then its end of utterance.
+    kinds = ["final" if r.final else "refinement" if r.final_refinement else "eou" for r in results]
+    assert kinds == ["final", "refinement", "eou"] * len(finals)
+
+
+@module_loop
+async def test_v3_detects_the_language_without_a_restriction(service: Service) -> None:
+    results = await recognise_v3(service, inline("librivox-0930.wav"))
+    finals = [r.final.alternatives[0] for r in results if r.final is not None]
+    assert "amiable himself" in " ".join(final.text for final in finals)
+    (language,) = finals[0].languages
+    assert language.language_code == "en-US"
+    assert 0.5 < language.probability <= 1

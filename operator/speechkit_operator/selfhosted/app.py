@@ -6,8 +6,16 @@ Routes (every error answer has SpeechKit's shape ``{"code", "message", "details"
   it; the answer is an Operation with ``done: false``. The audio (``audio.uri``: http, https or
   ``s3://bucket/key``; or base64 ``audio.content``) is read and recognised in the background. Downloads
   are denied unless ``allowed_hosts`` (http, https) or ``allowed_buckets`` (s3) names the host or bucket.
-* ``GET /operations/{id}``: the Operation, while it runs and for ``retention_seconds`` after it finished
-  (across restarts with ``state_dir``); 404 NOT_FOUND for unknown and expired ids.
+* ``POST /stt/v3/recognizeFileAsync``: the v3 async API (checks in :mod:`.protocol_v3`), from the same
+  audio sources, engine and admission as v2; the answer is an Operation (``STT v3 async recognition``)
+  that ends with neither ``response`` nor ``error`` when it succeeds (v3's response is Empty).
+* ``GET /stt/v3/getRecognition?operation_id=…`` (or ``operationId``): a finished v3 operation's results,
+  streamed as one ``{"result": <StreamingResponse>}`` per line; 400 FAILED_PRECONDITION while it runs,
+  the operation's own error when it failed, 404 NOT_FOUND for unknown, expired, v2 or deleted results.
+* ``DELETE /stt/v3/deleteRecognition?operation_id=…``: forget those results (``{}``); the operation
+  stays readable.
+* ``GET /operations/{id}``: the Operation (v2 or v3), while it runs and for ``retention_seconds`` after
+  it finished (across restarts with ``state_dir``); 404 NOT_FOUND for unknown and expired ids.
 * ``POST /speech/v1/stt:recognize?lang=..&format=lpcm|oggopus|mp3&sampleRateHertz=..``: the v1 synchronous
   API. The body is the audio (at most ``sync_max_bytes``, ``sync_max_seconds``, mono); the answer is
   ``{"result": "<text>"}``.
@@ -21,7 +29,8 @@ damaged or missing model stops ``serve`` at once with a message saying what to d
 
 With ``api_keys`` set, the recognition, operation and language routes want
 ``Authorization: Api-Key <key>``, as SpeechKit does for service accounts; IAM tokens (``Bearer``) are not
-accepted. Any accepted key may read any operation, so rotating keys does not lose operations in flight.
+accepted, and v3's ``x-folder-id`` header is accepted and ignored. Any accepted key may read any
+operation, so rotating keys does not lose operations in flight.
 
 At most ``workers + queue_size`` recognitions are in flight; more are refused with 429 RESOURCE_EXHAUSTED
 and a ``Retry-After``. Before the workers are up, recognition routes answer 503 UNAVAILABLE. A request body
@@ -39,8 +48,10 @@ import hmac
 import logging
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -49,13 +60,30 @@ from aiohttp import web
 
 from speechkit_operator.contracts.grpc import GrpcCode, code_for_http_status, error_body
 from speechkit_operator.contracts.operation import OPERATION_ID_PATTERN, OPERATIONS_PATH
+from speechkit_operator.contracts.stt_v2 import OPERATION_DESCRIPTION as V2_DESCRIPTION
 from speechkit_operator.contracts.stt_v2 import SUBMIT_PATH, SYNC_PATH, AudioEncoding
+from speechkit_operator.contracts.stt_v3 import (
+    DELETE_RECOGNITION_PATH,
+    GET_RECOGNITION_PATH,
+    OPERATION_ID_PARAMETER,
+    RECOGNIZE_FILE_PATH,
+    encode_result,
+)
+from speechkit_operator.contracts.stt_v3 import OPERATION_DESCRIPTION as V3_DESCRIPTION
 from speechkit_operator.logic.redaction import redact
 from speechkit_operator.models.recognition import Chunk
 from speechkit_operator.selfhosted.config import ServiceSettings
 from speechkit_operator.selfhosted.engines import UnknownEngineError, available_engines
 from speechkit_operator.selfhosted.engines.whisper_models import WhisperModelError, resolve_model
-from speechkit_operator.selfhosted.operations import Clock, Operation, OperationStore, StoreError, utc_now
+from speechkit_operator.selfhosted.operations import (
+    API_V2,
+    API_V3,
+    Clock,
+    Operation,
+    OperationStore,
+    StoreError,
+    utc_now,
+)
 from speechkit_operator.selfhosted.protocol import (
     AUTO_LANGUAGE,
     ApiError,
@@ -70,14 +98,22 @@ from speechkit_operator.selfhosted.protocol import (
     render_recognition_response,
     render_sync_result,
 )
+from speechkit_operator.selfhosted.protocol_v3 import (
+    V3Submission,
+    parse_recognize_file_request,
+    render_results,
+    resolve_language,
+)
 from speechkit_operator.selfhosted.workers import (
     Admission,
     Decoder,
     EngineFactory,
     EngineInfo,
+    JobOutcome,
     PoolClosedError,
     RecognitionJob,
     RecognitionPool,
+    Refinement,
     WorkerSetup,
     load_engine,
 )
@@ -98,6 +134,10 @@ _READ_BLOCK: Final = 256 * 1024
 _TASK_GRACE: Final = 1.0
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _OPERATION_ID = re.compile(OPERATION_ID_PATTERN)
+#: getRecognition's ``operation_id`` is at most this long (the proto's validation).
+MAX_OPERATION_ID_LENGTH: Final = 50
+#: Result lines read from the store at a time while getRecognition streams them.
+RESULT_PAGE: Final = 256
 
 #: HTTP status of a synchronous answer whose job failed with this code.
 _STATUS_BY_CODE: Final[dict[GrpcCode, int]] = {
@@ -183,9 +223,10 @@ def safe_uri(uri: str) -> str:
     return redact(urlunsplit((parts.scheme, host, parts.path, "", "")), limit=300)
 
 
-def check_uri_allowed(uri: str, settings: ServiceSettings) -> None:
+def check_uri_allowed(uri: str, settings: ServiceSettings, *, field: str = "audio.uri") -> None:
     """400 INVALID_ARGUMENT unless ``allowed_hosts`` (http, https) or ``allowed_buckets`` (s3) lets the
-    service read ``uri``. The message names the host or bucket, never the path or query."""
+    service read ``uri`` (the request's ``field``). The message names the host or bucket, never the path
+    or query."""
     try:
         parts = urlsplit(uri)
         scheme = parts.scheme.lower()
@@ -194,18 +235,18 @@ def check_uri_allowed(uri: str, settings: ServiceSettings) -> None:
             if not settings.bucket_allowed(bucket):
                 shown = redact(bucket, limit=100)
                 raise invalid_argument(
-                    f"audio.uri: reading bucket {shown} is not allowed by this service "
+                    f"{field}: reading bucket {shown} is not allowed by this service "
                     "(its administrator can add the bucket to SPEECHKIT_SERVE_ALLOWED_BUCKETS)"
                 )
             return
         host = (parts.hostname or "").rstrip(".")
         port = parts.port or _DEFAULT_PORTS[scheme]
     except (ValueError, KeyError):
-        raise invalid_argument("audio.uri: not a valid URI") from None
+        raise invalid_argument(f"{field}: not a valid URI") from None
     if not settings.host_allowed(host, port):
         shown = redact(f"{host}:{port}", limit=300)
         raise invalid_argument(
-            f"audio.uri: downloads from {shown} are not allowed by this service "
+            f"{field}: downloads from {shown} are not allowed by this service "
             "(its administrator can add the host to SPEECHKIT_SERVE_ALLOWED_HOSTS)"
         )
 
@@ -353,6 +394,16 @@ def make_s3_client(settings: ServiceSettings) -> S3Client:
 # --- The application ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Work:
+    """An accepted async recognition: which API's results to store, the job, and exactly one source."""
+
+    api: str
+    job: RecognitionJob
+    uri: str | None = None
+    content: bytes | None = None
+
+
 class Service:
     """Everything the handlers share; one per application."""
 
@@ -452,23 +503,46 @@ class Service:
 
     # --- the background part of an async recognition ---
 
-    async def process(self, operation_id: str, request: LongRunningRequest, admission: Admission) -> None:
+    def v2_work(self, request: LongRunningRequest) -> Work:
+        spec = request.spec
+        job = RecognitionJob(
+            language_code=spec.language_code,
+            encoding=spec.audio_encoding,
+            sample_rate_hertz=spec.decoder_sample_rate,
+            channel_count=spec.decoder_channel_count,
+            max_seconds=self.settings.max_audio_seconds,
+            literature_text=spec.literature_text,
+            profanity_filter=spec.profanity_filter,
+            raw_results=spec.raw_results,
+        )
+        return Work(api=API_V2, job=job, uri=request.uri, content=request.content)
+
+    def v3_work(self, request: V3Submission, language_code: str) -> Work:
+        """v3's final text is the plain words with numbers in words (``raw_results``); with text
+        normalization each utterance also gets its refinement: the engine's text, numbers in digits, or
+        with ``literatureText`` its punctuated text. Profanity is masked in both."""
+        refinement: Refinement | None = None
+        if request.normalization_enabled:
+            refinement = Refinement.LITERATURE if request.literature_text else Refinement.NORMALIZED
+        job = RecognitionJob(
+            language_code=language_code,
+            encoding=request.decoder_encoding,
+            sample_rate_hertz=request.decoder_sample_rate,
+            channel_count=request.decoder_channel_count,
+            max_seconds=self.settings.max_audio_seconds,
+            profanity_filter=request.profanity_filter,
+            raw_results=True,
+            refinement=refinement,
+        )
+        return Work(api=API_V3, job=job, uri=request.uri, content=request.content)
+
+    async def process(self, operation_id: str, work: Work, admission: Admission) -> None:
         with admission:
             await self.db(self.store.mark_running, operation_id)
-            spec = request.spec
-            job = RecognitionJob(
-                language_code=spec.language_code,
-                encoding=spec.audio_encoding,
-                sample_rate_hertz=spec.decoder_sample_rate,
-                channel_count=spec.decoder_channel_count,
-                max_seconds=self.settings.max_audio_seconds,
-                literature_text=spec.literature_text,
-                profanity_filter=spec.profanity_filter,
-                raw_results=spec.raw_results,
-            )
+            started = time.monotonic()
             try:
-                audio = await self._audio(request)
-                outcome = await self.pool.run(audio, job)
+                audio = await self._audio(work)
+                outcome = await self.pool.run(audio, work.job)
                 del audio
             except FetchError as exc:
                 logger.info("Operation %s failed: %s", operation_id, exc.message)
@@ -495,18 +569,26 @@ class Service:
                     outcome.processing_seconds,
                     _detected_languages(outcome.chunks),
                 )
-                await self.db(self._complete, operation_id, outcome.chunks)
+                wall_ms = round((time.monotonic() - started) * 1000)
+                await self.db(self._complete, operation_id, work.api, outcome, wall_ms)
 
-    def _complete(self, operation_id: str, chunks: tuple[Chunk, ...]) -> None:
-        # In the database thread: the response of hours of audio takes a while to build.
-        self.store.complete(operation_id, render_recognition_response(chunks))
+    def _complete(self, operation_id: str, api: str, outcome: JobOutcome, wall_ms: int) -> None:
+        """Store the results, rendered once for the API that asked. In the database thread: the results
+        of hours of audio take a while to build."""
+        if api == API_V3:
+            messages = render_results(
+                outcome.chunks, duration_seconds=outcome.duration_seconds, wall_time_ms=wall_ms
+            )
+            self.store.complete_results(operation_id, (encode_result(message) for message in messages))
+        else:
+            self.store.complete(operation_id, render_recognition_response(outcome.chunks))
 
-    async def _audio(self, request: LongRunningRequest) -> bytes:
-        if request.content is not None:
-            return request.content
-        if request.uri is None or self.fetcher is None:
+    async def _audio(self, work: Work) -> bytes:
+        if work.content is not None:
+            return work.content
+        if work.uri is None or self.fetcher is None:
             raise RuntimeError("no audio source, or the service is not started")
-        return await self.fetcher.fetch(request.uri)
+        return await self.fetcher.fetch(work.uri)
 
     async def purge_forever(self) -> None:
         while True:
@@ -588,13 +670,7 @@ async def _submit(request: web.Request) -> web.Response:
     check_language(parsed.spec.language_code, engine.languages, field="config.specification.languageCode")
     if parsed.uri is not None:
         check_uri_allowed(parsed.uri, service.settings)
-    admission = service.pool.admit()
-    try:
-        operation = await service.db(service.store.create, created_by)
-        service.spawn(service.process(operation.id, parsed, admission), name=f"recognize-{operation.id}")
-    except BaseException:
-        admission.release()
-        raise
+    operation = await _accept(service, created_by, service.v2_work(parsed), V2_DESCRIPTION)
     logger.info(
         "Operation %s accepted: %s, %s, %s",
         operation.id,
@@ -607,6 +683,121 @@ async def _submit(request: web.Request) -> web.Response:
 
 def _parse_submission(raw: bytes, max_content_bytes: int) -> LongRunningRequest:
     return parse_long_running_request(parse_json_object(raw), max_content_bytes=max_content_bytes)
+
+
+async def _accept(service: Service, created_by: str, work: Work, description: str) -> Operation:
+    """Take a place (or 429), create the operation and start its recognition in the background."""
+    admission = service.pool.admit()
+    try:
+        operation = await service.db(service.store.create, created_by, description=description, api=work.api)
+        service.spawn(service.process(operation.id, work, admission), name=f"recognize-{operation.id}")
+    except BaseException:
+        admission.release()
+        raise
+    return operation
+
+
+async def _submit_v3(request: web.Request) -> web.Response:
+    """``recognizeFileAsync``: like v2's submission (auth, readiness, admission before and after the body,
+    allowed sources), with v3's request; ``x-folder-id`` is ignored."""
+    service = request.app[SERVICE]
+    created_by = service.auth.authenticate(request.headers.get("Authorization"))
+    engine = service.require_engine()
+    service.pool.check_capacity()
+    too_large = ApiError(
+        413, GrpcCode.INVALID_ARGUMENT, f"The request body is larger than {service.max_body} bytes"
+    )
+    raw = await service.read_body(request, service.max_body, too_large)
+    parsed = await asyncio.to_thread(_parse_v3_submission, raw, service.settings.inline_limit)
+    del raw
+    options = parsed.options
+    language = resolve_language(options.language_restriction, engine.languages)
+    if parsed.uri is not None:
+        check_uri_allowed(parsed.uri, service.settings, field="uri")
+    operation = await _accept(service, created_by, service.v3_work(parsed, language), V3_DESCRIPTION)
+    logger.info(
+        "Operation %s accepted (v3): %s, %s, %s",
+        operation.id,
+        language,
+        parsed.describe_audio(),
+        safe_uri(parsed.uri) if parsed.uri else f"{len(parsed.content or b'')} bytes inline",
+    )
+    return web.json_response(operation.to_json())
+
+
+def _parse_v3_submission(raw: bytes, max_content_bytes: int) -> V3Submission:
+    return parse_recognize_file_request(parse_json_object(raw), max_content_bytes=max_content_bytes)
+
+
+async def _v3_results_of(request: web.Request, *, failed_ok: bool = False) -> Operation:
+    """The finished v3 operation whose results ``operation_id`` (or ``operationId``) names; else the
+    error: 400 without an id, 404 NOT_FOUND for unknown, expired or v2 operations and deleted results,
+    400 FAILED_PRECONDITION while it runs, the operation's own error when it failed (unless
+    ``failed_ok``)."""
+    service = request.app[SERVICE]
+    service.auth.authenticate(request.headers.get("Authorization"))
+    operation_id = (
+        request.query.get(OPERATION_ID_PARAMETER) or request.query.get("operationId") or ""
+    ).strip()
+    if not operation_id:
+        raise invalid_argument(f"{OPERATION_ID_PARAMETER}: required field is missing")
+    if len(operation_id) > MAX_OPERATION_ID_LENGTH:
+        raise invalid_argument(
+            f"{OPERATION_ID_PARAMETER}: must be at most {MAX_OPERATION_ID_LENGTH} characters long"
+        )
+    operation: Operation | None = None
+    if _OPERATION_ID.match(operation_id):
+        operation = await service.db(service.store.get, operation_id)
+    shown = operation_id if _OPERATION_ID.match(operation_id) else "with this id"
+    if operation is None or operation.api != API_V3:
+        raise ApiError(404, GrpcCode.NOT_FOUND, f"Operation {shown} not found")
+    if operation.results_deleted:
+        raise ApiError(
+            404, GrpcCode.NOT_FOUND, f"The results of operation {shown} were deleted (deleteRecognition)"
+        )
+    if not operation.done:
+        raise ApiError(
+            400,
+            GrpcCode.FAILED_PRECONDITION,
+            f"Operation {shown} is not done yet: poll GET /operations/{shown} until it is done",
+        )
+    if operation.error is not None and not failed_ok:
+        code = GrpcCode.from_wire(operation.error.get("code")) or GrpcCode.UNKNOWN
+        message = operation.error.get("message")
+        raise ApiError(code.http_status, code, message if isinstance(message, str) else "Recognition failed")
+    return operation
+
+
+async def _get_recognition(request: web.Request) -> web.StreamResponse:
+    """The stored result lines, streamed a page at a time (an empty body when nothing was recognised)."""
+    service = request.app[SERVICE]
+    operation = await _v3_results_of(request)
+    response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    after = -1
+    try:
+        while True:
+            page = await service.db(service.store.result_lines, operation.id, after=after, limit=RESULT_PAGE)
+            for after, line in page:  # noqa: B007 - the last number is the next page's start
+                await response.write(line)
+            if len(page) < RESULT_PAGE:
+                break
+        await response.write_eof()
+    except ConnectionResetError:
+        # The client went away mid-stream: nothing to answer, nothing to log as an error.
+        logger.info("getRecognition of operation %s: the client disconnected", operation.id)
+    return response
+
+
+async def _delete_recognition(request: web.Request) -> web.Response:
+    """Forget a finished v3 operation's results: ``{}``, for a failed operation too (it has none; later
+    reads are 404 like those of deleted results). Otherwise the errors of getRecognition."""
+    service = request.app[SERVICE]
+    operation = await _v3_results_of(request, failed_ok=True)
+    await service.db(service.store.delete_results, operation.id)
+    logger.info("Results of operation %s deleted", operation.id)
+    return web.json_response({})
 
 
 async def _get_operation(request: web.Request) -> web.Response:
@@ -776,6 +967,9 @@ def create_app(
     app[SERVICE] = service
     app.router.add_post(SUBMIT_PATH, _submit)
     app.router.add_get(OPERATION_PATH, _get_operation)
+    app.router.add_post(RECOGNIZE_FILE_PATH, _submit_v3)
+    app.router.add_get(GET_RECOGNITION_PATH, _get_recognition)
+    app.router.add_delete(DELETE_RECOGNITION_PATH, _delete_recognition)
     app.router.add_post(SYNC_PATH, _recognize_sync)
     app.router.add_get(LANGUAGES_PATH, _languages)
     app.router.add_get("/healthz", _healthz)

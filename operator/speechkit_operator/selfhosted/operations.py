@@ -11,6 +11,15 @@ the demo).
 A finished operation is kept for ``retention_seconds`` after it finished; :meth:`~OperationStore.purge`
 drops older ones, and :meth:`~OperationStore.get` never answers them.
 
+Results are stored once, rendered for the API that asked (``api``): a v2 operation keeps its
+``LongRunningRecognitionResponse`` in ``response``; a v3 operation has no response (its type is
+``google.protobuf.Empty``) and keeps getRecognition's messages, each already encoded as one line
+(:func:`speechkit_operator.contracts.stt_v3.encode_result`), in the ``results`` table, which
+:meth:`~OperationStore.result_lines` reads page by page, so that streaming hours of results never holds
+them all in memory. They go with their operation (retention, purge) or earlier with
+:meth:`~OperationStore.delete_results` (deleteRecognition), after which the operation stays readable
+and its results are gone.
+
 The methods are synchronous and thread-safe (one connection behind a lock); the service calls them from a
 single thread of its own, never on the event loop.
 """
@@ -23,7 +32,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,7 +53,12 @@ DATABASE_NAME: Final = "operations.sqlite3"
 RESTARTED_MESSAGE: Final = (
     "The service restarted during recognition, so this operation cannot finish; submit the audio again"
 )
-_SCHEMA_VERSION: Final = 1
+#: The APIs whose operations the store keeps: "v2" (the result in ``response``) and "v3" (in ``results``).
+API_V2: Final = "v2"
+API_V3: Final = "v3"
+#: Schema 2 added ``api``, ``results_deleted`` and the ``results`` table (v3); a schema-1 file is
+#: upgraded in place when opened.
+_SCHEMA_VERSION: Final = 2
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS operations (
     id TEXT PRIMARY KEY,
@@ -56,12 +70,26 @@ CREATE TABLE IF NOT EXISTS operations (
     done INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     response TEXT,
-    completed_at REAL
+    completed_at REAL,
+    api TEXT NOT NULL DEFAULT 'v2',
+    results_deleted INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS operations_by_completion ON operations (completed_at);
+CREATE TABLE IF NOT EXISTS results (
+    operation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    line BLOB NOT NULL,
+    PRIMARY KEY (operation_id, seq)
+) WITHOUT ROWID;
 """
+#: Columns schema 1 lacks, added to its files when they are opened.
+_ADDED_COLUMNS: Final = (
+    ("api", "TEXT NOT NULL DEFAULT 'v2'"),
+    ("results_deleted", "INTEGER NOT NULL DEFAULT 0"),
+)
 _COLUMNS: Final = (
-    "id, created_by, created_at, modified_at, description, running, done, error, response, completed_at"
+    "id, created_by, created_at, modified_at, description, running, done, error, response, completed_at, "
+    "api, results_deleted"
 )
 
 
@@ -87,6 +115,10 @@ class Operation:
     error: dict[str, Any] | None = None
     response: dict[str, Any] | None = None
     completed_at: datetime | None = None
+    #: The API that created it (:data:`API_V2` or :data:`API_V3`).
+    api: str = API_V2
+    #: v3: deleteRecognition dropped its results.
+    results_deleted: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return render_operation(
@@ -98,6 +130,7 @@ class Operation:
             done=self.done,
             error=self.error,
             response=self.response,
+            empty_response=self.api == API_V3,
         )
 
 
@@ -178,6 +211,10 @@ class OperationStore:
             # With WAL, NORMAL loses nothing when the process dies (only, at worst, on a power cut).
             connection.execute("PRAGMA synchronous = NORMAL")
         connection.executescript(_SCHEMA)
+        present = {str(row[1]) for row in connection.execute("PRAGMA table_info(operations)")}
+        for column, declaration in _ADDED_COLUMNS:
+            if column not in present:  # a schema-1 file
+                connection.execute(f"ALTER TABLE operations ADD COLUMN {column} {declaration}")
         connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         connection.isolation_level = "DEFERRED"  # transactions committed by `with connection`
 
@@ -197,22 +234,31 @@ class OperationStore:
         with self._db() as db:
             return int(db.execute("SELECT COUNT(*) FROM operations").fetchone()[0])
 
-    def create(self, created_by: str, *, description: str = OPERATION_DESCRIPTION) -> Operation:
+    def create(
+        self, created_by: str, *, description: str = OPERATION_DESCRIPTION, api: str = API_V2
+    ) -> Operation:
+        if api not in {API_V2, API_V3}:
+            raise ValueError(f"unknown API {api!r}")
         now = self._clock()
         with self._db() as db:
             while True:
                 operation_id = new_operation_id()
                 try:
                     db.execute(
-                        "INSERT INTO operations (id, created_by, created_at, modified_at, description) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (operation_id, created_by, now.timestamp(), now.timestamp(), description),
+                        "INSERT INTO operations (id, created_by, created_at, modified_at, description, api) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (operation_id, created_by, now.timestamp(), now.timestamp(), description, api),
                     )
                 except sqlite3.IntegrityError:  # pragma: no cover - 32**17 ids
                     continue
                 break
         return Operation(
-            id=operation_id, created_by=created_by, created_at=now, modified_at=now, description=description
+            id=operation_id,
+            created_by=created_by,
+            created_at=now,
+            modified_at=now,
+            description=description,
+            api=api,
         )
 
     def get(self, operation_id: str) -> Operation | None:
@@ -225,6 +271,7 @@ class OperationStore:
                 return None
             operation = _from_row(row)
             if self._expired(operation, now):
+                db.execute("DELETE FROM results WHERE operation_id = ?", (operation_id,))
                 db.execute("DELETE FROM operations WHERE id = ?", (operation_id,))
                 return None
             return operation
@@ -240,6 +287,48 @@ class OperationStore:
     def complete(self, operation_id: str, response: Mapping[str, Any]) -> bool:
         """Finish with a result; False when the operation is unknown or already finished."""
         return self._finish(operation_id, response=dict(response))
+
+    def complete_results(self, operation_id: str, lines: Iterable[bytes]) -> bool:
+        """Finish a v3 operation with its getRecognition messages (each one encoded line), in one
+        transaction; False when the operation is unknown or already finished (nothing is stored)."""
+        now = self._clock().timestamp()
+        with self._db() as db:
+            cursor = db.execute(
+                "UPDATE operations SET done = 1, running = 0, response = NULL, error = NULL, "
+                "modified_at = ?, completed_at = ? WHERE id = ? AND done = 0",
+                (now, now, operation_id),
+            )
+            if cursor.rowcount != 1:
+                return False
+            db.executemany(
+                "INSERT INTO results (operation_id, seq, line) VALUES (?, ?, ?)",
+                ((operation_id, seq, bytes(line)) for seq, line in enumerate(lines)),
+            )
+            return True
+
+    def result_lines(
+        self, operation_id: str, *, after: int = -1, limit: int = 256
+    ) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` stored result lines of ``operation_id`` after the one numbered ``after``, in
+        order, with their numbers (pass the last one as ``after`` for the next page)."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT seq, line FROM results WHERE operation_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (operation_id, after, limit),
+            ).fetchall()
+        return [(int(seq), bytes(line)) for seq, line in rows]
+
+    def delete_results(self, operation_id: str) -> bool:
+        """Forget a finished operation's results (deleteRecognition); the operation itself stays until
+        its retention ends. False when the operation is unknown or not finished."""
+        with self._db() as db:
+            cursor = db.execute(
+                "UPDATE operations SET results_deleted = 1 WHERE id = ? AND done = 1", (operation_id,)
+            )
+            if cursor.rowcount != 1:
+                return False
+            db.execute("DELETE FROM results WHERE operation_id = ?", (operation_id,))
+            return True
 
     def fail(self, operation_id: str, code: GrpcCode, message: str) -> bool:
         """Finish with an error; False when the operation is unknown or already finished."""
@@ -281,6 +370,11 @@ class OperationStore:
         """Drop operations past their retention; how many were dropped."""
         cutoff = (self._clock() - self._retention).timestamp()
         with self._db() as db:
+            db.execute(
+                "DELETE FROM results WHERE operation_id IN "
+                "(SELECT id FROM operations WHERE completed_at IS NOT NULL AND completed_at <= ?)",
+                (cutoff,),
+            )
             cursor = db.execute(
                 "DELETE FROM operations WHERE completed_at IS NOT NULL AND completed_at <= ?", (cutoff,)
             )
@@ -300,7 +394,20 @@ def _moment(value: float) -> datetime:
 
 
 def _from_row(row: tuple[Any, ...]) -> Operation:
-    identifier, created_by, created, modified, description, running, done, error, response, completed = row
+    (
+        identifier,
+        created_by,
+        created,
+        modified,
+        description,
+        running,
+        done,
+        error,
+        response,
+        completed,
+        api,
+        results_deleted,
+    ) = row
     return Operation(
         id=str(identifier),
         created_by=str(created_by),
@@ -312,4 +419,6 @@ def _from_row(row: tuple[Any, ...]) -> Operation:
         error=None if error is None else json.loads(error),
         response=None if response is None else json.loads(response),
         completed_at=None if completed is None else _moment(completed),
+        api=str(api),
+        results_deleted=bool(results_deleted),
     )

@@ -302,56 +302,63 @@ def _parse_audio(audio: object, max_content_bytes: int) -> tuple[str | None, byt
     if uri is not None and content is not None:
         raise invalid_argument("audio: set either uri or content, not both")
     if content is not None:
-        return None, _parse_content(content, max_content_bytes)
+        return None, parse_content(content, max_content_bytes)
     if uri is None:
         raise invalid_argument("audio: one of audio.uri and audio.content is required")
     if not isinstance(uri, str) or not uri.strip():
         raise invalid_argument("audio.uri: expected a non-empty string")
-    return _parse_uri(uri.strip()), None
+    return parse_uri(uri.strip()), None
 
 
-def _parse_uri(uri: str) -> str:
+def parse_uri(uri: str, *, field: str = "audio.uri") -> str:
+    """An audio URI the service may read: http(s) with a host, or ``s3://bucket/key``; 400
+    INVALID_ARGUMENT naming ``field`` otherwise (whether the host or bucket is allowed is checked apart)."""
     try:
         parts = urlsplit(uri)
     except ValueError:
-        raise invalid_argument("audio.uri: not a valid URI") from None
+        raise invalid_argument(f"{field}: not a valid URI") from None
     scheme = parts.scheme.lower()
     if scheme not in URI_SCHEMES or not parts.netloc:
-        raise invalid_argument("audio.uri: expected an http://, https:// or s3://bucket/key URI")
+        raise invalid_argument(f"{field}: expected an http://, https:// or s3://bucket/key URI")
     if scheme == "s3" and not parts.path.lstrip("/"):
-        raise invalid_argument("audio.uri: an s3:// URI needs a bucket and a key: s3://bucket/key")
+        raise invalid_argument(f"{field}: an s3:// URI needs a bucket and a key: s3://bucket/key")
     if scheme == "s3" and not _BUCKET.match(parts.netloc):
-        raise invalid_argument("audio.uri: the bucket of an s3:// URI is not a valid bucket name")
+        raise invalid_argument(f"{field}: the bucket of an s3:// URI is not a valid bucket name")
     if any(ord(char) < 0x21 or ord(char) == 0x7F for char in uri):
-        raise invalid_argument("audio.uri: must not contain spaces or control characters")
+        raise invalid_argument(f"{field}: must not contain spaces or control characters")
     if scheme != "s3":
         try:
             host, _ = parts.hostname, parts.port
             uri.encode("utf-8")
         except (ValueError, UnicodeError):
-            raise invalid_argument("audio.uri: not a valid URI") from None
+            raise invalid_argument(f"{field}: not a valid URI") from None
         if not host:
-            raise invalid_argument("audio.uri: expected a host: http(s)://host/path")
+            raise invalid_argument(f"{field}: expected a host: http(s)://host/path")
     return uri
 
 
-def _parse_content(content: object, max_content_bytes: int) -> bytes:
+def parse_content(
+    content: object, max_content_bytes: int, *, field: str = "audio.content", uri_field: str = "audio.uri"
+) -> bytes:
+    """Inline audio: standard or URL-safe base64, padding optional, 1 to ``max_content_bytes`` bytes once
+    decoded; 400 INVALID_ARGUMENT naming ``field`` otherwise (too large suggests ``uri_field``)."""
     if not isinstance(content, str):
-        raise invalid_argument("audio.content: expected a base64 string")
+        raise invalid_argument(f"{field}: expected a base64 string")
     text = content.strip()
+    too_large = f"{field}: larger than {max_content_bytes} bytes; use {uri_field}"
     # Every 4 base64 characters hold 3 bytes: refuse oversized content before decoding it.
     if len(text) // 4 * 3 > max_content_bytes + 3:
-        raise invalid_argument(f"audio.content: larger than {max_content_bytes} bytes; use audio.uri")
+        raise invalid_argument(too_large)
     text = text.replace("-", "+").replace("_", "/")
     text += "=" * (-len(text) % 4)
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise invalid_argument("audio.content: not valid base64") from None
+        raise invalid_argument(f"{field}: not valid base64") from None
     if not data:
-        raise invalid_argument("audio.content: must not be empty")
+        raise invalid_argument(f"{field}: must not be empty")
     if len(data) > max_content_bytes:
-        raise invalid_argument(f"audio.content: larger than {max_content_bytes} bytes; use audio.uri")
+        raise invalid_argument(too_large)
     return data
 
 
@@ -427,31 +434,40 @@ def render_operation(
     error: Mapping[str, Any] | None = None,
     response: Mapping[str, Any] | None = None,
     description: str = OPERATION_DESCRIPTION,
+    empty_response: bool = False,
 ) -> dict[str, Any]:
     """An Operation; when ``done`` exactly one of ``error`` and ``response`` is set, before that no
-    ``response`` (an ``error`` may show early, as SpeechKit allows)."""
-    return (
-        Operation(
-            id=operation_id,
-            description=description,
-            created_at=format_timestamp(created_at),
-            created_by=created_by,
-            modified_at=format_timestamp(modified_at),
-            done=done,
-            error=None if error is None else OperationError.model_validate(error),
-            response=None if response is None else dict(response),
-        )
-        .check_outcome()
-        .to_wire()
+    ``response`` (an ``error`` may show early, as SpeechKit allows).
+
+    ``empty_response``: the operation's response type is ``google.protobuf.Empty`` (v3's
+    recognizeFileAsync, whose results are read with getRecognition): a successful one is done with
+    neither ``error`` nor ``response``, as SpeechKit answers it."""
+    operation = Operation(
+        id=operation_id,
+        description=description,
+        created_at=format_timestamp(created_at),
+        created_by=created_by,
+        modified_at=format_timestamp(modified_at),
+        done=done,
+        error=None if error is None else OperationError.model_validate(error),
+        response=None if response is None else dict(response),
     )
+    if empty_response:
+        if response is not None:
+            raise ValueError("an operation with an empty response type has no response")
+        return operation.to_wire()
+    return operation.check_outcome().to_wire()
 
 
 @dataclass(frozen=True)
 class RecognizedChunk(Chunk):
-    """A chunk with the language the engine detected (requests with ``languageCode: auto``)."""
+    """A chunk with the language the engine detected (requests with ``languageCode: auto``) and, for
+    v3's text normalization, the utterance's ``refinement``: the same channel, the engine's own words
+    (numbers in digits) and its normalised or, with ``literatureText``, punctuated text."""
 
     language_code: str | None = None
     language_probability: float | None = None
+    refinement: Chunk | None = None
 
 
 def render_recognition_response(chunks: Iterable[Chunk]) -> dict[str, Any]:

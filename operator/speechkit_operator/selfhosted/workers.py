@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import logging
 import math
 import multiprocessing
@@ -177,6 +178,15 @@ class WorkerSetup:
     memory_limit_bytes: int | None = None
 
 
+class Refinement(enum.StrEnum):
+    """What v3's text normalization adds to each utterance (:attr:`RecognitionJob.refinement`)."""
+
+    #: The engine's normalised words and text, numbers in digits.
+    NORMALIZED = "normalized"
+    #: The same words; the engine's punctuated, cased text when it has one (``literatureText``).
+    LITERATURE = "literature"
+
+
 @dataclass(frozen=True)
 class RecognitionJob:
     language_code: str
@@ -193,6 +203,9 @@ class RecognitionJob:
     profanity_filter: bool = False
     #: Write numbers in words (``rawResults``; see :mod:`.numbers`).
     raw_results: bool = False
+    #: Also give each chunk a :attr:`~.protocol.RecognizedChunk.refinement` (v3's normalized text):
+    #: the engine's words as it wrote them, masked with ``profanity_filter``.
+    refinement: Refinement | None = None
 
 
 @dataclass(frozen=True)
@@ -483,15 +496,31 @@ def _chunk(
         text = " ".join(word.text for word in flat)
     else:
         text = str(utterance.text)
-    if detection is not None:
+    refinement = _refinement(channel, utterance, offset, job) if job.refinement is not None else None
+    if detection is not None or refinement is not None:
         return RecognizedChunk(
             channel=channel,
             text=text,
             words=flat,
-            language_code=detection.language_code,
-            language_probability=detection.probability,
+            language_code=detection.language_code if detection is not None else None,
+            language_probability=detection.probability if detection is not None else None,
+            refinement=refinement,
         )
     return Chunk(channel=channel, text=text, words=flat)
+
+
+def _refinement(channel: str, utterance: UtteranceLike, offset: float, job: RecognitionJob) -> Chunk:
+    """v3's normalized text of an utterance: the engine's words (numbers as it wrote them, in digits for
+    Whisper) and its text, or with :attr:`Refinement.LITERATURE` its punctuated, cased text when it has
+    one; masked with ``profanity_filter``."""
+    mask = mask_word if job.profanity_filter else str
+    words = tuple(
+        Word(mask(str(w.text)), start=round(offset + float(w.start), 3), end=round(offset + float(w.end), 3))
+        for w in utterance.words
+    )
+    display = getattr(utterance, "display_text", None)
+    text = str(display) if job.refinement is Refinement.LITERATURE and display else str(utterance.text)
+    return Chunk(channel=channel, text=mask_text(text) if job.profanity_filter else text, words=words)
 
 
 def _result_words(text: str, start: float, end: float, job: RecognitionJob, language: str) -> list[Word]:
