@@ -46,7 +46,6 @@ from speechkit_operator.constants import (
 from speechkit_operator.logic import batch_progress, batch_selection
 from speechkit_operator.logic.output_keys import MAX_KEY_BYTES, longest_output_key_bytes, output_base_key
 from speechkit_operator.logic.redaction import redact
-from speechkit_operator.logic.timestamps import format_time, utcnow
 from speechkit_operator.models.batch import (
     BatchFailure,
     BatchPhase,
@@ -55,7 +54,8 @@ from speechkit_operator.models.batch import (
     batch_owner_reference,
     child_job_spec,
 )
-from speechkit_operator.models.job import JobRef
+from speechkit_operator.models.job import JobRef, Reason
+from speechkit_operator.models.timestamps import format_time, utcnow
 from speechkit_operator.workflow import JobWorkflow, Problem, format_validation_error
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class _Batch:
     #: The generation whose invalid spec was reported.
     reported: int | None = None
     #: Why the scan is paused (reason, message), until it goes on.
-    scan_problem: tuple[str, str] | None = None
+    scan_problem: tuple[Reason, str] | None = None
 
 
 class BatchController:
@@ -300,7 +300,7 @@ class BatchController:
             if batch.reported != batch.generation:
                 batch.reported = batch.generation
                 batch.dirty = True
-                await self._note(batch, "Warning", "InvalidSpec", batch.problem or "invalid spec")
+                await self._note(batch, "Warning", Reason.INVALID_SPEC, batch.problem or "invalid spec")
             await _wait(batch.changed)
             return
         try:
@@ -319,14 +319,14 @@ class BatchController:
         except Exception as exc:
             logger.exception("batch %s: unexpected error", batch.ref)
             await self._scan_problem(
-                batch, "UnexpectedError", f"{type(exc).__name__}; see the operator's log"
+                batch, Reason.UNEXPECTED_ERROR, f"{type(exc).__name__}; see the operator's log"
             )
             await _wait(batch.wake, SCAN_RETRY)
             return
         await _wait(batch.changed, self._seconds_to_next_scan(batch))
 
     async def _scan_problem(
-        self, batch: _Batch, reason: str | None, message: str | None, retry_in: float | None = None
+        self, batch: _Batch, reason: Reason | None, message: str | None, retry_in: float | None = None
     ) -> None:
         """Say (once per reason) why the scan is paused, or that it goes on again."""
         before = batch.scan_problem
@@ -394,7 +394,7 @@ class BatchController:
                 pass
             except _OldJob as old:
                 batch.retries.appendleft(retry)
-                raise _ScanStopped(OLD_JOB_RETRY, old.message, "WaitingForOldJobs") from None
+                raise _ScanStopped(OLD_JOB_RETRY, old.message, Reason.WAITING_FOR_OLD_JOBS) from None
             except _ScanStopped:
                 batch.retries.appendleft(retry)
                 raise
@@ -404,7 +404,10 @@ class BatchController:
             if created:
                 max_attempts = batch.spec.max_attempts if batch.spec is not None else retry.attempt
                 await self._note(
-                    batch, "Normal", "Retrying", f"{retry.key}: attempt {retry.attempt} of {max_attempts}"
+                    batch,
+                    "Normal",
+                    Reason.RETRYING,
+                    f"{retry.key}: attempt {retry.attempt} of {max_attempts}",
                 )
 
     async def _create(
@@ -455,7 +458,7 @@ class BatchController:
             if exc.gone:  # the namespace is going away
                 raise _ScanStopped(None) from None
             raise _ScanStopped(
-                SCAN_RETRY, f"creating job {name} failed: {exc}", "KubernetesUnavailable"
+                SCAN_RETRY, f"creating job {name} failed: {exc}", Reason.KUBERNETES_UNAVAILABLE
             ) from None
         if created is None:
             return await self._exists(batch, name, key)
@@ -471,7 +474,7 @@ class BatchController:
             existing = await self.jobs.get(JobRef(batch.ref.namespace, name))
         except KubeError as exc:
             raise _ScanStopped(
-                SCAN_RETRY, f"reading job {name} failed: {exc}", "KubernetesUnavailable"
+                SCAN_RETRY, f"reading job {name} failed: {exc}", Reason.KUBERNETES_UNAVAILABLE
             ) from None
         if existing is None:
             raise _OldJob(f"job {name} was deleted meanwhile")
@@ -488,7 +491,7 @@ class BatchController:
                 "its object gets a new job once the garbage collector has deleted it"
             )
         self._remember_failure(
-            batch, key, "TakenByAnotherJob", f"job {name}, not this batch's, transcribes it"
+            batch, key, Reason.TAKEN_BY_ANOTHER_JOB, f"job {name}, not this batch's, transcribes it"
         )
         raise _Skipped
 
@@ -502,7 +505,9 @@ class BatchController:
             found = await self.jobs.get_batch(batch.ref.namespace, name) if name else None
         except KubeError as exc:
             raise _ScanStopped(
-                SCAN_RETRY, f"reading TranscriptionBatch uid {uid} failed: {exc}", "KubernetesUnavailable"
+                SCAN_RETRY,
+                f"reading TranscriptionBatch uid {uid} failed: {exc}",
+                Reason.KUBERNETES_UNAVAILABLE,
             ) from None
         meta = (found or {}).get("metadata") or {}
         return meta.get("uid") == uid and not meta.get("deletionTimestamp")
@@ -555,7 +560,7 @@ class BatchController:
                 raise _ScanStopped(
                     SCAN_RETRY,
                     f"listing s3://{source.bucket}/{source.prefix} failed: {exc.message}",
-                    "StorageUnavailable",
+                    Reason.STORAGE_UNAVAILABLE,
                 ) from None
             if page.truncated and (
                 not page.objects or (scan.after is not None and page.objects[0].key <= scan.after)
@@ -564,7 +569,7 @@ class BatchController:
                     SCAN_RETRY,
                     f"listing s3://{source.bucket}/{source.prefix} does not move past "
                     f"{scan.after!r}: the storage seems to ignore StartAfter",
-                    "ListingStuck",
+                    Reason.LISTING_STUCK,
                 )
             chosen = [listed for listed in page.objects if batch_selection.selected(listed.key, source)]
             named = [
@@ -589,7 +594,7 @@ class BatchController:
             if waiting:
                 # The page is looked at again (its children created meanwhile are known by then).
                 more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
-                raise _ScanStopped(OLD_JOB_RETRY, waiting[0] + more, "WaitingForOldJobs")
+                raise _ScanStopped(OLD_JOB_RETRY, waiting[0] + more, Reason.WAITING_FOR_OLD_JOBS)
             # The page is done: its objects are counted and the listing resumes after it.
             skipped = sum(1 for outcome in outcomes if outcome is True)
             scan = scan.model_copy(
@@ -608,7 +613,7 @@ class BatchController:
             await self._note(
                 batch,
                 "Normal",
-                "ScanComplete",
+                Reason.SCAN_COMPLETE,
                 f"pass {pass_number}: {scan.matched} objects, {batch.created_in_pass} new jobs, "
                 f"{scan.skipped} skipped",
             )
@@ -624,7 +629,7 @@ class BatchController:
             raise _ScanStopped(
                 SCAN_RETRY,
                 f"s3://{spec.source.bucket}/{key} could not be read: {exc.message}",
-                "StorageUnavailable" if exc.transient else "ConfigUnreadable",
+                Reason.STORAGE_UNAVAILABLE if exc.transient else Reason.CONFIG_UNREADABLE,
             ) from None
         if data is None:
             return None
@@ -632,7 +637,9 @@ class BatchController:
             return batch_selection.parse_seed_config(data)
         except ValueError as exc:
             raise _ScanStopped(
-                SCAN_RETRY, f"s3://{spec.source.bucket}/{key} is not a valid config: {exc}", "InvalidConfig"
+                SCAN_RETRY,
+                f"s3://{spec.source.bucket}/{key} is not a valid config: {exc}",
+                Reason.INVALID_CONFIG,
             ) from None
 
     async def _handle(
@@ -673,14 +680,14 @@ class BatchController:
         assert spec is not None
         source, output = spec.source, spec.template.output
         if (problem := batch_selection.key_problem(listed.key)) is not None:
-            self._remember_failure(batch, listed.key, "UnusableKey", problem)
+            self._remember_failure(batch, listed.key, Reason.UNUSABLE_KEY, problem)
             return "skipped"
         length = longest_output_key_bytes(listed.key, output.prefix, channels=1)
         if length > MAX_KEY_BYTES:
             self._remember_failure(
                 batch,
                 listed.key,
-                "UnusableKey",
+                Reason.UNUSABLE_KEY,
                 f"the output prefix + the key + the output suffix is {length} bytes of UTF-8, more "
                 f"than the {MAX_KEY_BYTES} that S3 keys may have",
             )
@@ -699,17 +706,17 @@ class BatchController:
         except StorageError as exc:
             if exc.kind == "invalid":
                 # The storage refuses a request about this object alone: it cannot be handled.
-                self._remember_failure(batch, listed.key, "UnusableKey", exc.message)
+                self._remember_failure(batch, listed.key, Reason.UNUSABLE_KEY, exc.message)
                 return "skipped"
             raise _ScanStopped(
                 SCAN_RETRY,
                 f"looking at {listed.key} failed: {exc.message}",
-                "StorageUnavailable" if exc.transient else "StorageAccessDenied",
+                Reason.STORAGE_UNAVAILABLE if exc.transient else Reason.STORAGE_ACCESS_DENIED,
             ) from None
         try:
             child_job_spec(spec, listed.key, language)
         except ValueError as exc:
-            self._remember_failure(batch, listed.key, "UnusableKey", f"not a job's source: {exc}")
+            self._remember_failure(batch, listed.key, Reason.UNUSABLE_KEY, f"not a job's source: {exc}")
             return "skipped"
         try:
             created = await self._create(batch, object_name, listed.key, language=language, adopt=adopt)
@@ -738,7 +745,7 @@ class BatchController:
             if exc.kind not in ("too_large", "invalid"):
                 raise
             # Whether the seed has an operation running for it is unknown: never submitted.
-            self._remember_failure(batch, key, "SeedMarkerInvalid", exc.message)
+            self._remember_failure(batch, key, Reason.SEED_MARKER_INVALID, exc.message)
             return "done"
         if data is None:
             return None
@@ -749,7 +756,7 @@ class BatchController:
         except ValueError as exc:
             # Unreadable: whether the seed has an operation running for it is unknown, and a new
             # submission could pay twice. Counted as skipped, with the reason.
-            self._remember_failure(batch, key, "SeedMarkerInvalid", f"{marker_key}: {exc}")
+            self._remember_failure(batch, key, Reason.SEED_MARKER_INVALID, f"{marker_key}: {exc}")
             return "done"
         seed_output = source.effective_seed_output or "out/"
         result_key = batch_selection.seed_result_key(key, source.prefix, seed_output)
@@ -812,13 +819,13 @@ class BatchController:
             await self._note(
                 batch,
                 "Normal",
-                "Complete",
+                Reason.COMPLETE,
                 f"{counts.discovered} objects: {counts.succeeded} succeeded, {counts.failed} failed, "
                 f"{counts.skipped} skipped",
             )
 
     async def _note(
-        self, batch: _Batch, type_: Literal["Normal", "Warning"], reason: str, message: str
+        self, batch: _Batch, type_: Literal["Normal", "Warning"], reason: Reason, message: str
     ) -> None:
         await self.jobs.post_event(batch.ref, type_, reason, redact(message), kind=BATCH_KIND)
 
@@ -854,7 +861,7 @@ class _OldJob(Exception):
 class _ScanStopped(Exception):
     """The scan cannot go on now: tried again in ``retry_in`` seconds (None: when something changes)."""
 
-    def __init__(self, retry_in: float | None, message: str = "", reason: str = "") -> None:
+    def __init__(self, retry_in: float | None, message: str = "", reason: Reason | None = None) -> None:
         super().__init__(message)
         self.retry_in = retry_in
         self.message = message

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     stt_url: HttpUrl = HttpUrl("https://transcribe.api.cloud.yandex.net")
     #: Base URL of the Operations API (``GET /operations/{id}``).
     operation_url: HttpUrl = HttpUrl("https://operation.api.cloud.yandex.net")
+    #: Base URL of SpeechKit's API v3 (``recognizeFileAsync``, ``getRecognition``), for jobs with
+    #: ``recognition.api: v3``.
+    stt_v3_url: HttpUrl = HttpUrl("https://stt.api.cloud.yandex.net")
     #: The IAM token exchange for service-account authorized keys.
     iam_token_url: HttpUrl = HttpUrl("https://iam.api.cloud.yandex.net/iam/v1/tokens")
     #: Secret used when a job names no ``credentialsSecret``.
@@ -188,6 +191,13 @@ class Settings(BaseSettings):
         if self.backend == "self-hosted" and self.self_hosted_url is not None:
             return str(self.self_hosted_url).rstrip("/")
         return str(self.stt_url).rstrip("/")
+
+    @property
+    def v3_base_url(self) -> str:
+        """Where the v3 recognition calls go, for the configured backend."""
+        if self.backend == "self-hosted" and self.self_hosted_url is not None:
+            return str(self.self_hosted_url).rstrip("/")
+        return str(self.stt_v3_url).rstrip("/")
 
     @property
     def operations_base_url(self) -> str:

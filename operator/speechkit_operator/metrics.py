@@ -11,14 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-if TYPE_CHECKING:
-    from speechkit_operator.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +24,15 @@ PREFIX = "speechkit_operator"
 
 class Writes(Protocol):
     counts: dict[str, int]
+
+
+class SchedulerState(Protocol):
+    """What the metrics read of :class:`~speechkit_operator.scheduler.Scheduler` (a protocol: the
+    workflow, below the scheduler, holds the metrics)."""
+
+    def phase_counts(self) -> dict[str, int]: ...
+
+    def budget_state(self) -> dict[str, dict[str, float]]: ...
 
 
 class OperatorMetrics:
@@ -63,7 +69,7 @@ class OperatorMetrics:
         if code == 429:
             self.throttled.labels(endpoint=endpoint).inc()
 
-    def watch(self, scheduler: Scheduler, writes: Writes) -> None:
+    def watch(self, scheduler: SchedulerState, writes: Writes) -> None:
         """Read the scheduler's and the Kubernetes client's state at each scrape."""
         self.registry.register(_StateCollector(scheduler, writes))
 
@@ -87,7 +93,7 @@ class OperatorMetrics:
 
 
 class _StateCollector(Collector):
-    def __init__(self, scheduler: Scheduler, writes: Writes) -> None:
+    def __init__(self, scheduler: SchedulerState, writes: Writes) -> None:
         self.scheduler = scheduler
         self.writes = writes
 

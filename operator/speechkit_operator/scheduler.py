@@ -34,9 +34,9 @@ from speechkit_operator.constants import ADOPT_OPERATION_ANNOTATION, ADOPT_SUBMI
 from speechkit_operator.logic import lifecycle
 from speechkit_operator.logic.budget import CarriedOver, ConcurrencyWindow, TokenBucket
 from speechkit_operator.logic.queueing import FairQueue
-from speechkit_operator.logic.timestamps import parse_time, utcnow
 from speechkit_operator.models.batch import batch_owner_reference
 from speechkit_operator.models.job import JobRef, JobStatus, Phase
+from speechkit_operator.models.timestamps import parse_time, utcnow
 from speechkit_operator.workflow import KUBE_RETRY_SECONDS, Job, JobWorkflow, StepResult
 
 logger = logging.getLogger(__name__)

@@ -28,14 +28,7 @@ from pydantic import ValidationError
 
 from speechkit_operator.clients.kube import JobStore, KubeError
 from speechkit_operator.clients.secrets import SecretNotFoundError, SecretReader, SecretUnreadableError
-from speechkit_operator.clients.speech.base import (
-    AnonymousCredentials,
-    ApiKeyCredentials,
-    Credentials,
-    OperationState,
-    RecognitionRequest,
-    SpeechClient,
-)
+from speechkit_operator.clients.speech.base import SpeechClient
 from speechkit_operator.clients.speech.errors import (
     CredentialsError,
     MalformedResponseError,
@@ -66,16 +59,21 @@ from speechkit_operator.logic.output_keys import (
 from speechkit_operator.logic.prediction import ProcessingRates
 from speechkit_operator.logic.redaction import redact
 from speechkit_operator.logic.rendering import preview, render_json, render_outputs
-from speechkit_operator.logic.timestamps import format_time, parse_time, utcnow
 from speechkit_operator.metrics import OperatorMetrics
 from speechkit_operator.models.audio import AudioInfo
+from speechkit_operator.models.credentials import AnonymousCredentials, ApiKeyCredentials, Credentials
 from speechkit_operator.models.job import (
     JobRef,
     JobStatus,
+    JobStatusPatch,
     Phase,
+    Reason,
+    SecretRole,
     TranscriptionJobSpec,
 )
+from speechkit_operator.models.operation import OperationState, RecognitionRequest
 from speechkit_operator.models.recognition import Transcript
+from speechkit_operator.models.timestamps import format_time, parse_time, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +90,7 @@ class Note:
     """An Event to post on the job."""
 
     type: Literal["Normal", "Warning"]
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -147,7 +145,7 @@ class Problem(Exception):
     """Why a step could not go on: permanent problems fail the job, others are retried later."""
 
     def __init__(
-        self, reason: str, message: str, *, permanent: bool, retry_after: float | None = None
+        self, reason: Reason, message: str, *, permanent: bool, retry_after: float | None = None
     ) -> None:
         super().__init__(message)
         self.reason = reason
@@ -213,7 +211,7 @@ class JobWorkflow:
         self.rates_store: tuple[str, str] | None = None
         # uid -> the status that records its submission, kept until it is written: an answer that
         # could not be recorded is written again, never submitted again, while this process lives.
-        self._unrecorded: dict[str, dict[str, Any]] = {}
+        self._unrecorded: dict[str, JobStatusPatch] = {}
         #: Nonces of intents whose write failed, so that nothing was submitted after them.
         self._unsent_intents: set[str] = set()
 
@@ -260,7 +258,7 @@ class JobWorkflow:
             message = (
                 f"unexpected {type(exc).__name__} while preparing the submission; see the operator's log"
             )
-            return await self._not_submitted(job, Problem("UnexpectedError", message, permanent=False))
+            return await self._not_submitted(job, Problem(Reason.UNEXPECTED_ERROR, message, permanent=False))
 
         scope = self.scope_of(job) or self._folder_scope(prepared.credentials)
         if job.scope is not None and scope != job.scope:
@@ -272,7 +270,7 @@ class JobWorkflow:
             try:
                 body = await self.jobs.patch_status(
                     job.ref,
-                    transitions.intent(facts, nonce=nonce, holder=self.identity),
+                    transitions.intent(facts, nonce=nonce, holder=self.identity).to_patch(),
                     resource_version=job.resource_version,
                 )
             except KubeError as exc:
@@ -340,7 +338,9 @@ class JobWorkflow:
         ):
             return StepResult()
         if re.fullmatch(OPERATION_ID_PATTERN, job.adopt) is None:
-            return await self._fail(job, "InvalidAdoption", _invalid_adoption(job.adopt), submitted=False)
+            return await self._fail(
+                job, Reason.INVALID_ADOPTION, _invalid_adoption(job.adopt), submitted=False
+            )
         audio: AudioInfo | None = None
         try:
             audio = (await self._prepare(job)).audio
@@ -358,7 +358,9 @@ class JobWorkflow:
             self._facts(job), operation_id=job.adopt, submitted_at=submitted_at, audio=audio, first_check=now
         )
         try:
-            body = await self.jobs.patch_status(job.ref, recorded, resource_version=job.resource_version)
+            body = await self.jobs.patch_status(
+                job.ref, recorded.to_patch(), resource_version=job.resource_version
+            )
         except KubeError as exc:
             if exc.conflict:
                 return StepResult(stale=True)
@@ -371,14 +373,14 @@ class JobWorkflow:
             [
                 Note(
                     "Normal",
-                    "Adopted",
+                    Reason.ADOPTED,
                     f"took over operation {job.adopt}, submitted elsewhere; not submitted again",
                 )
             ],
         )
         return StepResult(body=body, next_check=now, checks=0)
 
-    async def _record(self, job: Job, recorded: dict[str, Any], first: datetime | None) -> StepResult:
+    async def _record(self, job: Job, recorded: JobStatusPatch, first: datetime | None) -> StepResult:
         """Write the submission's answer; retried for a while, and kept in memory meanwhile."""
         if job.ref.uid:
             self._unrecorded[job.ref.uid] = recorded
@@ -386,19 +388,19 @@ class JobWorkflow:
         delay = 0.5
         while True:
             try:
-                body = await self.jobs.patch_status(job.ref, recorded)
+                body = await self.jobs.patch_status(job.ref, recorded.to_patch())
                 break
             except KubeError as exc:
                 if exc.gone:
                     # Deleted while its submission was in flight: nobody will read the result.
-                    await self._cancel_quietly(job, str(recorded["operationId"]))
+                    await self._cancel_quietly(job, str(recorded.operation_id))
                     self._unrecorded.pop(job.ref.uid or "", None)
                     return StepResult(gone=True)
                 if asyncio.get_running_loop().time() + delay > deadline:
                     logger.error(  # noqa: TRY400 - the reason is in the message, no traceback
                         "job %s: operation %s could not be recorded: %s",
                         job.ref,
-                        recorded["operationId"],
+                        recorded.operation_id,
                         exc,
                         extra=job.ref.log,
                     )
@@ -406,9 +408,9 @@ class JobWorkflow:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 8.0)
         self._unrecorded.pop(job.ref.uid or "", None)
-        operation_id = recorded["operationId"]
+        operation_id = recorded.operation_id
         await self._notes(
-            job.ref, [Note("Normal", "Submitted", f"submitted to SpeechKit as operation {operation_id}")]
+            job.ref, [Note("Normal", Reason.SUBMITTED, f"submitted to SpeechKit as operation {operation_id}")]
         )
         return StepResult(body=body, next_check=first, checks=0)
 
@@ -456,7 +458,9 @@ class JobWorkflow:
             self._unsent_intents.discard(intent.nonce)
             facts = self._facts(job)
             message = "the intent to submit was written, but nothing was sent; submitting now"
-            body = await self._write(job.ref, transitions.waiting(facts, "Submitting", message, facts.now))
+            body = await self._write(
+                job.ref, transitions.waiting(facts, Reason.SUBMITTING, message, facts.now)
+            )
             return StepResult(body=body, next_attempt=facts.now)
         return await self._uncertain(
             job, f"the operator stopped while submitting (intent {intent.nonce} of {intent.started_at})"
@@ -487,7 +491,7 @@ class JobWorkflow:
             next_attempt = None
         logger.warning("job %s: submission uncertain: %s", job.ref, message, extra=job.ref.log)
         body = await self._write(job.ref, patch)
-        await self._notes(job.ref, [Note("Warning", "SubmissionUncertain", redact(message))])
+        await self._notes(job.ref, [Note("Warning", Reason.SUBMISSION_UNCERTAIN, redact(message))])
         return StepResult(body=body, next_attempt=next_attempt)
 
     async def _prepare(self, job: Job) -> _Prepared:
@@ -498,7 +502,7 @@ class JobWorkflow:
         length = longest_output_key_bytes(spec.source.key, spec.output.prefix, channels=audio.channels)
         if length > MAX_KEY_BYTES:
             raise Problem(
-                "InvalidSpec",
+                Reason.INVALID_SPEC,
                 f"invalid spec: output.prefix + source.key + the longest output suffix is {length} bytes "
                 f"of UTF-8, more than the {MAX_KEY_BYTES} that S3 keys may have",
                 permanent=True,
@@ -509,7 +513,7 @@ class JobWorkflow:
         try:
             return TranscriptionJobSpec.model_validate(dict(raw_spec))
         except ValidationError as exc:
-            raise Problem("InvalidSpec", format_validation_error(exc), permanent=True) from None
+            raise Problem(Reason.INVALID_SPEC, format_validation_error(exc), permanent=True) from None
 
     async def _credentials(self, job: JobRef, spec: TranscriptionJobSpec) -> Credentials:
         own_key = self.settings.self_hosted_api_key
@@ -519,11 +523,11 @@ class JobWorkflow:
             return ApiKeyCredentials(api_key=key)
         name = spec.credentials_secret or self.settings.default_credentials_secret
         try:
-            data = await self._read_secret(job, name, "CredentialsSecret")
+            data = await self._read_secret(job, name, SecretRole.CREDENTIALS)
         except Problem as problem:
             # A self-hosted service may run without API keys: a job that names no Secret, in a
             # namespace without the default one, goes without an Authorization header.
-            missing = problem.reason == "CredentialsSecretNotFound"
+            missing = problem.reason == Reason.CREDENTIALS_SECRET_NOT_FOUND
             if missing and self.settings.backend == "self-hosted" and spec.credentials_secret is None:
                 return AnonymousCredentials()
             raise
@@ -540,7 +544,7 @@ class JobWorkflow:
         """The storage client for the Secret ``secret`` (else the default) in ``owner``'s
         namespace; :class:`Problem` when the Secret is missing or unusable."""
         name = secret or self.settings.default_storage_secret
-        data = await self._read_secret(owner, name, "StorageSecret")
+        data = await self._read_secret(owner, name, SecretRole.STORAGE)
         try:
             config = parse_storage_secret(
                 name,
@@ -553,13 +557,13 @@ class JobWorkflow:
             raise Problem(exc.reason, exc.message, permanent=False) from None
         return self.storage.get(config)
 
-    async def _read_secret(self, job: JobRef, name: str, role: str) -> Mapping[str, bytes]:
+    async def _read_secret(self, job: JobRef, name: str, role: SecretRole) -> Mapping[str, bytes]:
         try:
             return await self.secrets.read(job.namespace, name)
         except SecretNotFoundError as exc:
-            raise Problem(f"{role}NotFound", str(exc), permanent=False) from None
+            raise Problem(Reason.secret_not_found(role), str(exc), permanent=False) from None
         except SecretUnreadableError as exc:
-            raise Problem(f"{role}Unreadable", str(exc), permanent=False) from None
+            raise Problem(Reason.secret_unreadable(role), str(exc), permanent=False) from None
 
     async def _probe_source(self, spec: TranscriptionJobSpec, storage: ObjectStorage) -> AudioInfo:
         bucket, key = spec.source.bucket, spec.source.key
@@ -572,8 +576,8 @@ class JobWorkflow:
                 tail = await storage.read_range(bucket, key, f"bytes=-{TAIL_BYTES}")
         except StorageError as exc:
             if exc.transient:
-                raise Problem("StorageUnavailable", exc.message, permanent=False) from None
-            reason = "SourceNotFound" if exc.kind == "not_found" else "SourceUnreadable"
+                raise Problem(Reason.STORAGE_UNAVAILABLE, exc.message, permanent=False) from None
+            reason = Reason.SOURCE_NOT_FOUND if exc.kind == "not_found" else Reason.SOURCE_UNREADABLE
             message = f"source {where} cannot be used: {exc.message}"
             raise Problem(reason, message, permanent=True) from None
         recognition = spec.recognition
@@ -588,7 +592,7 @@ class JobWorkflow:
             raise Problem(exc.reason, f"source {where}: {exc.message}", permanent=True) from None
         if audio.duration_seconds is not None and audio.duration_seconds > MAX_AUDIO_SECONDS:
             raise Problem(
-                "AudioTooLong",
+                Reason.AUDIO_TOO_LONG,
                 f"source {where}: the audio lasts {audio.duration_seconds:.0f} s by its headers, more than "
                 f"the {MAX_AUDIO_SECONDS / 3600:.0f} hours SpeechKit accepts (or the file is corrupt)",
                 permanent=True,
@@ -638,7 +642,7 @@ class JobWorkflow:
             )
             if changed:
                 await self._notes(
-                    job.ref, [Note("Warning", "RetryScheduled", f"{problem.reason}: {redact(message)}")]
+                    job.ref, [Note("Warning", Reason.RETRY_SCHEDULED, f"{problem.reason}: {redact(message)}")]
                 )
         return result
 
@@ -648,7 +652,9 @@ class JobWorkflow:
             return StepResult()
         patch = transitions.queued(self._facts(job), position=position, eta=eta)
         try:
-            body = await self.jobs.patch_status(job.ref, patch, resource_version=job.resource_version)
+            body = await self.jobs.patch_status(
+                job.ref, patch.to_patch(), resource_version=job.resource_version
+            )
         except KubeError:
             return StepResult()  # the job changed meanwhile: saying it waits can wait
         return StepResult(body=body)
@@ -667,7 +673,7 @@ class JobWorkflow:
         except Exception as exc:  # a bug or an unforeseen library error: visible, and backed off
             logger.exception("job %s: unexpected error while checking", job.ref, extra=job.ref.log)
             message = f"unexpected {type(exc).__name__} while checking; see the operator's log"
-            return await self._later(job, job.checks, "UnexpectedError", message)
+            return await self._later(job, job.checks, Reason.UNEXPECTED_ERROR, message)
 
     async def _check(self, job: Job) -> StepResult:
         status = job.status
@@ -702,7 +708,7 @@ class JobWorkflow:
     ) -> StepResult:
         if isinstance(exc, OperationNotFoundError):
             message = f"operation {operation_id} is unknown to SpeechKit: results are kept for 3 days"
-            return await self._fail(job, "ResultExpired", message, checks=checks)
+            return await self._fail(job, Reason.RESULT_EXPIRED, message, checks=checks)
         if isinstance(exc, MalformedResponseError):
             if exc.body is not None and exc.body.get("done") is True:
                 return await self._malformed(job, spec, exc, checks)
@@ -720,7 +726,7 @@ class JobWorkflow:
             self.secrets.forget(
                 job.ref.namespace, spec.credentials_secret or self.settings.default_credentials_secret
             )
-            reason = exc.reason if exc.http_status in (401, 403) else "InvalidCredentials"
+            reason = exc.reason if exc.http_status in (401, 403) else Reason.INVALID_CREDENTIALS
             return await self._later(
                 job, checks, reason, f"{message}; fix the credentials Secret", retry_after=exc.retry_after
             )
@@ -737,7 +743,7 @@ class JobWorkflow:
             return await self._fail(job, verdict.reason, verdict.message, checks=checks)
         if isinstance(verdict, transitions.StillRunning):
             upcoming = polling.next_check_at(self.clock(), checks, self.policy)
-            if status.reason not in ("Submitted", "Running", "Restored"):
+            if status.reason not in (Reason.SUBMITTED, Reason.RUNNING, Reason.RESTORED):
                 # A transient problem is over: say so once.
                 body = await self._write(
                     job.ref,
@@ -777,9 +783,9 @@ class JobWorkflow:
             message = f"writing transcripts to s3://{bucket}/ failed: {exc.message}"
             if exc.kind in ("not_found", "invalid"):
                 return await self._fail(
-                    job, "OutputWriteFailed", f"{message}; it cannot succeed", checks=checks
+                    job, Reason.OUTPUT_WRITE_FAILED, f"{message}; it cannot succeed", checks=checks
                 )
-            return await self._later(job, checks, "OutputWriteFailed", message)
+            return await self._later(job, checks, Reason.OUTPUT_WRITE_FAILED, message)
         outputs = {out.name: s3_uri(bucket, out.key) for out in rendered}
         logger.info("job %s succeeded: %d outputs", job.ref, len(outputs), extra=job.ref.log)
         finished = parse_time(operation.modified_at)
@@ -792,7 +798,7 @@ class JobWorkflow:
         )
         body = await self._write(job.ref, patch)
         await self._notes(
-            job.ref, [Note("Normal", "Succeeded", f"transcripts written to s3://{bucket}/{base_key}.*")]
+            job.ref, [Note("Normal", Reason.SUCCEEDED, f"transcripts written to s3://{bucket}/{base_key}.*")]
         )
         return StepResult(body=body, checks=checks)
 
@@ -809,7 +815,7 @@ class JobWorkflow:
             kept = f"; the raw answer is in {s3_uri(bucket, key)}"
         except (Problem, StorageError) as problem:
             kept = f"; the raw answer could not be kept ({problem})"
-        return await self._fail(job, "MalformedResponse", f"{exc}{kept}", checks=checks)
+        return await self._fail(job, Reason.MALFORMED_RESPONSE, f"{exc}{kept}", checks=checks)
 
     async def _learn(self, spec: TranscriptionJobSpec, status: JobStatus, finished: datetime | None) -> None:
         """One more sample of the model's pace (submission to the operation's end); saved at most
@@ -867,7 +873,7 @@ class JobWorkflow:
                 "cancelled" if cancelled else "could not be cancelled"
             )
         return await self._fail(
-            job, "DeadlineExceeded", message, submitted=job.status.operation_id is not None
+            job, Reason.DEADLINE_EXCEEDED, message, submitted=job.status.operation_id is not None
         )
 
     async def delete(self, job: Job) -> StepResult:
@@ -887,7 +893,7 @@ class JobWorkflow:
         if job.status.operation_id:
             return job.status.operation_id
         recorded = self._unrecorded.pop(job.ref.uid or "", None)
-        return str(recorded["operationId"]) if recorded else None
+        return recorded.operation_id if recorded else None
 
     async def cancel(self, job: Job) -> None:
         """The job was deleted while its operation ran: cancel the operation, best effort."""
@@ -903,7 +909,7 @@ class JobWorkflow:
             [
                 Note(
                     "Normal" if cancelled else "Warning",
-                    "Cancelled",
+                    Reason.CANCELLED,
                     f"job deleted: operation {operation_id} {verdict}",
                 )
             ],
@@ -933,32 +939,32 @@ class JobWorkflow:
             attempt, base=self.settings.submit_retry_base_seconds, cap=self.settings.submit_retry_max_seconds
         )
 
-    async def _write(self, job: JobRef, patch: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Write the job's status. A KubeError leaves the step: the scheduler forgets a job that is
-        gone (deleted, or another one under its name) and looks again soon at the others."""
-        return await self.jobs.patch_status(job, patch)
+    async def _write(self, job: JobRef, patch: JobStatusPatch) -> dict[str, Any] | None:
+        """Write the job's status (``patch``, made JSON). A KubeError leaves the step: the scheduler
+        forgets a job that is gone (deleted, or another one under its name) and looks again soon at
+        the others."""
+        return await self.jobs.patch_status(job, patch.to_patch())
 
     async def _notes(self, job: JobRef, notes: list[Note]) -> None:
         for note in notes:
             await self.jobs.post_event(job, note.type, note.reason, redact(note.message))
 
     async def _fail(
-        self, job: Job, reason: str, message: str, *, submitted: bool = True, checks: int | None = None
+        self, job: Job, reason: Reason, message: str, *, submitted: bool = True, checks: int | None = None
     ) -> StepResult:
         status = transitions.failed(self._facts(job), reason, message, submitted=submitted)
         if checks is not None:
-            status["checks"] = checks
-            status["lastCheckAt"] = status["completedAt"]
-        logger.warning("job %s failed: %s: %s", job.ref, reason, status["message"], extra=job.ref.log)
+            status = transitions.finished_checking(status, checks=checks)
+        logger.warning("job %s failed: %s: %s", job.ref, reason, status.message, extra=job.ref.log)
         body = await self._write(job.ref, status)
-        await self._notes(job.ref, [Note("Warning", "Failed", f"{reason}: {status['message']}")])
+        await self._notes(job.ref, [Note("Warning", Reason.FAILED, f"{reason}: {status.message}")])
         return StepResult(body=body, checks=checks)
 
     async def _later(
         self,
         job: Job,
         checks: int,
-        reason: str,
+        reason: Reason,
         message: str,
         *,
         retry_after: float | None = None,
@@ -975,7 +981,7 @@ class JobWorkflow:
                 self._facts(job), checks=checks, next_check=upcoming, reason=reason, message=text
             )
             result.body = await self._write(job.ref, patch)
-            await self._notes(job.ref, [Note("Warning", "RetryScheduled", f"{reason}: {text}")])
+            await self._notes(job.ref, [Note("Warning", Reason.RETRY_SCHEDULED, f"{reason}: {text}")])
         return result
 
 

@@ -19,10 +19,10 @@ import pytest
 from devstack.components import KubeCluster, Response
 from speechkit_operator.contracts.stt_v2 import AudioEncoding
 from speechkit_operator.logic.output_keys import s3_uri
-from speechkit_operator.logic.timestamps import format_time
-from speechkit_operator.logic.transitions import Facts, Status, submitted, succeeded, waiting
+from speechkit_operator.logic.transitions import Facts, submitted, succeeded, waiting
 from speechkit_operator.models.audio import AudioInfo, ContainerFormat
-from speechkit_operator.models.job import LANGUAGE_PATTERN
+from speechkit_operator.models.job import LANGUAGE_PATTERN, Reason
+from speechkit_operator.models.timestamps import format_time
 from tests.e2e.crd_fixtures import InstalledCrd, install_crd
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -85,13 +85,17 @@ def _stereo_audio() -> AudioInfo:
     )
 
 
+#: A status patch as written to the API server.
+Status = dict[str, Any]
+
+
 def _submitted_status(generation: int) -> Status:
     return submitted(
         Facts(now=T0, generation=generation, conditions=[]),
         operation_id=OPERATION_ID,
         audio=_stereo_audio(),
         first_check=T0 + timedelta(seconds=614),
-    )
+    ).to_patch()
 
 
 def _succeeded_status(after: Status, generation: int) -> Status:
@@ -111,7 +115,7 @@ def _succeeded_status(after: Status, generation: int) -> Status:
         checks=3,
         outputs=outputs,
         preview="[channel 1] Добрый день, вы позвонили в службу поддержки.\n[channel 2] Здравствуйте!",
-    )
+    ).to_patch()
 
 
 def _without_nulls(status: Status) -> Status:
@@ -333,9 +337,9 @@ def test_spec_is_immutable_but_status_and_metadata_are_not(jobs: Jobs) -> None:
     # The operator's writes still go through: the status subresource ...
     status = waiting(
         Facts(now=T0, generation=1, conditions=[]),
-        "CredentialsSecretNotFound",
+        Reason.CREDENTIALS_SECRET_NOT_FOUND,
         'Secret "speechkit-credentials" not found in the namespace',
-    )
+    ).to_patch()
     written = _ok(jobs.patch("immutable", {"status": status}, subresource="status"))
     assert written["status"] == _without_nulls(status)
     # ... even carrying a spec (which the status subresource ignores instead of refusing) ...
@@ -480,8 +484,8 @@ def test_printer_columns_show_the_status(jobs: Jobs) -> None:
     _ok(jobs.patch("interview", {"status": done}, subresource="status"))
     jobs.created("queued", VALID_SPEC)
     pending = waiting(
-        Facts(now=T0, generation=1, conditions=[]), "CredentialsSecretNotFound", "Secret not found"
-    )
+        Facts(now=T0, generation=1, conditions=[]), Reason.CREDENTIALS_SECRET_NOT_FOUND, "Secret not found"
+    ).to_patch()
     _ok(jobs.patch("queued", {"status": pending}, subresource="status"))
 
     titles, rows = _table(jobs.kubectl("get", "tj").stdout)

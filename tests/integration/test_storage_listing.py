@@ -18,12 +18,8 @@ import pytest
 from botocore.config import Config as BotoConfig
 
 from devstack.components import BUILD_SCRIPT, ComponentError, MinioServer, locate_binaries, running_minio
-from speechkit_operator.clients.storage import (
-    ListPage,
-    ObjectStorage,
-    StorageConfig,
-    StorageError,
-)
+from speechkit_operator.clients.storage import ListPage, ObjectStorage, StorageError
+from speechkit_operator.models.storage import StorageConfig
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -20,6 +20,7 @@ from speechkit_operator.logic.audio_probe import (
     probe_audio,
 )
 from speechkit_operator.models.audio import AudioInfo, ContainerFormat
+from speechkit_operator.models.job import Reason
 
 AUDIO_DIR = Path(__file__).parents[2].parent / "shared" / "audio"
 MISSING_AUDIO = (
@@ -124,7 +125,7 @@ def test_manifest_file_declared_as_something_else_is_a_mismatch(name: str, entry
         if other is actual:
             continue
         error = probe_error(data, DeclaredAudio(other, 16000, None))
-        assert error.reason == "AudioEncodingMismatch", (other, error.message)
+        assert error.reason == Reason.AUDIO_ENCODING_MISMATCH, (other, error.message)
         assert other.value in error.message
         if entry["format"] != "raw":
             assert actual.value in error.message
@@ -174,7 +175,7 @@ def test_truncated_real_headers_are_corrupt_never_a_crash(name: str) -> None:
     header_end = {"ogg": 47, "wav": 44, "mp3": 4}[name.rsplit(".", 1)[1]]
     for length in range(4, header_end):
         error = probe_error(data[:length])
-        assert error.reason == "CorruptAudio", (length, error.message)
+        assert error.reason == Reason.CORRUPT_AUDIO, (length, error.message)
 
 
 @requires_audio
@@ -263,7 +264,7 @@ def test_wav_at_every_supported_rate(rate: int) -> None:
 
 def test_wav_24_bit_is_unsupported() -> None:
     error = probe_error(make_wav(fmt=fmt_body(bits=24), samples=bytes(48000)))
-    assert error.reason == "UnsupportedAudio"
+    assert error.reason == Reason.UNSUPPORTED_AUDIO
     assert "24-bit" in error.message
     assert "16-bit" in error.message
 
@@ -271,7 +272,7 @@ def test_wav_24_bit_is_unsupported() -> None:
 @pytest.mark.parametrize("rate", [44100, 22050, 32000, 11025])
 def test_wav_at_unsupported_rate_asks_for_resampling(rate: int) -> None:
     error = probe_error(make_wav(fmt=fmt_body(rate=rate)))
-    assert error.reason == "UnsupportedAudio"
+    assert error.reason == Reason.UNSUPPORTED_AUDIO
     assert str(rate) in error.message
     for supported in ("8000", "16000", "48000"):
         assert supported in error.message
@@ -282,7 +283,7 @@ def test_wav_at_unsupported_rate_is_refused_even_when_48k_is_declared() -> None:
     error = probe_error(
         make_wav(fmt=fmt_body(rate=44100)), DeclaredAudio(AudioEncoding.LINEAR16_PCM, 48000, None)
     )
-    assert error.reason == "UnsupportedAudio"
+    assert error.reason == Reason.UNSUPPORTED_AUDIO
 
 
 @pytest.mark.parametrize(
@@ -290,7 +291,7 @@ def test_wav_at_unsupported_rate_is_refused_even_when_48k_is_declared() -> None:
 )
 def test_wav_with_compressed_or_float_samples_names_the_format(tag: int, name: str) -> None:
     error = probe_error(make_wav(fmt=fmt_body(tag=tag, bits=8 if tag in (6, 7) else 32)))
-    assert error.reason == "UnsupportedAudio"
+    assert error.reason == Reason.UNSUPPORTED_AUDIO
     assert name in error.message
 
 
@@ -307,17 +308,17 @@ def test_wav_extensible_pcm_is_accepted() -> None:
 
 def test_wav_extensible_float_is_unsupported() -> None:
     error = probe_error(make_wav(fmt=fmt_body(tag=0xFFFE, bits=32, sub_tag=3)))
-    assert error.reason == "UnsupportedAudio"
+    assert error.reason == Reason.UNSUPPORTED_AUDIO
     assert "IEEE float" in error.message
 
 
 def test_wav_extensible_with_unknown_guid_is_unsupported() -> None:
     fmt = fmt_body(tag=0xFFFE, sub_tag=1)[:-14] + bytes(14)
-    assert probe_error(make_wav(fmt=fmt)).reason == "UnsupportedAudio"
+    assert probe_error(make_wav(fmt=fmt)).reason == Reason.UNSUPPORTED_AUDIO
 
 
 def test_wav_extensible_with_short_fmt_chunk_is_corrupt() -> None:
-    assert probe_error(make_wav(fmt=fmt_body(tag=0xFFFE))).reason == "CorruptAudio"
+    assert probe_error(make_wav(fmt=fmt_body(tag=0xFFFE))).reason == Reason.CORRUPT_AUDIO
 
 
 def test_wav_with_list_chunk_before_fmt_and_odd_sized_chunks() -> None:
@@ -344,7 +345,7 @@ def test_wav_with_zero_data_size_from_a_streaming_writer_uses_the_object_size() 
 
 
 def test_wav_without_samples_is_empty() -> None:
-    assert probe_error(make_wav(samples=b"")).reason == "EmptyAudio"
+    assert probe_error(make_wav(samples=b"")).reason == Reason.EMPTY_AUDIO
 
 
 def test_rf64_takes_the_data_size_from_ds64() -> None:
@@ -359,19 +360,19 @@ def test_rf64_takes_the_data_size_from_ds64() -> None:
 def test_wav_header_larger_than_the_head_is_corrupt_with_a_reason() -> None:
     data = make_wav(before=chunk(b"LIST", bytes(HEAD_BYTES + 10)))
     error = probe_error(data)
-    assert error.reason == "CorruptAudio"
+    assert error.reason == Reason.CORRUPT_AUDIO
     assert "first 65536 bytes" in error.message
 
 
 def test_wav_without_fmt_chunk_is_corrupt() -> None:
     body = b"WAVE" + chunk(b"data", bytes(100))
     error = probe_error(b"RIFF" + len(body).to_bytes(4, "little") + body)
-    assert error.reason == "CorruptAudio"
+    assert error.reason == Reason.CORRUPT_AUDIO
     assert "fmt" in error.message
 
 
 def test_wav_with_zero_channels_is_corrupt() -> None:
-    assert probe_error(make_wav(fmt=fmt_body(channels=0))).reason == "CorruptAudio"
+    assert probe_error(make_wav(fmt=fmt_body(channels=0))).reason == Reason.CORRUPT_AUDIO
 
 
 def test_every_truncation_of_a_wav_header_is_corrupt() -> None:
@@ -379,22 +380,22 @@ def test_every_truncation_of_a_wav_header_is_corrupt() -> None:
     header_length = data.index(b"data") + 8
     for length in range(4, header_length):
         error = probe_error(data[:length])
-        assert error.reason == "CorruptAudio", length
+        assert error.reason == Reason.CORRUPT_AUDIO, length
     # the same bytes as the head of a much larger object
-    assert probe_error(data[:30], size=len(data)).reason == "CorruptAudio"
+    assert probe_error(data[:30], size=len(data)).reason == Reason.CORRUPT_AUDIO
 
 
 def test_riff_that_is_not_wave_is_unsupported() -> None:
     data = b"RIFF" + (100).to_bytes(4, "little") + b"AVI LIST" + bytes(100)
     assert detect_container(data) is ContainerFormat.RAW
     error = probe_error(data, DeclaredAudio(AudioEncoding.LINEAR16_PCM, 16000, None))
-    assert error.reason == "UnsupportedAudio"
+    assert error.reason == Reason.UNSUPPORTED_AUDIO
     assert "AVI" in error.message
 
 
 def test_wav_declared_as_mp3_is_a_mismatch_naming_both() -> None:
     error = probe_error(make_wav(), DeclaredAudio(AudioEncoding.MP3, None, None))
-    assert error.reason == "AudioEncodingMismatch"
+    assert error.reason == Reason.AUDIO_ENCODING_MISMATCH
     assert "MP3" in error.message
     assert "LINEAR16_PCM" in error.message
     assert "audioEncoding" in error.message
@@ -402,7 +403,7 @@ def test_wav_declared_as_mp3_is_a_mismatch_naming_both() -> None:
 
 def test_wav_declared_at_another_rate_is_a_mismatch_naming_both() -> None:
     error = probe_error(make_wav(), DeclaredAudio(AudioEncoding.LINEAR16_PCM, 8000, None))
-    assert error.reason == "AudioEncodingMismatch"
+    assert error.reason == Reason.AUDIO_ENCODING_MISMATCH
     assert "8000" in error.message
     assert "16000" in error.message
     assert "sampleRateHertz" in error.message
@@ -410,7 +411,7 @@ def test_wav_declared_at_another_rate_is_a_mismatch_naming_both() -> None:
 
 def test_wav_declared_with_another_channel_count_is_a_mismatch_naming_both() -> None:
     error = probe_error(make_wav(fmt=fmt_body(channels=2)), DeclaredAudio(None, None, 1))
-    assert error.reason == "AudioEncodingMismatch"
+    assert error.reason == Reason.AUDIO_ENCODING_MISMATCH
     assert "audioChannelCount is 1" in error.message
     assert "2 channels" in error.message
 
@@ -432,7 +433,7 @@ def test_wav_declared_consistently_is_accepted() -> None:
 def test_empty_object(declared: DeclaredAudio) -> None:
     with pytest.raises(AudioProbeError) as caught:
         probe_audio(b"", 0, declared)
-    assert caught.value.reason == "EmptyAudio"
+    assert caught.value.reason == Reason.EMPTY_AUDIO
 
 
 def test_raw_pcm_with_declared_encoding_and_rate() -> None:
@@ -458,27 +459,27 @@ def test_raw_duration_is_rounded_to_milliseconds() -> None:
 
 def test_raw_without_declared_encoding_is_unknown() -> None:
     error = probe_error(bytes(1000))
-    assert error.reason == "UnknownAudioFormat"
+    assert error.reason == Reason.UNKNOWN_AUDIO_FORMAT
     assert "audioEncoding" in error.message
     assert "sampleRateHertz" in error.message
 
 
 def test_raw_without_declared_rate_is_unknown() -> None:
     error = probe_error(bytes(1000), DeclaredAudio(AudioEncoding.LINEAR16_PCM, None, None))
-    assert error.reason == "UnknownAudioFormat"
+    assert error.reason == Reason.UNKNOWN_AUDIO_FORMAT
     assert "sampleRateHertz" in error.message
 
 
 def test_raw_at_unsupported_declared_rate() -> None:
     error = probe_error(bytes(1000), DeclaredAudio(AudioEncoding.LINEAR16_PCM, 44100, None))
-    assert error.reason == "UnsupportedAudio"
+    assert error.reason == Reason.UNSUPPORTED_AUDIO
     assert "44100" in error.message
 
 
 @pytest.mark.parametrize("encoding", [AudioEncoding.OGG_OPUS, AudioEncoding.MP3])
 def test_declared_container_encoding_without_its_magic_is_a_mismatch(encoding: AudioEncoding) -> None:
     error = probe_error(bytes(range(256)) * 4, DeclaredAudio(encoding, None, None))
-    assert error.reason == "AudioEncodingMismatch"
+    assert error.reason == Reason.AUDIO_ENCODING_MISMATCH
     assert encoding.value in error.message
 
 
@@ -489,7 +490,7 @@ def test_declared_container_encoding_without_its_magic_is_a_mismatch(encoding: A
 def test_declared_container_encoding_with_cut_off_magic_is_corrupt(
     data: bytes, encoding: AudioEncoding
 ) -> None:
-    assert probe_error(data, DeclaredAudio(encoding, None, None)).reason == "CorruptAudio"
+    assert probe_error(data, DeclaredAudio(encoding, None, None)).reason == Reason.CORRUPT_AUDIO
 
 
 def test_pcm_that_starts_like_an_mp3_frame_stays_raw() -> None:
@@ -497,7 +498,7 @@ def test_pcm_that_starts_like_an_mp3_frame_stays_raw() -> None:
     assert detect_container(data) is ContainerFormat.RAW
     info = probe_file(data, DeclaredAudio(AudioEncoding.LINEAR16_PCM, 16000, None))
     assert info.container is ContainerFormat.RAW
-    assert probe_error(data, DeclaredAudio(AudioEncoding.MP3)).reason == "CorruptAudio"
+    assert probe_error(data, DeclaredAudio(AudioEncoding.MP3)).reason == Reason.CORRUPT_AUDIO
 
 
 @pytest.mark.parametrize(
@@ -513,7 +514,7 @@ def test_pcm_that_starts_like_an_mp3_frame_stays_raw() -> None:
 def test_known_unsupported_formats_are_named(data: bytes, name: str) -> None:
     for declared in (DeclaredAudio(), DeclaredAudio(AudioEncoding.LINEAR16_PCM, 16000, None)):
         error = probe_error(data, declared)
-        assert error.reason == "UnsupportedAudio"
+        assert error.reason == Reason.UNSUPPORTED_AUDIO
         assert name in error.message
 
 
@@ -553,7 +554,7 @@ def test_ogg_opus_stereo_header() -> None:
 def test_ogg_declared_as_linear16_is_a_mismatch() -> None:
     data = ogg_first_page(opus_head()) + bytes(500)
     error = probe_error(data, DeclaredAudio(AudioEncoding.LINEAR16_PCM, 48000, None))
-    assert error.reason == "AudioEncodingMismatch"
+    assert error.reason == Reason.AUDIO_ENCODING_MISMATCH
     assert "OGG_OPUS" in error.message
     assert "LINEAR16_PCM" in error.message
 
@@ -569,16 +570,16 @@ def test_ogg_declared_as_linear16_is_a_mismatch() -> None:
 )
 def test_ogg_with_another_codec_is_unsupported(packet: bytes, name: str) -> None:
     error = probe_error(ogg_first_page(packet) + bytes(100))
-    assert error.reason == "UnsupportedAudio"
+    assert error.reason == Reason.UNSUPPORTED_AUDIO
     assert name in error.message
 
 
 def test_ogg_opus_with_zero_channels_is_corrupt() -> None:
-    assert probe_error(ogg_first_page(opus_head(channels=0))).reason == "CorruptAudio"
+    assert probe_error(ogg_first_page(opus_head(channels=0))).reason == Reason.CORRUPT_AUDIO
 
 
 def test_ogg_opus_with_incompatible_version_is_unsupported() -> None:
-    assert probe_error(ogg_first_page(opus_head(version=0x10))).reason == "UnsupportedAudio"
+    assert probe_error(ogg_first_page(opus_head(version=0x10))).reason == Reason.UNSUPPORTED_AUDIO
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -650,12 +651,12 @@ def test_mp3_whose_id3_tag_is_longer_than_the_head() -> None:
 
 
 def test_mp3_id3_tag_with_nothing_after_it_is_corrupt() -> None:
-    assert probe_error(id3_tag(100)).reason == "CorruptAudio"
+    assert probe_error(id3_tag(100)).reason == Reason.CORRUPT_AUDIO
 
 
 def test_mp3_id3_tag_with_malformed_size_is_corrupt() -> None:
     data = b"ID3\x04\x00\x00\x00\x00\x80\x00" + mpeg_frame() * 3
-    assert probe_error(data).reason == "CorruptAudio"
+    assert probe_error(data).reason == Reason.CORRUPT_AUDIO
 
 
 def test_xing_frame_count_gives_the_duration() -> None:
@@ -696,12 +697,12 @@ def test_mpeg_layer_2_is_unsupported() -> None:
     data = mpeg_frame(layer=2, bitrate_index=8, length=417) * 20  # 128 kbit/s at 44100 Hz: 417 bytes
     assert detect_container(data) is ContainerFormat.MP3
     error = probe_error(data)
-    assert error.reason == "UnsupportedAudio"
+    assert error.reason == Reason.UNSUPPORTED_AUDIO
     assert "Layer II" in error.message
 
 
 def test_mp3_declared_as_ogg_is_a_mismatch() -> None:
     error = probe_error(mpeg_frame() * 20, DeclaredAudio(AudioEncoding.OGG_OPUS))
-    assert error.reason == "AudioEncodingMismatch"
+    assert error.reason == Reason.AUDIO_ENCODING_MISMATCH
     assert "OGG_OPUS" in error.message
     assert "MP3" in error.message

@@ -8,10 +8,10 @@ import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
-from speechkit_operator.clients.speech.base import AnonymousCredentials
 from speechkit_operator.clients.speech.v2 import SpeechKitV2Client
 from speechkit_operator.config import Settings
 from speechkit_operator.context import build_context
+from speechkit_operator.models.credentials import AnonymousCredentials
 
 
 def test_cloud_backend_uses_the_speechkit_hosts() -> None:

@@ -322,6 +322,7 @@ def test_child_spec_is_the_template_with_source_and_priority() -> None:
             "profanityFilter": True,
             "literatureText": False,
             "rawResults": False,
+            "api": "v2",
         },
         "credentialsSecret": "speech",
         "storageSecret": "s3",

@@ -30,6 +30,7 @@ from speechkit_operator.logic.batch_progress import (
 )
 from speechkit_operator.logic.conditions import get_condition
 from speechkit_operator.models.batch import BatchPhase, BatchStatus, ScanProgress, TranscriptionBatchSpec
+from speechkit_operator.models.job import Reason, SecretRole
 
 PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "speechkit_operator"
 
@@ -39,6 +40,16 @@ PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "speechkit_operator
 # --------------------------------------------------------------------------------------------------
 
 
+#: A reason as the code writes it: a member of :class:`Reason` (or, from older code, a literal).
+_REASON = r'(?:"\w+"|Reason\.[A-Z][A-Z_]*\b)'
+
+
+def _names(written: typing.Iterable[str]) -> set[str]:
+    return {
+        Reason[w.removeprefix("Reason.")].value if w.startswith("Reason.") else w.strip('"') for w in written
+    }
+
+
 def _reasons_a_job_can_fail_with() -> set[str]:
     """Every reason the operator's code can fail a TranscriptionJob with, found in its source."""
     workflow = (PACKAGE / "workflow.py").read_text(encoding="utf-8")
@@ -46,20 +57,21 @@ def _reasons_a_job_can_fail_with() -> set[str]:
     credentials = (PACKAGE / "logic" / "credentials.py").read_text(encoding="utf-8")
     transitions = (PACKAGE / "logic" / "transitions.py").read_text(encoding="utf-8")
     found: set[str] = set()
-    # Problem("X", ...), _fail(job, "X", ...) and reason = "X" if ... else "Y" in the workflow.
-    found |= set(re.findall(r'\b_?Problem\(\s*"(\w+)"', workflow))
-    found |= set(re.findall(r'_fail\(\s*job,\s*"(\w+)"', workflow))
-    for pair in re.findall(r'reason = "(\w+)" if .* else "(\w+)"', workflow):
-        found |= set(pair)
-    # A missing or unreadable Secret: f"{role}NotFound", f"{role}Unreadable".
-    for role in re.findall(r'_read_secret\(\w+, \w+, "(\w+)"\)', workflow):
-        found |= {f"{role}NotFound", f"{role}Unreadable"}
+    # Problem(Reason.X, ...), _fail(job, Reason.X, ...) and reason = Reason.X if ... else Reason.Y.
+    found |= _names(re.findall(rf"\b_?Problem\(\s*({_REASON})", workflow))
+    found |= _names(re.findall(rf"_fail\(\s*job,\s*({_REASON})", workflow))
+    for pair in re.findall(rf"reason = ({_REASON}) if .* else ({_REASON})", workflow):
+        found |= _names(pair)
+    # A missing or unreadable Secret: Reason.secret_not_found(role), Reason.secret_unreadable(role).
+    for role in re.findall(r"_read_secret\(\w+, \w+, SecretRole\.(\w+)\)", workflow):
+        found |= {Reason.secret_not_found(SecretRole[role]), Reason.secret_unreadable(SecretRole[role])}
     # The reasons of the speech API's errors, and of broken Secrets.
-    found |= set(re.findall(r'return "(\w+)"', errors))
-    found |= {name for pair in re.findall(r'return "(\w+)" if .* else "(\w+)"', errors) for name in pair}
-    found |= set(re.findall(r'SecretProblem\(\s*"(\w+)"', credentials))
+    found |= _names(re.findall(rf"return ({_REASON})$", errors, flags=re.MULTILINE))
+    for pair in re.findall(rf"return ({_REASON}) if .* else ({_REASON})", errors):
+        found |= _names(pair)
+    found |= _names(re.findall(rf"SecretProblem\(\s*({_REASON})", credentials))
     # Failed from the transitions (an uncertain submission that is not repeated).
-    found |= set(re.findall(r'failed\(facts, "(\w+)"', transitions))
+    found |= _names(re.findall(rf"failed\(facts, ({_REASON})", transitions))
     # Operation errors and API errors by gRPC code, and the audio probe's verdicts.
     found |= {grpc_reason(code) for code in [*GrpcCode, 99]}
     found |= set(typing.get_args(audio_probe.ProbeFailure))

@@ -20,7 +20,6 @@ from speechkit_operator.logic.batch_selection import (
     SeedMarker,
     SeedMarkerWithoutOperation,
     child_name,
-    compile_glob,
     key_problem,
     parse_seed_config,
     parse_seed_marker,
@@ -31,6 +30,7 @@ from speechkit_operator.logic.batch_selection import (
     selected,
 )
 from speechkit_operator.models.batch import BatchSourceSpec
+from speechkit_operator.models.glob import compile_glob
 
 PROPERTY = settings(
     max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]

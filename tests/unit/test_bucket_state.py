@@ -29,10 +29,11 @@ from speechkit_operator.clients.bucket_state import (
 from speechkit_operator.clients.env_secrets import EnvSecrets, storage_endpoint
 from speechkit_operator.clients.kube import JobStore, KubeError
 from speechkit_operator.clients.secrets import SecretNotFoundError
-from speechkit_operator.clients.storage import ObjectStorage, StorageConfig, StorageError
+from speechkit_operator.clients.storage import ObjectStorage, StorageError
 from speechkit_operator.config import Settings
-from speechkit_operator.logic.timestamps import format_time
 from speechkit_operator.models.job import JobRef
+from speechkit_operator.models.storage import StorageConfig
+from speechkit_operator.models.timestamps import format_time
 from tests.support.moto_server import moto_s3_server
 
 if TYPE_CHECKING:

@@ -9,17 +9,17 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from speechkit_operator.clients.speech.base import (
-    ApiKeyCredentials,
-    IamTokenCredentials,
-    ServiceAccountKeyCredentials,
-)
-from speechkit_operator.clients.storage import StorageConfig
 from speechkit_operator.logic.credentials import (
     SecretProblem,
     parse_speech_credentials,
     parse_storage_secret,
 )
+from speechkit_operator.models.credentials import (
+    ApiKeyCredentials,
+    IamTokenCredentials,
+    ServiceAccountKeyCredentials,
+)
+from speechkit_operator.models.storage import StorageConfig
 
 SECRET = "speech-creds"
 API_KEY = "AQVN-api-key-value-0123456789"

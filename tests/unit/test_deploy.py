@@ -29,14 +29,10 @@ import yaml
 
 from devstack.components import locate_binaries
 from speechkit_operator import cli, constants
-from speechkit_operator.clients.speech.base import (
-    ApiKeyCredentials,
-    IamTokenCredentials,
-    ServiceAccountKeyCredentials,
-)
 from speechkit_operator.config import Settings
 from speechkit_operator.contracts.stt_v2 import SUPPORTED_PCM_RATES, AudioEncoding
 from speechkit_operator.logic import credentials
+from speechkit_operator.models import storage as storage_keys
 from speechkit_operator.models.audio import AudioInfo, ContainerFormat
 from speechkit_operator.models.batch import (
     EXTENSION_PATTERN,
@@ -57,6 +53,12 @@ from speechkit_operator.models.batch import (
     child_job_spec,
     glob_shape_problem,
     seed_slash_problem,
+)
+from speechkit_operator.models.credentials import (
+    FOLDER_ID,
+    ApiKeyCredentials,
+    IamTokenCredentials,
+    ServiceAccountKeyCredentials,
 )
 from speechkit_operator.models.job import (
     ALL_FORMATS,
@@ -635,7 +637,8 @@ def test_dots_inside_names_pass_the_model_and_the_crd_schema(spec_schema: Schema
 
 
 def test_pcm_only_fields_are_guarded_by_a_rule(spec_schema: Schema) -> None:
-    [rule] = _at(spec_schema, "recognition")["x-kubernetes-validations"]
+    rules = _at(spec_schema, "recognition")["x-kubernetes-validations"]
+    [rule] = [rule for rule in rules if "sampleRateHertz and audioChannelCount" in rule["message"]]
     for field in ("audioEncoding", "sampleRateHertz", "audioChannelCount", "'LINEAR16_PCM'"):
         assert field in rule["rule"]
     assert "sampleRateHertz and audioChannelCount" in rule["message"]
@@ -1150,7 +1153,7 @@ def test_example_credentials_secrets_show_each_kind_of_credentials() -> None:
     for name, data in _secrets().items():
         if name == "speechkit-storage":
             continue
-        assert data[credentials.FOLDER_ID], name
+        assert data[FOLDER_ID], name
         found = credentials.parse_speech_credentials(name, data)
         kinds[type(found)] = name
         assert "PLACEHOLDER" in json.dumps({key: value.decode() for key, value in data.items()})
@@ -1161,10 +1164,10 @@ def test_example_credentials_secrets_show_each_kind_of_credentials() -> None:
 def test_example_storage_secret_has_every_key() -> None:
     data = _secrets()["speechkit-storage"]
     assert set(data) == {
-        credentials.ACCESS_KEY_ID,
-        credentials.SECRET_ACCESS_KEY,
-        credentials.ENDPOINT,
-        credentials.REGION,
+        storage_keys.ACCESS_KEY_ID,
+        storage_keys.SECRET_ACCESS_KEY,
+        storage_keys.ENDPOINT,
+        storage_keys.REGION,
     }
     assert Settings.model_fields["default_storage_secret"].default == "speechkit-storage"
     config = credentials.parse_storage_secret(
@@ -2665,3 +2668,64 @@ def test_batch_seed_prefixes_may_not_cover_the_source(batch_spec_schema: Schema)
             TranscriptionBatchSpec.model_validate(
                 {"source": {"bucket": "calls", "prefix": "log/in/", field: "log/"}}
             )
+
+
+def _cel_on_recognition(rule: str, recognition: Mapping[str, Any]) -> bool:
+    """The value of a CEL rule of ``spec.recognition`` that uses only ``has``, ``==``, ``>``, ``||``,
+    ``&&`` and ``!``, read as the Python it spells (the API server's defaults applied first)."""
+    python = re.sub(r"has\(self\.(\w+)\)", r"(src.get('\1') is not None)", rule)
+    python = re.sub(r"self\.(\w+)", r"src.get('\1')", python)
+    python = python.replace("||", " or ").replace("&&", " and ").replace("!", " not ").replace(" not =", "!=")
+    return bool(eval(python, {}, {"src": recognition}))
+
+
+_V3_FIELDS: list[dict[str, Any]] = [
+    {},
+    {"textNormalization": True},
+    {"textNormalization": False},
+    {"phoneFormatting": False},
+    {"speakerLabeling": True},
+    {"speakerLabeling": False},
+    {"languageRestriction": {"type": "whitelist", "languages": ["ru-RU", "kk-KZ"]}},
+]
+_OTHER_FIELDS: list[dict[str, Any]] = [
+    {},
+    {"rawResults": True},
+    {"audioEncoding": "LINEAR16_PCM", "sampleRateHertz": 8000, "audioChannelCount": 2},
+    {"audioEncoding": "LINEAR16_PCM", "sampleRateHertz": 8000, "audioChannelCount": 1},
+    {"languageCode": "auto"},
+    {"languageCode": "en-US"},
+]
+
+
+@pytest.mark.parametrize("kind", ["job", "batch"])
+def test_v3_options_are_refused_by_cel_rules_exactly_where_the_model_refuses_them(
+    spec_schema: Schema, batch_spec_schema: Schema, kind: str
+) -> None:
+    """Every combination of the API version, the v3 options and the fields they interact with: the CRD's
+    rules (after the API server's defaulting) and the model accept and refuse the same, with the same
+    message."""
+    schema = spec_schema if kind == "job" else _at(batch_spec_schema, "template")
+    recognition_schema = _at(schema, "recognition")
+    rules = recognition_schema["x-kubernetes-validations"]
+    defaults = {
+        name: field["default"]
+        for name, field in recognition_schema["properties"].items()
+        if "default" in field
+    }
+    for api in (None, "v2", "v3"):
+        for v3 in _V3_FIELDS:
+            for other in _OTHER_FIELDS:
+                recognition = {**({"api": api} if api else {}), **v3, **other}
+                failed = [
+                    r["message"] for r in rules if not _cel_on_recognition(r["rule"], defaults | recognition)
+                ]
+                try:
+                    RecognitionSpec.model_validate(recognition)
+                except ValueError as exc:
+                    refused: str | None = str(exc)
+                else:
+                    refused = None
+                assert bool(failed) == (refused is not None), recognition
+                if refused is not None:
+                    assert " ".join(failed[0].split()) in refused, (recognition, failed, refused)

@@ -41,7 +41,7 @@ from speechkit_operator.logic.audio_probe import (
 from speechkit_operator.logic.output_keys import output_base_key
 from speechkit_operator.logic.polling import MAX_WAIT_SECONDS, PollPolicy, first_check_at, next_check_at
 from speechkit_operator.models.audio import AudioInfo
-from speechkit_operator.models.job import DOT_SEGMENT_PATTERN, TranscriptionJobSpec
+from speechkit_operator.models.job import DOT_SEGMENT_PATTERN, Reason, TranscriptionJobSpec
 from tests.support.audio import audio_dir, manifest
 
 FUZZ = settings(
@@ -167,7 +167,7 @@ def test_probe_of_any_ogg_granule_is_plausible_or_corrupt(granule: int, size_fac
     try:
         info = probe_audio(bytes(data[:HEAD_BYTES]), size, DeclaredAudio(), bytes(data[-TAIL_BYTES:]))
     except AudioProbeError as error:
-        assert error.reason == "CorruptAudio"
+        assert error.reason == Reason.CORRUPT_AUDIO
         assert "corrupt or crafted" in error.message
         return
     if info.duration_seconds is not None:  # no duration: a granule of "none" (all ones) or 2^63 and up

@@ -28,17 +28,11 @@ from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, Re
 from speechkit_operator.clients import storage as storage_module
 from speechkit_operator.clients.kube import JobStore
 from speechkit_operator.clients.secrets import SecretReader
-from speechkit_operator.clients.speech.base import (
-    Credentials,
-    OperationState,
-    RecognitionRequest,
-    SpeechClient,
-)
+from speechkit_operator.clients.speech.base import SpeechClient
 from speechkit_operator.clients.storage import (
     MAX_CLIENTS,
     ObjectHead,
     ObjectStorage,
-    StorageConfig,
     StorageError,
     StorageFactory,
     _classify,
@@ -64,7 +58,17 @@ from speechkit_operator.logic.polling import (
     first_check_at,
     next_check_at,
 )
-from speechkit_operator.models.job import JobRef, JobStatus, OutputSpec, SourceSpec, TranscriptionJobSpec
+from speechkit_operator.models.credentials import Credentials
+from speechkit_operator.models.job import (
+    JobRef,
+    JobStatus,
+    OutputSpec,
+    Reason,
+    SourceSpec,
+    TranscriptionJobSpec,
+)
+from speechkit_operator.models.operation import OperationState, RecognitionRequest
+from speechkit_operator.models.storage import StorageConfig
 from speechkit_operator.workflow import MAX_AUDIO_SECONDS, Job, JobWorkflow
 from tests.support.audio import audio_dir
 from tests.support.free_port import free_port
@@ -212,7 +216,7 @@ def test_crafted_ogg_granule_beyond_what_the_bytes_hold_is_corrupt_audio(granule
     with pytest.raises(AudioProbeError) as caught:
         probe(crafted_ogg(granule))
 
-    assert caught.value.reason == "CorruptAudio"
+    assert caught.value.reason == Reason.CORRUPT_AUDIO
     assert f"granule position {granule}" in caught.value.message
     assert "237083 bytes can hold at most 28450 s" in caught.value.message
     assert "corrupt or crafted" in caught.value.message

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from speechkit_operator.logic.lifecycle import RETENTION, Limits, Plan, Step, after_uncertain, plan
-from speechkit_operator.logic.timestamps import format_time
 from speechkit_operator.models.job import JobStatus
+from speechkit_operator.models.timestamps import format_time
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 CREATED = NOW - timedelta(minutes=5)

@@ -10,8 +10,8 @@ from prometheus_client import generate_latest
 
 from speechkit_operator.clients.kube import WriteCounter
 from speechkit_operator.config import Settings
-from speechkit_operator.logic.timestamps import format_time
 from speechkit_operator.metrics import OperatorMetrics
+from speechkit_operator.models.timestamps import format_time
 from speechkit_operator.scheduler import Scheduler
 from tests.support.free_port import free_port
 from tests.unit.test_scheduler import FakeWorkflow, running

@@ -26,12 +26,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from devstack.components import CertificateAuthority, ServingCertificate
 from speechkit_operator.clients.retry import RetryPolicy
 from speechkit_operator.clients.speech.auth import load_ca_bundle, proxy_for
-from speechkit_operator.clients.speech.base import (
-    AnonymousCredentials,
-    ApiKeyCredentials,
-    Credentials,
-    ServiceAccountKeyCredentials,
-)
 from speechkit_operator.clients.speech.errors import (
     CA_BUNDLE_SETTING,
     OperationNotFoundError,
@@ -43,13 +37,19 @@ from speechkit_operator.clients.speech.v2 import SpeechKitV2Client
 from speechkit_operator.clients.storage import (
     ObjectHead,
     ObjectStorage,
-    StorageConfig,
     StorageError,
     StorageFactory,
     _classify,
 )
 from speechkit_operator.config import Settings
 from speechkit_operator.context import build_context
+from speechkit_operator.models.credentials import (
+    AnonymousCredentials,
+    ApiKeyCredentials,
+    Credentials,
+    ServiceAccountKeyCredentials,
+)
+from speechkit_operator.models.storage import StorageConfig
 from tests.emulator import SpeechKitEmulator
 from tests.support.forward_proxy import ForwardProxy, ProxyRecord
 from tests.support.free_port import free_port

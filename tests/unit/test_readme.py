@@ -18,7 +18,7 @@ def _documented(section: str) -> set[str]:
     text = README.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
     names: set[str] = set()
     for first_cell in re.findall(r"^\| ([^|]+) \|", text, flags=re.MULTILINE):
-        names.update(re.findall(r"`([A-Z_]+)`", first_cell))
+        names.update(re.findall(r"`([A-Z][A-Z0-9_]*)`", first_cell))
     return names
 
 

@@ -15,17 +15,14 @@ from typing import Any, cast
 
 from speechkit_operator.clients.kube import JobStore, KubeError
 from speechkit_operator.clients.secrets import SecretNotFoundError, SecretReader
-from speechkit_operator.clients.speech.base import (
-    Credentials,
-    OperationState,
-    RecognitionRequest,
-    SpeechClient,
-)
+from speechkit_operator.clients.speech.base import SpeechClient
 from speechkit_operator.clients.speech.errors import SpeechApiError
 from speechkit_operator.clients.storage import StorageFactory
 from speechkit_operator.config import Settings
-from speechkit_operator.logic.timestamps import format_time
+from speechkit_operator.models.credentials import Credentials
 from speechkit_operator.models.job import JobRef
+from speechkit_operator.models.operation import OperationState, RecognitionRequest
+from speechkit_operator.models.timestamps import format_time
 from speechkit_operator.scheduler import Scheduler, _adoption
 from speechkit_operator.workflow import JobWorkflow
 from tests.support.audio import audio_dir

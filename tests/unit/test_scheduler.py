@@ -13,7 +13,7 @@ import pytest
 
 from speechkit_operator.clients.kube import KubeError
 from speechkit_operator.config import Settings
-from speechkit_operator.logic.timestamps import format_time
+from speechkit_operator.models.timestamps import format_time
 from speechkit_operator.scheduler import Scheduler
 from speechkit_operator.workflow import Job, StepResult
 

@@ -30,11 +30,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from botocore.exceptions import ClientError
 from pydantic import SecretStr
 
-from speechkit_operator.clients.speech.base import ApiKeyCredentials, RecognitionRequest
 from speechkit_operator.clients.speech.errors import OperationNotFoundError
 from speechkit_operator.clients.speech.v2 import SpeechKitV2Client
 from speechkit_operator.clients.speech.v2_parsing import parse_v2_response
 from speechkit_operator.contracts.stt_v2 import AudioEncoding
+from speechkit_operator.models.credentials import ApiKeyCredentials
+from speechkit_operator.models.operation import RecognitionRequest
 from speechkit_operator.models.recognition import Word
 from speechkit_operator.selfhosted import app as app_module
 from speechkit_operator.selfhosted.app import SERVICE, create_app

@@ -22,15 +22,15 @@ from speechkit_operator.clients.speech.auth import (
     SpeechAuthenticator,
     build_jwt,
 )
-from speechkit_operator.clients.speech.base import (
-    ApiKeyCredentials,
-    IamTokenCredentials,
-    ServiceAccountKeyCredentials,
-)
 from speechkit_operator.clients.speech.errors import (
     CredentialsError,
     MalformedResponseError,
     SpeechApiError,
+)
+from speechkit_operator.models.credentials import (
+    ApiKeyCredentials,
+    IamTokenCredentials,
+    ServiceAccountKeyCredentials,
 )
 
 HOUR = 3600.0

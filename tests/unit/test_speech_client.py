@@ -18,14 +18,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from speechkit_operator.clients.retry import RetryPolicy, with_retries
 from speechkit_operator.clients.speech.auth import IAM_JWT_AUDIENCE
-from speechkit_operator.clients.speech.base import (
-    ApiKeyCredentials,
-    Credentials,
-    IamTokenCredentials,
-    OperationError,
-    RecognitionRequest,
-    ServiceAccountKeyCredentials,
-)
 from speechkit_operator.clients.speech.errors import (
     MalformedResponseError,
     OperationNotFoundError,
@@ -36,6 +28,13 @@ from speechkit_operator.clients.speech.errors import (
 )
 from speechkit_operator.clients.speech.v2 import SpeechKitV2Client
 from speechkit_operator.contracts.stt_v2 import AudioEncoding
+from speechkit_operator.models.credentials import (
+    ApiKeyCredentials,
+    Credentials,
+    IamTokenCredentials,
+    ServiceAccountKeyCredentials,
+)
+from speechkit_operator.models.operation import OperationError, RecognitionRequest
 from speechkit_operator.models.recognition import Chunk, Transcript, Word
 
 SUBMIT = "/speech/stt/v2/longRunningRecognize"

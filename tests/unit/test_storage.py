@@ -14,12 +14,8 @@ import pytest
 from yarl import URL
 
 from speechkit_operator.clients import storage as storage_module
-from speechkit_operator.clients.storage import (
-    ObjectStorage,
-    StorageConfig,
-    StorageError,
-    StorageFactory,
-)
+from speechkit_operator.clients.storage import ObjectStorage, StorageError, StorageFactory
+from speechkit_operator.models.storage import StorageConfig
 from tests.support.free_port import free_port
 from tests.support.moto_server import moto_s3_server
 

@@ -14,13 +14,8 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from speechkit_operator.clients.storage import (
-    ListedObject,
-    ListPage,
-    ObjectStorage,
-    StorageConfig,
-    StorageError,
-)
+from speechkit_operator.clients.storage import ListedObject, ListPage, ObjectStorage, StorageError
+from speechkit_operator.models.storage import StorageConfig
 from tests.support.moto_server import moto_s3_server
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from speechkit_operator.logic.timestamps import format_time, parse_time, utcnow
+from speechkit_operator.models.timestamps import format_time, parse_time, utcnow
 
 MOMENT = datetime(2026, 1, 2, 3, 4, 5, 678_000, tzinfo=UTC)
 

@@ -8,23 +8,20 @@ from typing import Any
 
 import pytest
 
-from speechkit_operator.clients.speech.base import OperationError, OperationState
 from speechkit_operator.contracts.stt_v2 import AudioEncoding
+from speechkit_operator.logic import transitions
 from speechkit_operator.logic.conditions import get_condition
 from speechkit_operator.logic.transitions import (
     Facts,
     OperationFailed,
     OperationSucceeded,
     StillRunning,
-    checked,
-    failed,
     judge_operation,
     retry_delay,
-    submitted,
-    succeeded,
-    waiting,
 )
 from speechkit_operator.models.audio import AudioInfo, ContainerFormat
+from speechkit_operator.models.job import Reason
+from speechkit_operator.models.operation import OperationError, OperationState
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, 890_000, tzinfo=UTC)
 NOW_TEXT = "2026-03-04T05:06:07.890Z"
@@ -38,6 +35,42 @@ PRESIGNED = (
 )
 LEAKY = f"could not fetch {PRESIGNED} with header Authorization: Api-Key xyzSecretKey123"
 SECRETS = ("X-Amz-Signature", "deadbeefcafebabe0123456789", "AKIDEXAMPLE", "xyzSecretKey123")
+
+
+# The transitions return typed patches; these tests read them as written (JobStatusPatch.to_patch).
+
+
+def waiting(
+    facts: Facts, reason: Reason, message: str, next_attempt: datetime | None = None
+) -> dict[str, Any]:
+    return transitions.waiting(facts, reason, message, next_attempt).to_patch()
+
+
+def submitted(facts: Facts, *, operation_id: str, audio: AudioInfo, first_check: datetime) -> dict[str, Any]:
+    return transitions.submitted(
+        facts, operation_id=operation_id, audio=audio, first_check=first_check
+    ).to_patch()
+
+
+def checked(
+    facts: Facts,
+    *,
+    checks: int,
+    next_check: datetime,
+    reason: Reason = Reason.RUNNING,
+    message: str | None = None,
+) -> dict[str, Any]:
+    return transitions.checked(
+        facts, checks=checks, next_check=next_check, reason=reason, message=message
+    ).to_patch()
+
+
+def failed(facts: Facts, reason: Reason, message: str, *, submitted: bool = True) -> dict[str, Any]:
+    return transitions.failed(facts, reason, message, submitted=submitted).to_patch()
+
+
+def succeeded(facts: Facts, *, checks: int, outputs: dict[str, str], preview: str) -> dict[str, Any]:
+    return transitions.succeeded(facts, checks=checks, outputs=outputs, preview=preview).to_patch()
 
 
 def facts(conditions: list[dict[str, Any]] | None = None, generation: int | None = 4) -> Facts:
@@ -88,16 +121,16 @@ def test_facts_stamp_converts_other_zones_to_utc() -> None:
 
 
 def test_waiting() -> None:
-    status = waiting(facts(), "SecretNotFound", "Secret default/creds does not exist")
+    status = waiting(facts(), Reason.CREDENTIALS_SECRET_NOT_FOUND, "Secret default/creds does not exist")
 
     assert status["phase"] == "Pending"
-    assert status["reason"] == "SecretNotFound"
+    assert status["reason"] == "CredentialsSecretNotFound"
     assert status["message"] == "Secret default/creds does not exist"
     assert status["observedGeneration"] == 4
     assert condition_of(status, "Submitted") == {
         "type": "Submitted",
         "status": "False",
-        "reason": "SecretNotFound",
+        "reason": "CredentialsSecretNotFound",
         "message": "Secret default/creds does not exist",
         "lastTransitionTime": NOW_TEXT,
         "observedGeneration": 4,
@@ -108,10 +141,12 @@ def test_waiting() -> None:
 
 def test_waiting_again_keeps_the_transition_time() -> None:
     first = waiting(
-        Facts(now=NOW - timedelta(minutes=5), generation=1, conditions=[]), "SecretNotFound", "missing"
+        Facts(now=NOW - timedelta(minutes=5), generation=1, conditions=[]),
+        Reason.CREDENTIALS_SECRET_NOT_FOUND,
+        "missing",
     )
 
-    again = waiting(facts(first["conditions"]), "StorageUnavailable", "storage down")
+    again = waiting(facts(first["conditions"]), Reason.STORAGE_UNAVAILABLE, "storage down")
 
     submitted_condition = condition_of(again, "Submitted")
     assert submitted_condition["reason"] == "StorageUnavailable"
@@ -119,14 +154,14 @@ def test_waiting_again_keeps_the_transition_time() -> None:
 
 
 def test_waiting_without_generation_has_no_observed_generation() -> None:
-    status = waiting(facts(generation=None), "SecretNotFound", "missing")
+    status = waiting(facts(generation=None), Reason.CREDENTIALS_SECRET_NOT_FOUND, "missing")
 
     assert "observedGeneration" not in status
     assert "observedGeneration" not in condition_of(status, "Submitted")
 
 
 def test_waiting_message_is_redacted() -> None:
-    status = waiting(facts(), "StorageUnavailable", LEAKY)
+    status = waiting(facts(), Reason.STORAGE_UNAVAILABLE, LEAKY)
 
     assert_redacted(all_text(status))
     assert status["message"].startswith("could not fetch https://storage.example.net/calls/a.wav?")
@@ -139,7 +174,9 @@ def test_waiting_message_is_redacted() -> None:
 def test_submitted() -> None:
     first_check = NOW + timedelta(seconds=10, milliseconds=500)
     previous = waiting(
-        Facts(now=NOW - timedelta(minutes=1), generation=4, conditions=[]), "SecretNotFound", "missing"
+        Facts(now=NOW - timedelta(minutes=1), generation=4, conditions=[]),
+        Reason.CREDENTIALS_SECRET_NOT_FOUND,
+        "missing",
     )
 
     status = submitted(
@@ -192,10 +229,14 @@ def test_checked() -> None:
 
 def test_checked_with_reason_and_redacted_message() -> None:
     status = checked(
-        facts(), checks=5, next_check=NOW + timedelta(minutes=1), reason="Throttled", message=LEAKY
+        facts(),
+        checks=5,
+        next_check=NOW + timedelta(minutes=1),
+        reason=Reason.RESOURCE_EXHAUSTED,
+        message=LEAKY,
     )
 
-    assert status["reason"] == "Throttled"
+    assert status["reason"] == "ResourceExhausted"
     assert status["phase"] == "Running"
     assert_redacted(status["message"])
     assert "conditions" not in status
@@ -213,7 +254,7 @@ def test_failed() -> None:
     )
 
     status = failed(
-        facts(previous["conditions"]), "InvalidArgument", "recognition failed with code 3: bad audio"
+        facts(previous["conditions"]), Reason.INVALID_ARGUMENT, "recognition failed with code 3: bad audio"
     )
 
     assert status["phase"] == "Failed"
@@ -234,7 +275,7 @@ def test_failed() -> None:
 
 
 def test_failed_message_is_redacted_everywhere() -> None:
-    status = failed(facts(), "Internal", LEAKY)
+    status = failed(facts(), Reason.INTERNAL, LEAKY)
 
     assert_redacted(all_text(status))
     assert condition_of(status, "Failed")["message"] == status["message"]
@@ -311,7 +352,7 @@ def test_judge_done_with_error() -> None:
     verdict = judge_operation(operation)
 
     assert verdict == OperationFailed(
-        reason="InvalidArgument", message="recognition failed with code 3: bad audio"
+        reason=Reason.INVALID_ARGUMENT, message="recognition failed with code 3: bad audio"
     )
 
 
@@ -352,9 +393,9 @@ def test_retry_delay_for_a_huge_attempt_stays_at_the_cap() -> None:
 
 
 def test_a_job_that_fails_before_submission_says_so_in_its_submitted_condition() -> None:
-    waited = waiting(facts(), "CredentialsSecretNotFound", "Secret missing")
+    waited = waiting(facts(), Reason.CREDENTIALS_SECRET_NOT_FOUND, "Secret missing")
 
-    status = failed(facts(waited["conditions"]), "SourceNotFound", "no such object", submitted=False)
+    status = failed(facts(waited["conditions"]), Reason.SOURCE_NOT_FOUND, "no such object", submitted=False)
 
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["Submitted"]["status"] == "False"

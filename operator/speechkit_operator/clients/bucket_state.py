@@ -42,8 +42,8 @@ from typing import Any, Literal, Protocol
 from speechkit_operator.clients.kube import KubeError, WriteCounter
 from speechkit_operator.clients.storage import ObjectStorage, StorageError
 from speechkit_operator.constants import JOB_KIND
-from speechkit_operator.logic.timestamps import format_time, parse_time, utcnow
 from speechkit_operator.models.job import JobRef
+from speechkit_operator.models.timestamps import format_time, parse_time, utcnow
 
 logger = logging.getLogger(__name__)
 

@@ -30,15 +30,8 @@ from pathlib import Path
 
 from speechkit_operator.clients.secrets import SecretNotFoundError, SecretUnreadableError
 from speechkit_operator.config import Settings
-from speechkit_operator.logic.credentials import (
-    ACCESS_KEY_ID,
-    API_KEY,
-    AUTHORIZED_KEY,
-    FOLDER_ID,
-    IAM_TOKEN,
-    REGION,
-    SECRET_ACCESS_KEY,
-)
+from speechkit_operator.models.credentials import API_KEY, AUTHORIZED_KEY, FOLDER_ID, IAM_TOKEN
+from speechkit_operator.models.storage import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY
 
 API_KEY_VARIABLES = ("API_SECRET", "SPEECHKIT_API_KEY")
 IAM_TOKEN_VARIABLE = "SPEECHKIT_IAM_TOKEN"

@@ -26,7 +26,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -45,6 +45,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from speechkit_operator.clients.speech.errors import find_ssl_error, origin_of, tls_problem
+from speechkit_operator.models.storage import StorageConfig
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -57,14 +58,6 @@ MAX_LIST_KEYS = 1000
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED_CODES = {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
-
-
-@dataclass(frozen=True)
-class StorageConfig:
-    endpoint: str
-    region: str
-    access_key_id: str
-    secret_access_key: str = field(repr=False)
 
 
 @dataclass(frozen=True)

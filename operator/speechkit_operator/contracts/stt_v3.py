@@ -240,8 +240,9 @@ class ResultStreamError(ValueError):
 
 
 class ResultStreamDecoder:
-    """Reads getRecognition's answer incrementally: :meth:`feed` bytes as they arrive, get the results
-    complete so far; :meth:`close` at the end (it refuses a trailing partial object).
+    """Reads getRecognition's answer incrementally: :meth:`feed` bytes as they arrive, get the objects
+    complete so far (each ``{"result": {...}}`` as it came; :func:`parse_result` reads one); :meth:`close`
+    at the end (it refuses a trailing partial object).
 
     Objects may be separated by newlines, other whitespace or nothing; an object larger than
     ``max_object_bytes`` is refused, so a hostile answer cannot grow the buffer without bound. Raises
@@ -255,11 +256,11 @@ class ResultStreamDecoder:
         self._max = max_object_bytes
         self._decoder = json.JSONDecoder()
 
-    def feed(self, data: bytes) -> list[StreamingResponse]:
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
         text = self._decode(data)
         waiting = bool(self._buffer)
         self._buffer += text
-        out: list[StreamingResponse] = []
+        out: list[dict[str, Any]] = []
         if waiting and "}" not in text:
             # An object cannot have ended in this chunk: do not parse the whole buffer again.
             if len(self._buffer) > self._max:
@@ -280,7 +281,7 @@ class ResultStreamDecoder:
                 self._buffer = stripped
                 return out
             self._buffer = stripped[end:]
-            out.append(_result_of(value))
+            out.append(_checked(value))
 
     def close(self) -> None:
         leftover = (self._buffer + self._pending.decode("utf-8", errors="replace")).strip()
@@ -300,11 +301,12 @@ class ResultStreamDecoder:
         raise ResultStreamError("the answer of getRecognition is not UTF-8")
 
 
-def _result_of(value: object) -> StreamingResponse:
+def _checked(value: object) -> dict[str, Any]:
+    """``value`` if it is a ``{"result": {...}}`` object; the error of an ``{"error": {...}}`` one."""
     if not isinstance(value, dict):
         raise ResultStreamError("getRecognition answered something other than a JSON object")
-    if "result" in value and isinstance(value["result"], dict):
-        return StreamingResponse.model_validate(value["result"])
+    if isinstance(value.get("result"), dict):
+        return value
     error = value.get("error")
     if isinstance(error, dict):
         code = GrpcCode.from_wire(error.get("code"))
@@ -315,10 +317,16 @@ def _result_of(value: object) -> StreamingResponse:
     raise ResultStreamError("getRecognition answered an object that is neither a result nor an error")
 
 
+def parse_result(raw: dict[str, Any]) -> StreamingResponse:
+    """The result in one ``{"result": {...}}`` object of the stream."""
+    return StreamingResponse.model_validate(raw["result"])
+
+
 def decode_results(body: bytes, max_object_bytes: int = MAX_RESULT_BYTES) -> Iterator[StreamingResponse]:
     """Every result in a complete getRecognition answer."""
     decoder = ResultStreamDecoder(max_object_bytes)
-    yield from decoder.feed(body)
+    for raw in decoder.feed(body):
+        yield parse_result(raw)
     decoder.close()
 
 

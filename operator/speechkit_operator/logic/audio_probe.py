@@ -36,6 +36,7 @@ from typing import Literal
 
 from speechkit_operator.contracts.stt_v2 import SUPPORTED_PCM_RATES, AudioEncoding
 from speechkit_operator.models.audio import AudioInfo, ContainerFormat
+from speechkit_operator.models.job import Reason
 
 #: How many leading bytes the caller fetches with a ranged GET.
 HEAD_BYTES: int = 64 * 1024
@@ -46,15 +47,20 @@ TAIL_BYTES: int = 64 * 1024
 #: refused rather than computed with.
 MAX_OBJECT_BYTES: int = 1 << 53
 
+#: The reasons an object is refused for.
 ProbeFailure = Literal[
-    "EmptyAudio", "UnknownAudioFormat", "UnsupportedAudio", "AudioEncodingMismatch", "CorruptAudio"
+    Reason.EMPTY_AUDIO,
+    Reason.UNKNOWN_AUDIO_FORMAT,
+    Reason.UNSUPPORTED_AUDIO,
+    Reason.AUDIO_ENCODING_MISMATCH,
+    Reason.CORRUPT_AUDIO,
 ]
 
-EMPTY_AUDIO: ProbeFailure = "EmptyAudio"
-UNKNOWN_AUDIO_FORMAT: ProbeFailure = "UnknownAudioFormat"
-UNSUPPORTED_AUDIO: ProbeFailure = "UnsupportedAudio"
-AUDIO_ENCODING_MISMATCH: ProbeFailure = "AudioEncodingMismatch"
-CORRUPT_AUDIO: ProbeFailure = "CorruptAudio"
+EMPTY_AUDIO: ProbeFailure = Reason.EMPTY_AUDIO
+UNKNOWN_AUDIO_FORMAT: ProbeFailure = Reason.UNKNOWN_AUDIO_FORMAT
+UNSUPPORTED_AUDIO: ProbeFailure = Reason.UNSUPPORTED_AUDIO
+AUDIO_ENCODING_MISMATCH: ProbeFailure = Reason.AUDIO_ENCODING_MISMATCH
+CORRUPT_AUDIO: ProbeFailure = Reason.CORRUPT_AUDIO
 
 _RATES_TEXT = ", ".join(str(rate) for rate in SUPPORTED_PCM_RATES[:-1]) + f" or {SUPPORTED_PCM_RATES[-1]}"
 _CONVERT_HINT = (
@@ -77,7 +83,7 @@ class AudioProbeError(Exception):
         self.message: str = message
 
     def __repr__(self) -> str:
-        return f"AudioProbeError({self.reason!r}, {self.message!r})"
+        return f"AudioProbeError({self.reason.value!r}, {self.message!r})"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from typing import Any
 
 from speechkit_operator.logic.conditions import ConditionStatus, set_condition
 from speechkit_operator.logic.redaction import redact
-from speechkit_operator.logic.timestamps import format_time
 from speechkit_operator.models.batch import (
     MAX_FAILURES,
     BatchConditionType,
@@ -26,23 +25,25 @@ from speechkit_operator.models.batch import (
     BatchStatus,
     TranscriptionBatchSpec,
 )
+from speechkit_operator.models.job import Reason
+from speechkit_operator.models.timestamps import format_time
 
 #: Failures a batch may try again, with a new child, up to ``maxAttempts``.
 TRANSIENT_REASONS: frozenset[str] = frozenset(
     {
         # The operation ended with a server-side gRPC error, or SpeechKit kept answering 5xx until
         # the child gave up submitting (a submission answered 503 was certainly not processed).
-        "Internal",
-        "Unavailable",
-        "Unknown",
-        "Aborted",
-        "ResourceExhausted",
+        Reason.INTERNAL,
+        Reason.UNAVAILABLE,
+        Reason.UNKNOWN,
+        Reason.ABORTED,
+        Reason.RESOURCE_EXHAUSTED,
         # SpeechKit or the storage could not be reached until the child gave up submitting.
-        "SpeechApiUnreachable",
-        "StorageUnavailable",
+        Reason.SPEECH_API_UNREACHABLE,
+        Reason.STORAGE_UNAVAILABLE,
         # The result expired unread (SpeechKit keeps results 3 days): only a new operation brings
         # the transcript, at a second price, but the first one brought nothing.
-        "ResultExpired",
+        Reason.RESULT_EXPIRED,
     }
 )
 
@@ -50,53 +51,53 @@ TRANSIENT_REASONS: frozenset[str] = frozenset(
 PERMANENT_REASONS: frozenset[str] = frozenset(
     {
         # The object: missing, unreadable, not audio SpeechKit takes.
-        "SourceNotFound",
-        "SourceUnreadable",
-        "EmptyAudio",
-        "UnknownAudioFormat",
-        "UnsupportedAudio",
-        "AudioEncodingMismatch",
-        "CorruptAudio",
-        "AudioTooLong",
+        Reason.SOURCE_NOT_FOUND,
+        Reason.SOURCE_UNREADABLE,
+        Reason.EMPTY_AUDIO,
+        Reason.UNKNOWN_AUDIO_FORMAT,
+        Reason.UNSUPPORTED_AUDIO,
+        Reason.AUDIO_ENCODING_MISMATCH,
+        Reason.CORRUPT_AUDIO,
+        Reason.AUDIO_TOO_LONG,
         # The spec, or SpeechKit refusing the request as it is (gRPC client errors).
-        "InvalidSpec",
-        "InvalidArgument",
-        "NotFound",
-        "AlreadyExists",
-        "FailedPrecondition",
-        "OutOfRange",
-        "Unimplemented",
-        "Ok",  # an operation "error" with code 0: nothing to retry
+        Reason.INVALID_SPEC,
+        Reason.INVALID_ARGUMENT,
+        Reason.NOT_FOUND,
+        Reason.ALREADY_EXISTS,
+        Reason.FAILED_PRECONDITION,
+        Reason.OUT_OF_RANGE,
+        Reason.UNIMPLEMENTED,
+        Reason.OK,  # an operation "error" with code 0: nothing to retry
         # Permissions and configuration: the child already waited and retried; fix them, then
         # re-create the batch (or delete the failed children).
-        "PermissionDenied",
-        "Unauthenticated",
-        "InvalidCredentials",
-        "InvalidCredentialsSecret",
-        "InvalidStorageSecret",
-        "CredentialsSecretNotFound",
-        "CredentialsSecretUnreadable",
-        "StorageSecretNotFound",
-        "StorageSecretUnreadable",
-        "StorageEndpointNotAllowed",
-        "TlsCertificateRejected",
-        "TlsHandshakeFailed",
+        Reason.PERMISSION_DENIED,
+        Reason.UNAUTHENTICATED,
+        Reason.INVALID_CREDENTIALS,
+        Reason.INVALID_CREDENTIALS_SECRET,
+        Reason.INVALID_STORAGE_SECRET,
+        Reason.CREDENTIALS_SECRET_NOT_FOUND,
+        Reason.CREDENTIALS_SECRET_UNREADABLE,
+        Reason.STORAGE_SECRET_NOT_FOUND,
+        Reason.STORAGE_SECRET_UNREADABLE,
+        Reason.STORAGE_ENDPOINT_NOT_ALLOWED,
+        Reason.TLS_CERTIFICATE_REJECTED,
+        Reason.TLS_HANDSHAKE_FAILED,
         # An operation may have run, and been paid for: a lost submission answer; a finished
         # operation whose result could not be read or written; an operation cancelled or that lost
         # data.
-        "SubmissionUncertain",
-        "MalformedResponse",
-        "OutputWriteFailed",
-        "Cancelled",
-        "DataLoss",
+        Reason.SUBMISSION_UNCERTAIN,
+        Reason.MALFORMED_RESPONSE,
+        Reason.OUTPUT_WRITE_FAILED,
+        Reason.CANCELLED,
+        Reason.DATA_LOSS,
         # The job's own activeDeadlineSeconds (4 days by default) ran out; the gRPC code
         # DEADLINE_EXCEEDED of an operation gets the same reason and cannot be told apart.
-        "DeadlineExceeded",
+        Reason.DEADLINE_EXCEEDED,
         # A bug in the operator: a new child would meet it again.
-        "UnexpectedError",
+        Reason.UNEXPECTED_ERROR,
         # The adopt annotation is not an operation id: the operation it meant may be running (and
         # paid for); a new child would submit the audio again. A batch writes only valid ids.
-        "InvalidAdoption",
+        Reason.INVALID_ADOPTION,
     }
 )
 
@@ -226,28 +227,28 @@ def batch_conditions(
     if scan_complete:
         scan = (
             "True",
-            "ScanComplete",
+            Reason.SCAN_COMPLETE,
             f"the source was listed to its end: {counts.discovered} objects selected",
         )
     else:
-        scan = ("False", "Scanning", f"listing the source: {counts.discovered} objects selected so far")
+        scan = ("False", Reason.SCANNING, f"listing the source: {counts.discovered} objects selected so far")
     if not scan_complete:
-        complete = ("False", "Scanning", "the source is still being listed")
+        complete = ("False", Reason.SCANNING, "the source is still being listed")
     elif counts.unfinished or active > 0:
         complete = (
             "False",
-            "InProgress",
+            Reason.IN_PROGRESS,
             f"{counts.finished} of {counts.discovered} objects finished ({_tally(counts)})",
         )
     elif not run_once:
         when = f" at {next_scan_at}" if next_scan_at else ""
         complete = (
             "False",
-            "WaitingForNextScan",
+            Reason.WAITING_FOR_NEXT_SCAN,
             f"every object found so far is finished ({_tally(counts)}); waiting for the next scan{when}",
         )
     else:
-        complete = ("True", "Finished", f"all {counts.discovered} objects finished: {_tally(counts)}")
+        complete = ("True", Reason.FINISHED, f"all {counts.discovered} objects finished: {_tally(counts)}")
     result: list[dict[str, Any]] = [dict(condition) for condition in conditions]
     for type_, (status, reason, message) in (
         (BatchConditionType.SCAN_COMPLETE, scan),
@@ -319,7 +320,7 @@ def status_patch(
         active=active,
     )
     if problem is not None:
-        reason, message = "InvalidSpec", problem
+        reason, message = Reason.INVALID_SPEC, problem
         conditions = set_condition(
             conditions,
             type=BatchConditionType.COMPLETE.value,
@@ -362,14 +363,17 @@ def status_patch(
 
 def _summary(
     phase: BatchPhase, status: BatchStatus, counts: BatchCounts, next_scan: str | None
-) -> tuple[str, str]:
+) -> tuple[Reason, str]:
     if phase is BatchPhase.SCANNING:
         number = status.scan.number if status.scan is not None else status.passes + 1
         found = f"{counts.discovered} objects selected so far"
-        return "Scanning", f"scanning the source (pass {number}): {found}, {_tally(counts)}"
+        return Reason.SCANNING, f"scanning the source (pass {number}): {found}, {_tally(counts)}"
     if phase is BatchPhase.RUNNING:
-        return "InProgress", f"{counts.finished} of {counts.discovered} objects finished ({_tally(counts)})"
+        return (
+            Reason.IN_PROGRESS,
+            f"{counts.finished} of {counts.discovered} objects finished ({_tally(counts)})",
+        )
     if phase is BatchPhase.WAITING:
         when = f" at {next_scan}" if next_scan else ""
-        return "WaitingForNextScan", f"{counts.discovered} objects, {_tally(counts)}; next scan{when}"
-    return "Finished", f"all {counts.discovered} objects finished: {_tally(counts)}"
+        return Reason.WAITING_FOR_NEXT_SCAN, f"{counts.discovered} objects, {_tally(counts)}; next scan{when}"
+    return Reason.FINISHED, f"all {counts.discovered} objects finished: {_tally(counts)}"

@@ -15,22 +15,24 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from speechkit_operator.clients.speech.base import (
+from speechkit_operator.models.credentials import (
+    API_KEY,
+    AUTHORIZED_KEY,
+    FOLDER_ID,
+    IAM_TOKEN,
     ApiKeyCredentials,
     Credentials,
     IamTokenCredentials,
     ServiceAccountKeyCredentials,
 )
-from speechkit_operator.clients.storage import StorageConfig
-
-API_KEY = "api-key"
-IAM_TOKEN = "iam-token"
-AUTHORIZED_KEY = "authorized-key.json"
-FOLDER_ID = "folder-id"
-ACCESS_KEY_ID = "access-key-id"
-SECRET_ACCESS_KEY = "secret-access-key"
-ENDPOINT = "endpoint"
-REGION = "region"
+from speechkit_operator.models.job import Reason
+from speechkit_operator.models.storage import (
+    ACCESS_KEY_ID,
+    ENDPOINT,
+    REGION,
+    SECRET_ACCESS_KEY,
+    StorageConfig,
+)
 
 #: The setting that lists the storage endpoints a Secret may name.
 STORAGE_ENDPOINTS_VARIABLE = "SPEECHKIT_OPERATOR_STORAGE_ENDPOINTS"
@@ -39,7 +41,7 @@ STORAGE_ENDPOINTS_VARIABLE = "SPEECHKIT_OPERATOR_STORAGE_ENDPOINTS"
 class SecretProblem(Exception):
     """A referenced Secret is missing, unreadable or lacks what the operator needs."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -68,10 +70,10 @@ def parse_speech_credentials(secret_name: str, data: Mapping[str, bytes]) -> Cre
             return IamTokenCredentials(iam_token=token, folder_id=folder_id)
     except UnicodeDecodeError:
         raise SecretProblem(
-            "InvalidCredentialsSecret", f"Secret {secret_name!r} holds a value that is not UTF-8 text"
+            Reason.INVALID_CREDENTIALS_SECRET, f"Secret {secret_name!r} holds a value that is not UTF-8 text"
         ) from None
     raise SecretProblem(
-        "InvalidCredentialsSecret",
+        Reason.INVALID_CREDENTIALS_SECRET,
         f"Secret {secret_name!r} has none of the keys {API_KEY!r}, {IAM_TOKEN!r} or {AUTHORIZED_KEY!r}",
     )
 
@@ -81,22 +83,24 @@ def _service_account_key(secret_name: str, raw: str, folder_id: str | None) -> S
         document = json.loads(raw)
     except json.JSONDecodeError:
         raise SecretProblem(
-            "InvalidCredentialsSecret", f"{AUTHORIZED_KEY!r} in Secret {secret_name!r} is not valid JSON"
+            Reason.INVALID_CREDENTIALS_SECRET,
+            f"{AUTHORIZED_KEY!r} in Secret {secret_name!r} is not valid JSON",
         ) from None
     if not isinstance(document, dict):
         raise SecretProblem(
-            "InvalidCredentialsSecret", f"{AUTHORIZED_KEY!r} in Secret {secret_name!r} is not a JSON object"
+            Reason.INVALID_CREDENTIALS_SECRET,
+            f"{AUTHORIZED_KEY!r} in Secret {secret_name!r} is not a JSON object",
         )
     missing = [field for field in ("id", "service_account_id", "private_key") if not document.get(field)]
     if missing:
         raise SecretProblem(
-            "InvalidCredentialsSecret",
+            Reason.INVALID_CREDENTIALS_SECRET,
             f"{AUTHORIZED_KEY!r} in Secret {secret_name!r} lacks {', '.join(missing)}",
         )
     private_key = str(document["private_key"])
     if "PRIVATE KEY-----" not in private_key:
         raise SecretProblem(
-            "InvalidCredentialsSecret",
+            Reason.INVALID_CREDENTIALS_SECRET,
             f"private_key in {AUTHORIZED_KEY!r} of Secret {secret_name!r} is not a PEM private key",
         )
     return ServiceAccountKeyCredentials(
@@ -198,7 +202,7 @@ def parse_storage_secret(
         region = _text(data, REGION) or default_region
     except UnicodeDecodeError:
         raise SecretProblem(
-            "InvalidStorageSecret", f"Secret {secret_name!r} holds a value that is not UTF-8 text"
+            Reason.INVALID_STORAGE_SECRET, f"Secret {secret_name!r} holds a value that is not UTF-8 text"
         ) from None
     missing = [
         key
@@ -206,19 +210,21 @@ def parse_storage_secret(
         if value is None
     ]
     if missing or access_key_id is None or secret_access_key is None:
-        raise SecretProblem("InvalidStorageSecret", f"Secret {secret_name!r} lacks {', '.join(missing)}")
+        raise SecretProblem(
+            Reason.INVALID_STORAGE_SECRET, f"Secret {secret_name!r} lacks {', '.join(missing)}"
+        )
     if named_endpoint is None:
         endpoint = default_endpoint
         if not _is_http_url(endpoint):
             raise SecretProblem(
-                "InvalidStorageSecret",
+                Reason.INVALID_STORAGE_SECRET,
                 f"endpoint in Secret {secret_name!r} must be an http:// or https:// URL with a host",
             )
     else:
         parsed = parse_endpoint(named_endpoint)
         if parsed is None:
             raise SecretProblem(
-                "InvalidStorageSecret",
+                Reason.INVALID_STORAGE_SECRET,
                 f"endpoint in Secret {secret_name!r} must be an http:// or https:// URL with a host and "
                 "at most a port (scheme://host[:port]; no user, path or query)",
             )
@@ -226,7 +232,7 @@ def parse_storage_secret(
             parsed, (_origin_pattern(default_endpoint), *allowed_endpoints)
         ):
             raise SecretProblem(
-                "StorageEndpointNotAllowed",
+                Reason.STORAGE_ENDPOINT_NOT_ALLOWED,
                 f"endpoint {parsed} in Secret {secret_name!r} is not one the operator may connect to: "
                 f"use the default endpoint (remove endpoint from the Secret), or ask an administrator "
                 f"to add it to {STORAGE_ENDPOINTS_VARIABLE} (settings.storage_endpoints in the Helm chart)",

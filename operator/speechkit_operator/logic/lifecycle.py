@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from speechkit_operator.logic.timestamps import parse_time
 from speechkit_operator.models.job import JobStatus, Phase
+from speechkit_operator.models.timestamps import parse_time
 
 #: SpeechKit keeps a result for 3 days; a job never schedules anything for later than this.
 RETENTION = timedelta(days=3)

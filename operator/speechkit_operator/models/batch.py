@@ -28,8 +28,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from speechkit_operator.constants import API_VERSION, BATCH_KIND
-from speechkit_operator.logic.batch_selection import compile_glob
-from speechkit_operator.logic.timestamps import format_time, parse_time
+from speechkit_operator.models.glob import compile_glob
 from speechkit_operator.models.job import (
     BUCKET_PATTERN,
     DOT_SEGMENT_MESSAGE,
@@ -42,6 +41,7 @@ from speechkit_operator.models.job import (
     RecognitionSpec,
     TranscriptionJobSpec,
 )
+from speechkit_operator.models.timestamps import format_time, parse_time
 
 #: Include/exclude globs: relative to the prefix, so no leading slash; no control characters.
 GLOB_PATTERN = r"^[^/\x00-\x1f][^\x00-\x1f]*$"
@@ -162,7 +162,7 @@ class BatchSourceSpec(_Model):
     bucket: Annotated[str, Field(pattern=BUCKET_PATTERN)]
     #: A plain string prefix, as S3 lists it: ``calls`` also covers ``calls-old/``; ``calls/`` does not.
     prefix: Annotated[str, Field(pattern=PREFIX_PATTERN, max_length=MAX_PREFIX_LENGTH)] = ""
-    #: Globs on the key relative to the prefix (see logic/batch_selection.py); empty: every key.
+    #: Globs on the key relative to the prefix (see models/glob.py); empty: every key.
     include: Annotated[list[Glob], Field(max_length=MAX_GLOBS)] = Field(default_factory=list)
     exclude: Annotated[list[Glob], Field(max_length=MAX_GLOBS)] = Field(default_factory=list)
     extensions: Annotated[list[Extension], Field(min_length=1, max_length=MAX_EXTENSIONS)] = Field(

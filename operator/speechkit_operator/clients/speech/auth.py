@@ -38,13 +38,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from yarl import URL
 
-from speechkit_operator.clients.speech.base import (
-    AnonymousCredentials,
-    ApiKeyCredentials,
-    Credentials,
-    IamTokenCredentials,
-    ServiceAccountKeyCredentials,
-)
 from speechkit_operator.clients.speech.errors import (
     CA_BUNDLE_SETTING,
     CredentialsError,
@@ -57,6 +50,13 @@ from speechkit_operator.clients.speech.errors import (
     origin_of,
     parse_retry_after,
     tls_problem,
+)
+from speechkit_operator.models.credentials import (
+    AnonymousCredentials,
+    ApiKeyCredentials,
+    Credentials,
+    IamTokenCredentials,
+    ServiceAccountKeyCredentials,
 )
 
 logger = logging.getLogger(__name__)
@@ -126,6 +126,11 @@ def build_jwt(
 # --- One HTTP exchange (shared with the v2 client) -------------------------------------------------
 
 
+#: The largest answer read: a finished operation of 4 hours of speech is a few MiB.
+MAX_BODY_BYTES = 256 * 1024 * 1024
+_READ_CHUNK = 64 * 1024
+
+
 @dataclass(frozen=True)
 class RawResponse:
     status: int
@@ -180,6 +185,8 @@ async def send_request(
     headers: dict[str, str] | None = None,
     clock: Callable[[], float] = time.time,
     ssl_context: ssl.SSLContext | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    on_chunk: Callable[[bytes], None] | None = None,
 ) -> RawResponse:
     """One request, no retries. Transport failures become transient :class:`SpeechApiError` s.
 
@@ -187,6 +194,10 @@ async def send_request(
     (None: the system's trust). A TLS failure is a :class:`TlsError` whose message says what to fix.
     Redirects are not followed (they would carry the Authorization header elsewhere). Exceptions
     from aiohttp are not chained: some of them carry the request headers.
+
+    An answer larger than ``max_body_bytes`` is a :class:`MalformedResponseError` (a proxy's endless
+    page must not exhaust memory). With ``on_chunk``, the body of a 2xx answer is handed over chunk by
+    chunk as it arrives instead of being kept (the returned body is then empty); the limit still holds.
     """
     try:
         async with session.request(
@@ -199,7 +210,8 @@ async def send_request(
             ssl=ssl_context if ssl_context is not None else True,
             proxy=proxy_for(url),
         ) as response:
-            body = await response.read()
+            stream = on_chunk if on_chunk is not None and 200 <= response.status < 300 else None
+            body = await _read_body(response, what, max_body_bytes, stream)
             retry_after = parse_retry_after(response.headers.get("Retry-After"), clock())
             return RawResponse(status=response.status, body=body, retry_after=retry_after)
     except TimeoutError:
@@ -227,6 +239,24 @@ async def send_request(
         raise SpeechApiError(f"{what}: connection failed ({type(exc).__name__})", unsent=True) from None
     except aiohttp.ClientError as exc:
         raise SpeechApiError(f"{what}: connection failed ({type(exc).__name__})") from None
+
+
+async def _read_body(
+    response: aiohttp.ClientResponse, what: str, limit: int, on_chunk: Callable[[bytes], None] | None
+) -> bytes:
+    kept: list[bytes] = []
+    total = 0
+    async for chunk in response.content.iter_chunked(_READ_CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise MalformedResponseError(
+                f"{what}: the answer is larger than {limit // (1024 * 1024)} MiB", http_status=response.status
+            )
+        if on_chunk is not None:
+            on_chunk(chunk)
+        else:
+            kept.append(chunk)
+    return b"".join(kept)
 
 
 def json_object(raw: RawResponse, what: str) -> dict[str, Any]:

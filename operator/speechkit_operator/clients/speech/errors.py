@@ -12,11 +12,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from speechkit_operator.contracts.grpc import GrpcCode, code_for_http_status
+from speechkit_operator.models.job import Reason
 
 
-def grpc_reason(code: int | None) -> str:
+def grpc_reason(code: int | None) -> Reason:
     """A CamelCase condition reason for a gRPC code: 3 -> ``InvalidArgument``; UNKNOWN's for others."""
-    return (GrpcCode.from_wire(code) or GrpcCode.UNKNOWN).reason
+    return Reason.from_grpc(code)
 
 
 def is_transient_http_status(status: int) -> bool:
@@ -61,10 +62,10 @@ class SpeechApiError(Exception):
         return is_transient_http_status(self.http_status)
 
     @property
-    def reason(self) -> str:
+    def reason(self) -> Reason:
         """A CamelCase reason for conditions and events, from the API's code."""
         if self.http_status is None:
-            return "SpeechApiUnreachable"
+            return Reason.SPEECH_API_UNREACHABLE
         return grpc_reason(self.grpc_code)
 
     def __str__(self) -> str:
@@ -89,8 +90,8 @@ class CredentialsError(SpeechApiError):
         return False
 
     @property
-    def reason(self) -> str:
-        return "InvalidCredentials"
+    def reason(self) -> Reason:
+        return Reason.INVALID_CREDENTIALS
 
 
 class TlsError(SpeechApiError):
@@ -107,8 +108,8 @@ class TlsError(SpeechApiError):
         self.certificate = certificate
 
     @property
-    def reason(self) -> str:
-        return "TlsCertificateRejected" if self.certificate else "TlsHandshakeFailed"
+    def reason(self) -> Reason:
+        return Reason.TLS_CERTIFICATE_REJECTED if self.certificate else Reason.TLS_HANDSHAKE_FAILED
 
 
 class MalformedResponseError(SpeechApiError):
@@ -128,8 +129,8 @@ class MalformedResponseError(SpeechApiError):
         return True
 
     @property
-    def reason(self) -> str:
-        return "MalformedResponse"
+    def reason(self) -> Reason:
+        return Reason.MALFORMED_RESPONSE
 
 
 _REDACTED = "***"
