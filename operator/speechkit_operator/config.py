@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     submit_quota: int = Field(default=500, ge=1)
     #: v2 operation checks per window per quota scope (SpeechKit's default: 2,500 an hour).
     check_quota: int = Field(default=2500, ge=1)
+    #: API v3 operation checks (status and results reads) per ``v3_check_window_seconds`` per quota scope
+    #: (SpeechKit's default: 5 a second).
+    v3_check_quota: int = Field(default=5, ge=2)
+    v3_check_window_seconds: float = Field(default=1.0, gt=0)
     #: The share of each quota used steadily; the rest is the burst allowance, so that no window
     #: ever holds more calls than the quota.
     quota_share: float = Field(default=0.996, gt=0, lt=1)

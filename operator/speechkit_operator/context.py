@@ -18,6 +18,7 @@ from speechkit_operator.clients.secrets import SecretReader
 from speechkit_operator.clients.speech.base import SpeechClient
 from speechkit_operator.clients.speech.errors import origin_of
 from speechkit_operator.clients.speech.v2 import SpeechKitV2Client
+from speechkit_operator.clients.speech.v3 import SpeechKitV3Client
 from speechkit_operator.clients.storage import StorageFactory
 from speechkit_operator.config import Settings
 from speechkit_operator.metrics import OperatorMetrics
@@ -44,6 +45,8 @@ class OperatorContext:
         await self.workflow.save_rates()
         self.metrics.stop()
         await self.speech.close()
+        if self.workflow.speech_v3 is not None:
+            await self.workflow.speech_v3.close()
         self.workflow.storage.close()
         self.workflow.jobs.close()
 
@@ -65,10 +68,12 @@ def build_context(
     of the environment. A CA bundle that is not a PEM file of certificates raises ValueError.
     ``sole_actor``: no other operator acts on these jobs (default: with leader election)."""
     speech = SpeechKitV2Client.from_settings(settings)
+    speech_v3 = SpeechKitV3Client.from_settings(settings)
     metrics = OperatorMetrics()
     workflow = JobWorkflow(
         settings,
         speech=speech,
+        speech_v3=speech_v3,
         storage=StorageFactory(timeout=settings.http_timeout, ca_bundle=settings.ca_bundle),
         secrets=secrets
         or SecretReader(cache_seconds=settings.secret_cache_seconds, api_client_factory=api_client_factory),

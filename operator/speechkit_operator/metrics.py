@@ -126,7 +126,7 @@ class _StateCollector(Collector):
             running.add_metric([scope], state["running"])
             if "concurrency" in state:
                 concurrency.add_metric([scope], state["concurrency"])
-            for budget in ("submit", "check"):
+            for budget in ("submit", "check", "v3_check"):
                 if f"{budget}_tokens" in state:
                     tokens.add_metric([scope, budget], state[f"{budget}_tokens"])
                     rate.add_metric([scope, budget], state[f"{budget}_rate"])

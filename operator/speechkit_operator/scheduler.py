@@ -35,7 +35,7 @@ from speechkit_operator.logic import lifecycle
 from speechkit_operator.logic.budget import CarriedOver, ConcurrencyWindow, TokenBucket
 from speechkit_operator.logic.queueing import FairQueue
 from speechkit_operator.models.batch import batch_owner_reference
-from speechkit_operator.models.job import JobRef, JobStatus, Phase
+from speechkit_operator.models.job import ApiVersion, JobRef, JobStatus, Phase
 from speechkit_operator.models.timestamps import parse_time, utcnow
 from speechkit_operator.workflow import KUBE_RETRY_SECONDS, Job, JobWorkflow, StepResult
 
@@ -98,7 +98,23 @@ class _Scope:
     queue_changed: asyncio.Event = field(default_factory=asyncio.Event)
     due_checks: list[tuple[float, int, str]] = field(default_factory=list)
     checks_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Checks of API v3 jobs: their own quota (5 a second by default), their own queue.
+    v3: _CheckLane | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def lane(self, v3: bool) -> _CheckLane:
+        if v3 and self.v3 is not None:
+            return self.v3
+        return _CheckLane(self.checks, self.due_checks, self.checks_changed)
+
+
+@dataclass
+class _CheckLane:
+    """A budget for checks and the checks waiting for it, most overdue first."""
+
+    bucket: TokenBucket | None
+    due: list[tuple[float, int, str]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Scheduler:
@@ -149,7 +165,7 @@ class Scheduler:
     def _scope(self, name: str) -> _Scope:
         scope = self._scopes.get(name)
         if scope is None:
-            submits = checks = None
+            submits = checks = v3_checks = None
             window = carried = None
             if self.settings.backend == "self-hosted":
                 window = ConcurrencyWindow(self.settings.self_hosted_concurrency)
@@ -159,15 +175,20 @@ class Scheduler:
                 seconds, share = settings.quota_window_seconds, settings.quota_share
                 submits = TokenBucket.for_quota(settings.submit_quota, seconds, share=share, now=now)
                 checks = TokenBucket.for_quota(settings.check_quota, seconds, share=share, now=now)
+                v3_checks = TokenBucket.for_quota(
+                    settings.v3_check_quota, settings.v3_check_window_seconds, share=share, now=now
+                )
                 carried = CarriedOver(
                     limit=submits.capacity + submits.max_rate * seconds,
                     window=seconds,
                     until=self._started + seconds,
                 )
             scope = self._scopes[name] = _Scope(name, submits, checks, window, carried)
+            scope.v3 = _CheckLane(v3_checks)
             scope.tasks = [
                 asyncio.create_task(self._submitter(scope), name=f"submitter-{name}"),
-                asyncio.create_task(self._checker(scope), name=f"checker-{name}"),
+                asyncio.create_task(self._checker(scope, scope.lane(v3=False)), name=f"checker-{name}"),
+                asyncio.create_task(self._checker(scope, scope.v3), name=f"checker-v3-{name}"),
             ]
         return scope
 
@@ -372,6 +393,8 @@ class Scheduler:
         for scope in self._scopes.values():
             scope.queue_changed.set()
             scope.checks_changed.set()
+            if scope.v3 is not None:
+                scope.v3.changed.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while running := {task for task in self._tasks if not task.done()}:
@@ -408,9 +431,9 @@ class Scheduler:
         entry.busy = True
         if step is lifecycle.Step.CHECK:
             assert entry.scope is not None
-            scope = self._scope(entry.scope)
-            heapq.heappush(scope.due_checks, (plan.at.timestamp(), next(self._seq), _uid(entry)))
-            scope.checks_changed.set()
+            lane = self._scope(entry.scope).lane(v3=_is_v3(entry.job))
+            heapq.heappush(lane.due, (plan.at.timestamp(), next(self._seq), _uid(entry)))
+            lane.changed.set()
         elif step is lifecycle.Step.ADOPT:
             # Not a call to SpeechKit: no budget, no queue.
             self._spawn(self._step(entry, self.workflow.adopt, limited=True))
@@ -544,21 +567,21 @@ class Scheduler:
             task.add_done_callback(self._tasks.discard)
             await asyncio.wait({task})
 
-    async def _checker(self, scope: _Scope) -> None:
-        """The scope's due checks, the most overdue first, within its budget. A concurrency slot is
+    async def _checker(self, scope: _Scope, lane: _CheckLane) -> None:
+        """The lane's due checks, the most overdue first, within its budget. A concurrency slot is
         taken before a token, so checks that wait for a slot never pile up tokens."""
         while not self._stopping:
-            if not scope.due_checks:
-                await self._wait_for(scope.checks_changed)
+            if not lane.due:
+                await self._wait_for(lane.changed)
                 continue
             await self._limit.acquire()
             try:
-                bucket = scope.checks
+                bucket = lane.bucket
                 if bucket is not None and not bucket.take(time.monotonic()):
                     self._limit.release()
-                    await self._wait_for(scope.checks_changed, bucket.ready_at(time.monotonic()))
+                    await self._wait_for(lane.changed, bucket.ready_at(time.monotonic()))
                     continue
-                _, _, uid = heapq.heappop(scope.due_checks)
+                _, _, uid = heapq.heappop(lane.due)
                 entry = self._jobs.get(uid)
                 if entry is None:
                     if bucket is not None:
@@ -737,7 +760,12 @@ class Scheduler:
             }
             if scope.window is not None:
                 entry["concurrency"] = float(int(scope.window.size))
-            for budget, bucket in (("submit", scope.submits), ("check", scope.checks)):
+            v3_bucket = scope.v3.bucket if scope.v3 is not None else None
+            for budget, bucket in (
+                ("submit", scope.submits),
+                ("check", scope.checks),
+                ("v3_check", v3_bucket),
+            ):
                 if bucket is not None:
                     entry[f"{budget}_tokens"] = bucket.available(now)
                     entry[f"{budget}_rate"] = bucket.rate
@@ -752,6 +780,12 @@ class Scheduler:
             phase = entry.job.status.phase or Phase.PENDING
             counts[phase.value] = counts.get(phase.value, 0) + 1
         return counts
+
+
+def _is_v3(job: Job) -> bool:
+    """Whether the job uses API v3 (its checks then have their own quota)."""
+    recognition = job.spec.get("recognition") if isinstance(job.spec, Mapping) else None
+    return isinstance(recognition, Mapping) and recognition.get("api") == ApiVersion.V3.value
 
 
 def _adoption(annotations: Any) -> tuple[str | None, datetime | None]:

@@ -63,6 +63,7 @@ from speechkit_operator.metrics import OperatorMetrics
 from speechkit_operator.models.audio import AudioInfo
 from speechkit_operator.models.credentials import AnonymousCredentials, ApiKeyCredentials, Credentials
 from speechkit_operator.models.job import (
+    ApiVersion,
     JobRef,
     JobStatus,
     JobStatusPatch,
@@ -186,6 +187,7 @@ class JobWorkflow:
         settings: Settings,
         *,
         speech: SpeechClient,
+        speech_v3: SpeechClient | None = None,
         storage: StorageFactory,
         secrets: SecretReader,
         jobs: JobStore,
@@ -195,6 +197,8 @@ class JobWorkflow:
     ) -> None:
         self.settings = settings
         self.speech = speech
+        #: The client of jobs with ``recognition.api: v3``; None: such jobs fail with a clear reason.
+        self.speech_v3 = speech_v3
         self.storage = storage
         self.secrets = secrets
         self.jobs = jobs
@@ -291,7 +295,7 @@ class JobWorkflow:
                 return StepResult(next_attempt=self.clock() + timedelta(seconds=KUBE_RETRY_SECONDS))
             job = replace(job, status=JobStatus.from_body(body.get("status")), resource_version=_rv(body))
             try:
-                operation = await self.speech.submit(prepared.request, prepared.credentials)
+                operation = await self._speech(prepared.spec).submit(prepared.request, prepared.credentials)
             except SpeechApiError as exc:
                 failed = await self._submission_failed(job, exc)
                 failed.spent = failed.throttled is None and not exc.certainly_unprocessed
@@ -507,7 +511,26 @@ class JobWorkflow:
                 f"of UTF-8, more than the {MAX_KEY_BYTES} that S3 keys may have",
                 permanent=True,
             )
+        if spec.recognition.speaker_labeling and audio.channels > 1:
+            raise Problem(
+                Reason.INVALID_SPEC,
+                f"invalid spec: recognition.speakerLabeling works on mono audio only, and the audio has "
+                f"{audio.channels} channels: remove speakerLabeling to recognise each channel, or mix the "
+                "audio down to one channel",
+                permanent=True,
+            )
+        self._speech(spec)  # a v3 job without a v3 client fails here, before anything is submitted
         return _Prepared(spec, credentials, audio, self._request(spec, storage, audio))
+
+    def _speech(self, spec: TranscriptionJobSpec) -> SpeechClient:
+        """The client of the job's API version."""
+        if spec.recognition.api is not ApiVersion.V3:
+            return self.speech
+        if self.speech_v3 is None:
+            raise Problem(
+                Reason.INVALID_SPEC, "recognition.api v3 is not available in this operator", permanent=True
+            )
+        return self.speech_v3
 
     def _parse_spec(self, raw_spec: Mapping[str, Any]) -> TranscriptionJobSpec:
         try:
@@ -619,6 +642,17 @@ class JobWorkflow:
             profanity_filter=recognition.profanity_filter,
             literature_text=recognition.literature_text,
             raw_results=recognition.raw_results,
+            text_normalization=recognition.text_normalization,
+            phone_formatting=recognition.phone_formatting,
+            language_restriction=(
+                None
+                if recognition.language_restriction is None
+                else (
+                    recognition.language_restriction.type.value,
+                    tuple(recognition.language_restriction.languages),
+                )
+            ),
+            speaker_labeling=bool(recognition.speaker_labeling),
         )
 
     async def _not_submitted(self, job: Job, problem: Problem, *, clear_intent: bool = False) -> StepResult:
@@ -680,6 +714,7 @@ class JobWorkflow:
         assert status.operation_id is not None
         try:
             spec = self._parse_spec(job.spec)
+            speech = self._speech(spec)
             credentials = await self._credentials(job.ref, spec)
         except Problem as problem:
             if problem.permanent:
@@ -692,7 +727,7 @@ class JobWorkflow:
 
         checks = job.checks + 1
         try:
-            operation = await self.speech.get_operation(status.operation_id, credentials)
+            operation = await speech.get_operation(status.operation_id, credentials)
         except SpeechApiError as exc:
             self.metrics.call("operation", exc.http_status or 0)
             result = await self._check_failed(job, spec, status.operation_id, checks, exc)
@@ -761,7 +796,9 @@ class JobWorkflow:
         is retried with the checks' backoff (SpeechKit keeps the result for 3 days); one that never
         can (no such bucket, a key S3 refuses) fails the job."""
         transcript = operation.transcript or Transcript()
-        if channels > 1:
+        if spec.recognition.speaker_labeling:
+            transcript = replace(transcript, speakers=True)
+        elif channels > 1:
             # Multichannel audio gets per-channel outputs even when only one channel had speech.
             transcript = replace(transcript, channels=tuple(str(tag) for tag in range(1, channels + 1)))
         bucket = spec.output_bucket
@@ -794,7 +831,11 @@ class JobWorkflow:
         self.metrics.checks_per_job.observe(checks)
         await self._learn(spec, job.status, finished)
         patch = transitions.succeeded(
-            self._facts(job), checks=checks, outputs=outputs, preview=preview(transcript)
+            self._facts(job),
+            checks=checks,
+            outputs=outputs,
+            preview=preview(transcript),
+            detected_language=transcript.language_code,
         )
         body = await self._write(job.ref, patch)
         await self._notes(
@@ -919,7 +960,7 @@ class JobWorkflow:
         try:
             spec = self._parse_spec(job.spec)
             credentials = await self._credentials(job.ref, spec)
-            await self.speech.cancel(operation_id, credentials)
+            await self._speech(spec).cancel(operation_id, credentials)
         except (Problem, SpeechApiError) as exc:
             logger.warning(
                 "job %s: operation %s not cancelled: %s", job.ref, operation_id, exc, extra=job.ref.log

@@ -190,6 +190,7 @@ class Cluster:
 def make_settings(speechkit: SpeechKitEmulator, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "stt_url": speechkit.url,
+        "stt_v3_url": speechkit.url,
         "operation_url": speechkit.url,
         "iam_token_url": f"{speechkit.url}/iam/v1/tokens",
         "first_check_min_seconds": 0.1,

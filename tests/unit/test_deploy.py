@@ -538,6 +538,7 @@ def _full_status() -> dict[str, Any]:
         uncertain_submissions=1,
         audio=audio.to_status(),
         outputs={"json": "out/a.json", "srt": "out/a.srt", "srt:1": "out/a.1.srt", "srt:2": "out/a.2.srt"},
+        detected_language="ru-RU",
         conditions=[condition],
         observed_generation=1,
     )

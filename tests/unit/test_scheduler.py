@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -401,6 +402,39 @@ async def test_due_checks_keep_within_the_check_quota_most_overdue_first() -> No
         await asyncio.sleep(1.0)
     assert order[0] == "latest"
     assert len(order) <= 2
+
+
+async def test_v3_checks_have_their_own_budget_and_do_not_wait_for_v2s() -> None:
+    """v2's hourly check quota is spent; API v3 jobs (5 checks a second) are still checked, at their own
+    pace, and v2's backlog stays within its budget."""
+    workflow = FakeWorkflow()
+    checked: list[tuple[str, float]] = []
+
+    async def check(job: Job) -> StepResult:
+        checked.append((job.ref.name, time.monotonic()))
+        return StepResult(next_check=now() + timedelta(milliseconds=1), checks=1, called=True)
+
+    workflow.check = check  # type: ignore[method-assign]
+    settings = {
+        "quota_window_seconds": 3600.0,
+        "check_quota": 2,
+        "v3_check_quota": 5,
+        "v3_check_window_seconds": 1.0,
+    }
+    async with running_scheduler(workflow, **settings) as scheduler:
+        for name in ("v2-a", "v2-b", "v2-c"):
+            scheduler.observe(running(name, next_check=now() - timedelta(minutes=1)))
+        for name in ("v3-a", "v3-b"):
+            job = running(name, next_check=now() - timedelta(minutes=1))
+            job["spec"] = {"recognition": {"api": "v3"}}
+            scheduler.observe(job)
+        await asyncio.sleep(2.5)
+    v2 = [stamp for name, stamp in checked if name.startswith("v2")]
+    v3 = [stamp for name, stamp in checked if name.startswith("v3")]
+    assert v2 == [], "a quota of 2 an hour leaves no token for a new process's checks"
+    assert len(v3) >= 4, "v3 jobs are checked again and again within their own budget"
+    for first, later in zip(v3, v3[5:], strict=False):
+        assert later - first >= 1.0, "never more than 5 v3 checks in a second"
 
 
 async def test_after_a_restart_recent_submissions_count_against_the_quota_until_they_age_out() -> None:

@@ -216,7 +216,14 @@ def finished_checking(status: JobStatusPatch, *, checks: int) -> JobStatusPatch:
     return status.model_copy(update={"checks": checks, "last_check_at": status.completed_at})
 
 
-def succeeded(facts: Facts, *, checks: int, outputs: Mapping[str, str], preview: str) -> JobStatusPatch:
+def succeeded(
+    facts: Facts,
+    *,
+    checks: int,
+    outputs: Mapping[str, str],
+    preview: str,
+    detected_language: str | None = None,
+) -> JobStatusPatch:
     message = f"transcripts written: {', '.join(sorted(outputs))}" if outputs else "no outputs requested"
     if not preview:
         message += " (no speech was recognised)"
@@ -228,6 +235,7 @@ def succeeded(facts: Facts, *, checks: int, outputs: Mapping[str, str], preview:
         checks=checks,
         outputs=dict(outputs),
         preview=preview,
+        **({"detected_language": detected_language} if detected_language else {}),
         conditions=_conditions(facts, (ConditionType.SUCCEEDED, "True", Reason.SUCCEEDED, message)),
     )
 

@@ -392,6 +392,8 @@ class JobStatus(_Model):
     uncertain_submissions: int = 0
     audio: dict[str, Any] | None = None
     outputs: dict[str, str] | None = None
+    #: The language SpeechKit detected (API v3, or ``auto``), once the job succeeded.
+    detected_language: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
 
@@ -423,6 +425,7 @@ class JobStatusPatch(_Model):
     audio: dict[str, Any] | None = None
     outputs: dict[str, str] | None = None
     preview: str | None = None
+    detected_language: str | None = None
     #: The whole list (a merge patch replaces lists).
     conditions: list[Condition] | None = None
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from speechkit_operator.contracts.stt_v2 import LongRunningRecognitionResponse, SpeechRecognitionChunk
@@ -18,6 +18,17 @@ def channel_sort_key(tag: str) -> tuple[int, float, str]:
         return (1, 0.0, tag)
 
 
+def most_probable_language(estimates: Iterable[tuple[Mapping[str, float], int]]) -> str | None:
+    """The language with the largest total probability over utterances, each weighted by its words:
+    ``estimates`` holds each utterance's ``{language: probability}`` and its word count."""
+    totals: dict[str, float] = {}
+    for languages, words in estimates:
+        for code, probability in languages.items():
+            if code:
+                totals[code] = totals.get(code, 0.0) + max(words, 1) * max(probability or 0.0, 0.0)
+    return max(sorted(totals), key=lambda code: totals[code]) if totals else None
+
+
 def parse_v2_response(response: Mapping[str, Any]) -> Transcript:
     """The best alternative of every chunk, ordered by (start, channel).
 
@@ -28,7 +39,18 @@ def parse_v2_response(response: Mapping[str, Any]) -> Transcript:
     chunks = [chunk for raw in parsed.chunks if (chunk := _chunk(raw)) is not None]
     chunks.sort(key=lambda c: (c.start, channel_sort_key(c.channel)))
     channels = tuple(sorted({c.channel for c in chunks}, key=channel_sort_key))
-    return Transcript(chunks=tuple(chunks), channels=channels)
+    # v2 has no detected language; this project's service adds v3's ``languages`` for ``auto``.
+    estimates = [
+        (
+            {language.language_code: language.probability or 0.0 for language in best.languages},
+            len(best.words),
+        )
+        for raw in parsed.chunks
+        if raw.alternatives and (best := raw.alternatives[0]).languages
+    ]
+    return Transcript(
+        chunks=tuple(chunks), channels=channels, language_code=most_probable_language(estimates)
+    )
 
 
 def _chunk(raw: SpeechRecognitionChunk) -> Chunk | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from speechkit_operator.clients.speech.v2_parsing import channel_sort_key
+from speechkit_operator.clients.speech.v2_parsing import channel_sort_key, most_probable_language
 from speechkit_operator.contracts.stt_v3 import AlternativeV3, StreamingResponse
 from speechkit_operator.models.recognition import Chunk, Transcript, Word
 
@@ -78,17 +78,5 @@ def parse_v3_results(results: Iterable[StreamingResponse], *, speakers: bool = F
         chunks=tuple(chunks),
         channels=channels,
         speakers=speakers,
-        language_code=_detected_language(utterances.values()),
+        language_code=most_probable_language((u.languages, len(u.words)) for u in utterances.values()),
     )
-
-
-def _detected_language(utterances: Iterable[_Utterance]) -> str | None:
-    totals: dict[str, float] = {}
-    for utterance in utterances:
-        weight = max(len(utterance.words), 1)
-        for code, probability in utterance.languages.items():
-            if code:
-                totals[code] = totals.get(code, 0.0) + weight * max(probability, 0.0)
-    if not totals:
-        return None
-    return max(sorted(totals), key=lambda code: totals[code])
