@@ -425,6 +425,7 @@ def operator_environment(speechkit: SpeechKitEmulator, kubeconfig: Path) -> dict
     env["POD_NAMESPACE"] = OPERATOR_NAMESPACE
     settings = {
         "STT_URL": speechkit.url,
+        "STT_V3_URL": speechkit.url,
         "OPERATION_URL": speechkit.url,
         "IAM_TOKEN_URL": f"{speechkit.url}/iam/v1/tokens",
         **FAST_POLLING,

@@ -21,7 +21,14 @@ from speechkit_operator.contracts.stt_v2 import AudioEncoding
 from speechkit_operator.logic.output_keys import s3_uri
 from speechkit_operator.logic.transitions import Facts, submitted, succeeded, waiting
 from speechkit_operator.models.audio import AudioInfo, ContainerFormat
-from speechkit_operator.models.job import LANGUAGE_PATTERN, Reason
+from speechkit_operator.models.job import (
+    LANGUAGE_PATTERN,
+    RAW_RESULTS_V3_MESSAGE,
+    RESTRICTION_LANGUAGE_MESSAGE,
+    SPEAKERS_MONO_MESSAGE,
+    V3_ONLY_MESSAGE,
+    Reason,
+)
 from speechkit_operator.models.timestamps import format_time
 from tests.e2e.crd_fixtures import InstalledCrd, install_crd
 
@@ -266,6 +273,46 @@ def test_invalid_jobs_are_rejected_with_a_message_naming_the_field(
     assert [(c["field"], c["reason"]) for c in spec_causes] == [(field, cause)], body["details"]
     # Nothing was stored.
     assert jobs.cluster.request("GET", jobs.crd.path(jobs.namespace, "invalid")).status == 404
+
+
+@pytest.mark.parametrize(
+    ("recognition", "message"),
+    [
+        ({"textNormalization": True}, V3_ONLY_MESSAGE),
+        ({"api": "v2", "speakerLabeling": False}, V3_ONLY_MESSAGE),
+        ({"api": "v3", "rawResults": True}, RAW_RESULTS_V3_MESSAGE),
+        (
+            {"api": "v3", "speakerLabeling": True, "audioEncoding": "LINEAR16_PCM", "audioChannelCount": 2},
+            SPEAKERS_MONO_MESSAGE,
+        ),
+        (
+            {"api": "v3", "languageRestriction": {"type": "whitelist", "languages": ["ru-RU"]}},
+            RESTRICTION_LANGUAGE_MESSAGE,
+        ),
+    ],
+)
+def test_the_v3_rules_refuse_what_the_api_would_with_the_models_messages(
+    jobs: Jobs, recognition: dict[str, Any], message: str
+) -> None:
+    """The CEL rules of spec.recognition, on a real API server (their syntax and cost included)."""
+    response = jobs.create("v3-invalid", VALID_SPEC | {"recognition": recognition})
+    assert response.status == 422, (response.status, response.body[:2000])
+    assert " ".join(message.split()) in " ".join(response.json()["message"].split())
+
+
+def test_a_valid_v3_recognition_is_stored_as_given(jobs: Jobs) -> None:
+    recognition = {
+        "api": "v3",
+        "languageCode": "auto",
+        "textNormalization": True,
+        "phoneFormatting": False,
+        "languageRestriction": {"type": "blacklist", "languages": ["kk-KZ", "uz-UZ"]},
+        "speakerLabeling": True,
+    }
+    created = jobs.created("v3-valid", VALID_SPEC | {"recognition": recognition})
+    assert created["spec"]["recognition"].items() >= recognition.items()
+    defaulted = jobs.created("v2-default", VALID_SPEC)
+    assert defaulted["spec"]["recognition"]["api"] == "v2"
 
 
 def test_the_pcm_rule_admits_pcm_settings_for_pcm_and_detected_encodings(jobs: Jobs) -> None:

@@ -321,6 +321,37 @@ async def test_stereo_wav_gets_per_channel_subtitles_and_a_labelled_transcript(e
 
 
 @in_module_loop
+async def test_a_v3_job_of_stereo_audio_goes_through_api_v3_on_the_real_stack(e2e: E2E) -> None:
+    """recognition.api v3 on the real kube-apiserver and MinIO: submitted once to recognizeFileAsync (raw
+    PCM, two channels, normalization), its streamed results become per-channel outputs numbered from 1 as
+    for v2, and the json keeps the stream."""
+    name = "librivox-stereo-0880L-0930R.wav"
+    key = e2e.upload(name, key=f"v3/{name}")
+    channel_text = reference_text(name)
+
+    await e2e.create_job(
+        "v3-call", key, recognition={"api": "v3", "languageCode": "en-US", "textNormalization": True}
+    )
+    status = await e2e.wait_for_phase("v3-call", "Succeeded", "Failed")
+
+    assert status["phase"] == "Succeeded", status
+    base = f"s3://{e2e.bucket}/out/{key}"
+    assert status["outputs"]["srt:1"] == f"{base}.channel-1.srt"
+    assert status["outputs"]["srt:2"] == f"{base}.channel-2.srt"
+    for channel in ("1", "2"):
+        srt, _ = e2e.read_output(status["outputs"][f"srt:{channel}"])
+        assert_subtitles(srt, channel_text[channel], vtt=False)
+    raw, _ = e2e.read_output(status["outputs"]["json"])
+    results = json.loads(raw)["results"]
+    assert {item["result"]["channelTag"] for item in results} == {"0", "1"}
+    assert e2e.submissions_for(key) == []  # nothing through v2
+    v3 = [body for body in e2e.speechkit.v3_submissions if key in str(body.get("uri", ""))]
+    assert len(v3) == 1, v3
+    assert v3[0]["recognitionModel"]["audioFormat"]["rawAudio"]["audioChannelCount"] == "2"
+    e2e.assert_operator_log_clean()
+
+
+@in_module_loop
 async def test_a_killed_operator_is_replaced_without_a_second_submission(e2e: E2E) -> None:
     key = e2e.upload("librivox-0880.wav")
     submits_before = e2e.speechkit.counts["submit"]

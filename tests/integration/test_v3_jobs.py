@@ -88,3 +88,31 @@ async def test_speaker_labeling_of_a_stereo_file_fails_before_anything_is_paid_f
     assert "speakerLabeling works on mono audio only" in status["message"]
     assert "2 channels" in status["message"]
     assert speechkit.v3_submissions == [] and speechkit.submissions == []
+
+
+async def test_v2_and_v3_jobs_in_one_namespace_each_go_to_their_api(
+    k8s: Cluster, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator, start_operator: Starter
+) -> None:
+    speechkit.v3_check_quota_per_second = 10_000
+    keys = [
+        upload(s3, bucket, name) for name in ("librivox-0870.wav", "librivox-0880.wav", "librivox-0930.wav")
+    ]
+    await start_operator()
+    names = {"old-1": "v2", "new-1": "v3", "old-2": "v2", "new-2": "v3"}
+    for (name, api), key in zip(names.items(), [*keys, keys[0]], strict=True):
+        spec = {
+            "source": {"bucket": bucket, "key": key},
+            "recognition": {"api": api, "languageCode": "en-US"},
+        }
+        spec["output"] = {"prefix": f"{name}/"}
+        await k8s.create_job(name, spec)
+
+    statuses = {name: await k8s.wait_for_phase(name, "Succeeded", "Failed") for name in names}
+
+    assert {name: status["phase"] for name, status in statuses.items()} == dict.fromkeys(names, "Succeeded")
+    assert len(speechkit.submissions) == 2 and len(speechkit.v3_submissions) == 2
+    for name, api in names.items():
+        document = json.loads(read(s3, statuses[name]["outputs"]["json"]))
+        assert ("results" in document) == (api == "v3"), name
+        assert ("chunks" in document) == (api == "v2"), name
+        assert read(s3, statuses[name]["outputs"]["txt"]).strip(), name

@@ -33,6 +33,7 @@ from pydantic import SecretStr
 from speechkit_operator.clients.speech.errors import OperationNotFoundError
 from speechkit_operator.clients.speech.v2 import SpeechKitV2Client
 from speechkit_operator.clients.speech.v2_parsing import parse_v2_response
+from speechkit_operator.clients.speech.v3 import SpeechKitV3Client
 from speechkit_operator.contracts.stt_v2 import AudioEncoding
 from speechkit_operator.models.credentials import ApiKeyCredentials
 from speechkit_operator.models.operation import RecognitionRequest
@@ -459,6 +460,38 @@ async def test_the_operators_own_client_works_against_the_service(
         assert state.error is None
         assert state.transcript is not None
         assert [chunk.text for chunk in state.transcript.chunks] == ["hello from a url"]
+        with pytest.raises(OperationNotFoundError):
+            await speechkit.get_operation("e03unknownunknown000", credentials)
+
+
+@module_loop
+async def test_the_operators_own_v3_client_works_against_the_service(
+    service: Service, audio_server: AudioServer
+) -> None:
+    """The operator's v3 client and the service's v3 endpoints speak the same contract: the request, the
+    Operation, the streamed results, and NOT_FOUND for an unknown id."""
+    base = str(service.client.make_url("")).rstrip("/")
+    credentials = ApiKeyCredentials(api_key=KEY, folder_id="b1gfolder")
+    request = RecognitionRequest(
+        audio_uri=audio_server.uri("hello.ogg"),
+        language_code="en-US",
+        model="general",
+        audio_encoding=AudioEncoding.OGG_OPUS,
+        text_normalization=True,
+    )
+    async with SpeechKitV3Client(base, base, f"{base}/iam/v1/tokens", timeout=10) as speechkit:
+        state = await speechkit.submit(request, credentials)
+        deadline = time.monotonic() + 30
+        while not state.done:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+            state = await speechkit.get_operation(state.id, credentials)
+        assert state.error is None and state.transcript is not None
+        assert [chunk.text for chunk in state.transcript.chunks] == ["hello from a url"]
+        assert [chunk.channel for chunk in state.transcript.chunks] == ["1"]
+        assert state.response is not None and any(
+            "final" in item["result"] for item in state.response["results"]
+        )
         with pytest.raises(OperationNotFoundError):
             await speechkit.get_operation("e03unknownunknown000", credentials)
 
