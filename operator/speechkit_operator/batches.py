@@ -44,7 +44,12 @@ from speechkit_operator.constants import (
     OBJECT_LABEL,
 )
 from speechkit_operator.logic import batch_progress, batch_selection
-from speechkit_operator.logic.output_keys import MAX_KEY_BYTES, longest_output_key_bytes, output_base_key
+from speechkit_operator.logic.output_keys import (
+    MAX_KEY_BYTES,
+    PER_TAG_INFIX,
+    longest_output_key_bytes,
+    output_base_key,
+)
 from speechkit_operator.logic.redaction import redact
 from speechkit_operator.models.batch import (
     BatchFailure,
@@ -682,7 +687,8 @@ class BatchController:
         if (problem := batch_selection.key_problem(listed.key)) is not None:
             self._remember_failure(batch, listed.key, Reason.UNUSABLE_KEY, problem)
             return "skipped"
-        length = longest_output_key_bytes(listed.key, output.prefix, channels=1)
+        speakers = bool(spec.template.recognition.speaker_labeling)
+        length = longest_output_key_bytes(listed.key, output.prefix, channels=1, speakers=speakers)
         if length > MAX_KEY_BYTES:
             self._remember_failure(
                 batch,
@@ -898,11 +904,11 @@ async def _transcribed(
 ) -> bool:
     """Whether the object's transcripts exist: the JSON (else the text) next to the key, as a job
     writes it; with subtitles only, the first format's file, which multichannel audio has once per
-    channel (``<base>.channel-<tag>.srt``), so those are listed."""
+    channel (``<base>.channel-<tag>.srt``) or speaker (``<base>.speaker-<tag>.srt``), so those are listed."""
     base = output_base_key(key, prefix)
     for single in ("json", "txt"):
         if single in formats:
             return await storage.head_or_none(bucket, f"{base}.{single}") is not None
-    wanted = re.compile(rf"\.(channel-[A-Za-z0-9_-]+\.)?{re.escape(formats[0])}")
+    wanted = re.compile(rf"\.(?:{PER_TAG_INFIX})?{re.escape(formats[0])}")
     page = await storage.list_page(bucket, f"{base}.", max_keys=SUBTITLE_PROBE_KEYS)
     return any(wanted.fullmatch(listed.key[len(base) :]) for listed in page.objects)

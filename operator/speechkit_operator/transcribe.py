@@ -65,7 +65,7 @@ from speechkit_operator.context import instance_identity
 from speechkit_operator.envconfig import ConfigurationError, load_settings
 from speechkit_operator.logic.batch_selection import key_problem
 from speechkit_operator.logic.credentials import SecretProblem, parse_storage_secret
-from speechkit_operator.logic.output_keys import output_base_key
+from speechkit_operator.logic.output_keys import PER_TAG_INFIX, output_base_key
 from speechkit_operator.logs import PlainFormatter, configure_logging
 from speechkit_operator.models.batch import (
     DEFAULT_EXTENSIONS,
@@ -88,7 +88,7 @@ DEFAULT_FORMATS: tuple[str, ...] = ("json", "txt", "srt", "vtt")
 #: The largest transcript copied to ``--local-output``.
 MAX_TRANSCRIPT_BYTES = 512 * 1024 * 1024
 #: The suffix of an output key after ``<prefix><source key>``.
-OUTPUT_SUFFIX = re.compile(r"^\.(channel-[A-Za-z0-9_-]+\.)?(json|txt|srt|vtt)$")
+OUTPUT_SUFFIX = re.compile(rf"^\.(?:{PER_TAG_INFIX})?(json|txt|srt|vtt)$")
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -503,7 +503,12 @@ class JobWorkflow:
         credentials = await self._credentials(job.ref, spec)
         storage = await self._storage(job.ref, spec)
         audio = await self._probe_source(spec, storage)
-        length = longest_output_key_bytes(spec.source.key, spec.output.prefix, channels=audio.channels)
+        length = longest_output_key_bytes(
+            spec.source.key,
+            spec.output.prefix,
+            channels=audio.channels,
+            speakers=bool(spec.recognition.speaker_labeling),
+        )
         if length > MAX_KEY_BYTES:
             raise Problem(
                 Reason.INVALID_SPEC,

@@ -90,15 +90,19 @@ async def test_access_denied_on_the_output_probe_waits_scan_retry() -> None:
     assert Denied.heads <= 2, f"{Denied.heads} HEADs, {storage.lists} listings in 1 s; SCAN_RETRY is 30 s"
 
 
-async def test_multichannel_subtitle_only_outputs_are_not_found_and_the_object_is_paid_again() -> None:
-    """formats: [srt]; a stereo recording's transcripts are a.wav.channel-0.srt / .channel-1.srt.
-    Its succeeded child was deleted by its TTL (tombstone lost in a restart, or the batch was
-    re-applied): the probe looks for out/input/a.wav.srt only, and the object is submitted again."""
+@pytest.mark.parametrize("tag", ["channel", "speaker"])
+async def test_multichannel_subtitle_only_outputs_are_not_found_and_the_object_is_paid_again(
+    tag: str,
+) -> None:
+    """formats: [srt]; a stereo recording's transcripts are a.wav.channel-0.srt / .channel-1.srt (a v3
+    job with speaker labels: a.wav.speaker-1.srt / .speaker-2.srt). Its succeeded child was deleted by
+    its TTL (tombstone lost in a restart, or the batch was re-applied): the probe looks for
+    out/input/a.wav.srt only, and the object is submitted again."""
     storage = Storage(
         {
             "input/a.wav": b"x",
-            "out/input/a.wav.channel-0.srt": b"1\n",
-            "out/input/a.wav.channel-1.srt": b"1\n",
+            f"out/input/a.wav.{tag}-1.srt": b"1\n",
+            f"out/input/a.wav.{tag}-2.srt": b"1\n",
         }
     )
     setup = rig(storage)

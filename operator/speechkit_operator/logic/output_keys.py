@@ -24,9 +24,15 @@ def s3_uri(bucket: str, key: str) -> str:
 MAX_KEY_BYTES = 1024
 
 
-def longest_output_key_bytes(source_key: str, prefix: str, *, channels: int) -> int:
+#: The part of a per-channel or per-speaker subtitle key between the base key and the format:
+#: ``.channel-2.srt``, ``.speaker-1.vtt`` (see :func:`~speechkit_operator.logic.rendering.render_outputs`).
+PER_TAG_INFIX = r"(?:channel|speaker)-[A-Za-z0-9_-]+\."
+
+
+def longest_output_key_bytes(source_key: str, prefix: str, *, channels: int, speakers: bool = False) -> int:
     """The UTF-8 length of the longest key a job can write: ``.json`` for mono audio, a per-channel
-    subtitle such as ``.channel-8.srt`` for multichannel audio (the CRD counts characters, S3 bytes)."""
+    subtitle such as ``.channel-8.srt`` for multichannel audio, ``.speaker-2.srt`` with speaker labels
+    (the CRD counts characters, S3 bytes)."""
     base = len(output_base_key(source_key, prefix).encode())
-    suffix = f".channel-{channels}.srt" if channels > 1 else ".json"
-    return base + len(suffix)
+    longest = f".channel-{channels}.srt" if channels > 1 else ".json"
+    return base + len(".speaker-2.srt" if speakers else longest)
