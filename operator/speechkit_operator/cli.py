@@ -174,6 +174,20 @@ def _transcribe_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     what.add_argument("--model", default="general", help="recognition model (default: general)")
     what.add_argument(
+        "--api",
+        choices=("v2", "v3"),
+        default="v2",
+        help="SpeechKit API (default: v2); v3 adds --text-normalization and --speaker-labeling",
+    )
+    what.add_argument(
+        "--text-normalization",
+        action="store_true",
+        help="v3: normalise the text (numbers as digits); without it numbers come in words",
+    )
+    what.add_argument(
+        "--speaker-labeling", action="store_true", help="v3, mono audio: label up to two speakers"
+    )
+    what.add_argument(
         "--include", action="append", default=[], metavar="GLOB", help="only keys matching (repeatable)"
     )
     what.add_argument(
@@ -256,6 +270,9 @@ def transcribe_command(args: argparse.Namespace) -> int:
         formats=formats,
         language=args.language,
         model=args.model,
+        api=args.api,
+        text_normalization=args.text_normalization,
+        speaker_labeling=args.speaker_labeling,
         include=tuple(args.include),
         exclude=tuple(args.exclude),
         extensions=args.extensions or (),

@@ -52,6 +52,7 @@ from speechkit_operator.clients.kube import JobStore, KubeError
 from speechkit_operator.clients.secrets import SecretNotFoundError, SecretReader, SecretUnreadableError
 from speechkit_operator.clients.speech.auth import load_ca_bundle
 from speechkit_operator.clients.speech.v2 import SpeechKitV2Client
+from speechkit_operator.clients.speech.v3 import SpeechKitV3Client
 from speechkit_operator.clients.storage import ObjectStorage, StorageError, StorageFactory
 from speechkit_operator.config import Settings
 from speechkit_operator.constants import (
@@ -135,6 +136,9 @@ class Options:
     formats: tuple[str, ...] = DEFAULT_FORMATS
     language: str | None = None
     model: str = "general"
+    api: str = "v2"
+    text_normalization: bool = False
+    speaker_labeling: bool = False
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     extensions: tuple[str, ...] = ()
@@ -224,6 +228,7 @@ _OPTION_OF_FIELD = {
     "template.output.formats": "--formats",
     "template.recognition.languageCode": "--language",
     "template.recognition.model": "--model",
+    "template.recognition": "--api, --text-normalization, --speaker-labeling",
     "maxInFlight": "--max-in-flight",
     "maxAttempts": "--max-attempts",
 }
@@ -258,9 +263,14 @@ def build_spec(
     seed_output: str | None,
 ) -> TranscriptionBatchSpec:
     """The batch's spec, validated as the CRD would (UsageError naming the option otherwise)."""
-    recognition: dict[str, Any] = {"model": options.model}
+    recognition: dict[str, Any] = {"model": options.model, "api": options.api}
     if options.language is not None:
         recognition["languageCode"] = options.language
+    # Only when asked for: on v2 the model refuses them, saying they are v3's.
+    if options.text_normalization:
+        recognition["textNormalization"] = True
+    if options.speaker_labeling:
+        recognition["speakerLabeling"] = True
     output: dict[str, Any] = {"prefix": output_prefix, "formats": list(options.formats)}
     if options.output_bucket:
         output["bucket"] = options.output_bucket
@@ -893,9 +903,11 @@ class _Session:
             storage, where.output_bucket, where.state_prefix, on_event=self.tracker.on_event
         )
         self.speech = SpeechKitV2Client.from_settings(settings)
+        self.speech_v3 = SpeechKitV3Client.from_settings(settings)
         self.workflow = JobWorkflow(
             settings,
             speech=self.speech,
+            speech_v3=self.speech_v3,
             storage=factory,
             secrets=cast(SecretReader, secrets),
             jobs=cast(JobStore, self.store),
@@ -986,6 +998,7 @@ class _Session:
 
     async def close(self) -> None:
         await self.speech.close()
+        await self.speech_v3.close()
 
     async def report(self) -> int:
         tracker, where, outcome = self.tracker, self.where, self.outcome

@@ -54,6 +54,7 @@ def environment(s3_endpoint: str, speechkit: SpeechKitEmulator, **extra: str) ->
             "SPEECHKIT_FOLDER_ID": "b1gfolder",
             "NO_PROXY": "127.0.0.1,localhost",
             "SPEECHKIT_OPERATOR_STT_URL": speechkit.url,
+            "SPEECHKIT_OPERATOR_STT_V3_URL": speechkit.url,
             "SPEECHKIT_OPERATOR_OPERATION_URL": speechkit.url,
             "SPEECHKIT_OPERATOR_IAM_TOKEN_URL": f"{speechkit.url}/iam/v1/tokens",
             "SPEECHKIT_OPERATOR_FIRST_CHECK_MIN_SECONDS": "0.1",
@@ -565,3 +566,27 @@ async def test_local_files_are_uploaded_transcribed_and_copied_back(
     assert again.code == 0, again.stderr + again.stdout
     assert "2 already there" in again.stdout
     assert len(speechkit.operations) == 2
+
+
+async def test_api_v3_options_go_to_v3_and_are_refused_on_v2_with_the_options_named(
+    cli: Cli, s3: S3Client, bucket: str, speechkit: SpeechKitEmulator
+) -> None:
+    keys = put_corpus(s3, bucket)
+
+    refused = await cli.run(f"s3://{bucket}/input/", "--language", "en-US", "--text-normalization")
+    assert refused.code == 2, refused.stderr + refused.stdout
+    assert "--api, --text-normalization, --speaker-labeling" in refused.stderr
+    assert "API v3 options" in refused.stderr
+
+    done = await cli.run(
+        f"s3://{bucket}/input/", "--language", "en-US", "--api", "v3", "--text-normalization"
+    )
+
+    assert done.code == 0, done.stderr + done.stdout
+    assert_transcribed(s3, bucket, keys)
+    assert speechkit.submissions == []
+    assert len(speechkit.v3_submissions) == len(keys)
+    assert {
+        body["recognitionModel"]["textNormalization"]["textNormalization"]
+        for body in speechkit.v3_submissions
+    } == {"TEXT_NORMALIZATION_ENABLED"}
