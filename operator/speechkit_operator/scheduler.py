@@ -659,6 +659,8 @@ class Scheduler:
                 budget.refused(now, result.throttled or None)
             elif result.called:
                 budget.succeeded(now)
+                if result.extra_calls:
+                    budget.debit(now, result.extra_calls)
             elif not spent:
                 budget.give_back(now)
         if carried is not None and (result.called or result.throttled is not None or spent):

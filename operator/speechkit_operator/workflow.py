@@ -60,7 +60,7 @@ from speechkit_operator.logic.prediction import ProcessingRates
 from speechkit_operator.logic.redaction import redact
 from speechkit_operator.logic.rendering import preview, render_json, render_outputs
 from speechkit_operator.metrics import OperatorMetrics
-from speechkit_operator.models.audio import AudioInfo
+from speechkit_operator.models.audio import AudioInfo, ContainerFormat
 from speechkit_operator.models.credentials import AnonymousCredentials, ApiKeyCredentials, Credentials
 from speechkit_operator.models.job import (
     ApiVersion,
@@ -119,6 +119,8 @@ class StepResult:
     throttled: float | None = None
     #: Not submitted: the job's credentials bill another quota scope than it was queued in.
     scope: str | None = None
+    #: Calls made beyond the one the step's token paid for (a v3 check that read its results).
+    extra_calls: int = 0
 
 
 @dataclass(frozen=True)
@@ -527,6 +529,11 @@ class JobWorkflow:
         self._speech(spec)  # a v3 job without a v3 client fails here, before anything is submitted
         return _Prepared(spec, credentials, audio, self._request(spec, storage, audio))
 
+    def _reader(self, spec: TranscriptionJobSpec) -> SpeechClient:
+        """The client that looks at the job's operation: the v3 client reads v2 operations too, so an
+        adopted operation (one the cron script started with v2) is read whichever API the job names."""
+        return self.speech_v3 if self.speech_v3 is not None else self._speech(spec)
+
     def _speech(self, spec: TranscriptionJobSpec) -> SpeechClient:
         """The client of the job's API version."""
         if spec.recognition.api is not ApiVersion.V3:
@@ -644,6 +651,7 @@ class JobWorkflow:
             audio_encoding=audio.encoding,
             sample_rate_hertz=audio.sample_rate_hertz if pcm else None,
             audio_channel_count=audio.channels if pcm else None,
+            wav_container=audio.container is ContainerFormat.WAV,
             profanity_filter=recognition.profanity_filter,
             literature_text=recognition.literature_text,
             raw_results=recognition.raw_results,
@@ -719,7 +727,7 @@ class JobWorkflow:
         assert status.operation_id is not None
         try:
             spec = self._parse_spec(job.spec)
-            speech = self._speech(spec)
+            speech = self._reader(spec)
             credentials = await self._credentials(job.ref, spec)
         except Problem as problem:
             if problem.permanent:
@@ -741,6 +749,7 @@ class JobWorkflow:
         self.metrics.call("operation", 200)
         result = await self._checked(job, spec, checks, operation)
         result.called = True
+        result.extra_calls = max(0, operation.calls - 1)
         return result
 
     async def _check_failed(

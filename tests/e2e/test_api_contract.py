@@ -434,6 +434,7 @@ def test_the_server_applies_the_documented_defaults(jobs: Jobs) -> None:
             "profanityFilter": False,
             "literatureText": False,
             "rawResults": False,
+            "api": "v2",
         },
         "priority": 0,
     }

@@ -322,9 +322,9 @@ async def test_stereo_wav_gets_per_channel_subtitles_and_a_labelled_transcript(e
 
 @in_module_loop
 async def test_a_v3_job_of_stereo_audio_goes_through_api_v3_on_the_real_stack(e2e: E2E) -> None:
-    """recognition.api v3 on the real kube-apiserver and MinIO: submitted once to recognizeFileAsync (raw
-    PCM, two channels, normalization), its streamed results become per-channel outputs numbered from 1 as
-    for v2, and the json keeps the stream."""
+    """recognition.api v3 on the real kube-apiserver and MinIO: submitted once to recognizeFileAsync (a WAV
+    container of two channels, normalization), its streamed results become per-channel outputs numbered
+    from 1 as for v2, and the json keeps the stream."""
     name = "librivox-stereo-0880L-0930R.wav"
     key = e2e.upload(name, key=f"v3/{name}")
     channel_text = reference_text(name)
@@ -347,7 +347,7 @@ async def test_a_v3_job_of_stereo_audio_goes_through_api_v3_on_the_real_stack(e2
     assert e2e.submissions_for(key) == []  # nothing through v2
     v3 = [body for body in e2e.speechkit.v3_submissions if key in str(body.get("uri", ""))]
     assert len(v3) == 1, v3
-    assert v3[0]["recognitionModel"]["audioFormat"]["rawAudio"]["audioChannelCount"] == "2"
+    assert v3[0]["recognitionModel"]["audioFormat"] == {"containerAudio": {"containerAudioType": "WAV"}}
     e2e.assert_operator_log_clean()
 
 

@@ -43,8 +43,8 @@ async def test_a_v3_job_is_submitted_to_v3_and_its_results_become_every_output(
     (request,) = speechkit.v3_submissions
     model = request["recognitionModel"]
     assert model["audioFormat"] == {
-        "rawAudio": {"audioEncoding": "LINEAR16_PCM", "sampleRateHertz": "16000", "audioChannelCount": "1"}
-    }
+        "containerAudio": {"containerAudioType": "WAV"}
+    }  # SpeechKit reads the header
     assert model["textNormalization"]["textNormalization"] == "TEXT_NORMALIZATION_ENABLED"
     assert model["languageRestriction"] == {"restrictionType": "WHITELIST", "languageCode": ["en-US"]}
     expected = reference_text("librivox-0870.wav")["1"]

@@ -172,3 +172,22 @@ def test_calls_that_reach_the_api_late_still_keep_every_window_below_the_quota(
     if quota >= 500 and window >= 600:
         per_window = [sum(1 for t in taken if start <= t < start + window) for start in (window, 2 * window)]
         assert min(per_window) >= 0.99 * quota
+
+
+def test_a_debit_makes_the_next_call_wait_for_the_calls_it_paid_for() -> None:
+    """A v3 check that also read its results made two calls for one token: the next token comes one
+    token's time later, so the calls stay within the quota (5 a second)."""
+    plain = TokenBucket.for_quota(5, 1.0, share=0.996, now=0.0, full=True)
+    debited = TokenBucket.for_quota(5, 1.0, share=0.996, now=0.0, full=True)
+    assert plain.take(0.0) and debited.take(0.0)
+    debited.debit(0.0, 1)
+    assert debited.ready_at(0.0) - plain.ready_at(0.0) == pytest.approx(1 / debited.rate)
+    assert debited.available(0.0) == 0
+    calls = 0
+    now = 0.0
+    while now < 10.0:
+        if debited.take(now):
+            debited.debit(now, 1)
+            calls += 2
+        now += 0.001
+    assert calls <= 5 * 10 + 2, "two calls per token still keep within 5 a second"

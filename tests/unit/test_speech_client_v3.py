@@ -15,6 +15,7 @@ from speechkit_operator.clients.speech.errors import (
     OperationNotFoundError,
     SpeechApiError,
 )
+from speechkit_operator.clients.speech.v2 import SpeechKitV2Client
 from speechkit_operator.clients.speech.v3 import SpeechKitV3Client, build_recognize_file_body
 from speechkit_operator.contracts.stt_v2 import AudioEncoding
 from speechkit_operator.models.credentials import ApiKeyCredentials, IamTokenCredentials
@@ -142,7 +143,18 @@ async def test_normalization_refines_the_text_and_speakers_label_the_chunks(
     state = await finished(client, normalized.id)
     assert state.transcript is not None
     assert [chunk.text for chunk in state.transcript.chunks] == ["i counted 2 birds"]
-    assert [word.text for word in state.transcript.chunks[0].words] == ["i", "counted", "two", "birds"]
+    assert [word.text for word in state.transcript.chunks[0].words] == ["i", "counted", "2", "birds"]
+    raw_words = (
+        [
+            w["text"]
+            for item in state.response["results"]
+            if "final" in item["result"]
+            for w in item["result"]["final"]["alternatives"][0]["words"]
+        ]
+        if state.response
+        else []
+    )
+    assert raw_words == ["i", "counted", "two", "birds"]  # the json keeps the final's own words
 
     emulator.transcripts["talk.wav"] = {
         "1": words_for_text("hello")
@@ -206,7 +218,11 @@ async def test_a_stream_that_breaks_off_is_read_again_and_one_that_ends_in_an_er
     assert state.transcript is not None and [c.text for c in state.transcript.chunks] == ["one", "two"]
 
     emulator.inject_v3_stream_break(after=1, error={"code": 13, "message": "internal"})
-    with pytest.raises(MalformedResponseError, match="not a stream of recognition results"):
+    with pytest.raises(SpeechApiError, match="getRecognition failed: internal") as caught:
+        await client.get_operation(submitted.id, KEY)
+    assert (caught.value.grpc_code, caught.value.http_status, caught.value.transient) == (13, 500, True)
+    emulator.inject_v3_stream_break(after=1, error={"code": 5, "message": "gone"})
+    with pytest.raises(OperationNotFoundError):
         await client.get_operation(submitted.id, KEY)
 
 
@@ -217,3 +233,34 @@ async def test_an_endless_answer_is_cut_off(emulator: SpeechKitEmulator, audio_s
         with pytest.raises(MalformedResponseError, match="larger than"):
             await finished(client, submitted.id)
     assert WAV_BYTES  # the object the emulator downloaded
+
+
+async def test_the_v3_client_reads_a_v2_operation_and_the_v2_client_refuses_a_v3_one(
+    client: SpeechKitV3Client, emulator: SpeechKitEmulator, audio_server: AudioServer
+) -> None:
+    """An adopted operation (the cron script's, v2) is read whichever API the job names; a v3 operation
+    read as v2 is an error, never an empty success."""
+    emulator.transcripts["talk.wav"] = {"1": words_for_text("from the old script")}
+    async with SpeechKitV2Client(emulator.url, emulator.url, emulator.url) as v2:
+        old = await v2.submit(wav_request(audio_server.uri("audio/talk.wav")), KEY)
+        state = await finished(client, old.id)
+        assert state.transcript is not None
+        assert [chunk.text for chunk in state.transcript.chunks] == ["from the old script"]
+        assert state.response is not None and "chunks" in state.response
+
+        new = await client.submit(wav_request(audio_server.uri("audio/talk.wav")), KEY)
+        await finished(client, new.id)
+        with pytest.raises(MalformedResponseError, match="it is an API v3 operation"):
+            await v2.get_operation(new.id, KEY)
+
+
+async def test_an_iam_token_without_a_folder_is_told_to_add_one(
+    emulator: SpeechKitEmulator, audio_server: AudioServer
+) -> None:
+    emulator.iam_tokens.add("t1.secret-token-value")
+    async with SpeechKitV3Client(emulator.url, emulator.url, emulator.url + "/iam/v1/tokens") as client:
+        with pytest.raises(SpeechApiError, match="add folder-id to the credentials Secret") as caught:
+            await client.submit(
+                wav_request(audio_server.uri("audio/talk.wav")), IamTokenCredentials("t1.secret-token-value")
+            )
+    assert caught.value.http_status == 403 and not caught.value.transient

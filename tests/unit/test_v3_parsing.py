@@ -60,7 +60,11 @@ def test_finals_make_the_words_and_refinements_the_text() -> None:
     ]
     transcript = parse_v3_results(results)
     assert [(c.channel, c.text) for c in transcript.chunks] == [("1", "22 birds."), ("1", "again")]
-    assert transcript.chunks[0].words[0] == Word("twenty", 0.1, 0.3)
+    # Subtitles say what the text says: the refined words share the final's time, by their length.
+    refined = transcript.chunks[0].words
+    assert [w.text for w in refined] == ["22", "birds."]
+    assert (refined[0].start, refined[-1].end) == (0.1, 0.9)
+    assert transcript.chunks[1].words == (Word("again", 1.5, 1.9),)
     assert transcript.channels == ("1",) and not transcript.speakers and transcript.language_code is None
 
 
@@ -110,3 +114,31 @@ def test_empty_finals_and_other_events_leave_nothing() -> None:
     empty = StreamingResponse.model_validate({"channelTag": "0", "final": {"alternatives": []}})
     partial = StreamingResponse.model_validate({"partial": {"alternatives": [{"text": "hel"}]}})
     assert parse_v3_results([empty, partial, eou("0")]).chunks == ()
+
+
+def test_finals_without_cursors_are_all_kept_and_a_refinement_goes_to_the_latest() -> None:
+    """An answer without audioCursors (SpeechKit documents them, a proxy or another service may drop
+    them): no final is lost, and a refinement belongs to the channel's latest final."""
+
+    def bare(text: str, start: int) -> StreamingResponse:
+        words = [
+            {"text": w, "startTimeMs": str(start + 300 * i), "endTimeMs": str(start + 300 * i + 250)}
+            for i, w in enumerate(text.split())
+        ]
+        return StreamingResponse.model_validate(
+            {"channelTag": "0", "final": {"alternatives": [{"text": text, "words": words}]}}
+        )
+
+    refinement_without_cursors = StreamingResponse.model_validate(
+        {
+            "channelTag": "0",
+            "finalRefinement": {
+                "finalIndex": "7",
+                "normalizedText": {"alternatives": [{"text": "General Kenobi!"}]},
+            },
+        }
+    )
+    transcript = parse_v3_results(
+        [bare("hello there", 0), bare("general kenobi", 2000), refinement_without_cursors]
+    )
+    assert [c.text for c in transcript.chunks] == ["hello there", "General Kenobi!"]

@@ -220,7 +220,8 @@ class StatusCode(_Wire):
 class StreamingResponse(_Wire):
     """One result of getRecognition; exactly one event is set (others SpeechKit may add are ignored)."""
 
-    audio_cursors: AudioCursors = Field(default_factory=AudioCursors)
+    #: None when the answer leaves them out: a reader then keeps the finals in order.
+    audio_cursors: AudioCursors | None = None
     response_wall_time_ms: Int64 = 0
     channel_tag: str = "0"
     final: AlternativeUpdate | None = None

@@ -77,7 +77,8 @@ class TokenBucket:
         calls it while the loop takes tokens."""
         if now < self.blocked_until:
             return 0.0
-        return float(math.floor(min(self.capacity, self.tokens + max(0.0, now - self.updated) * self.rate)))
+        tokens = min(self.capacity, self.tokens + max(0.0, now - self.updated) * self.rate)
+        return float(max(0, math.floor(tokens)))
 
     def ready_at(self, now: float) -> float:
         """The earliest time a token can be taken (``now`` when one can)."""
@@ -92,6 +93,12 @@ class TokenBucket:
             return False
         self.tokens -= 1.0
         return True
+
+    def debit(self, now: float, calls: int) -> None:
+        """``calls`` more calls were made than tokens were taken (a check that also read its results):
+        the tokens go below zero, and the next call waits until they are paid back."""
+        self._refill(now)
+        self.tokens -= calls
 
     def give_back(self, now: float) -> None:
         """A token taken for a call that was never made (the job was not ready after all)."""

@@ -19,6 +19,8 @@ class RecognitionRequest:
     audio_encoding: AudioEncoding
     sample_rate_hertz: int | None = None  # LINEAR16_PCM only
     audio_channel_count: int | None = None  # LINEAR16_PCM only
+    #: The object is a WAV file (LINEAR16_PCM behind a RIFF header): v3 takes it as a WAV container.
+    wav_container: bool = False
     profanity_filter: bool = False
     literature_text: bool = False
     raw_results: bool = False  # v2 only
@@ -47,3 +49,5 @@ class OperationState:
     transcript: Transcript | None = None  # the response, parsed
     #: The operation's ``modifiedAt`` (RFC 3339): when done, about when it finished.
     modified_at: str | None = None
+    #: API calls this look took (v3: the status, then the results once done).
+    calls: int = 1

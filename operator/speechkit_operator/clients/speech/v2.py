@@ -60,8 +60,13 @@ def build_submit_body(request: RecognitionRequest, folder_id: str | None) -> dic
     return body
 
 
-def parse_operation(body: dict[str, Any], *, secrets: Iterable[str] = ()) -> OperationState:
-    """An :class:`OperationState` from an Operation object; the transcript is parsed once done."""
+def parse_operation(
+    body: dict[str, Any], *, secrets: Iterable[str] = (), v2_result: bool = True
+) -> OperationState:
+    """An :class:`OperationState` from an Operation object; the transcript is parsed once done.
+
+    ``v2_result``: a done operation must carry a v2 result (false for API v3, whose results are read
+    apart)."""
     secrets = tuple(secrets)
     op_id = body.get("id")
     if not isinstance(op_id, str) or not op_id:
@@ -76,6 +81,13 @@ def parse_operation(body: dict[str, Any], *, secrets: Iterable[str] = ()) -> Ope
     error = None
     if operation.error is not None:
         error = OperationError(code=operation.error.code, message=scrub(operation.error.message, secrets))
+    if v2_result and operation.done and operation.error is None and operation.response is None:
+        # A v2 operation that is done has a result (without chunks when nothing was recognised); one
+        # without is an API v3 operation, whose results only getRecognition gives.
+        raise MalformedResponseError(
+            f"operation {op_id} is done but carries no v2 result: it is an API v3 operation (adopt it "
+            "with a job of recognition.api v3)"
+        )
     transcript = None
     if operation.done and operation.response is not None:
         try:

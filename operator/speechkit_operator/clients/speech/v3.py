@@ -24,7 +24,12 @@ import aiohttp
 
 from speechkit_operator.clients.retry import RetryPolicy
 from speechkit_operator.clients.speech.auth import json_object
-from speechkit_operator.clients.speech.errors import MalformedResponseError, OperationNotFoundError, scrub
+from speechkit_operator.clients.speech.errors import (
+    MalformedResponseError,
+    OperationNotFoundError,
+    SpeechApiError,
+    scrub,
+)
 from speechkit_operator.clients.speech.rest import (
     SpeechKitRestClient,
     credential_secrets,
@@ -35,6 +40,7 @@ from speechkit_operator.clients.speech.rest import (
 from speechkit_operator.clients.speech.v2 import parse_operation
 from speechkit_operator.clients.speech.v3_parsing import parse_v3_results
 from speechkit_operator.config import Settings
+from speechkit_operator.contracts.grpc import GrpcCode
 from speechkit_operator.contracts.stt_v2 import AudioEncoding
 from speechkit_operator.contracts.stt_v3 import (
     FOLDER_HEADER,
@@ -51,6 +57,7 @@ from speechkit_operator.contracts.stt_v3 import (
     RecognitionModelOptions,
     RecognizeFileRequest,
     ResultStreamDecoder,
+    ResultStreamError,
     SpeakerLabeling,
     SpeakerLabelingOptions,
     StreamingResponse,
@@ -77,12 +84,16 @@ _CONTAINERS: Final = {
 def build_recognize_file_body(request: RecognitionRequest) -> dict[str, Any]:
     """The JSON body of ``recognizeFileAsync`` for ``request``.
 
-    LINEAR16_PCM goes as raw audio with its rate and channels; WAV objects are sent as LINEAR16_PCM with
-    the rate and channels read from their header, exactly as for v2 (SpeechKit skips the header). A
-    language code (not ``auto``) is a whitelist of that one language; ``language_restriction`` replaces it.
+    A WAV object goes as a WAV container (SpeechKit reads its header); headerless LINEAR16_PCM as raw
+    audio with its rate and channels; Ogg Opus and MP3 as their containers. A language code (not
+    ``auto``) is a whitelist of that one language; ``language_restriction`` replaces it.
     """
     encoding = AudioEncoding(request.audio_encoding)
-    if encoding is AudioEncoding.LINEAR16_PCM:
+    if request.wav_container:
+        audio_format = AudioFormatOptions(
+            container_audio=ContainerAudio(container_audio_type=ContainerAudioType.WAV)
+        )
+    elif encoding is AudioEncoding.LINEAR16_PCM:
         audio_format = AudioFormatOptions(
             raw_audio=RawAudio(
                 sample_rate_hertz=request.sample_rate_hertz or 48000,
@@ -128,11 +139,35 @@ def build_recognize_file_body(request: RecognitionRequest) -> dict[str, Any]:
     return body.to_wire()
 
 
+def is_v2_result(response: object) -> bool:
+    """Whether an operation's ``response`` is a v2 ``LongRunningRecognitionResponse`` (v3's is empty)."""
+    if not isinstance(response, dict):
+        return False
+    kind = response.get("@type")
+    return "chunks" in response or (
+        isinstance(kind, str) and kind.endswith(".LongRunningRecognitionResponse")
+    )
+
+
 def folder_headers(credentials: Credentials) -> dict[str, str]:
     """``x-folder-id`` for IAM tokens with a folder; API keys carry their folder themselves."""
     if isinstance(credentials, IamTokenCredentials | ServiceAccountKeyCredentials) and credentials.folder_id:
         return {FOLDER_HEADER: credentials.folder_id}
     return {}
+
+
+def _with_folder_hint(exc: SpeechApiError, credentials: Credentials) -> SpeechApiError:
+    """A 403 for IAM credentials without a folder says what v3 wants."""
+    iam = isinstance(credentials, IamTokenCredentials | ServiceAccountKeyCredentials)
+    if exc.http_status != 403 or not iam or credentials.folder_id:
+        return exc
+    hint = (
+        f"{exc.message} (API v3 with an IAM token needs the folder in the x-folder-id header: add "
+        "folder-id to the credentials Secret)"
+    )
+    return SpeechApiError(
+        hint, http_status=exc.http_status, grpc_code=exc.grpc_code, retry_after=exc.retry_after
+    )
 
 
 class SpeechKitV3Client(SpeechKitRestClient):
@@ -172,27 +207,35 @@ class SpeechKitV3Client(SpeechKitRestClient):
 
     async def submit(self, request: RecognitionRequest, credentials: Credentials) -> OperationState:
         secrets = uri_secrets(request.audio_uri) + credential_secrets(credentials)
-        raw = await self._call(
-            "SpeechKit v3 submit",
-            "POST",
-            self._submit_url,
-            credentials,
-            json_body=build_recognize_file_body(request),
-            secrets=secrets,
-            headers=folder_headers(credentials),
-            retried=self._unless_throttled(is_retried_submit),
-        )
-        operation = parse_operation(json_object(raw, "SpeechKit v3 submit"), secrets=secrets)
+        try:
+            raw = await self._call(
+                "SpeechKit v3 submit",
+                "POST",
+                self._submit_url,
+                credentials,
+                json_body=build_recognize_file_body(request),
+                secrets=secrets,
+                headers=folder_headers(credentials),
+                retried=self._unless_throttled(is_retried_submit),
+            )
+        except SpeechApiError as exc:
+            raise _with_folder_hint(exc, credentials) from None
+        operation = parse_operation(json_object(raw, "SpeechKit v3 submit"), secrets=secrets, v2_result=False)
         return OperationState(
             id=operation.id, done=False, error=operation.error, modified_at=operation.modified_at
         )
 
     async def get_operation(self, operation_id: str, credentials: Credentials) -> OperationState:
-        """The operation; once it is done without an error, with its results and their transcript."""
+        """The operation; once it is done without an error, with its results and their transcript.
+
+        Reads a v2 operation too (its result is in the operation): an adopted operation, such as one the
+        cron script started, is read whichever API the job names."""
         body = await self.operation_body(operation_id, credentials)
         secrets = credential_secrets(credentials)
+        if is_v2_result(body.get("response")):
+            return parse_operation(body, secrets=secrets)
         # v3's response is empty (google.protobuf.Empty): never parse it as a v2 result.
-        operation = parse_operation({**body, "response": None}, secrets=secrets)
+        operation = parse_operation({**body, "response": None}, secrets=secrets, v2_result=False)
         if not operation.done or operation.error is not None:
             return operation
         raw_results, results = await self.results(operation_id, credentials)
@@ -202,6 +245,7 @@ class SpeechKitV3Client(SpeechKitRestClient):
             response={"results": raw_results},
             transcript=parse_v3_results(results),
             modified_at=operation.modified_at,
+            calls=2,
         )
 
     async def results(
@@ -238,7 +282,17 @@ class SpeechKitV3Client(SpeechKitRestClient):
             )
             decoder.close()
             return raw, [parse_result(item) for item in raw]
-        except ValueError as exc:  # ResultStreamError, or a result of the wrong shape
+        except ResultStreamError as exc:
+            if exc.code is None:
+                raise MalformedResponseError(f"{what}: not a stream of recognition results ({exc})") from None
+            # The stream ended in an error object: the API's own verdict, as if it had answered with it.
+            error_class = OperationNotFoundError if exc.code is GrpcCode.NOT_FOUND else SpeechApiError
+            raise error_class(
+                f"{what} failed: {scrub(str(exc), credential_secrets(credentials))[:300]}",
+                http_status=exc.code.http_status,
+                grpc_code=int(exc.code),
+            ) from None
+        except ValueError as exc:  # a result of the wrong shape
             detail = scrub(
                 str(exc).splitlines()[0] if str(exc) else type(exc).__name__, credential_secrets(credentials)
             )
