@@ -428,3 +428,22 @@ def test_whisper_is_the_default_only_with_its_model_packages(monkeypatch: pytest
 
     monkeypatch.setattr(importlib.util, "find_spec", without_base)
     assert default_engine() == "pocketsphinx"
+
+
+def test_a_mounted_model_too_large_for_the_worker_budget_is_refused_naming_the_setting(
+    base_cache: Path, tmp_path: Path
+) -> None:
+    """A larger model under the default budget would fail every job with RESOURCE_EXHAUSTED and the
+    wrong advice; its trial load measures it, and startup says which setting to raise."""
+    directory = _model_dir(base_cache, tmp_path / "mounted")
+    mib = 1024 * 1024
+
+    with pytest.raises(WhisperModelError) as caught:
+        resolve_model(str(directory), tmp_path / "cache", memory_budget=600 * mib)
+    message = str(caught.value)
+    assert "more than SPEECHKIT_SERVE_WORKER_MEMORY_BYTES (600 MiB): raise it to at least" in message
+    needed = int(message.split("raise it to at least ")[1].split(maxsplit=1)[0])
+    assert 600 * mib < needed < 1024 * mib  # base: its loaded size plus the recognition headroom
+
+    fits = resolve_model(str(directory), tmp_path / "cache", memory_budget=1024 * mib)
+    assert fits.path == directory

@@ -1022,7 +1022,9 @@ def default_engine_factory(settings: ServiceSettings) -> EngineFactory:
         options_from_settings,
     )
 
-    resolved = resolve_model(settings.whisper_model, settings.whisper_cache_dir)
+    resolved = resolve_model(
+        settings.whisper_model, settings.whisper_cache_dir, memory_budget=settings.worker_memory_bytes
+    )
     logger.info("Whisper model %s verified in %.2f s", resolved.describe(), resolved.seconds)
     options = options_from_settings(settings, model_dir=resolved.path)
     factory: EngineFactory = functools.partial(load_whisper_engine, options)

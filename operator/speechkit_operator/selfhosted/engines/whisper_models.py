@@ -244,8 +244,12 @@ def default_cache_dir() -> Path:
     return root / "speechkit-operator" / "whisper"
 
 
-def resolve_model(setting: str, cache_dir: Path | None = None) -> ResolvedModel:
-    """The directory of the model ``setting`` names, verified (see the module docstring).
+def resolve_model(
+    setting: str, cache_dir: Path | None = None, *, memory_budget: int | None = None
+) -> ResolvedModel:
+    """The directory of the model ``setting`` names, verified (see the module docstring). A model that
+    no pinned digest covers is loaded once on trial (:func:`check_loadable`), which also checks that it
+    fits ``memory_budget`` (a worker's, in bytes).
 
     Raises :class:`WhisperModelError`.
     """
@@ -258,10 +262,10 @@ def resolve_model(setting: str, cache_dir: Path | None = None) -> ResolvedModel:
         path = _bundled(BUNDLED_MODELS[name], cache)
         source: Literal["bundled", "directory", "download"] = "bundled"
     elif _looks_like_path(name):
-        path = check_loadable(check_model_directory(Path(name).expanduser()))
+        path = check_loadable(check_model_directory(Path(name).expanduser()), memory_budget)
         source = "directory"
     else:
-        path = check_loadable(check_model_directory(_download(name, cache)))
+        path = check_loadable(check_model_directory(_download(name, cache)), memory_budget)
         source = "download"
     return ResolvedModel(name, path, source, time.monotonic() - started)
 
@@ -270,17 +274,23 @@ def resolve_model(setting: str, cache_dir: Path | None = None) -> ResolvedModel:
 TRIAL_LOAD_TIMEOUT_SECONDS: Final = 300.0
 _TRIAL_LOAD = (
     "import sys, ctranslate2; "
-    "ctranslate2.models.Whisper(sys.argv[1], device='cpu', compute_type='int8', intra_threads=1)"
+    "model = ctranslate2.models.Whisper(sys.argv[1], device='cpu', compute_type='int8', intra_threads=1); "
+    "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0])"
 )
+#: What a worker needs beyond its loaded model while it recognises (features, beam search, audio):
+#: base peaks about 370 MiB above its loaded weights (docs/benchmarks.md).
+RECOGNITION_HEADROOM_BYTES: Final = 512 * 1024 * 1024
 
 
-def check_loadable(path: Path) -> Path:
+def check_loadable(path: Path, memory_budget: int | None = None) -> Path:
     """``path``, once CTranslate2 loaded the model in it, in a short-lived process of its own.
 
     A mounted or downloaded model has no pinned digests (a ``SHA256SUMS`` is optional), so a truncated
     or damaged ``model.bin`` would only show when a worker loads it, and the workers would retry for
-    ever; loading it once here turns that into a startup error that names the file. Raises
-    :class:`WhisperModelError`.
+    ever; loading it once here turns that into a startup error that names the file. A model whose
+    loaded size plus :data:`RECOGNITION_HEADROOM_BYTES` exceeds ``memory_budget`` (a large model under
+    the default worker budget) would fail every job with RESOURCE_EXHAUSTED: that is refused here too,
+    naming the setting to raise. Raises :class:`WhisperModelError`.
     """
     try:
         result = subprocess.run(  # noqa: S603 - this interpreter, a fixed program, the path as argv
@@ -303,6 +313,17 @@ def check_loadable(path: Path) -> Path:
             "incomplete, or not a CTranslate2 conversion; copy or convert it again (a SHA256SUMS file "
             "beside it lets the service check every file first)"
         )
+    loaded_kib = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    if memory_budget is not None and loaded_kib.isdigit():
+        needed = int(loaded_kib) * 1024 + RECOGNITION_HEADROOM_BYTES
+        if needed > memory_budget:
+            mib = 1024 * 1024
+            raise WhisperModelError(
+                f"the Whisper model in {path} takes {int(loaded_kib) // 1024} MiB loaded; with what "
+                f"recognition needs besides, a worker needs about {needed // mib} MiB, more than "
+                f"SPEECHKIT_SERVE_WORKER_MEMORY_BYTES ({memory_budget // mib} MiB): raise it to at least "
+                f"{needed} (and the container's memory limit to workers times that), or use a smaller model"
+            )
     return path
 
 
