@@ -171,7 +171,7 @@ def parse_specification(spec: Mapping[str, Any]) -> RecognitionSpec:
     rate = DEFAULT_SAMPLE_RATE
     raw_rate = _field(spec, _SPEC, "sampleRateHertz", "sample_rate_hertz")
     if raw_rate is not None:
-        rate = _int64(raw_rate, f"{_SPEC}.sampleRateHertz")
+        rate = int64(raw_rate, f"{_SPEC}.sampleRateHertz")
         if rate == 0:  # the proto3 default: "not set"
             rate = DEFAULT_SAMPLE_RATE
         elif rate not in SUPPORTED_PCM_RATES:
@@ -181,7 +181,7 @@ def parse_specification(spec: Mapping[str, Any]) -> RecognitionSpec:
     channels = 1
     raw_channels = _field(spec, _SPEC, "audioChannelCount", "audio_channel_count")
     if raw_channels is not None:
-        channels = _int64(raw_channels, f"{_SPEC}.audioChannelCount")
+        channels = int64(raw_channels, f"{_SPEC}.audioChannelCount")
         if encoding is not AudioEncoding.LINEAR16_PCM:
             raise invalid_argument(
                 f"{_SPEC}.audioChannelCount: only allowed with LINEAR16_PCM; "
@@ -216,7 +216,7 @@ def _string(spec: Mapping[str, Any], json_name: str, proto_name: str, default: s
     if value is None:
         return default
     if not isinstance(value, str):
-        raise invalid_argument(f"{_SPEC}.{json_name}: expected a string, got {_shown(value)}")
+        raise invalid_argument(f"{_SPEC}.{json_name}: expected a string, got {shown(value)}")
     return value.strip() or default
 
 
@@ -225,7 +225,7 @@ def _boolean(spec: Mapping[str, Any], json_name: str, proto_name: str) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise invalid_argument(f"{_SPEC}.{json_name}: expected true or false, got {_shown(value)}")
+        raise invalid_argument(f"{_SPEC}.{json_name}: expected true or false, got {shown(value)}")
     return value
 
 
@@ -239,15 +239,15 @@ def _encoding(value: object) -> AudioEncoding:
             pass
     expected = ", ".join(member.value for member in AudioEncoding)
     raise invalid_argument(
-        f"{_SPEC}.audioEncoding: unsupported value {_shown(value)}; expected one of {expected}"
+        f"{_SPEC}.audioEncoding: unsupported value {shown(value)}; expected one of {expected}"
     )
 
 
-def _int64(value: object, name: str) -> int:
+def int64(value: object, name: str) -> int:
     """An int64 in protobuf JSON: a number with no fraction, or a decimal string."""
     number: int | None = None
     if isinstance(value, LongNumber):
-        raise invalid_argument(f"{name}: {_shown(value)} is out of range")
+        raise invalid_argument(f"{name}: {shown(value)} is out of range")
     if isinstance(value, bool):
         number = None
     elif isinstance(value, int):
@@ -259,12 +259,12 @@ def _int64(value: object, name: str) -> int:
         digits = text.removeprefix("-")
         if digits.isdigit() and digits.isascii():
             if len(digits.lstrip("0")) > _INT64_DIGITS:
-                raise invalid_argument(f"{name}: {_shown(value)} is out of range")
+                raise invalid_argument(f"{name}: {shown(value)} is out of range")
             number = int(text)
     if number is None:
-        raise invalid_argument(f"{name}: expected an integer, got {_shown(value)}")
+        raise invalid_argument(f"{name}: expected an integer, got {shown(value)}")
     if not _INT64_MIN <= number <= _INT64_MAX:
-        raise invalid_argument(f"{name}: {_shown(value)} is out of range")
+        raise invalid_argument(f"{name}: {shown(value)} is out of range")
     return number
 
 
@@ -273,7 +273,7 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:.3f}".rstrip("0").rstrip(".")
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
     """A short rendering of a request value for a message: never the whole of a large or deep value."""
     if isinstance(value, dict):
         return "an object"
@@ -369,7 +369,7 @@ def check_language(language_code: str, supported: Iterable[str], *, field: str) 
     if language_code.lower() not in {language.lower() for language in languages}:
         listed = ", ".join(languages) or "none"
         raise invalid_argument(
-            f"{field}: language {_shown(language_code)} is not supported by this service; supported: {listed}"
+            f"{field}: language {shown(language_code)} is not supported by this service; supported: {listed}"
         )
 
 
@@ -384,13 +384,11 @@ def parse_sync_request(query: Mapping[str, str]) -> RecognitionSpec:
     name = query.get("format", "").strip().lower() or "oggopus"
     encoding = SYNC_FORMATS.get(name)
     if encoding is None:
-        raise invalid_argument(
-            f"format: unsupported value {_shown(name)}; expected one of lpcm, oggopus, mp3"
-        )
+        raise invalid_argument(f"format: unsupported value {shown(name)}; expected one of lpcm, oggopus, mp3")
     rate = DEFAULT_SAMPLE_RATE
     raw_rate = query.get("sampleRateHertz", "").strip()
     if raw_rate:
-        rate = _int64(raw_rate, "sampleRateHertz")
+        rate = int64(raw_rate, "sampleRateHertz")
         if rate not in SUPPORTED_PCM_RATES:
             raise invalid_argument(
                 f"sampleRateHertz: unsupported value {rate}; expected 8000, 16000 or 48000"
@@ -412,7 +410,7 @@ def _query_boolean(query: Mapping[str, str], name: str) -> bool:
         return False
     if value in {"true", "1"}:
         return True
-    raise invalid_argument(f"{name}: expected true or false, got {_shown(value)}")
+    raise invalid_argument(f"{name}: expected true or false, got {shown(value)}")
 
 
 def render_sync_result(chunks: Iterable[Chunk]) -> dict[str, Any]:

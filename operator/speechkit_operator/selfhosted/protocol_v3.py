@@ -33,7 +33,6 @@ labeling needs mono audio.
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -66,12 +65,13 @@ from speechkit_operator.contracts.stt_v3 import (
 from speechkit_operator.models.recognition import Chunk
 from speechkit_operator.selfhosted.protocol import (
     AUTO_LANGUAGE,
-    LongNumber,
     RecognizedChunk,
     check_language,
+    int64,
     invalid_argument,
     parse_content,
     parse_uri,
+    shown,
 )
 
 #: The suffixes a model name may carry (``general:rc``, ``deferred-general:deprecated``); every variant
@@ -87,7 +87,6 @@ _CONTAINER_ENCODINGS: Final[Mapping[ContainerAudioType, AudioEncoding]] = {
     ContainerAudioType.OGG_OPUS: AudioEncoding.OGG_OPUS,
     ContainerAudioType.MP3: AudioEncoding.MP3,
 }
-_INT64_MAX: Final = 2**63 - 1
 
 _E = TypeVar("_E", bound=enum.Enum)
 
@@ -272,7 +271,7 @@ def _model(value: str | None) -> str:
     model = (value or "").strip() or "general"
     if model not in ACCEPTED_MODELS:
         raise invalid_argument(
-            f"recognitionModel.model: unsupported model {_shown(model)}; expected one of "
+            f"recognitionModel.model: unsupported model {shown(model)}; expected one of "
             f"{', '.join(ACCEPTED_MODELS)}"
         )
     return model
@@ -302,50 +301,28 @@ def _object(
             raise invalid_argument(f"{name}: required field is missing")
         return None
     if not isinstance(value, Mapping):
-        raise invalid_argument(f"{name}: expected an object, got {_shown(value)}")
+        raise invalid_argument(f"{name}: expected an object, got {shown(value)}")
     return value
 
 
 def _string(message: Mapping[str, Any], path: str, proto_name: str) -> str | None:
     value = _field(message, path, proto_name)
     if value is not None and not isinstance(value, str):
-        raise invalid_argument(f"{path}{_camel(proto_name)}: expected a string, got {_shown(value)}")
+        raise invalid_argument(f"{path}{_camel(proto_name)}: expected a string, got {shown(value)}")
     return value
 
 
 def _boolean(message: Mapping[str, Any], path: str, proto_name: str) -> bool | None:
     value = _field(message, path, proto_name)
     if value is not None and not isinstance(value, bool):
-        raise invalid_argument(f"{path}{_camel(proto_name)}: expected true or false, got {_shown(value)}")
+        raise invalid_argument(f"{path}{_camel(proto_name)}: expected true or false, got {shown(value)}")
     return value
 
 
 def _int64(message: Mapping[str, Any], path: str, proto_name: str) -> int | None:
     """An int64: a JSON integer (or integral number) or a decimal string."""
     value = _field(message, path, proto_name)
-    name = f"{path}{_camel(proto_name)}"
-    if value is None:
-        return None
-    number: int | None = None
-    if isinstance(value, LongNumber):
-        raise invalid_argument(f"{name}: {_shown(value)} is out of range")
-    if isinstance(value, bool):
-        number = None
-    elif isinstance(value, int):
-        number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    elif isinstance(value, str):
-        digits = value.strip().removeprefix("-")
-        if digits.isascii() and digits.isdigit():
-            if len(digits.lstrip("0")) > 19:
-                raise invalid_argument(f"{name}: {_shown(value)} is out of range")
-            number = int(value.strip())
-    if number is None:
-        raise invalid_argument(f"{name}: expected an integer, got {_shown(value)}")
-    if abs(number) > _INT64_MAX:
-        raise invalid_argument(f"{name}: {_shown(value)} is out of range")
-    return number
+    return None if value is None else int64(value, f"{path}{_camel(proto_name)}")
 
 
 def _enum(message: Mapping[str, Any], path: str, proto_name: str, kind: type[_E], prefix: str) -> str | None:
@@ -366,7 +343,7 @@ def _enum(message: Mapping[str, Any], path: str, proto_name: str, kind: type[_E]
         return value
     expected = ", ".join(name for name in names if name != unspecified)
     raise invalid_argument(
-        f"{path}{_camel(proto_name)}: unsupported value {_shown(value)}; expected one of {expected}"
+        f"{path}{_camel(proto_name)}: unsupported value {shown(value)}; expected one of {expected}"
     )
 
 
@@ -399,17 +376,6 @@ def _validated(model: type[_M], canonical: dict[str, Any]) -> _M:
         where = ".".join(str(part) for part in error["loc"])
         prefix = "recognitionModel" if model is RecognitionModelOptions else "speakerLabeling"
         raise invalid_argument(f"{prefix}.{where}: {error['msg']}") from None
-
-
-def _shown(value: object) -> str:
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, LongNumber):
-        return f"a number of {value.digits} digits"
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= 64 else text[:63] + "…"
 
 
 # --- Languages ----------------------------------------------------------------------------------------
@@ -453,9 +419,9 @@ def resolve_language(restriction: LanguageRestrictionOptions | None, supported: 
         return by_lower[codes[0].lower()]
     present = [by_lower[code.lower()] for code in codes if code.lower() in by_lower]
     if not present:
-        shown = ", ".join(_shown(code) for code in codes[:8])
+        listed = ", ".join(shown(code) for code in codes[:8])
         raise invalid_argument(
-            f"{_RESTRICTION}.languageCode: none of the languages {shown} is supported by this service; "
+            f"{_RESTRICTION}.languageCode: none of the languages {listed} is supported by this service; "
             f"supported: {', '.join(languages)}"
         )
     distinct = list(dict.fromkeys(present))

@@ -44,6 +44,7 @@ from speechkit_operator.clients.speech.errors import (
     api_error_from_body,
     scrub,
 )
+from speechkit_operator.config import Settings
 from speechkit_operator.contracts.operation import CANCEL_SUFFIX, OPERATIONS_PATH
 from speechkit_operator.models.credentials import Credentials, ServiceAccountKeyCredentials
 
@@ -73,6 +74,17 @@ def never(exc: Exception) -> bool:
 
 def _retry_after_of(exc: Exception) -> float | None:
     return exc.retry_after if isinstance(exc, SpeechApiError) else None
+
+
+def settings_options(settings: Settings) -> dict[str, Any]:
+    """What every speech client takes from the settings besides its URLs: the timeout, retries and CA
+    bundle; 429s are not repeated inside a call (the operator's quota budgets pace the calls)."""
+    return {
+        "timeout": settings.http_timeout,
+        "retry_policy": RetryPolicy.from_settings(settings),
+        "ca_bundle": settings.ca_bundle,
+        "retry_throttled": False,
+    }
 
 
 def credential_secrets(credentials: Credentials) -> tuple[str, ...]:

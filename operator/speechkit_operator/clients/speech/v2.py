@@ -13,13 +13,13 @@ from typing import Any
 
 import aiohttp
 
-from speechkit_operator.clients.retry import RetryPolicy
 from speechkit_operator.clients.speech.auth import json_object
 from speechkit_operator.clients.speech.errors import MalformedResponseError, scrub
 from speechkit_operator.clients.speech.rest import (
     SpeechKitRestClient,
     credential_secrets,
     is_retried_submit,
+    settings_options,
     uri_secrets,
 )
 from speechkit_operator.clients.speech.v2_parsing import parse_v2_response
@@ -123,11 +123,8 @@ class SpeechKitV2Client(SpeechKitRestClient):
             settings.submit_base_url,
             settings.operations_base_url,
             str(settings.iam_token_url),
-            timeout=settings.http_timeout,
-            retry_policy=RetryPolicy.from_settings(settings),
             session=session,
-            ca_bundle=settings.ca_bundle,
-            retry_throttled=False,
+            **settings_options(settings),
         )
 
     async def submit(self, request: RecognitionRequest, credentials: Credentials) -> OperationState:

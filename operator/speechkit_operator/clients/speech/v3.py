@@ -22,7 +22,6 @@ from urllib.parse import quote
 
 import aiohttp
 
-from speechkit_operator.clients.retry import RetryPolicy
 from speechkit_operator.clients.speech.auth import json_object
 from speechkit_operator.clients.speech.errors import (
     MalformedResponseError,
@@ -35,6 +34,7 @@ from speechkit_operator.clients.speech.rest import (
     credential_secrets,
     is_retried,
     is_retried_submit,
+    settings_options,
     uri_secrets,
 )
 from speechkit_operator.clients.speech.v2 import parse_operation
@@ -198,11 +198,8 @@ class SpeechKitV3Client(SpeechKitRestClient):
             settings.v3_base_url,
             settings.operations_base_url,
             str(settings.iam_token_url),
-            timeout=settings.http_timeout,
-            retry_policy=RetryPolicy.from_settings(settings),
             session=session,
-            ca_bundle=settings.ca_bundle,
-            retry_throttled=False,
+            **settings_options(settings),
         )
 
     async def submit(self, request: RecognitionRequest, credentials: Credentials) -> OperationState:
