@@ -836,6 +836,8 @@ class MinioServer:
 
     def start(self) -> None:
         port, console_port = free_port(self.host), free_port(self.host)
+        while console_port == port:  # the kernel may hand the just-released port out again
+            console_port = free_port(self.host)
         scheme = "https" if self.tls is not None else "http"
         self.endpoint = f"{scheme}://{self.host}:{port}"
         self.console = f"{scheme}://{self.host}:{console_port}"
