@@ -374,8 +374,12 @@ class Scheduler:
             while self._heap and self._heap[0].at <= now and not self._stopping:
                 item = heapq.heappop(self._heap)
                 entry = self._jobs.get(item.uid)
-                if entry is not None and entry.version == item.version and not entry.busy:
+                if entry is None or entry.version != item.version:
+                    continue
+                if not entry.busy:
                     self._due(entry)
+                else:
+                    self._withdraw_if_expired(entry)
             timeout = max(0.0, self._heap[0].at - self.clock().timestamp()) if self._heap else None
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -473,6 +477,11 @@ class Scheduler:
             name=ref.name,
         )
         scope.queue_changed.set()
+        if entry.limits.deadline_seconds is not None:
+            # Its deadline may come while it waits in line: look again then.
+            deadline = entry.created_at + timedelta(seconds=entry.limits.deadline_seconds)
+            heapq.heappush(self._heap, _Due(deadline.timestamp(), next(self._seq), uid, entry.version))
+            self._wake.set()
         if scope.submits is None or entry.job.status.submission is not None:
             return
         now = time.monotonic()
@@ -488,6 +497,40 @@ class Scheduler:
         if wait > 1.0 and fresh:
             eta = self.clock() + timedelta(seconds=wait)
             entry.notice = asyncio.ensure_future(self._notify_queued(entry, position, eta))
+
+    def _withdraw_if_expired(self, entry: _Entry) -> None:
+        """A job whose deadline came while it waited in line for a submission leaves the line for
+        its deadline step: it is never submitted (paid for) after its deadline, nor left Queued."""
+        scope = self._scopes.get(entry.scope) if entry.scope is not None else None
+        uid = _uid(entry)
+        if entry.stepping or scope is None or uid not in scope.queue:
+            return
+        if self._plan(entry).step is not lifecycle.Step.DEADLINE:
+            return
+        notice = entry.notice
+        if notice is not None and entry.notice_started and not notice.done():
+            # Its Queued notice is being written: look again once it has landed.
+            heapq.heappush(
+                self._heap, _Due(self.clock().timestamp() + 1.0, next(self._seq), uid, entry.version)
+            )
+            return
+        scope.queue.discard(uid)
+        scope.queue_changed.set()
+        self._drop_notice(entry)
+        entry.busy = False
+        self._due(entry)
+
+    def _drop_notice(self, entry: _Entry) -> Awaitable[Any] | None:
+        """Forget the job's Queued notice: cancelled if not started yet; one being written is
+        returned, to be awaited before the next write."""
+        notice, entry.notice = entry.notice, None
+        started, entry.notice_started = entry.notice_started, False
+        if notice is None:
+            return None
+        if started:
+            return notice
+        notice.cancel()
+        return None
 
     async def _notify_queued(self, entry: _Entry, position: int, eta: datetime) -> None:
         """Write the Queued notice, a few at a time: 10,000 jobs queued at once are 10,000 writes
@@ -541,19 +584,22 @@ class Scheduler:
                 if bucket is not None:
                     bucket.give_back(time.monotonic())
                 continue
-            if entry.notice is not None:
-                notice, entry.notice = entry.notice, None
-                if entry.notice_started:  # being written: let it land before the intent
-                    with contextlib.suppress(Exception):
-                        await notice
-                else:  # its turn came first: nothing to say any more
-                    notice.cancel()
-                entry.notice_started = False
+            # Its turn came: a notice not written yet has nothing to say any more; one being
+            # written lands before the intent.
+            if (landing := self._drop_notice(entry)) is not None:
+                with contextlib.suppress(Exception):
+                    await landing
             if self._stopping or entry.deleted:
                 if bucket is not None:
                     bucket.give_back(time.monotonic())
                 if self._stopping:
                     return
+                continue
+            if self._plan(entry).step is lifecycle.Step.DEADLINE:  # it came while the job waited
+                if bucket is not None:
+                    bucket.give_back(time.monotonic())
+                entry.busy = False
+                self._due(entry)
                 continue
             if entry.job.status.submission is not None and not entry.job.status.operation_id:
                 action: Callable[[Job], Awaitable[StepResult]] = self.workflow.resolve_uncertain

@@ -299,6 +299,7 @@ class JobWorkflow:
             try:
                 operation = await self._speech(prepared.spec).submit(prepared.request, prepared.credentials)
             except SpeechApiError as exc:
+                self.metrics.call("submit", exc.http_status or 0)
                 failed = await self._submission_failed(job, exc)
                 failed.spent = failed.throttled is None and not exc.certainly_unprocessed
                 return failed

@@ -1306,7 +1306,22 @@ def test_replicas_for_failover_need_leader_election() -> None:
     single = _one(_render("--set", "settings.leader_election=false"), "Deployment", "ops")
     assert single["spec"]["replicas"] == 1
     assert single["spec"]["strategy"] == {"type": "Recreate"}
-    assert not [d for d in _render("--set", "settings.leader_election=false") if d["kind"] == "Role"]
+    # Without leader election there is no Lease to touch, but the learned pace is still kept.
+    [role] = [d for d in _render("--set", "settings.leader_election=false") if d["kind"] == "Role"]
+    assert not {resource for _, resource, _ in _rules(role)} - {"configmaps"}
+    assert {"get", "patch"} <= {
+        verb
+        for rule in role["rules"]
+        if "speechkit-operator-predictions" in rule.get("resourceNames", [])
+        for verb in rule["verbs"]
+    }
+    assert not [
+        d
+        for d in _render(
+            "--set", "settings.leader_election=false", "--set", "settings.predictions_configmap="
+        )
+        if d["kind"] == "Role"
+    ]
     refused = _render_failure("--set", "replicas=2", "--set", "settings.leader_election=false")
     assert "replicas > 1 needs settings.leader_election" in refused
 

@@ -56,6 +56,29 @@ def test_a_running_job_is_checked_at_its_next_check_never_past_retention() -> No
     assert far.at is not None and far.at < NOW + RETENTION
 
 
+def test_a_job_past_its_last_chance_before_retention_keeps_its_own_schedule() -> None:
+    # 71 h after submission the retention check's time has passed: it must not be due again and
+    # again (a clamp to a past time took every check token of its scope, tens of thousands a second).
+    old = status(phase="Running", operationId="op", submittedAt=format_time(at(-71 * 3600)))
+    assert plan(old, created_at=CREATED, limits=Limits(), now=NOW, next_check=at(300)) == Plan(
+        Step.CHECK, at(300)
+    )
+    # Before that time it is still the latest a check may come.
+    young = status(phase="Running", operationId="op", submittedAt=format_time(at(-69 * 3600)))
+    assert plan(young, created_at=CREATED, limits=Limits(), now=NOW, next_check=at(7200)) == Plan(
+        Step.CHECK, at(3600)
+    )
+
+
+def test_a_queued_jobs_estimated_turn_is_not_a_back_off() -> None:
+    # After a restart a job that was Queued takes its place in line at once, so newer jobs do
+    # not overtake it while its old estimate runs out.
+    queued = status(phase="Queued", reason="Queued", nextAttemptAt=format_time(at(3600)))
+    assert plan(queued, created_at=CREATED, limits=Limits(), now=NOW) == Plan(Step.SUBMIT, NOW)
+    waiting = status(phase="Pending", reason="StorageUnavailable", nextAttemptAt=format_time(at(60)))
+    assert plan(waiting, created_at=CREATED, limits=Limits(), now=NOW) == Plan(Step.SUBMIT, at(60))
+
+
 def test_a_running_job_without_a_schedule_is_checked_now() -> None:
     restored = status(phase="Running", operationId="op")
     assert plan(restored, created_at=CREATED, limits=Limits(), now=NOW) == Plan(Step.CHECK, NOW)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+from prometheus_client import generate_latest
+
 from speechkit_operator.clients.kube import JobStore, KubeError
 from speechkit_operator.clients.secrets import SecretNotFoundError, SecretReader
 from speechkit_operator.clients.speech.base import SpeechClient
@@ -421,3 +423,18 @@ async def test_an_adopt_annotation_never_replaces_an_operation_and_a_malformed_o
         submitted = next(c for c in status["conditions"] if c["type"] == "Submitted")
         assert (submitted["status"], submitted["reason"]) == ("False", "InvalidAdoption")
         assert (name, "event", "Failed") in setup.cluster.log
+
+
+async def test_a_refused_submission_is_counted_in_the_metrics() -> None:
+    setup = rig()
+    setup.speech.throttle.add("once.ogg")
+    setup.scheduler.start()
+    try:
+        setup.add("once")
+        await until(lambda: len(setup.speech.submitted) == 1, timeout=10)
+    finally:
+        await setup.scheduler.stop(1.0)
+    text = generate_latest(setup.scheduler.workflow.metrics.registry).decode()
+    assert 'speechkit_operator_api_throttled_total{endpoint="submit"} 1.0' in text
+    assert 'speechkit_operator_api_calls_total{code="429",endpoint="submit"} 1.0' in text
+    assert 'speechkit_operator_api_calls_total{code="200",endpoint="submit"} 1.0' in text

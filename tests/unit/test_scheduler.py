@@ -625,3 +625,53 @@ async def test_with_quotas_per_folder_finished_jobs_earlier_submissions_count_in
         await asyncio.sleep(0.1)
         carried = scheduler._scopes["folder:a"].carried
         assert carried is not None and len(carried.earlier) == 5
+
+
+async def test_a_job_past_its_last_chance_before_retention_does_not_take_every_check() -> None:
+    workflow = FakeWorkflow()
+    seen: list[str] = []
+
+    async def check(job: Job) -> StepResult:
+        seen.append(job.ref.name)
+        return StepResult(next_check=now() + timedelta(minutes=5), checks=job.checks + 1, called=True)
+
+    workflow.check = check  # type: ignore[method-assign]
+    async with running_scheduler(workflow, quota_window_seconds=10.0, check_quota=100) as scheduler:
+        old = running("old")
+        old["status"]["submittedAt"] = format_time(now() - timedelta(hours=71))
+        scheduler.observe(old)
+        scheduler.observe(running("young", next_check=now()))
+        await asyncio.sleep(1.0)
+    assert seen.count("old") == 1
+    assert seen.count("young") == 1
+
+
+async def test_a_queued_job_keeps_its_place_across_a_restart() -> None:
+    workflow = FakeWorkflow()
+    async with running_scheduler(workflow) as scheduler:
+        # The previous process said it was queued, expected in an hour.
+        scheduler.observe(
+            body(
+                "old",
+                created=now() - timedelta(minutes=10),
+                status={
+                    "phase": "Queued",
+                    "reason": "Queued",
+                    "nextAttemptAt": format_time(now() + timedelta(hours=1)),
+                },
+            )
+        )
+        scheduler.observe(body("new", created=now()))
+        await until(lambda: len([c for c in workflow.calls if c[0] == "submit"]) == 2)
+    assert [name for kind, name in workflow.calls if kind == "submit"] == ["old", "new"]
+
+
+async def test_a_deadline_that_passes_in_line_fails_the_job_without_submitting_it() -> None:
+    workflow = FakeWorkflow()
+    # The bucket starts empty: the first token comes after a few seconds, past the deadline.
+    async with running_scheduler(workflow, quota_window_seconds=20.0, submit_quota=2) as scheduler:
+        scheduler.observe(body("short", spec={"activeDeadlineSeconds": 1}))
+        await until(lambda: ("deadline", "short") in workflow.calls, timeout=4)
+        # Left the line at its deadline, before any token came.
+        assert scheduler.queued() == 0
+    assert ("submit", "short") not in workflow.calls

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from speechkit_operator.models.job import JobStatus, Phase
+from speechkit_operator.models.job import JobStatus, Phase, Reason
 from speechkit_operator.models.timestamps import parse_time
 
 #: SpeechKit keeps a result for 3 days; a job never schedules anything for later than this.
@@ -74,15 +74,21 @@ def plan(
     if status.operation_id:
         step, at = Step.CHECK, next_check or parse_time(status.next_check_at) or now
         submitted = parse_time(status.submitted_at)
-        if submitted is not None:
-            at = min(at, submitted + RETENTION - RETENTION_MARGIN)
+        # One check before the results expire; once that time has passed, the job's own
+        # schedule goes on (a clamp to a past time would make it due again at once, forever).
+        last_chance = submitted + RETENTION - RETENTION_MARGIN if submitted is not None else None
+        if last_chance is not None and last_chance > now:
+            at = min(at, last_chance)
     elif status.submission is not None:
         # An attempt that failed (the apiserver was down, say) backs off here as well.
         step, at = Step.RESOLVE_UNCERTAIN, max(now, intent_settles_at or now, next_attempt or now)
     elif adopt:
         step, at = Step.ADOPT, next_attempt or now
     else:
-        step, at = Step.SUBMIT, next_attempt or parse_time(status.next_attempt_at) or now
+        # A Queued job's nextAttemptAt is its estimated turn, not a back-off: after a restart it
+        # takes its place in line at once (else newer jobs would overtake it).
+        recorded = None if status.reason == Reason.QUEUED else parse_time(status.next_attempt_at)
+        step, at = Step.SUBMIT, next_attempt or recorded or now
 
     if limits.deadline_seconds is not None:
         deadline = created_at + timedelta(seconds=limits.deadline_seconds)
