@@ -844,7 +844,8 @@ class JobWorkflow:
         if finished is not None:
             self.metrics.detection_latency.observe(max(0.0, (self.clock() - finished).total_seconds()))
         self.metrics.checks_per_job.observe(checks)
-        await self._learn(spec, job.status, finished)
+        if job.adopt is None:  # an adopted operation's true submission time is not known
+            await self._learn(spec, job.status, finished)
         patch = transitions.succeeded(
             self._facts(job),
             checks=checks,
