@@ -8,7 +8,9 @@ server. Children are created lazily, at most ``maxInFlight`` unfinished at once,
 turn in the scheduler like any job. An object whose transcripts exist already is skipped; with
 ``source.seedLog`` the seed script's markers are read: an operation still in flight (or finished
 with no result kept) is adopted by the child, never submitted again; one finished with its result in
-the seed's output prefix is skipped. A child that failed for a transient reason gets another attempt
+the seed's output prefix is skipped, unless that result is a failed operation (then the object is
+transcribed anew). Our own transcripts are looked for first: an object that has them is skipped,
+whatever the seed's marker says. A child that failed for a transient reason gets another attempt
 (a new child, ``<name>-<attempt>``) until ``maxAttempts``.
 
 The children's phases come from the jobs' watch stream (:meth:`BatchController.observe_job`),
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 from collections import Counter, deque
@@ -78,6 +81,13 @@ SUBTITLE_PROBE_KEYS = 100
 #: Seconds before a page whose objects still have jobs being deleted (a batch deleted and applied
 #: again: the garbage collector removes the old children) is looked at again.
 OLD_JOB_RETRY = 5.0
+#: Seconds an object waits for an old job of its name to go before the scan goes on without it (a
+#: foreign finalizer can hold a job being deleted for ever): the object is skipped in this pass,
+#: with the reason ``WaitingForOldJob`` in the batch's failures, and the next pass tries it again.
+OLD_JOB_PATIENCE = 600.0
+#: The largest seed result read to tell a failed operation from a transcribed one (the seed writes
+#: an operation's JSON whatever it holds, an error included; a failed one is a few hundred bytes).
+SEED_RESULT_LIMIT = 64 * 1024
 #: A child's phase, in the order phases go: an event never moves a child back.
 PHASE_RANK = {"": 0, "Pending": 1, "Queued": 2, "Running": 3, "Succeeded": 4, "Failed": 4}
 ACTIVE_PHASES = ("", "Pending", "Queued", "Running")
@@ -137,6 +147,9 @@ class _Batch:
     reported: int | None = None
     #: Why the scan is paused (reason, message), until it goes on.
     scan_problem: tuple[Reason, str] | None = None
+    #: Job name -> when its object began waiting for an old job of that name to go (only the
+    #: objects that wait, or gave up waiting: one given up waiting gives up at once next pass).
+    old_jobs: dict[str, datetime] = field(default_factory=dict)
 
 
 class BatchController:
@@ -398,8 +411,10 @@ class BatchController:
             except _Skipped:
                 pass
             except _OldJob as old:
-                batch.retries.appendleft(retry)
-                raise _ScanStopped(OLD_JOB_RETRY, old.message, Reason.WAITING_FOR_OLD_JOBS) from None
+                name = f"{retry.object_name}-{retry.attempt}"
+                if not self._gave_up_waiting(batch, name, retry.key, old.message):
+                    batch.retries.appendleft(retry)
+                    raise _ScanStopped(OLD_JOB_RETRY, old.message, Reason.WAITING_FOR_OLD_JOBS) from None
             except _ScanStopped:
                 batch.retries.appendleft(retry)
                 raise
@@ -407,6 +422,7 @@ class BatchController:
                 if not created:
                     self._release(batch, retry.object_name)
             if created:
+                batch.old_jobs.pop(f"{retry.object_name}-{retry.attempt}", None)
                 max_attempts = batch.spec.max_attempts if batch.spec is not None else retry.attempt
                 await self._note(
                     batch,
@@ -664,8 +680,12 @@ class BatchController:
             try:
                 outcome = await self._new_object(batch, storage, listed, object_name, language)
                 created = outcome == "created"
+                if batch.old_jobs:
+                    batch.old_jobs.pop(object_name, None)
                 return outcome == "skipped"
             except _OldJob as old:
+                if self._gave_up_waiting(batch, object_name, listed.key, old.message):
+                    return True
                 return old.message
             finally:
                 if not created:
@@ -700,15 +720,17 @@ class BatchController:
             return "skipped"
         adopt: tuple[str, datetime | None] | None = None
         try:
+            # Our transcripts first: the seed's marker of an operation an earlier child adopted
+            # still says in flight once that child succeeded (and was deleted after its TTL).
+            if await _transcribed(
+                storage, spec.output_bucket, listed.key, output.prefix, [fmt.value for fmt in output.formats]
+            ):
+                return "skipped"
             if source.seed_log is not None:
                 seed = await self._seed_state(batch, storage, listed.key)
                 if seed == "done":
                     return "skipped"
                 adopt = seed
-            if adopt is None and await _transcribed(
-                storage, spec.output_bucket, listed.key, output.prefix, [fmt.value for fmt in output.formats]
-            ):
-                return "skipped"
         except StorageError as exc:
             if exc.kind == "invalid":
                 # The storage refuses a request about this object alone: it cannot be handled.
@@ -766,10 +788,42 @@ class BatchController:
             return "done"
         seed_output = source.effective_seed_output or "out/"
         result_key = batch_selection.seed_result_key(key, source.prefix, seed_output)
-        if marker.done and await storage.head_or_none(source.bucket, result_key) is not None:
-            return "done"
+        if marker.done and (result := await storage.head_or_none(source.bucket, result_key)) is not None:
+            if result.size > SEED_RESULT_LIMIT or not await _seed_result_failed(
+                storage, source.bucket, result_key
+            ):
+                return "done"
+            # The seed writes an operation's JSON and marks it done whatever it held: a failed
+            # operation has nothing to adopt or keep, so the object is transcribed anew.
+            logger.warning(
+                "batch %s: %s: the seed's result s3://%s/%s is a failed operation (%s): submitting it again",
+                batch.ref,
+                key,
+                source.bucket,
+                result_key,
+                marker.operation_id,
+            )
+            return None
         head = await storage.head_or_none(source.bucket, marker_key)
         return marker.operation_id, head.last_modified if head is not None else None
+
+    def _gave_up_waiting(self, batch: _Batch, name: str, key: str, message: str) -> bool:
+        """Whether the object of ``key`` has waited :data:`OLD_JOB_PATIENCE` seconds for the old job
+        ``name`` to go: then it is given up for this pass, with the reason in the batch's failures
+        (and the next pass gives it up at once if that job is still there)."""
+        now = self.clock()
+        since = batch.old_jobs.setdefault(name, now)
+        if (now - since).total_seconds() < OLD_JOB_PATIENCE:
+            return False
+        logger.warning("batch %s: %s gave up waiting for job %s to go: %s", batch.ref, key, name, message)
+        self._remember_failure(
+            batch,
+            key,
+            Reason.WAITING_FOR_OLD_JOB,
+            f"{message}; skipped in this pass after waiting {OLD_JOB_PATIENCE:.0f}s for it (is a "
+            "finalizer holding it?), the next pass tries again",
+        )
+        return True
 
     def _remember_failure(self, batch: _Batch, key: str, reason: str, message: str) -> None:
         failures = batch_progress.remember_failure(batch.status.failures, key, reason, message)
@@ -897,6 +951,25 @@ def _attempt(annotations: Mapping[str, Any]) -> int:
         return max(1, int(value)) if value is not None else 1
     except (TypeError, ValueError):
         return 1
+
+
+async def _seed_result_failed(storage: ObjectStorage, bucket: str, key: str) -> bool:
+    """Whether the seed's result at ``key`` is a failed operation: a JSON object with an ``error``
+    and no ``response`` (what the seed writes when SpeechKit could not transcribe the audio). A
+    result too large or unreadable as JSON counts as a transcription (nothing is paid twice)."""
+    try:
+        data = await storage.read_small(bucket, key, limit=SEED_RESULT_LIMIT)
+    except StorageError as exc:
+        if exc.kind in ("too_large", "invalid"):
+            return False
+        raise
+    if data is None:
+        return False
+    try:
+        result = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(result, dict) and result.get("error") is not None and result.get("response") is None
 
 
 async def _transcribed(

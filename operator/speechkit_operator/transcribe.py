@@ -101,7 +101,7 @@ ProgressMode = Literal["auto", "rich", "plain", "none"]
 #: Events logged as warnings (nothing else logs them).
 LOGGED_EVENTS = frozenset({"RetryScheduled"})
 #: Why the batch controller skips an object with a reason (kept in the batch's failures).
-SKIP_REASONS = frozenset({"UnusableKey", "SeedMarkerInvalid", "TakenByAnotherJob"})
+SKIP_REASONS = frozenset({"UnusableKey", "SeedMarkerInvalid", "TakenByAnotherJob", "WaitingForOldJob"})
 
 #: The seed script's variables and what they become here (for --help and the README).
 SEED_MAPPING: tuple[tuple[str, str], ...] = (

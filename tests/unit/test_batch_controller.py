@@ -538,3 +538,146 @@ async def test_a_copied_batch_skips_the_objects_another_batch_transcribes() -> N
     assert copied.jobs.creates == []
     assert copied.jobs.status["counts"]["skipped"] == 2
     assert {f["reason"] for f in copied.jobs.status["failures"]} == {"TakenByAnotherJob"}
+
+
+def stuck_job(name: str, key: str) -> dict[str, Any]:
+    """A job of ``name`` being deleted that never goes: a person's, held by a foreign finalizer."""
+    return {
+        "metadata": {
+            "name": name,
+            "uid": "person",
+            "deletionTimestamp": "2026-11-30T11:00:00Z",
+            "finalizers": ["example.com/backup"],
+        },
+        "spec": {"source": {"bucket": BUCKET, "key": key}},
+        "status": {"phase": "Running"},
+    }
+
+
+async def test_an_object_whose_old_job_never_goes_is_skipped_after_a_while_and_the_batch_completes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batches, "OLD_JOB_RETRY", 0.05)
+    storage = Storage({f"input/{index:04}.wav": b"x" for index in range(30)}, page=10)
+    setup = rig(storage)
+    stuck = name_of("input/0003.wav")
+    setup.jobs.objects[stuck] = stuck_job(stuck, "input/0003.wav")
+    setup.batch(spec())
+    setup.controller.start()
+    try:
+        await until(lambda: setup.jobs.status.get("reason") == "WaitingForOldJobs")
+        await asyncio.sleep(0.3)  # the page is looked at again and again: its wait goes on
+        assert not setup.jobs.status.get("passes")
+        assert len(setup.jobs.creates) == 9
+        setup.offset[0] = timedelta(seconds=batches.OLD_JOB_PATIENCE + 1)
+        await until(lambda: setup.jobs.status.get("passes") == 1)
+        assert len(setup.jobs.creates) == 29
+        for name in list(setup.jobs.creates):
+            setup.finish(name)
+        await until(lambda: setup.jobs.status.get("phase") == "Complete")
+    finally:
+        await setup.controller.stop()
+    counts = setup.jobs.status["counts"]
+    assert (counts["discovered"], counts["succeeded"], counts["skipped"]) == (30, 29, 1)
+    [failure] = setup.jobs.status["failures"]
+    assert (failure["key"], failure["reason"]) == ("input/0003.wav", "WaitingForOldJob")
+    assert "next pass tries again" in failure["message"]
+
+
+async def test_an_object_given_up_waiting_is_tried_again_by_the_next_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batches, "OLD_JOB_RETRY", 0.05)
+    monkeypatch.setattr(batches, "OLD_JOB_PATIENCE", 0.0)
+    storage = Storage({"input/a.wav": b"x"})
+    setup = rig(storage)
+    stuck = name_of("input/a.wav")
+    setup.jobs.objects[stuck] = stuck_job(stuck, "input/a.wav")
+    setup.batch(spec(rescanInterval=60))
+    setup.controller.start()
+    try:
+        await until(lambda: setup.jobs.status.get("passes") == 1)
+        assert setup.jobs.creates == []
+        del setup.jobs.objects[stuck]  # its finalizer is removed: it goes
+        setup.offset[0] = timedelta(seconds=61)
+        setup.batch(spec(rescanInterval=60, maxInFlight=50), generation=2)  # an edit wakes the batch
+        await until(lambda: setup.jobs.status.get("passes") == 2)
+    finally:
+        await setup.controller.stop()
+    assert setup.jobs.creates == [stuck]
+
+
+async def test_a_retry_whose_old_job_never_goes_is_given_up_and_the_batch_completes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batches, "OLD_JOB_RETRY", 0.05)
+    storage = Storage({"input/a.wav": b"x"})
+    setup = rig(storage)
+    first = name_of("input/a.wav")
+    setup.jobs.objects[f"{first}-2"] = stuck_job(f"{first}-2", "input/a.wav")
+    setup.batch(spec(maxAttempts=3))
+    setup.controller.start()
+    try:
+        await until(lambda: len(setup.jobs.creates) == 1)
+        setup.finish(first, "Failed", "Unavailable", "try later")
+        await until(lambda: setup.jobs.status.get("reason") == "WaitingForOldJobs")
+        setup.offset[0] = timedelta(seconds=batches.OLD_JOB_PATIENCE + 1)
+        await until(lambda: setup.jobs.status.get("phase") == "Complete")
+    finally:
+        await setup.controller.stop()
+    assert setup.jobs.creates == [first]
+    assert {f["reason"] for f in setup.jobs.status["failures"]} == {"WaitingForOldJob"}
+
+
+async def test_an_adopted_object_whose_transcripts_exist_is_not_adopted_again() -> None:
+    """The seed's marker says in flight for ever (the seed never ran again); the child that adopted
+    its operation succeeded and was deleted after its TTL: a new pass (a restart, the batch applied
+    again) finds our transcripts and skips the object."""
+    storage = Storage(
+        {
+            "input/a.wav": b"x",
+            "log/a.wav.json": json.dumps({"id": "e03abc", "done": False}).encode(),
+            "out/input/a.wav.json": b"{}",
+            "out/input/a.wav.txt": b"hi",
+        }
+    )
+    setup = rig(storage)
+    setup.batch(spec(source={"bucket": BUCKET, "prefix": "input/", "seedLog": "log/"}))
+    setup.controller.start()
+    try:
+        await until(lambda: setup.jobs.status.get("phase") == "Complete")
+    finally:
+        await setup.controller.stop()
+    assert setup.jobs.creates == []
+    assert setup.jobs.status["counts"]["skipped"] == 1
+
+
+async def test_a_seed_result_that_is_a_failed_operation_is_transcribed_anew() -> None:
+    failed = {"id": "e03bad", "done": True, "error": {"code": 3, "message": "audio is too long"}}
+    succeeded = {"id": "e03good", "done": True, "response": {"chunks": []}}
+    storage = Storage(
+        {
+            "input/bad.wav": b"x",
+            "log/bad.wav.json": json.dumps({"done": "true", "id": "e03bad"}).encode(),
+            "out/bad.wav.json": json.dumps(failed, indent=2).encode(),
+            "input/good.wav": b"x",
+            "log/good.wav.json": json.dumps({"done": "true", "id": "e03good"}).encode(),
+            "out/good.wav.json": json.dumps(succeeded).encode(),
+            "out/good.wav.tag1.txt": b"hi",
+            "input/huge.wav": b"x",
+            "log/huge.wav.json": json.dumps({"done": "true", "id": "e03huge"}).encode(),
+            # Larger than a failure is: not read, a transcription.
+            "out/huge.wav.json": json.dumps({**failed, "pad": "x" * batches.SEED_RESULT_LIMIT}).encode(),
+        }
+    )
+    setup = rig(storage)
+    setup.batch(spec(source={"bucket": BUCKET, "prefix": "input/", "seedLog": "log/"}))
+    setup.controller.start()
+    try:
+        await until(lambda: setup.jobs.status.get("passes") == 1)
+    finally:
+        await setup.controller.stop()
+    assert setup.jobs.creates == [name_of("input/bad.wav")]
+    [child] = setup.jobs.objects.values()
+    assert "speechkit.dev/adopt-operation" not in child["metadata"]["annotations"], "a new submission"
+    assert setup.jobs.status["counts"]["skipped"] == 2

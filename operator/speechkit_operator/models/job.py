@@ -297,6 +297,7 @@ class Reason(enum.StrEnum):
     COMPLETE = "Complete"
     RETRYING = "Retrying"
     WAITING_FOR_OLD_JOBS = "WaitingForOldJobs"
+    WAITING_FOR_OLD_JOB = "WaitingForOldJob"
     KUBERNETES_UNAVAILABLE = "KubernetesUnavailable"
     LISTING_STUCK = "ListingStuck"
     CONFIG_UNREADABLE = "ConfigUnreadable"
