@@ -64,6 +64,7 @@ from speechkit_operator.models.audio import AudioInfo, ContainerFormat
 from speechkit_operator.models.credentials import AnonymousCredentials, ApiKeyCredentials, Credentials
 from speechkit_operator.models.job import (
     ApiVersion,
+    ConditionType,
     JobRef,
     JobStatus,
     JobStatusPatch,
@@ -953,11 +954,21 @@ class JobWorkflow:
         return recorded.operation_id if recorded else None
 
     async def cancel(self, job: Job) -> None:
-        """The job was deleted while its operation ran: cancel the operation, best effort."""
+        """The job was deleted while its operation ran: cancel the operation, best effort. Never an
+        adopted one: it was submitted elsewhere (the seed script's, paid for), and a batch deleted
+        to be applied again adopts it anew."""
         if job.status.phase is not None and job.status.phase.terminal:
             return
         operation_id = self._operation_of(job)
         if not operation_id:
+            return
+        if _adopted(job):
+            logger.info(
+                "job %s deleted: operation %s is adopted (submitted elsewhere), not cancelled",
+                job.ref,
+                operation_id,
+                extra=job.ref.log,
+            )
             return
         cancelled = await self._cancel_quietly(job, operation_id)
         verdict = "cancelled" if cancelled else "could not be cancelled (best effort)"
@@ -1040,6 +1051,17 @@ class JobWorkflow:
             result.body = await self._write(job.ref, patch)
             await self._notes(job.ref, [Note("Warning", Reason.RETRY_SCHEDULED, f"{reason}: {text}")])
         return result
+
+
+def _adopted(job: Job) -> bool:
+    """Whether the job took over an operation submitted elsewhere (its adopt annotation, or its
+    Submitted condition says Adopted: the annotation may have been edited since)."""
+    if job.adopt is not None:
+        return True
+    return any(
+        condition.type == ConditionType.SUBMITTED and condition.reason == Reason.ADOPTED
+        for condition in job.status.conditions
+    )
 
 
 def _invalid_adoption(value: str) -> str:

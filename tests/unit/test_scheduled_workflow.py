@@ -438,3 +438,35 @@ async def test_a_refused_submission_is_counted_in_the_metrics() -> None:
     assert 'speechkit_operator_api_throttled_total{endpoint="submit"} 1.0' in text
     assert 'speechkit_operator_api_calls_total{code="429",endpoint="submit"} 1.0' in text
     assert 'speechkit_operator_api_calls_total{code="200",endpoint="submit"} 1.0' in text
+
+
+async def test_deleting_a_job_that_adopted_an_operation_never_cancels_it() -> None:
+    """A migration batch deleted to be applied again (its source is immutable) deletes its children:
+    the seed script's operations they adopted run on, for the new batch's children to adopt."""
+    setup = rig()
+    adopted = {
+        **running("seeded", 3600),
+        "operationId": "e03seedop1",
+        "conditions": [
+            {
+                "type": "Submitted",
+                "status": "True",
+                "reason": "Adopted",
+                "lastTransitionTime": format_time(now()),
+            }
+        ],
+    }
+    setup.scheduler.start()
+    try:
+        setup.add("seeded", status=adopted, annotations={"speechkit.dev/adopt-operation": "e03seedop1"})
+        # Its annotation edited away since: its condition still says whose operation it is.
+        setup.add("edited", status={**adopted, "operationId": "e03seedop2"})
+        setup.add("own", status=running("own", 3600))
+        await asyncio.sleep(0.1)
+        for name in ("seeded", "edited", "own"):
+            setup.scheduler.observe(setup.cluster.objects.pop(name), deleted=True)
+        await until(lambda: setup.speech.cancelled == ["op-own"], timeout=5)
+        await asyncio.sleep(0.2)
+    finally:
+        await setup.scheduler.stop(1.0)
+    assert setup.speech.cancelled == ["op-own"]
