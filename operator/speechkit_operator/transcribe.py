@@ -18,10 +18,12 @@ Each run is one pass over the source: a run whose previous pass ended starts a n
 get jobs, transcribed ones are skipped), forgetting the jobs that succeeded (their transcripts are the
 record; jobs that adopted a seed operation are kept, so that the seed's marker is never taken for a
 new operation to adopt); a run whose previous pass was interrupted goes on from the last key handled.
+A job that succeeded (and did not adopt an operation) is deleted at once, from memory and from the
+bucket: a run holds only its unfinished jobs, whatever the number of objects.
 
 Exit status: 0 when every object was transcribed or skipped, 1 when some failed, 2 for a usage or
-configuration error (or another run holding the lock), 3 when the lock was lost during the run,
-130 when interrupted (run again to resume).
+configuration error, 3 when the lock was lost during the run, 4 when another run holds the lock
+(nothing was done), 130 when interrupted (run again to resume).
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ BATCH_NAME = "transcribe"
 #: The state prefix, after the output prefix, unless ``--state-prefix`` says otherwise.
 STATE_DIR = ".speechkit/"
 DEFAULT_FORMATS: tuple[str, ...] = ("json", "txt", "srt", "vtt")
+#: State objects of finished jobs deleted at once before a new pass.
+FORGETS_AT_ONCE = 16
 #: The largest transcript copied to ``--local-output``.
 MAX_TRANSCRIPT_BYTES = 512 * 1024 * 1024
 #: The suffix of an output key after ``<prefix><source key>``.
@@ -95,6 +99,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOCK_LOST = 3
+EXIT_LOCKED = 4
 EXIT_INTERRUPTED = 130
 
 ProgressMode = Literal["auto", "rich", "plain", "none"]
@@ -116,6 +121,14 @@ SEED_MAPPING: tuple[tuple[str, str], ...] = (
 
 class UsageError(Exception):
     """The command line or the environment cannot work: exit status 2, with this message."""
+
+    code = EXIT_USAGE
+
+
+class LockedError(UsageError):
+    """Another run holds the lock: exit status 4 (cron started a run while the last one works)."""
+
+    code = EXIT_LOCKED
 
 
 # --------------------------------------------------------------------------------------------------
@@ -385,7 +398,8 @@ class Tracker:
                 self.submitted.add(name)
         known = self.children.get(object_name)
         if deleted:
-            if known is not None and known.name == name:
+            # A succeeded job is deleted as soon as it succeeds (the store drops it): it stays here.
+            if known is not None and known.name == name and known.phase != "Succeeded":
                 del self.children[object_name]
             return
         if known is not None and known.attempt > attempt:
@@ -855,7 +869,7 @@ async def _run_batch(
     try:
         overridden = await lock.acquire(force=options.force_unlock)
     except LockHeldError as exc:
-        raise UsageError(
+        raise LockedError(
             f"{exc}; wait for it to finish, or if it is surely gone, run again with --force-unlock"
         ) from None
     except StorageError as exc:
@@ -900,7 +914,11 @@ class _Session:
         self.started = started
         self.tracker = Tracker(started=started)
         self.store = BucketJobStore(
-            storage, where.output_bucket, where.state_prefix, on_event=self.tracker.on_event
+            storage,
+            where.output_bucket,
+            where.state_prefix,
+            on_event=self.tracker.on_event,
+            drop_succeeded=True,
         )
         self.speech = SpeechKitV2Client.from_settings(settings)
         self.speech_v3 = SpeechKitV3Client.from_settings(settings)
@@ -1024,14 +1042,26 @@ class _Session:
 async def _forget_finished(store: BucketJobStore, *, retry_failed: bool) -> None:
     """Before a new pass: forget the jobs that succeeded (their transcripts make the scan skip
     their objects), except those that adopted a seed operation (the seed's marker would be adopted
-    again); with ``retry_failed`` the failed ones too, so that their objects are tried again."""
+    again); with ``retry_failed`` the failed ones too, so that their objects are tried again.
+    :data:`FORGETS_AT_ONCE` at a time (a run stopped before it could drop its succeeded jobs may
+    leave thousands)."""
+    gate = asyncio.Semaphore(FORGETS_AT_ONCE)
+
+    async def forget(ref: JobRef) -> None:
+        async with gate:
+            await store.delete(ref)
+
+    refs = []
     for body in store.jobs():
         meta = body.get("metadata") or {}
         phase = (body.get("status") or {}).get("phase")
         adopted = ADOPT_OPERATION_ANNOTATION in (meta.get("annotations") or {})
         if (phase == "Succeeded" and not adopted) or (phase == "Failed" and retry_failed):
-            ref = JobRef(str(meta.get("namespace")), str(meta.get("name")), uid=meta.get("uid"))
-            await store.delete(ref)
+            refs.append(JobRef(str(meta.get("namespace")), str(meta.get("name")), uid=meta.get("uid")))
+    outcomes = await asyncio.gather(*(forget(ref) for ref in refs), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def _mode(options: Options, console: Console) -> ProgressMode:
@@ -1163,7 +1193,7 @@ def transcribe(
         return asyncio.run(_run(options, env, console))
     except UsageError as exc:
         err.print(f"speechkit-operator transcribe: {exc}", markup=False, soft_wrap=True)
-        return EXIT_USAGE
+        return exc.code
     except (KeyboardInterrupt, asyncio.CancelledError):
         err.print(
             "speechkit-operator transcribe: interrupted; run again to resume", markup=False, soft_wrap=True
@@ -1174,6 +1204,7 @@ def transcribe(
 __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
+    "EXIT_LOCKED",
     "EXIT_LOCK_LOST",
     "EXIT_OK",
     "EXIT_USAGE",

@@ -589,3 +589,43 @@ async def test_storage_uploads_a_file_and_deletes_an_object(
     with pytest.raises(StorageError) as missing:
         await storage.upload_file("no-such-bucket-here", "a.wav", path, "audio/wav")
     assert missing.value.kind == "not_found"
+
+
+async def test_a_store_that_drops_succeeded_jobs_holds_none_after_they_succeed(
+    storage: ObjectStorage, s3: S3Client, bucket: str
+) -> None:
+    """``transcribe`` over 100,000 objects: a job's state (a few KiB) goes once it succeeded, from
+    memory and from the bucket, its observers told it was deleted (as after a TTL); a job that
+    adopted an operation, and one that failed, stay."""
+    store = BucketJobStore(storage, bucket, PREFIX, drop_succeeded=True)
+    seen: list[tuple[str, str | None, bool]] = []
+
+    def observe(body: Mapping[str, Any], *, deleted: bool = False) -> None:
+        seen.append((body["metadata"]["name"], (body.get("status") or {}).get("phase"), deleted))
+
+    store.subscribe(observe)
+    names = [f"call-{index}" for index in range(20)]
+    for name in names:
+        created = await store.create_job(NAMESPACE, job_body(name))
+        assert created is not None
+        await store.patch_status(ref(created), {"phase": "Running", "operationId": f"op{name[5:]}"})
+        await store.patch_status(ref(created), {"phase": "Succeeded"})
+    adopting = job_body("adopted")
+    adopting["metadata"]["annotations"] = {"speechkit.dev/adopt-operation": "e03seed"}
+    adopted = await store.create_job(NAMESPACE, adopting)
+    failing = await store.create_job(NAMESPACE, job_body("failed"))
+    uncertain = await store.create_job(NAMESPACE, job_body("uncertain"))
+    assert adopted is not None and failing is not None and uncertain is not None
+    await store.patch_status(ref(adopted), {"phase": "Succeeded"})
+    await store.patch_status(ref(failing), {"phase": "Failed"})
+    await store.patch_status(ref(uncertain), {"phase": "Succeeded", "uncertainSubmissions": 1})
+    await asyncio.sleep(0)
+
+    kept = ["adopted", "failed", "uncertain"]
+    assert sorted(body["metadata"]["name"] for body in store.jobs()) == kept
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}jobs/").get("Contents") or []
+    assert sorted(entry["Key"] for entry in listed) == [f"{PREFIX}jobs/{name}.json" for name in kept]
+    assert seen.count(("call-3", "Succeeded", False)) == 1
+    assert seen.count(("call-3", "Succeeded", True)) == 1
+    assert ("adopted", "Succeeded", True) not in seen
+    assert await store.get(JobRef(NAMESPACE, "call-3")) is None

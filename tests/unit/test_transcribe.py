@@ -4,11 +4,14 @@ summary counts, and the command line with the cron script's variables side by si
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from speechkit_operator.cli import main
+from speechkit_operator.clients.bucket_state import BucketJobStore
 from speechkit_operator.logic.batch_selection import selected
 from speechkit_operator.models.batch import TranscriptionBatchSpec
 from speechkit_operator.transcribe import (
@@ -17,6 +20,7 @@ from speechkit_operator.transcribe import (
     S3Source,
     Tracker,
     UsageError,
+    _forget_finished,
     _Where,
     batch_uid,
     build_spec,
@@ -290,3 +294,52 @@ def test_usage_errors_exit_2_with_a_message(
     assert main(["transcribe", str(tmp_path / "a.wav"), "--progress", "none"]) == 2
     err = capsys.readouterr().err
     assert "--bucket" in err and "--upload-prefix" in err and "required for local input" in err
+
+
+class Leftovers:
+    """The jobs a run stopped before it could drop them left: deletions are slow, and counted."""
+
+    def __init__(self, jobs: list[dict[str, Any]]) -> None:
+        self._jobs = jobs
+        self.deleted: list[str] = []
+        self.at_once = 0
+        self.most_at_once = 0
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return list(self._jobs)
+
+    async def delete(self, ref: Any) -> None:
+        self.at_once += 1
+        self.most_at_once = max(self.most_at_once, self.at_once)
+        await asyncio.sleep(0.01)
+        self.at_once -= 1
+        self.deleted.append(ref.name)
+
+
+async def test_a_new_pass_forgets_the_finished_jobs_left_sixteen_at_a_time() -> None:
+    def job(name: str, phase: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+        meta = {"name": name, "namespace": "transcribe", "uid": name, "annotations": annotations or {}}
+        return {"metadata": meta, "status": {"phase": phase}}
+
+    jobs = [job(f"done-{index}", "Succeeded") for index in range(100)]
+    jobs += [
+        job("seeded", "Succeeded", {"speechkit.dev/adopt-operation": "e03seed"}),
+        job("failed", "Failed"),
+        job("running", "Running"),
+    ]
+    store = Leftovers(jobs)
+    await _forget_finished(cast(BucketJobStore, store), retry_failed=False)
+    assert sorted(store.deleted) == sorted(f"done-{index}" for index in range(100))
+    assert 1 < store.most_at_once <= 16
+
+
+def test_the_tracker_keeps_a_succeeded_job_the_store_dropped() -> None:
+    tracker = Tracker()
+    body = {
+        "metadata": {"name": "a-1", "labels": {"speechkit.dev/object": "a-1"}},
+        "spec": {"source": {"key": "input/a.wav"}},
+        "status": {"phase": "Succeeded", "operationId": "op1"},
+    }
+    tracker.observe_job(body)
+    tracker.observe_job(body, deleted=True)
+    assert tracker.with_operation() == 1

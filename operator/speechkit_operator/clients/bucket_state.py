@@ -41,7 +41,7 @@ from typing import Any, Literal, Protocol
 
 from speechkit_operator.clients.kube import KubeError, WriteCounter
 from speechkit_operator.clients.storage import ObjectStorage, StorageError
-from speechkit_operator.constants import JOB_KIND
+from speechkit_operator.constants import ADOPT_OPERATION_ANNOTATION, JOB_KIND
 from speechkit_operator.models.job import JobRef
 from speechkit_operator.models.timestamps import format_time, parse_time, utcnow
 
@@ -53,7 +53,7 @@ BATCH_NAME = "batch.json"
 LOCK_NAME = "lock.json"
 #: The largest state object read back (a job's JSON is a few KiB).
 MAX_STATE_BYTES = 1024 * 1024
-#: State objects read at once while loading.
+#: State objects read (or deleted) at once while loading (or forgetting).
 LOADS_AT_ONCE = 16
 
 
@@ -96,6 +96,19 @@ def _matches(labels: Mapping[str, Any], selector: str) -> bool:
     return True
 
 
+def _droppable(body: Mapping[str, Any]) -> bool:
+    """A job that succeeded with an operation of its own: one that adopted the seed script's is
+    kept, as ``transcribe`` keeps it across passes, and so is one with uncertain submissions (its
+    record of a possible second payment stays until the next pass, as before)."""
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    status = body.get("status") or {}
+    return (
+        status.get("phase") == "Succeeded"
+        and ADOPT_OPERATION_ANNOTATION not in annotations
+        and not status.get("uncertainSubmissions")
+    )
+
+
 def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -111,8 +124,13 @@ class BucketJobStore:
         *,
         on_event: EventSink | None = None,
         clock: Callable[[], datetime] = utcnow,
+        drop_succeeded: bool = False,
     ) -> None:
         self.storage = storage
+        #: A job that succeeded, unless it adopted an operation, is deleted once its status says
+        #: so (as a TTL of 0 would; its observers see it deleted): its transcripts are the record,
+        #: and a run of 100,000 objects holds only its unfinished jobs.
+        self.drop_succeeded = drop_succeeded
         self.bucket = bucket
         self.prefix = prefix
         self.on_event = on_event
@@ -265,8 +283,20 @@ class BucketJobStore:
             updated["metadata"]["resourceVersion"] = self._next_version()
             await self._put(self._job_key(job.name), updated)
             self._jobs[job.name] = updated
+            dropped = self.drop_succeeded and _droppable(updated)
+            if dropped:
+                del self._jobs[job.name]
+                self._locks.pop(job.name, None)
+                try:
+                    await self._remove(self._job_key(job.name))
+                except KubeError as exc:
+                    # The next run forgets it (a succeeded job's state is only a record).
+                    logger.warning("the state of job %s is left in the bucket: %s", job.name, exc)
         self.writes.add("status")
         self._deliver(updated)
+        if dropped:
+            self.writes.add("delete")
+            self._deliver(updated, deleted=True)
         return copy.deepcopy(updated)
 
     async def get(self, job: JobRef) -> dict[str, Any] | None:
