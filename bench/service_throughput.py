@@ -107,6 +107,7 @@ def main() -> int:
             **{name: value for name, value in os.environ.items() if not name.startswith("SPEECHKIT_SERVE_")},
             "SPEECHKIT_SERVE_WORKERS": str(args.workers),
             "SPEECHKIT_SERVE_QUEUE_SIZE": str(args.queue_size),
+            "SPEECHKIT_SERVE_GRPC_PORT": "0",  # the async API only; 8089 may be taken
         },
     )
     server.start()

@@ -146,6 +146,8 @@ def recognition_service(workdir: Path, storage_endpoint: str) -> Iterator[str]:
             **os.environ,
             "SPEECHKIT_SERVE_HOST": "127.0.0.1",
             "SPEECHKIT_SERVE_PORT": str(port),
+            # The demo streams nothing: no gRPC server (its default port, 8089, may be taken).
+            "SPEECHKIT_SERVE_GRPC_PORT": "0",
             "SPEECHKIT_SERVE_API_KEYS": API_KEY,
             "SPEECHKIT_SERVE_WORKERS": "2",
             "SPEECHKIT_SERVE_ALLOWED_HOSTS": urlsplit(storage_endpoint).netloc,

@@ -262,6 +262,8 @@ def settings(**overrides: Any) -> ServiceSettings:
         "sync_max_bytes": 1024,
         "sync_max_seconds": 10,
         "shutdown_timeout": 1.0,
+        # No gRPC streaming server unless a test asks for one (on a free port): 8089 may be taken.
+        "grpc_port": 0,
     }
     values.update(overrides)
     return ServiceSettings(**values)

@@ -354,6 +354,7 @@ def test_serve_exits_at_startup_when_the_model_is_damaged(base_cache: Path, tmp_
         "SPEECHKIT_SERVE_ENGINE": "whisper",
         "SPEECHKIT_SERVE_WHISPER_CACHE_DIR": str(copy),
         "SPEECHKIT_SERVE_PORT": "0",
+        "SPEECHKIT_SERVE_GRPC_PORT": "0",
     }
 
     started = time.monotonic()
@@ -377,7 +378,7 @@ def _serve_once(env_overrides: dict[str, str]) -> subprocess.CompletedProcess[st
     env = {key: value for key, value in os.environ.items() if not key.startswith("SPEECHKIT_SERVE_")}
     return subprocess.run(
         [sys.executable, "-m", "speechkit_operator", "serve"],
-        env=env | {"SPEECHKIT_SERVE_PORT": "0"} | env_overrides,
+        env=env | {"SPEECHKIT_SERVE_PORT": "0", "SPEECHKIT_SERVE_GRPC_PORT": "0"} | env_overrides,
         capture_output=True,
         text=True,
         timeout=120,

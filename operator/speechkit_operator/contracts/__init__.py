@@ -8,5 +8,7 @@ nothing else of it, and does no I/O.
 * :mod:`.grpc`: gRPC status codes, their HTTP statuses, the REST error body;
 * :mod:`.duration`: protobuf Duration strings;
 * :mod:`.operation`: the Operation API (the object, ids, timestamps, paths);
-* :mod:`.stt_v2`: the async recognition API v2 (``longRunningRecognize`` and its result).
+* :mod:`.stt_v2`: the async recognition API v2 (``longRunningRecognize`` and its result);
+* :mod:`.stt_streaming`: streaming recognition v2 over gRPC (``StreamingRecognize``): the proto, its
+  generated stubs and the session limits.
 """

@@ -23,6 +23,10 @@ Routes (every error answer has SpeechKit's shape ``{"code", "message", "details"
   when it can detect the language); 503 while the workers start.
 * ``GET /healthz`` (the process answers) and ``GET /readyz`` (the workers have loaded their engine).
 
+Beside these, on its own port (``grpc_port``, 8089; 0 turns it off), a gRPC server answers SpeechKit's
+streaming recognition, ``yandex.cloud.ai.stt.v2.SttService/StreamingRecognize``, and the standard health
+service, from the same workers and API keys (:mod:`.streaming`). It starts and stops with the application.
+
 The engine is ``settings.engine`` (Whisper when installed, else PocketSphinx). A Whisper model is resolved
 and verified against its pinned digests by :func:`default_engine_factory` before any worker starts, so a
 damaged or missing model stops ``serve`` at once with a message saying what to do.
@@ -43,11 +47,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
-import hmac
 import logging
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +73,7 @@ from speechkit_operator.contracts.stt_v3 import (
 from speechkit_operator.contracts.stt_v3 import OPERATION_DESCRIPTION as V3_DESCRIPTION
 from speechkit_operator.logic.redaction import redact
 from speechkit_operator.models.recognition import Chunk
+from speechkit_operator.selfhosted.auth import Authenticator
 from speechkit_operator.selfhosted.config import ServiceSettings
 from speechkit_operator.selfhosted.engines import UnknownEngineError, available_engines
 from speechkit_operator.selfhosted.engines.whisper_models import WhisperModelError, resolve_model
@@ -104,6 +106,7 @@ from speechkit_operator.selfhosted.protocol_v3 import (
     render_results,
     resolve_language,
 )
+from speechkit_operator.selfhosted.streaming.server import StreamingServer, StreamingStartError
 from speechkit_operator.selfhosted.workers import (
     Admission,
     Decoder,
@@ -152,51 +155,6 @@ _STATUS_BY_CODE: Final[dict[GrpcCode, int]] = {
 S3ClientFactory = Callable[[], "S3Client"]
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-
-
-# --- Authentication --------------------------------------------------------------------------------
-
-
-class Authenticator:
-    """Checks ``Authorization: Api-Key <key>``; answers the caller's ``createdBy``."""
-
-    ANONYMOUS: Final = "anonymous"
-
-    def __init__(self, api_keys: tuple[str, ...]) -> None:
-        self._keys = [key.encode() for key in api_keys]
-        # createdBy is derived from the key with a per-process secret, so it never reveals the key.
-        self._salt = secrets.token_bytes(16)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._keys)
-
-    def authenticate(self, header: str | None) -> str:
-        if not self._keys:
-            return self.ANONYMOUS
-        if not header:
-            raise ApiError(
-                401,
-                GrpcCode.UNAUTHENTICATED,
-                "Authentication required: send the header Authorization: Api-Key <key>",
-            )
-        scheme, _, credentials = header.strip().partition(" ")
-        if scheme.lower() != "api-key":
-            raise ApiError(
-                401,
-                GrpcCode.UNAUTHENTICATED,
-                "Unsupported authorization scheme: this service accepts Api-Key only",
-            )
-        presented = credentials.strip().encode()
-        # Compare with every key, so the time taken does not tell which one nearly matched.
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(presented, key)
-        if not matched:
-            raise ApiError(401, GrpcCode.UNAUTHENTICATED, "The API key is not valid")
-        digest = hmac.new(self._salt, presented, hashlib.sha256).digest()
-        alphabet = "0123456789abcdefghijklmnopqrstuv"
-        return "aje" + "".join(alphabet[byte % 32] for byte in digest[:17])
 
 
 # --- Reading audio from audio.uri ---------------------------------------------------------------------
@@ -421,6 +379,8 @@ class Service:
         self.auth = Authenticator(settings.api_key_values)
         self.s3_client_factory = s3_client_factory
         self.fetcher: AudioFetcher | None = None
+        #: The gRPC server of streaming recognition, once started (None when it is off).
+        self.streaming: StreamingServer | None = None
         # A JSON body holds base64 content, 4 characters for every 3 bytes, plus the config.
         self.max_body = settings.inline_limit * 4 // 3 + 64 * 1024
         #: Bytes of request bodies being received at once, at most as many as ``capacity`` full bodies.
@@ -908,20 +868,46 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         headers={"User-Agent": "speechkit-operator-serve"},
     )
     service.fetcher = AudioFetcher(service.settings, session, service.s3_client_factory)
-    starting = asyncio.get_running_loop().create_task(service.pool.start_until_ready(), name="start-workers")
-    purging = asyncio.get_running_loop().create_task(service.purge_forever(), name="purge-operations")
+    streaming: StreamingServer | None = None
+    tasks: list[asyncio.Task[Any]] = []
     try:
+        # The gRPC port first: a port that cannot be bound stops the service before any worker starts.
+        streaming = await _start_streaming(service)
+        loop = asyncio.get_running_loop()
+        tasks.append(loop.create_task(service.pool.start_until_ready(), name="start-workers"))
+        tasks.append(loop.create_task(service.purge_forever(), name="purge-operations"))
         yield
     finally:
-        for task in (starting, purging):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(starting, purging, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if streaming is not None:
+            # Sessions in progress get their last final result while the workers still run.
+            await streaming.stop(grace=service.settings.shutdown_timeout)
         # Running recognitions get up to shutdown_timeout to finish (and their operations to complete);
         # then the workers are stopped, and what is left (downloads, say) is cancelled.
         await service.pool.close()
         await service.cancel_tasks(grace=_TASK_GRACE)
         await session.close()
         await service.close_store()
+
+
+async def _start_streaming(service: Service) -> StreamingServer | None:
+    """The gRPC server of streaming recognition, unless ``grpc_port`` is 0."""
+    settings = service.settings
+    if not settings.grpc_port:
+        logger.info("Streaming recognition (gRPC) is off: SPEECHKIT_SERVE_GRPC_PORT is 0")
+        return None
+    streaming = StreamingServer(
+        service.pool,
+        service.auth,
+        host=settings.host,
+        port=settings.grpc_port,
+        max_sessions=settings.streaming_max_sessions,
+    )
+    await streaming.start()
+    service.streaming = streaming
+    return streaming
 
 
 def create_app(
@@ -993,7 +979,7 @@ def run(settings: ServiceSettings) -> None:
         # A Whisper model is checked here, before any worker starts: a bad one ends serve at once.
         app = create_app(settings)
         _run_app(app, settings)
-    except (StoreError, WhisperModelError, UnknownEngineError) as exc:
+    except (StoreError, WhisperModelError, UnknownEngineError, StreamingStartError) as exc:
         # An unusable SPEECHKIT_SERVE_STATE_DIR, model or engine: one clear line rather than a traceback.
         logger.error("Cannot start: %s", exc)  # noqa: TRY400 - the message says it all
         raise SystemExit(1) from None

@@ -93,6 +93,13 @@ class ServiceSettings(BaseSettings):
     #: Empty means no authentication (only for a service reachable by trusted clients alone).
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
 
+    # --- gRPC streaming recognition (SpeechKit's v2 StreamingRecognize) ---------------------------
+    #: Port of the gRPC server (on ``host``), beside the REST port; 0 turns streaming off.
+    grpc_port: int = Field(default=8089, ge=0, le=65535)
+    #: Streaming sessions at once; more are refused with RESOURCE_EXHAUSTED. Each one holds up to
+    #: 5 minutes of audio (about 10 MB) and, while it recognises, one of the workers.
+    streaming_max_sessions: int = Field(default=8, ge=1, le=1000)
+
     # --- Recognition -----------------------------------------------------------------------------
     #: The engine every worker process loads (see ``selfhosted.engines``): ``whisper`` when
     #: ``speechkit-operator[whisper]`` is installed, else ``pocketsphinx``.
@@ -246,6 +253,11 @@ class ServiceSettings(BaseSettings):
             raise ValueError(
                 "set both SPEECHKIT_SERVE_STORAGE_ACCESS_KEY_ID and "
                 "SPEECHKIT_SERVE_STORAGE_SECRET_ACCESS_KEY, or neither"
+            )
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(
+                f"SPEECHKIT_SERVE_GRPC_PORT and SPEECHKIT_SERVE_PORT are both {self.port}: streaming needs a "
+                "port of its own (or SPEECHKIT_SERVE_GRPC_PORT=0 to turn it off)"
             )
         if any(not key.get_secret_value() or " " in key.get_secret_value() for key in self.api_keys):
             raise ValueError("SPEECHKIT_SERVE_API_KEYS: keys must not be empty or contain spaces")

@@ -648,6 +648,9 @@ class RecognitionPool:
         self._processes: set[BaseProcess] = set()  # every process not yet reaped, starting ones too
         self._idle: collections.deque[_Worker] = collections.deque()
         self._waiters: collections.deque[asyncio.Future[_Worker]] = collections.deque()
+        # Jobs that may wait (streaming's partial results): a free worker goes to them only when no other
+        # job waits, so a final result never queues behind a stale partial one.
+        self._low_waiters: collections.deque[asyncio.Future[_Worker]] = collections.deque()
         self._jobs: set[asyncio.Task[JobOutcome]] = set()
         self._replacements: set[asyncio.Task[None]] = set()
         self._numbers = 0
@@ -674,6 +677,11 @@ class RecognitionPool:
     @property
     def live_workers(self) -> int:
         return len(self._live)
+
+    @property
+    def idle_workers(self) -> int:
+        """Workers free right now (a job given to :meth:`run` now starts without waiting)."""
+        return sum(1 for worker in self._idle if worker.alive())
 
     @property
     def stop_timeout(self) -> float:
@@ -812,15 +820,17 @@ class RecognitionPool:
         if self._closed or not worker.alive():
             self._retire(worker)
             return
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                worker.busy = True
-                waiter.set_result(worker)
-                return
+        for waiters in (self._waiters, self._low_waiters):
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    worker.busy = True
+                    waiter.set_result(worker)
+                    return
         self._idle.append(worker)
 
-    async def _acquire(self) -> _Worker:
+    async def _acquire(self, *, low_priority: bool = False) -> _Worker:
+        waiters = self._low_waiters if low_priority else self._waiters
         while True:
             if self._closed:
                 raise PoolClosedError("the recognition pool is closed")
@@ -831,7 +841,7 @@ class RecognitionPool:
                     return worker
                 self._retire(worker)
             waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
+            waiters.append(waiter)
             try:
                 worker = await waiter
             except asyncio.CancelledError:
@@ -840,7 +850,7 @@ class RecognitionPool:
                 raise
             finally:
                 with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                    waiters.remove(waiter)
             return worker
 
     # --- admission ---
@@ -873,14 +883,17 @@ class RecognitionPool:
 
     # --- jobs ---
 
-    async def run(self, audio: bytes, job: RecognitionJob) -> JobOutcome:
+    async def run(self, audio: bytes, job: RecognitionJob, *, low_priority: bool = False) -> JobOutcome:
         """Recognise ``audio`` in a worker, when one is free. A worker that dies fails this job only
         (INTERNAL, or RESOURCE_EXHAUSTED when it was killed) and is replaced; a job past its deadline ends
         with DEADLINE_EXCEEDED. Raises :class:`PoolClosedError` when the pool is closing.
 
+        A ``low_priority`` job gets a worker only when no other job waits for one (streaming's partial
+        results, which a final result must not queue behind).
+
         Cancelling the caller does not stop the job: it finishes (or meets its deadline) in the background
-        and its worker is then free again."""
-        worker = await self._acquire()
+        and its worker is then free again; a job still waiting for a worker is dropped."""
+        worker = await self._acquire(low_priority=low_priority)
         task = asyncio.get_running_loop().create_task(self._dispatch(worker, audio, job))
         self._jobs.add(task)
         task.add_done_callback(self._jobs.discard)
@@ -971,10 +984,11 @@ class RecognitionPool:
         if self._closed:
             return
         self._closed = True
-        for waiter in list(self._waiters):
+        for waiter in [*self._waiters, *self._low_waiters]:
             if not waiter.done():
                 waiter.set_exception(PoolClosedError("the recognition pool is closed"))
         self._waiters.clear()
+        self._low_waiters.clear()
         for task in list(self._replacements):
             task.cancel()
         idle, self._idle = list(self._idle), collections.deque()

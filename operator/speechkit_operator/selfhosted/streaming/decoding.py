@@ -1,0 +1,307 @@
+"""Incremental decoding of streamed audio into 16 kHz mono 16-bit PCM, piece by piece as it arrives.
+
+* ``LINEAR16_PCM`` at 8000, 16000 or 48000 Hz: samples as they are (a byte of a sample cut in two waits for
+  the next piece); other rates than 16 kHz go through one libswresample resampler for the whole stream.
+* ``OGG_OPUS``: Ogg pages are parsed here (capture pattern, version, CRC, lacing), their packets put
+  together across pages, and the one Opus stream decoded with FFmpeg's decoder through PyAV, then
+  resampled to 16 kHz mono (a stereo stream is mixed down). Its ``OpusHead`` gives the channels and the
+  pre-skip (the decoder's warm-up samples, dropped).
+
+Bytes that are not what the session declared raise :class:`StreamDecodeError`, whose message says what
+is wrong (the session ends with INVALID_ARGUMENT): never anything else for bad input. No I/O: bytes in,
+arrays out (the service runs :meth:`feed` off the event loop).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final, Protocol
+
+import av
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "LpcmDecoder",
+    "OggOpusDecoder",
+    "PcmArray",
+    "StreamDecodeError",
+    "StreamDecoder",
+    "ogg_crc",
+]
+
+PcmArray = NDArray[np.int16]
+
+#: The rate the engines work at.
+TARGET_RATE: Final = 16000
+#: Opus always decodes at 48 kHz.
+OPUS_RATE: Final = 48000
+_EMPTY: Final = np.zeros(0, dtype=np.int16)
+#: An Ogg page's fixed header: "OggS", version, flags, granule, serial, sequence, CRC, segment count.
+_PAGE_HEADER: Final = struct.Struct("<4sBBqIIIB")
+_CAPTURE: Final = b"OggS"
+#: The largest page: the header, 255 lacing values and 255 segments of 255 bytes.
+MAX_PAGE_BYTES: Final = _PAGE_HEADER.size + 255 + 255 * 255
+#: A packet longer than this is not Opus audio (nor sensible tags): refused rather than buffered.
+MAX_PACKET_BYTES: Final = 1024 * 1024
+_CONTINUED: Final = 0x01
+_FIRST_PAGE: Final = 0x02
+
+
+class StreamDecodeError(Exception):
+    """The audio is not what the session declared; ``message`` is for the client."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class StreamDecoder(Protocol):
+    def feed(self, data: bytes) -> PcmArray:
+        """The samples (16 kHz mono) that ``data`` completes."""
+
+    def finish(self) -> PcmArray:
+        """The samples still held back at the end of the stream."""
+
+
+class _Resampler:
+    """Mono s16 at ``rate`` (or any layout and format, for decoded frames) -> mono s16 at 16 kHz."""
+
+    def __init__(self) -> None:
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=TARGET_RATE)
+
+    def frame(self, frame: av.AudioFrame | None) -> PcmArray:
+        blocks = [out.to_ndarray().reshape(-1) for out in self._resampler.resample(frame)]
+        if not blocks:
+            return _EMPTY
+        return np.concatenate(blocks).astype(np.int16, copy=False)
+
+    def samples(self, pcm: PcmArray, rate: int) -> PcmArray:
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = rate
+        return self.frame(frame)
+
+
+class LpcmDecoder:
+    """Headerless little-endian 16-bit mono PCM at ``sample_rate`` (8000, 16000 or 48000)."""
+
+    def __init__(self, sample_rate: int) -> None:
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, not {sample_rate}")
+        self.sample_rate = sample_rate
+        self._odd = b""
+        self._resampler = _Resampler() if sample_rate != TARGET_RATE else None
+
+    def feed(self, data: bytes) -> PcmArray:
+        data = self._odd + data
+        whole = len(data) - len(data) % 2
+        self._odd = data[whole:]
+        if whole == 0:
+            return _EMPTY
+        pcm = np.frombuffer(data, dtype="<i2", count=whole // 2).astype(np.int16)
+        if self._resampler is None:
+            return pcm
+        return self._resampler.samples(pcm, self.sample_rate)
+
+    def finish(self) -> PcmArray:
+        # A byte left over is half a sample: dropped, as the async API drops a cut sample.
+        self._odd = b""
+        return _EMPTY if self._resampler is None else self._resampler.frame(None)
+
+
+# --- Ogg ------------------------------------------------------------------------------------------------
+
+
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for index in range(256):
+        value = index << 24
+        for _ in range(8):
+            value = ((value << 1) ^ 0x04C11DB7) if value & 0x80000000 else value << 1
+        table.append(value & 0xFFFFFFFF)
+    return tuple(table)
+
+
+_CRC_TABLE: Final = _crc_table()
+
+
+def ogg_crc(page: bytes) -> int:
+    """The CRC of an Ogg page (polynomial 0x04C11DB7, not reflected, initial value 0), computed over the
+    page with its CRC field taken as zero."""
+    crc = 0
+    table = _CRC_TABLE
+    for byte in page:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ table[(crc >> 24) ^ byte]
+    return crc
+
+
+class _OggPages:
+    """Puts the packets of one logical Ogg stream together from bytes that arrive in pieces."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._packet = bytearray()
+        self._serial: int | None = None
+        self._sequence: int | None = None
+        self._ended = False
+        self.pages = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        packets: list[bytes] = []
+        while True:
+            page = self._next_page()
+            if page is None:
+                break
+            packets.extend(page)
+        return packets
+
+    def finish(self) -> None:
+        if self._buffer:
+            raise StreamDecodeError(
+                f"The Ogg stream ends inside a page ({len(self._buffer)} bytes left over): the audio was "
+                "cut short"
+            )
+
+    def _next_page(self) -> list[bytes] | None:
+        buffer = self._buffer
+        if len(buffer) < _PAGE_HEADER.size:
+            if buffer and not _CAPTURE.startswith(bytes(buffer[:4])):
+                raise self._corrupt("expected an Ogg page (OggS)")
+            return None
+        capture, version, flags, _granule, serial, sequence, crc, segments = _PAGE_HEADER.unpack_from(buffer)
+        if capture != _CAPTURE:
+            raise self._corrupt("expected an Ogg page (OggS)")
+        if version != 0:
+            raise self._corrupt(f"unknown Ogg version {version}")
+        header_size = _PAGE_HEADER.size + segments
+        if len(buffer) < header_size:
+            return None
+        lacing = bytes(buffer[_PAGE_HEADER.size : header_size])
+        size = header_size + sum(lacing)
+        if len(buffer) < size:
+            return None
+        page = bytes(buffer[:size])
+        del buffer[:size]
+        if ogg_crc(page[:22] + b"\0\0\0\0" + page[26:]) != crc:
+            raise self._corrupt("a page's checksum does not match its bytes")
+        self._check_order(flags, serial, sequence)
+        self.pages += 1
+        return self._packets(page[header_size:], lacing, continued=bool(flags & _CONTINUED))
+
+    def _check_order(self, flags: int, serial: int, sequence: int) -> None:
+        if self._serial is None:
+            if not flags & _FIRST_PAGE:
+                raise self._corrupt("the first page does not begin a stream")
+            self._serial = serial
+        elif serial != self._serial:
+            raise StreamDecodeError(
+                "The Ogg data holds more than one stream: streaming takes one Opus stream per session"
+            )
+        elif self._sequence is not None and sequence != self._sequence + 1:
+            raise self._corrupt(f"page {self._sequence + 1} is missing (page {sequence} came instead)")
+        self._sequence = sequence
+
+    def _packets(self, body: bytes, lacing: bytes, *, continued: bool) -> list[bytes]:
+        if self._packet and not continued:
+            raise self._corrupt("a packet that continues on the next page is not continued there")
+        packets: list[bytes] = []
+        offset = 0
+        for value in lacing:
+            self._packet += body[offset : offset + value]
+            offset += value
+            if len(self._packet) > MAX_PACKET_BYTES:
+                raise StreamDecodeError(
+                    f"An Ogg packet is longer than {MAX_PACKET_BYTES} bytes: not Opus audio"
+                )
+            if value < 255:
+                packets.append(bytes(self._packet))
+                self._packet.clear()
+        return packets
+
+    def _corrupt(self, what: str) -> StreamDecodeError:
+        return StreamDecodeError(
+            f"The audio is not a valid Ogg Opus stream ({what} after {self.pages} good page(s)): check "
+            "config.specification.audioEncoding and send the Ogg pages in order"
+        )
+
+
+class OggOpusDecoder:
+    """One Opus stream in Ogg, as its pages arrive."""
+
+    def __init__(self) -> None:
+        self._pages = _OggPages()
+        self._packets = 0
+        self._codec: av.AudioCodecContext | None = None
+        self._resampler = _Resampler()
+        self._skip = 0
+
+    def feed(self, data: bytes) -> PcmArray:
+        blocks = [self._decode(packet) for packet in self._pages.feed(data)]
+        blocks = [block for block in blocks if len(block)]
+        return np.concatenate(blocks) if blocks else _EMPTY
+
+    def finish(self) -> PcmArray:
+        self._pages.finish()
+        if self._codec is None:
+            return _EMPTY
+        return self._trim(self._resampler.frame(None))
+
+    def _decode(self, packet: bytes) -> PcmArray:
+        self._packets += 1
+        if self._packets == 1:
+            self._open(packet)
+            return _EMPTY
+        if self._packets == 2:
+            if not packet.startswith(b"OpusTags"):
+                raise StreamDecodeError("The Ogg Opus stream's second packet is not OpusTags")
+            return _EMPTY
+        assert self._codec is not None
+        if not packet:
+            return _EMPTY
+        try:
+            frames = self._codec.decode(av.Packet(packet))
+        except (av.FFmpegError, ValueError) as exc:
+            raise StreamDecodeError(
+                f"Opus packet {self._packets - 2} cannot be decoded ({_reason(exc)}): the audio is damaged"
+            ) from None
+        blocks = []
+        for frame in frames:
+            frame.pts = None
+            blocks.append(self._trim(self._resampler.frame(frame)))
+        return np.concatenate(blocks) if blocks else _EMPTY
+
+    def _open(self, head: bytes) -> None:
+        """The OpusHead packet: version, channels, pre-skip, input rate, gain, mapping family."""
+        if len(head) < 19 or not head.startswith(b"OpusHead"):
+            raise StreamDecodeError(
+                "The Ogg stream does not hold Opus audio (its first packet is not OpusHead): check "
+                "config.specification.audioEncoding"
+            )
+        version, channels, pre_skip = head[8], head[9], struct.unpack_from("<H", head, 10)[0]
+        if version >> 4 != 0 or channels == 0:
+            raise StreamDecodeError(f"Unsupported OpusHead (version {version}, {channels} channels)")
+        if channels > 2:
+            raise StreamDecodeError(
+                f"The Opus stream has {channels} channels; streaming takes mono (or stereo, mixed down)"
+            )
+        codec = av.CodecContext.create("opus", "r")
+        assert isinstance(codec, av.AudioCodecContext)
+        codec.extradata = head
+        codec.sample_rate = OPUS_RATE
+        codec.layout = "stereo" if channels == 2 else "mono"
+        self._codec = codec
+        self._skip = round(pre_skip * TARGET_RATE / OPUS_RATE)
+
+    def _trim(self, pcm: PcmArray) -> PcmArray:
+        if self._skip and len(pcm):
+            dropped = min(self._skip, len(pcm))
+            self._skip -= dropped
+            return pcm[dropped:]
+        return pcm
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, av.FFmpegError) and exc.strerror:
+        return str(exc.strerror)
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,328 @@
+"""A streaming session with a fake recogniser: the config, the order of partial and final results, the
+limits and the errors. No processes, no gRPC: the session reads and writes through two functions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from speechkit_operator.contracts.grpc import GrpcCode
+from speechkit_operator.contracts.stt_streaming import stt_service_pb2 as pb
+from speechkit_operator.models.recognition import Word
+from speechkit_operator.selfhosted.streaming.recognition import (
+    Recognition,
+    RecognitionFailedError,
+    TextOptions,
+)
+from speechkit_operator.selfhosted.streaming.session import (
+    SessionError,
+    SessionLimits,
+    StreamingSession,
+    StreamingSpec,
+    parse_config,
+)
+from tests.unit.test_streaming_endpointing import noise, speech
+
+LANGUAGES = frozenset({"en-US", "ru-RU", "auto"})
+Encoding = pb.RecognitionSpec.AudioEncoding
+
+
+def config(**spec: object) -> pb.StreamingRecognitionRequest:
+    return pb.StreamingRecognitionRequest(
+        config=pb.RecognitionConfig(specification=pb.RecognitionSpec(**spec))  # type: ignore[arg-type]
+    )
+
+
+def audio(data: bytes) -> pb.StreamingRecognitionRequest:
+    return pb.StreamingRecognitionRequest(audio_content=data)
+
+
+def lpcm_config(**spec: object) -> pb.StreamingRecognitionRequest:
+    return config(
+        language_code="en-US", audio_encoding=Encoding.LINEAR16_PCM, sample_rate_hertz=16000, **spec
+    )
+
+
+def chunks(pcm: NDArray[np.int16], seconds: float = 0.4) -> list[pb.StreamingRecognitionRequest]:
+    data = pcm.tobytes()
+    size = round(seconds * 16000) * 2
+    return [audio(data[start : start + size]) for start in range(0, len(data), size)]
+
+
+class FakeRecognizer:
+    """Answers ``<seconds>s`` for each piece, after ``delay``; remembers what it was asked."""
+
+    def __init__(self, delay: float = 0.0, *, idle: bool = True, fail: RecognitionFailedError | None = None):
+        self.delay = delay
+        self.idle = idle
+        self.fail = fail
+        self.calls: list[tuple[float, bool]] = []
+        self.options: list[TextOptions] = []
+
+    @property
+    def has_idle_worker(self) -> bool:
+        return self.idle
+
+    async def recognize(self, pcm: NDArray[np.int16], options: TextOptions, *, partial: bool) -> Recognition:
+        self.calls.append((round(len(pcm) / 16000, 2), partial))
+        self.options.append(options)
+        await asyncio.sleep(self.delay)
+        if self.fail is not None and (not partial or self.fail.code is GrpcCode.INTERNAL):
+            raise self.fail
+        seconds = len(pcm) / 16000
+        return Recognition(text=f"{seconds:.2f}s", words=(Word("word", 0.1, seconds - 0.1),))
+
+
+class Client:
+    """The client's side: messages (each after an optional pause), and the responses received."""
+
+    def __init__(self, messages: Sequence[pb.StreamingRecognitionRequest], pause: float = 0.0) -> None:
+        self.messages = list(messages)
+        self.pause = pause
+        self.responses: list[pb.StreamingRecognitionResponse] = []
+
+    async def read(self) -> pb.StreamingRecognitionRequest | None:
+        if not self.messages:
+            return None
+        if self.pause:
+            await asyncio.sleep(self.pause)
+        return self.messages.pop(0)
+
+    async def write(self, response: pb.StreamingRecognitionResponse) -> None:
+        self.responses.append(response)
+
+    def results(self) -> list[tuple[str, str]]:
+        """``("partial"|"final", text)`` for each response."""
+        found = []
+        for response in self.responses:
+            (chunk,) = response.chunks
+            assert chunk.final == chunk.end_of_utterance
+            found.append(("final" if chunk.final else "partial", chunk.alternatives[0].text))
+        return found
+
+
+def two_utterances() -> NDArray[np.int16]:
+    return np.concatenate([noise(0.5), speech(2.0), noise(1.0), speech(1.5), noise(0.3)])
+
+
+async def run(
+    client: Client, recognizer: FakeRecognizer | None = None, **kwargs: object
+) -> tuple[StreamingSession, FakeRecognizer]:
+    recognizer = recognizer or FakeRecognizer()
+    session = StreamingSession(recognizer, LANGUAGES, **kwargs)  # type: ignore[arg-type]
+    async with asyncio.timeout(20):
+        await session.run(client.read, client.write)
+    return session, recognizer
+
+
+# --- The config ------------------------------------------------------------------------------------------
+
+
+def test_the_config_gets_speechkits_defaults() -> None:
+    spec = parse_config(config(), {"ru-RU"})
+    assert spec == StreamingSpec(language_code="ru-RU", model="general", encoding="OGG_OPUS")
+    spec = parse_config(
+        config(
+            language_code="en-US",
+            model="general:rc",
+            audio_encoding=Encoding.LINEAR16_PCM,
+            sample_rate_hertz=8000,
+            partial_results=True,
+            profanity_filter=True,
+            raw_results=True,
+            literature_text=True,
+        ),
+        LANGUAGES,
+    )
+    assert (spec.encoding, spec.sample_rate_hertz, spec.model) == ("LINEAR16_PCM", 8000, "general:rc")
+    assert spec.text_options() == TextOptions(
+        "en-US", profanity_filter=True, raw_results=True, literature_text=True
+    )
+    assert spec.describe() == "en-US, LINEAR16_PCM 8000 Hz, partial results"
+    # Ogg Opus carries its own rate: the declared one does not matter.
+    assert (
+        parse_config(config(language_code="en-US", sample_rate_hertz=44100), LANGUAGES).encoding == "OGG_OPUS"
+    )
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (audio(b"\0\0"), "The first message of a session must carry the config"),
+        (config(audio_encoding=Encoding.MP3), "audioEncoding: MP3 is not supported for streaming"),
+        (config(audio_encoding=7), "audioEncoding: the unknown value 7 is not supported"),
+        (
+            config(audio_encoding=Encoding.LINEAR16_PCM, sample_rate_hertz=22050),
+            "sampleRateHertz: unsupported value 22050 for LINEAR16_PCM; expected 8000, 16000 or 48000",
+        ),
+        (config(language_code="xx-XX"), 'languageCode: language "xx-XX" is not supported by this service'),
+        (config(audio_channel_count=2), "audioChannelCount: streaming recognition takes one channel, got 2"),
+    ],
+)
+def test_a_bad_config_is_invalid_argument_naming_the_field(
+    request_: pb.StreamingRecognitionRequest, message: str
+) -> None:
+    with pytest.raises(SessionError) as raised:
+        parse_config(request_, LANGUAGES)
+    assert raised.value.code is GrpcCode.INVALID_ARGUMENT
+    assert message in raised.value.message
+
+
+# --- Results ------------------------------------------------------------------------------------------------
+
+
+async def test_partial_results_then_a_final_one_for_each_utterance() -> None:
+    client = Client([lpcm_config(partial_results=True), *chunks(two_utterances())])
+
+    session, recognizer = await run(client)
+
+    results = client.results()
+    kinds = [kind for kind, _ in results]
+    assert kinds.count("final") == 2
+    first_final = kinds.index("final")
+    assert "partial" in kinds[:first_final] and "partial" in kinds[first_final + 1 :]
+    assert kinds[-1] == "final"
+    # The finals hold the whole utterances: 2 s and 1.5 s of speech, 0.3 s before and 0.2 s after.
+    # (The second ends with the stream, 0.3 s after its speech: at 0.2 s after it all the same.)
+    finals = [text for kind, text in results if kind == "final"]
+    assert finals == ["2.50s", "2.00s"]
+    assert session.summary.utterances == 2 and session.summary.finals == 2
+    assert all(options.language_code == "en-US" for options in recognizer.options)
+    # Word times count from the start of the session.
+    words = client.responses[first_final].chunks[0].alternatives[0].words
+    assert words[0].start_time.ToMilliseconds() == 200 + 100
+    assert client.responses[first_final].chunks[0].alternatives[0].confidence == 1.0
+
+
+async def test_without_partial_results_only_finals_come() -> None:
+    client = Client([lpcm_config(), *chunks(two_utterances())])
+    _, recognizer = await run(client)
+    assert client.results() == [("final", "2.50s"), ("final", "2.00s")]
+    assert all(not partial for _, partial in recognizer.calls)
+
+
+async def test_the_last_utterance_is_final_when_the_client_ends_its_stream() -> None:
+    client = Client([lpcm_config(), *chunks(np.concatenate([noise(0.5), speech(1.0)]))])
+    await run(client)
+    assert client.results() == [("final", "1.30s")]
+
+
+async def test_a_slow_recogniser_gets_the_finals_first_and_one_partial_per_utterance() -> None:
+    """Audio much faster than recognition: stale partial results are dropped, never queued before a
+    final; each utterance still gets one partial result, of its first half."""
+    pcm = np.concatenate(
+        [noise(0.3), speech(3.0), noise(0.8), speech(2.0), noise(0.8), speech(2.4), noise(0.2)]
+    )
+    client = Client([lpcm_config(partial_results=True), *chunks(pcm)])
+
+    session, recognizer = await run(client, FakeRecognizer(delay=0.05))
+
+    kinds = [kind for kind, _ in client.results()]
+    assert kinds == ["partial", "final"] * 3
+    partials = [seconds for seconds, partial in recognizer.calls if partial]
+    # The first utterance's partial ran while it went on; the others are the first halves of theirs.
+    assert partials[1:] == [1.25, 1.45]
+    assert session.summary.partials == 3
+
+
+async def test_partial_results_are_dropped_when_no_worker_is_free() -> None:
+    pcm = np.concatenate([noise(0.3), speech(4.0), noise(0.8)])
+    client = Client([lpcm_config(partial_results=True), *chunks(pcm)], pause=0.02)
+
+    session, _ = await run(client, FakeRecognizer(delay=0.03, idle=False))
+
+    kinds = [kind for kind, _ in client.results()]
+    assert kinds == ["partial", "final"]  # the first partial waits for a worker; later ones are dropped
+    assert session.summary.partials_dropped >= 3
+
+
+async def test_the_profanity_filter_and_text_options_reach_the_recogniser() -> None:
+    client = Client([lpcm_config(profanity_filter=True, raw_results=True), *chunks(two_utterances())])
+    _, recognizer = await run(client)
+    assert recognizer.options[0] == TextOptions("en-US", profanity_filter=True, raw_results=True)
+
+
+# --- Limits and errors --------------------------------------------------------------------------------------
+
+
+async def failed(client: Client, recognizer: FakeRecognizer | None = None, **kwargs: object) -> SessionError:
+    with pytest.raises(SessionError) as raised:
+        await run(client, recognizer, **kwargs)
+    return raised.value
+
+
+async def test_more_than_the_interval_between_messages_ends_the_session() -> None:
+    client = Client([lpcm_config(), *chunks(noise(1.0))], pause=0.3)
+    error = await failed(client, limits=SessionLimits(message_interval_seconds=0.2))
+    assert error.code is GrpcCode.INVALID_ARGUMENT
+    assert error.message.startswith("No message arrived for 0.2 s: a streaming session allows at most 0.2 s")
+
+
+async def test_the_default_limits_are_speechkits() -> None:
+    limits = SessionLimits()
+    assert (limits.message_interval_seconds, limits.audio_seconds, limits.audio_bytes) == (
+        5.0,
+        300.0,
+        10485760,
+    )
+    assert "at most 5 s between messages" in limits.interval_error().message
+    assert "the limit of 5 minutes per session" in limits.duration_error().message
+    assert "the limit of 10 MB (10485760 bytes) per session" in limits.size_error().message
+
+
+async def test_more_audio_than_the_duration_limit_ends_the_session() -> None:
+    client = Client([lpcm_config(), *chunks(noise(3.0))])
+    error = await failed(client, limits=SessionLimits(audio_seconds=2.0))
+    assert error.code is GrpcCode.INVALID_ARGUMENT
+    assert "longer than the limit of 2 s per session" in error.message
+
+
+async def test_more_bytes_than_the_size_limit_end_the_session() -> None:
+    client = Client([lpcm_config(), *chunks(noise(3.0))])
+    error = await failed(client, limits=SessionLimits(audio_bytes=50_000))
+    assert error.code is GrpcCode.INVALID_ARGUMENT
+    assert "larger than the limit of 50000 bytes (50000 bytes) per session" in error.message
+
+
+async def test_a_second_config_and_a_stream_without_config_are_invalid() -> None:
+    error = await failed(Client([lpcm_config(), *chunks(noise(0.4)), lpcm_config()]))
+    assert (error.code, error.message) == (
+        GrpcCode.INVALID_ARGUMENT,
+        "A session takes one config, in its first message; a second one came",
+    )
+    error = await failed(Client([]))
+    assert "ended before its first message, the config" in error.message
+    error = await failed(Client([audio(b"\0" * 100)]))
+    assert "must carry the config" in error.message
+
+
+async def test_audio_that_is_not_what_the_config_says_is_invalid_not_internal() -> None:
+    client = Client([config(language_code="en-US"), audio(b"RIFF" + b"\0" * 4000)])  # OGG_OPUS by default
+    error = await failed(client)
+    assert error.code is GrpcCode.INVALID_ARGUMENT
+    assert "not a valid Ogg Opus stream" in error.message
+
+
+async def test_a_failed_final_ends_the_session_with_its_code_and_a_failed_partial_does_not() -> None:
+    client = Client([lpcm_config(partial_results=True), *chunks(two_utterances())])
+    broken = FakeRecognizer(fail=RecognitionFailedError(GrpcCode.DEADLINE_EXCEEDED, "took too long"))
+    error = await failed(client, broken)
+    assert (error.code, error.message) == (GrpcCode.DEADLINE_EXCEEDED, "took too long")
+
+
+async def test_stopping_sends_the_final_in_progress_then_unavailable() -> None:
+    pcm = np.concatenate([noise(0.3), speech(3.0)])
+    client = Client([lpcm_config(), *chunks(pcm)], pause=0.1)
+    session = StreamingSession(FakeRecognizer(), LANGUAGES)
+    task = asyncio.create_task(session.run(client.read, client.write))
+    await asyncio.sleep(0.5)
+    session.stop()
+    with pytest.raises(SessionError) as raised:
+        async with asyncio.timeout(5):
+            await task
+    assert raised.value.code is GrpcCode.UNAVAILABLE
+    assert [kind for kind, _ in client.results()] == ["final"]
