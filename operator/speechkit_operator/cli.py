@@ -26,6 +26,7 @@ from speechkit_operator.logs import LOG_FORMATS, configure_logging
 from speechkit_operator.models.batch import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_IN_FLIGHT
 from speechkit_operator.selfhosted.app import run as run_service
 from speechkit_operator.selfhosted.config import ServiceSettings
+from speechkit_operator.stream_cli import StreamOptions, stream
 from speechkit_operator.transcribe import DEFAULT_FORMATS, SEED_MAPPING, transcribe
 from speechkit_operator.transcribe import Options as TranscribeOptions
 
@@ -90,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         "--log-format", choices=LOG_FORMATS, default="plain", help="plain text, or one JSON object per line"
     )
     _transcribe_parser(commands)
+    _stream_parser(commands)
     return parser
 
 
@@ -115,8 +117,8 @@ Not supported: rescanning in a loop (run it from cron or a Kubernetes CronJob, o
 TranscriptionBatch with rescanInterval), Secrets or credentials other than the variables above, local
 input without --bucket and --upload-prefix.
 
-Exit status: 0 all transcribed or skipped, 1 some failed, 2 usage or configuration error (or another
-run holds the lock), 3 the lock was lost, 130 interrupted (run again to resume)."""
+Exit status: 0 all transcribed or skipped, 1 some failed, 2 usage or configuration error, 3 the lock
+was lost, 4 another run holds the lock, 130 interrupted (run again to resume)."""
 
 
 def _transcribe_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -252,6 +254,129 @@ def _transcribe_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
     verbosity = output.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="count", default=0, help="log steps (-vv: debug)")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="errors and the summary only")
+
+
+_STREAM_EPILOG = """\
+Input: 16-bit PCM WAV (mono at 8000, 16000 or 48000 Hz is sent as is; other WAVs are mixed down to mono
+and, unless at 8000 or 16000 Hz, resampled to 16000 Hz), Ogg Opus (sent as is), or headerless 16-bit
+little-endian PCM from a file or stdin with --encoding lpcm --sample-rate N. A session takes at most
+5 minutes of audio and 10 MB: longer files are refused before anything is sent, and stdin is cut at the
+limit.
+
+Endpoint: the self-hosted service (`speechkit-operator serve`, SPEECHKIT_SERVE_GRPC_PORT) at
+localhost:8089 in plaintext by default; SpeechKit is --endpoint stt.api.cloud.yandex.net:443 (port 443,
+or SpeechKit's host, implies TLS; --tls and --insecure decide otherwise). SPEECHKIT_OPERATOR_CA_BUNDLE
+names CA certificates to trust instead of the system's.
+
+Credentials, as for `transcribe`: API_SECRET or SPEECHKIT_API_KEY (Api-Key), SPEECHKIT_IAM_TOKEN
+(Bearer), or SPEECHKIT_AUTHORIZED_KEY_FILE (a service account's key, exchanged for an IAM token);
+SPEECHKIT_FOLDER_ID (or --folder-id) goes into the config's folder_id. --api-key-env NAME reads the API
+key from the variable NAME instead. Secrets are never printed.
+
+Output: on a terminal, the partial result rewrites the current line and each final result gets a line
+of its own; otherwise one line per final result (--partials: partial results too, as "partial: ...").
+
+Exit status: 0 recognised to the end, 1 the call failed (the gRPC status and the service's message are
+printed) or the stream stopped at a session limit, 2 usage error or input that cannot be streamed, 130
+interrupted (Ctrl-C stops the audio; the results of what was sent are still printed)."""
+
+
+def _stream_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser(
+        "stream",
+        help="recognise a file or stdin as a live stream (gRPC StreamingRecognize), with partial results",
+        description="Stream audio to SpeechKit's v2 StreamingRecognize (or the self-hosted service) at "
+        "real time, 400 ms of audio every 400 ms, and print the results as they come. See docs/stream.md.",
+        epilog=_STREAM_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.add_argument(
+        "source", metavar="FILE|-", help="a WAV, Ogg Opus or headerless PCM file; - for stdin"
+    )
+    where = command.add_argument_group("service")
+    where.add_argument(
+        "--endpoint",
+        metavar="HOST:PORT",
+        help="the service (default: localhost:8089, the self-hosted service; SpeechKit: "
+        "stt.api.cloud.yandex.net:443)",
+    )
+    security = where.add_mutually_exclusive_group()
+    security.add_argument(
+        "--tls",
+        dest="tls",
+        action="store_const",
+        const=True,
+        default=None,
+        help="use TLS (default for port 443)",
+    )
+    security.add_argument(
+        "--insecure",
+        "--plaintext",
+        dest="tls",
+        action="store_const",
+        const=False,
+        help="plaintext, no TLS (default for other ports)",
+    )
+    where.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        help="read the API key from the environment variable NAME (default: API_SECRET, SPEECHKIT_API_KEY, "
+        "SPEECHKIT_IAM_TOKEN, SPEECHKIT_AUTHORIZED_KEY_FILE)",
+    )
+    where.add_argument("--folder-id", metavar="ID", help="config.folder_id (default: SPEECHKIT_FOLDER_ID)")
+    recognition = command.add_argument_group("recognition")
+    recognition.add_argument("--language", default="ru-RU", help="language code (default: ru-RU)")
+    recognition.add_argument("--model", default="general", help="recognition model (default: general)")
+    recognition.add_argument("--profanity-filter", action="store_true", help="mask profanity")
+    recognition.add_argument(
+        "--no-partial",
+        dest="partial_results",
+        action="store_false",
+        help="ask for final results only (partial results are asked for by default)",
+    )
+    audio = command.add_argument_group("audio")
+    audio.add_argument(
+        "--encoding",
+        choices=("lpcm", "oggopus"),
+        help="headerless input: lpcm (16-bit little-endian PCM; needs --sample-rate). WAV and Ogg Opus need "
+        "none (oggopus is accepted for Ogg Opus)",
+    )
+    audio.add_argument(
+        "--sample-rate", type=int, metavar="HZ", help="headerless PCM's sample rate: 8000, 16000 or 48000"
+    )
+    audio.add_argument(
+        "--fast", action="store_true", help="send the audio as fast as possible instead of at real time"
+    )
+    output = command.add_argument_group("output")
+    output.add_argument(
+        "--partials",
+        action="store_true",
+        help="when stdout is not a terminal, print partial results too, as lines starting with 'partial: '",
+    )
+    output.add_argument("--json", action="store_true", help="print each response as one JSON object per line")
+    output.add_argument("-v", "--verbose", action="store_true", help="log steps to stderr")
+
+
+def stream_command(args: argparse.Namespace) -> int:
+    configure_logging(verbose=args.verbose, quiet=not args.verbose)
+    options = StreamOptions(
+        source=args.source,
+        encoding=args.encoding,
+        sample_rate=args.sample_rate,
+        endpoint=args.endpoint,
+        tls=args.tls,
+        api_key_env=args.api_key_env,
+        folder_id=args.folder_id,
+        language=args.language,
+        model=args.model,
+        profanity_filter=args.profanity_filter,
+        partial_results=args.partial_results,
+        fast=args.fast,
+        partials=args.partials,
+        json=args.json,
+        verbose=args.verbose,
+    )
+    return stream(options)
 
 
 def _list(text: str) -> tuple[str, ...]:
@@ -403,4 +528,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args)
     if args.command == "transcribe":
         return transcribe_command(args)
+    if args.command == "stream":
+        return stream_command(args)
     return 2  # pragma: no cover - argparse enforces a command
