@@ -75,8 +75,9 @@ RUN --mount=type=bind,from=builder-selfhosted,source=/wheels,target=/wheels \
 # writes; HOME is /nonexistent and the root filesystem may be read-only).
 ENV SPEECHKIT_SERVE_WHISPER_CACHE_DIR=/opt/speechkit-whisper
 
-# The SpeechKit-compatible API, /healthz and /readyz (SPEECHKIT_SERVE_PORT).
-EXPOSE 8088
+# The SpeechKit-compatible API, /healthz and /readyz (SPEECHKIT_SERVE_PORT); streaming recognition,
+# gRPC StreamingRecognize and grpc.health.v1 (SPEECHKIT_SERVE_GRPC_PORT).
+EXPOSE 8088 8089
 
 USER ${UID}:${GID}
 # The worker processes start through a forkserver, which needs a writable temporary directory: under

@@ -735,6 +735,12 @@ def test_recognizer_is_off_by_default_and_its_values_are_the_services_defaults(v
     assert recognizer["persistence"]["type"] == "emptyDir"
     assert recognizer["service"]["port"] == service_defaults["port"].default == 8088
     assert recognizer["service"]["sessionAffinity"] == "None"
+    assert recognizer["service"]["grpcPort"] == service_defaults["grpc_port"].default == 8089
+    assert recognizer["streaming"] == {
+        "enabled": True,
+        "maxSessions": service_defaults["streaming_max_sessions"].default,
+        "from": [],
+    }
     assert recognizer["resources"]["requests"] == {"cpu": "1", "memory": "1Gi"}
     assert set(recognizer["settings"]) <= set(service_defaults)
 
@@ -762,7 +768,15 @@ def _undocumented(text: str, prefixes: tuple[str, ...]) -> list[str]:
 def test_recognizer_values_are_documented() -> None:
     """Every key of the recognizer block (and of its chart-specific groups) has a comment above it."""
     text = (CHART / "values.yaml").read_text(encoding="utf-8")
-    groups = ("image", "apiKeySecret", "service", "readinessProbe", "livenessProbe", "serviceAccount")
+    groups = (
+        "image",
+        "apiKeySecret",
+        "service",
+        "readinessProbe",
+        "livenessProbe",
+        "serviceAccount",
+        "streaming",
+    )
     prefixes = ("recognizer", "settings.backend", "settings.self_hosted_url")
     undocumented = [
         path for path in _undocumented(text, prefixes) if path.count(".") <= 1 or path.split(".")[1] in groups
@@ -884,6 +898,8 @@ def test_schema_recognizer_settings_are_the_service_settings_the_chart_leaves_op
         "retention_seconds",
         "api_keys",
         "state_dir",
+        "grpc_port",
+        "streaming_max_sessions",
     }
     recognizer = _at(values_schema, "recognizer")
     properties = _at(recognizer, "settings")["properties"]
@@ -1091,7 +1107,8 @@ def test_dockerfile_recognizer_target() -> None:
             "GID=10001",
         ]
     )
-    assert _instruction(recognizer, "EXPOSE") == [str(ServiceSettings.model_fields["port"].default)]
+    fields = ServiceSettings.model_fields
+    assert _instruction(recognizer, "EXPOSE") == [f"{fields['port'].default} {fields['grpc_port'].default}"]
     [entrypoint] = _instruction(recognizer, "ENTRYPOINT")
     [command] = _instruction(recognizer, "CMD")
     assert json.loads(entrypoint) == ["speechkit-operator"]
@@ -1523,11 +1540,16 @@ def test_recognizer_enabled_renders_deployment_service_and_service_account() -> 
             "name": "SPEECHKIT_SERVE_API_KEYS",
             "valueFrom": {"secretKeyRef": {"name": API_KEY_SECRET, "key": "api-key"}},
         },
+        {"name": "SPEECHKIT_SERVE_GRPC_PORT", "value": "8089"},
+        {"name": "SPEECHKIT_SERVE_STREAMING_MAX_SESSIONS", "value": "8"},
         {"name": "SPEECHKIT_SERVE_STATE_DIR", "value": STATE_DIR},
         # Downloads are denied unless allowed: by default where the operator's presigned URLs point.
         {"name": "SPEECHKIT_SERVE_ALLOWED_HOSTS", "value": "storage.yandexcloud.net"},
     ]
-    assert container["ports"] == [{"name": "http", "containerPort": 8088, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8088, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8089, "protocol": "TCP"},
+    ]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["resources"]["requests"] == {"cpu": "1", "memory": "1Gi"}
@@ -1552,7 +1574,7 @@ def test_recognizer_enabled_renders_deployment_service_and_service_account() -> 
     service = _named(docs, "Service", RECOGNIZER)
     assert service["metadata"]["namespace"] == "ops"
     assert service["spec"]["type"] == "ClusterIP"
-    [port] = service["spec"]["ports"]
+    [port, _grpc] = service["spec"]["ports"]
     assert port == {"name": "http", "port": 8088, "targetPort": "http", "protocol": "TCP"}
     assert service["spec"]["sessionAffinity"] == "None"
     assert "sessionAffinityConfig" not in service["spec"]
@@ -1580,7 +1602,7 @@ def test_recognizer_enabled_points_the_operator_at_it(monkeypatch: pytest.Monkey
     settings = _operator_settings(container, monkeypatch)
     assert settings.submit_base_url == settings.operations_base_url == RECOGNIZER_URL
     service = _named(docs, "Service", RECOGNIZER)
-    [port] = service["spec"]["ports"]
+    [port, _grpc] = service["spec"]["ports"]
     assert f"http://{service['metadata']['name']}.ops.svc:{port['port']}" == RECOGNIZER_URL
 
 
@@ -1637,6 +1659,8 @@ def test_recognizer_values_become_its_environment(monkeypatch: pytest.MonkeyPatc
         "SPEECHKIT_SERVE_WORKERS": "4",
         "SPEECHKIT_SERVE_QUEUE_SIZE": "0",
         "SPEECHKIT_SERVE_RETENTION_SECONDS": "1000000",
+        "SPEECHKIT_SERVE_GRPC_PORT": "8089",
+        "SPEECHKIT_SERVE_STREAMING_MAX_SESSIONS": "8",
         "SPEECHKIT_SERVE_STATE_DIR": STATE_DIR,
         "SPEECHKIT_SERVE_MAX_AUDIO_BYTES": "52428800",
         "SPEECHKIT_SERVE_ALLOWED_HOSTS": "minio.storage.svc:9000,*.example.com",
@@ -1841,7 +1865,7 @@ def test_recognizer_network_policy_admits_only_the_operator() -> None:
     assert set(peer) == {"podSelector"}, "the operator's pods in the release namespace only"
     assert _matches(peer["podSelector"]["matchLabels"], operator_labels)
     assert not _matches(peer["podSelector"]["matchLabels"], recognizer_labels)
-    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}, {"port": "grpc", "protocol": "TCP"}]
 
     monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     docs = _render(
@@ -2745,3 +2769,52 @@ def test_v3_options_are_refused_by_cel_rules_exactly_where_the_model_refuses_the
                 assert bool(failed) == (refused is not None), recognition
                 if refused is not None:
                     assert " ".join(failed[0].split()) in refused, (recognition, failed, refused)
+
+
+@needs_helm
+def test_the_recognizer_serves_streaming_on_a_grpc_port_of_its_own() -> None:
+    docs = _render("--set", "recognizer.enabled=true")
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("recognizer"))
+    ports = {port["name"]: port for port in service["spec"]["ports"]}
+    assert ports["grpc"] == {
+        "name": "grpc",
+        "port": 8089,
+        "targetPort": "grpc",
+        "protocol": "TCP",
+        "appProtocol": "grpc",
+    }
+    deployment = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("recognizer")
+    )
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "grpc", "containerPort": 8089, "protocol": "TCP"} in container["ports"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["SPEECHKIT_SERVE_GRPC_PORT"] == "8089"
+    assert env["SPEECHKIT_SERVE_STREAMING_MAX_SESSIONS"] == "8"
+    # The probes stay on the REST port: serve does not start without its gRPC port.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    [rule] = policy["spec"]["ingress"]
+    assert {"port": "grpc", "protocol": "TCP"} in rule["ports"]
+
+    # Streaming clients from elsewhere reach the gRPC port only.
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "calls"}}}
+    opened = _render(
+        "--set", "recognizer.enabled=true", "--set-json", f"recognizer.streaming.from=[{json.dumps(peer)}]"
+    )
+    [_, streaming] = next(d for d in opened if d["kind"] == "NetworkPolicy")["spec"]["ingress"]
+    assert streaming == {"from": [peer], "ports": [{"port": "grpc", "protocol": "TCP"}]}
+
+    off = _render("--set", "recognizer.enabled=true", "--set", "recognizer.streaming.enabled=false")
+    service = next(d for d in off if d["kind"] == "Service" and d["metadata"]["name"].endswith("recognizer"))
+    assert [port["name"] for port in service["spec"]["ports"]] == ["http"]
+    deployment = next(
+        d for d in off if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("recognizer")
+    )
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert {e["name"]: e.get("value") for e in container["env"]}["SPEECHKIT_SERVE_GRPC_PORT"] == "0"
+    assert [port["name"] for port in container["ports"]] == ["http"]
+    refused = _render_failure(
+        "--set", "recognizer.enabled=true", "--set", "recognizer.settings.grpc_port=9000"
+    )
+    assert "recognizer.settings.grpc_port is set by the chart" in refused

@@ -305,6 +305,11 @@ command-line arguments.
       name: {{ include "speechkit-operator.recognizer.apiKeySecretName" . | quote }}
       key: {{ required "recognizer.apiKeySecret.key is required" $recognizer.apiKeySecret.key | quote }}
 {{- end }}
+{{- $names = concat $names (list "SPEECHKIT_SERVE_GRPC_PORT" "SPEECHKIT_SERVE_STREAMING_MAX_SESSIONS") }}
+- name: SPEECHKIT_SERVE_GRPC_PORT
+  value: {{ ternary "8089" "0" (ne (toString $recognizer.streaming.enabled) "false") | quote }}
+- name: SPEECHKIT_SERVE_STREAMING_MAX_SESSIONS
+  value: {{ int $recognizer.streaming.maxSessions | toString | quote }}
 {{- $names = append $names "SPEECHKIT_SERVE_STATE_DIR" }}
 - name: SPEECHKIT_SERVE_STATE_DIR
   value: {{ include "speechkit-operator.recognizer.stateDir" . | quote }}
@@ -318,8 +323,8 @@ command-line arguments.
 {{- if not (regexMatch "^[a-z][a-z0-9_]*$" $key) }}
 {{- fail (printf "recognizer.settings.%s: keys are ServiceSettings field names in snake_case" $key) }}
 {{- end }}
-{{- if has $key (list "host" "port" "workers" "queue_size" "retention_seconds" "api_keys" "state_dir") }}
-{{- fail (printf "recognizer.settings.%s is set by the chart: use recognizer.workers, queueSize, retentionSeconds, apiKeySecret or persistence" $key) }}
+{{- if has $key (list "host" "port" "workers" "queue_size" "retention_seconds" "api_keys" "state_dir" "grpc_port" "streaming_max_sessions") }}
+{{- fail (printf "recognizer.settings.%s is set by the chart: use recognizer.workers, queueSize, retentionSeconds, apiKeySecret, persistence or streaming" $key) }}
 {{- end }}
 {{- if not (or (kindIs "invalid" $value) (eq (toString $value) "")) }}
 {{- $name := printf "SPEECHKIT_SERVE_%s" (upper $key) }}
