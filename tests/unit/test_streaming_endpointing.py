@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +15,14 @@ from speechkit_operator.selfhosted.streaming.endpointing import (
     EndReason,
     Event,
     UtteranceEnded,
+    UtterancePaused,
+    UtteranceResumed,
     UtteranceStarted,
     frame_loudness,
 )
 from tests.support.audio import audio_dir
+
+ROOT = Path(__file__).resolve().parents[2]
 
 RATE = 16000
 rng = np.random.default_rng(7)
@@ -56,7 +61,7 @@ def test_loudness_of_frames() -> None:
     assert len(frame_loudness(np.zeros(100, np.int16), 320)) == 0
 
 
-def test_a_pause_of_600_ms_ends_an_utterance_and_a_shorter_one_does_not() -> None:
+def test_a_pause_of_400_ms_ends_an_utterance_and_a_shorter_one_does_not() -> None:
     pcm = np.concatenate(
         [noise(0.5), speech(1.5), noise(0.3), speech(1.0), noise(0.8), speech(1.2), noise(1.0)]
     )
@@ -80,8 +85,10 @@ def test_the_decisions_do_not_depend_on_how_the_audio_is_cut() -> None:
         assert run(pcm, piece) == reference
     assert [type(e) for e in reference] == [
         UtteranceStarted,
+        UtterancePaused,
         UtteranceEnded,
         UtteranceStarted,
+        UtterancePaused,
         UtteranceEnded,
     ]
     assert spans(reference)[-1][2] is EndReason.END_OF_STREAM
@@ -105,7 +112,8 @@ def test_the_bar_follows_the_noise_floor() -> None:
 
 
 def test_a_long_utterance_is_cut_at_its_quietest_and_goes_on() -> None:
-    settings = EndpointerSettings(max_utterance_seconds=4.0)
+    # The synthetic syllables' troughs fall under the bar: 600 ms of silence to end, not 400.
+    settings = EndpointerSettings(max_utterance_seconds=4.0, silence_seconds=0.6)
     # Speech with short (300 ms) pauses only: it would never end by silence.
     pcm = np.concatenate([speech(1.0), noise(0.3), speech(1.5), noise(0.3), speech(2.6), noise(1.0)])
 
@@ -155,4 +163,52 @@ def test_the_five_utterances_of_the_librivox_recording() -> None:
     for (start, end, _), onset, next_onset in zip(found, onsets, [*onsets[1:], 28.3], strict=True):
         assert onset - 0.35 <= start <= onset + 0.1
         assert end <= next_onset - 0.3
-    assert [reason for *_, reason in found] == [EndReason.SILENCE] * 4 + [EndReason.END_OF_STREAM]
+    # The last one too: 0.43 s of room tone follow its speech, and the 0.8 s of zeros between the others
+    # do not lower the bar to the floor (that tone would be speech).
+    assert [reason for *_, reason in found] == [EndReason.SILENCE] * 5
+
+
+def test_a_pause_is_announced_and_speech_resumes_it() -> None:
+    """150 ms of silence pause the utterance (its audio so far, for a speculative final); speech before
+    the 400 ms resumes it; the next pause that lasts ends it, the same speech as the pause announced."""
+    pcm = np.concatenate([noise(0.5), speech(1.0), noise(0.25), speech(1.0), noise(0.6)])
+    events = run(pcm, 320)
+    assert [type(e) for e in events] == [
+        UtteranceStarted,
+        UtterancePaused,
+        UtteranceResumed,
+        UtterancePaused,
+        UtteranceEnded,
+    ]
+    started, first, resumed, second, ended = events
+    assert isinstance(first, UtterancePaused) and isinstance(second, UtterancePaused)
+    assert isinstance(ended, UtteranceEnded) and ended.reason is EndReason.SILENCE
+    assert first.start == second.start == resumed.start == ended.start == started.start
+    assert first.end / RATE == pytest.approx(1.5 + 0.15, abs=0.03)
+    # The pause holds all the speech the final holds, and 150 ms of silence after it (the final: 200).
+    assert second.end / RATE == pytest.approx(2.75 + 0.15, abs=0.03)
+    assert ended.end / RATE == pytest.approx(2.75 + 0.2, abs=0.03)
+    assert run(pcm, len(pcm)) == events
+    assert [type(e) for e in run(pcm, 320, EndpointerSettings(speculate_seconds=0))] == [
+        UtteranceStarted,
+        UtteranceEnded,
+    ]
+    with pytest.raises(ValueError, match="speculate_seconds"):
+        EndpointerSettings(speculate_seconds=0.4)
+
+
+def test_digital_silence_does_not_lower_the_bar() -> None:
+    """Zeros between utterances are not the room's noise: the bar stays above the room tone."""
+    endpointer = Endpointer()
+    endpointer.feed(noise(2.0, dbfs=-45.0))
+    bar = endpointer.threshold_dbfs
+    endpointer.feed(np.zeros(RATE * 2, np.int16))
+    assert endpointer.threshold_dbfs == pytest.approx(bar, abs=0.5)
+
+
+@pytest.mark.parametrize("name", ["ru-courier.wav", "ru-greeting.wav"])
+def test_pauses_inside_a_russian_sentence_do_not_end_it(name: str) -> None:
+    with wave.open(str(ROOT / "examples" / "audio" / name)) as recording:
+        assert recording.getframerate() == RATE
+        pcm = np.frombuffer(recording.readframes(recording.getnframes()), dtype="<i2")
+    assert len(spans(run(pcm, 1600))) == 1

@@ -186,10 +186,10 @@ async def test_partial_results_then_a_final_one_for_each_utterance() -> None:
     first_final = kinds.index("final")
     assert "partial" in kinds[:first_final] and "partial" in kinds[first_final + 1 :]
     assert kinds[-1] == "final"
-    # The finals hold the whole utterances: 2 s and 1.5 s of speech, 0.3 s before and 0.2 s after.
-    # (The second ends with the stream, 0.3 s after its speech: at 0.2 s after it all the same.)
+    # The finals hold the whole utterances: 2 s and 1.5 s of speech, 0.3 s before and 0.15 s after (the
+    # speculative final, recognised when the utterance paused, 150 ms into its silence, is the final).
     finals = [text for kind, text in results if kind == "final"]
-    assert finals == ["2.50s", "2.00s"]
+    assert finals == ["2.46s", "1.96s"]
     assert session.summary.utterances == 2 and session.summary.finals == 2
     assert all(options.language_code == "en-US" for options in recognizer.options)
     # Word times count from the start of the session.
@@ -201,7 +201,7 @@ async def test_partial_results_then_a_final_one_for_each_utterance() -> None:
 async def test_without_partial_results_only_finals_come() -> None:
     client = Client([lpcm_config(), *chunks(two_utterances())])
     _, recognizer = await run(client)
-    assert client.results() == [("final", "2.50s"), ("final", "2.00s")]
+    assert client.results() == [("final", "2.46s"), ("final", "1.96s")]
     assert all(not partial for _, partial in recognizer.calls)
 
 
@@ -233,10 +233,13 @@ async def test_partial_results_are_dropped_when_no_worker_is_free() -> None:
     pcm = np.concatenate([noise(0.3), speech(4.0), noise(0.8)])
     client = Client([lpcm_config(partial_results=True), *chunks(pcm)], pause=0.02)
 
-    session, _ = await run(client, FakeRecognizer(delay=0.03, idle=False))
+    session, recognizer = await run(client, FakeRecognizer(delay=0.03, idle=False))
 
     kinds = [kind for kind, _ in client.results()]
-    assert kinds == ["partial", "final"]  # the first partial waits for a worker; later ones are dropped
+    # The first partial waits for a worker; later ones are dropped. (The synthetic syllables pause: a
+    # speculative final, run with a final's priority, comes as a partial result when speech resumes.)
+    assert kinds.count("final") == 1 and kinds[-1] == "final" and kinds[0] == "partial"
+    assert recognizer.calls[0][1] and sum(partial for _, partial in recognizer.calls) == 1
     assert session.summary.partials_dropped >= 3
 
 
@@ -326,3 +329,23 @@ async def test_stopping_sends_the_final_in_progress_then_unavailable() -> None:
             await task
     assert raised.value.code is GrpcCode.UNAVAILABLE
     assert [kind for kind, _ in client.results()] == ["final"]
+
+
+async def test_the_final_is_the_recognition_started_when_the_utterance_paused() -> None:
+    """Each utterance is recognised once for its final: when it paused (150 ms of silence), not again
+    when the end-pointer ended it (400 ms)."""
+    client = Client([lpcm_config(), *chunks(two_utterances())])
+    _, recognizer = await run(client)
+    assert recognizer.calls == [(2.46, False), (1.96, False)]
+    assert client.results() == [("final", "2.46s"), ("final", "1.96s")]
+
+
+async def test_a_pause_that_speech_resumes_gives_a_partial_result_not_a_final() -> None:
+    """A 250 ms pause: the speculative recognition of the utterance so far is sent as a partial result;
+    the final is the whole utterance."""
+    pcm = np.concatenate([noise(0.5), speech(1.0), noise(0.25), speech(1.0), noise(0.8)])
+    client = Client([lpcm_config(partial_results=True), *chunks(pcm)])
+    session, recognizer = await run(client, partial_interval_seconds=10.0)
+    assert client.results() == [("partial", "1.46s"), ("final", "2.72s")]
+    assert recognizer.calls == [(1.46, False), (2.72, False)]
+    assert session.summary.finals == 1

@@ -26,6 +26,7 @@ from speechkit_operator.selfhosted.engines.base import (
     get_engine,
 )
 from speechkit_operator.selfhosted.engines.whisper_engine import (
+    SHORT_MAX_SECONDS,
     SPEECHKIT_TO_WHISPER,
     WhisperEngine,
     WhisperOptions,
@@ -42,6 +43,7 @@ UTTERANCES = (
     "librivox-0930.wav",
 )
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "audio"
+RU_SAMPLES = ("ru-courier.wav", "ru-greeting.wav")
 #: Languages SpeechKit offers that the multilingual model must offer too.
 SPEECHKIT_LANGUAGES = {
     "ru-RU", "en-US", "kk-KZ", "uz-UZ", "de-DE", "fr-FR", "es-ES", "it-IT", "pl-PL", "tr-TR", "pt-PT",
@@ -321,3 +323,42 @@ def test_the_engine_is_registered_and_satisfies_the_protocol() -> None:
 )
 def test_normalised_words(text: str, words: list[str]) -> None:
     assert normalize_words(text) == words
+
+
+# --- The short path (streaming) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "language"),
+    [*((corpus(name), "en-US") for name in UTTERANCES), *((str(EXAMPLES / n), "ru-RU") for n in RU_SAMPLES)],
+)
+def test_the_short_path_hears_the_words_the_normal_path_hears(path: str, language: str) -> None:
+    """``recognize_short`` (no 30 s padding, greedy, no timestamps; streaming's utterances) gives the
+    normal path's words on the corpus, but for one in the 77 (``ill-disposed`` heard ``ill-sposed``), and
+    most word times within 100 ms of its (both are cross-attention alignments)."""
+    normal = [word for utterance in recognised("base", path, language) for word in utterance.words]
+    pcm = channels(path)[0]
+    (short,) = engine("base").recognize_short(pcm, language)
+    assert short.language_code == language
+    assert short.text == " ".join(word.text for word in short.words)
+    different = [(a.text, b.text) for a, b in zip(normal, short.words, strict=True) if a.text != b.text]
+    assert different in ([], [("ill-disposed", "ill-sposed")])
+    close = [
+        abs(a.start - b.start) <= 0.1 and abs(a.end - b.end) <= 0.1
+        for a, b in zip(normal, short.words, strict=True)
+    ]
+    assert sum(close) >= 0.8 * len(close)
+    starts = [word.start for word in short.words]
+    assert starts == sorted(starts) and short.words[-1].end <= len(pcm) / RATE
+
+
+def test_the_short_path_hears_nothing_in_silence_and_hands_long_audio_to_the_normal_path() -> None:
+    whisper = engine("base")
+    assert whisper.recognize_short(np.zeros(RATE, np.int16), "en-US") == []
+    hiss = (np.random.default_rng(3).standard_normal(2 * RATE) * 300).astype(np.int16)
+    assert whisper.recognize_short(hiss, "en-US") == []
+    long = np.concatenate([channels(corpus(name))[0] for name in UTTERANCES])  # 24.7 s
+    assert len(long) / RATE <= SHORT_MAX_SECONDS
+    assert len(whisper.recognize_short(long, "en-US")) == 1
+    longer = np.concatenate([long, long[: 2 * RATE]])
+    assert len(whisper.recognize_short(longer, "en-US")) > 1  # Whisper's segments: the normal path

@@ -206,6 +206,9 @@ class RecognitionJob:
     #: Also give each chunk a :attr:`~.protocol.RecognizedChunk.refinement` (v3's normalized text):
     #: the engine's words as it wrote them, masked with ``profanity_filter``.
     refinement: Refinement | None = None
+    #: A streaming utterance: the engine's fast path for short audio (``recognize_short``) when it has
+    #: one (Whisper: no padding to 30 s, greedy decoding), else ``recognize``.
+    streaming: bool = False
 
 
 @dataclass(frozen=True)
@@ -399,6 +402,9 @@ def recognize(
         # With ``auto``, the language detected in a channel's first window with speech holds for the
         # channel's later windows: one recording is not switched to another language half-way.
         detected: dict[int, Detection] = {}
+        engine_recognize = state.engine.recognize
+        if job.streaming:
+            engine_recognize = getattr(state.engine, "recognize_short", engine_recognize)
         for segment in decoded.segments():
             if segment.channel > job.max_channels:
                 return _too_many_channels(started, segment.channel, job.max_channels)
@@ -407,7 +413,7 @@ def recognize(
                 progress(float(segment.end_seconds))
             known = detected.get(segment.channel)
             language = known.language_code if known is not None else job.language_code
-            for utterance in state.engine.recognize(segment.pcm, language):
+            for utterance in engine_recognize(segment.pcm, language):
                 found = getattr(utterance, "language_code", None)
                 if auto and known is None and found:
                     probability = getattr(utterance, "language_probability", None)

@@ -112,6 +112,7 @@ class PoolRecognizer:
             literature_text=options.literature_text,
             profanity_filter=options.profanity_filter,
             raw_results=options.raw_results,
+            streaming=True,
         )
         audio = wav_bytes(pcm)
         try:

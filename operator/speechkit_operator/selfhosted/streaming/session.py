@@ -66,8 +66,11 @@ from speechkit_operator.selfhosted.streaming.decoding import (
 from speechkit_operator.selfhosted.streaming.endpointing import (
     Endpointer,
     EndpointerSettings,
+    EndReason,
     Event,
     UtteranceEnded,
+    UtterancePaused,
+    UtteranceResumed,
     UtteranceStarted,
 )
 from speechkit_operator.selfhosted.streaming.recognition import (
@@ -261,9 +264,25 @@ class _Utterance:
     #: Set while no partial result of it is being recognised (its final waits for that one).
     partial_idle: asyncio.Event = field(default_factory=asyncio.Event)
     final_sent: bool = False
+    #: The recognition started when the utterance paused (see :class:`_Speculation`).
+    speculation: _Speculation | None = None
 
     def __post_init__(self) -> None:
         self.partial_idle.set()
+
+
+@dataclass
+class _Speculation:
+    """The utterance so far, recognised as soon as it paused (:class:`UtterancePaused`, 150 ms of
+    silence) with a final's priority: when the end-pointer then ends it (250 ms later), the result is
+    its final at once, instead of a recognition that only starts then. When speech resumes first, the
+    result is sent as a partial result (it is one: the utterance so far), so no work is lost."""
+
+    pcm: NDArray[np.int16]
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    recognition: Recognition | None = None
+    #: Speech came back (or the utterance was cut for length): not the final.
+    resumed: bool = False
 
 
 @dataclass
@@ -275,6 +294,8 @@ class _Final:
     partial_end: int | None
     #: The loop's time when the end of the utterance was decided.
     decided_at: float
+    #: Its recognition, started when it paused, if speech did not resume since.
+    speculation: _Speculation | None = None
 
 
 @dataclass
@@ -348,6 +369,8 @@ class StreamingSession:
         self._pending_partial: _Utterance | None = None
         self._finals: collections.deque[_Final] = collections.deque()
         self._input_done = False
+        self._speculations: set[asyncio.Task[None]] = set()
+        self._write: WriteResponse = _no_write
 
     @property
     def spec(self) -> StreamingSpec:
@@ -501,7 +524,13 @@ class StreamingSession:
                 self.summary.utterances = self._utterances
                 self._utterance = _Utterance(self._utterances, event.start)
                 self._partial_due = event.start + self._partial_interval
+            elif isinstance(event, UtterancePaused) and self._utterance is not None:
+                self._speculate(self._utterance, self._slice(event.start, event.end).copy())
+            elif isinstance(event, UtteranceResumed) and self._utterance is not None:
+                self._drop_speculation(self._utterance)
             elif isinstance(event, UtteranceEnded) and self._utterance is not None:
+                if event.reason is EndReason.LENGTH:
+                    self._drop_speculation(self._utterance)
                 self._end_utterance(self._utterance, event, now)
         utterance = self._utterance
         if self._spec.partial_results and utterance is not None and self._total >= self._partial_due:
@@ -514,6 +543,47 @@ class StreamingSession:
         self._final_ready.set()
         self._partial_ready.set()
 
+    def _speculate(self, utterance: _Utterance, pcm: NDArray[np.int16]) -> None:
+        self._drop_speculation(utterance)
+        speculation = _Speculation(pcm)
+        utterance.speculation = speculation
+        task = asyncio.get_running_loop().create_task(
+            self._run_speculation(utterance, speculation), name="streaming-speculation"
+        )
+        self._speculations.add(task)
+        task.add_done_callback(self._speculations.discard)
+
+    def _drop_speculation(self, utterance: _Utterance) -> None:
+        if utterance.speculation is not None:
+            utterance.speculation.resumed = True
+            utterance.speculation = None
+
+    async def _run_speculation(self, utterance: _Utterance, speculation: _Speculation) -> None:
+        started = time.monotonic()
+        try:
+            speculation.recognition = await self._recognizer.recognize(
+                speculation.pcm, self._spec.text_options(), partial=False
+            )
+        except RecognitionFailedError as exc:
+            # The final recognises the utterance itself (and reports a failure that persists).
+            logger.info("A speculative final failed (%s): %s", exc.code.name, exc.message)
+        finally:
+            speculation.done.set()
+        recognition = speculation.recognition
+        if recognition is None:
+            return
+        _log_recognition("speculative final", utterance, speculation.pcm, started, recognition)
+        if not speculation.resumed or not self._spec.partial_results or not recognition.text:
+            return
+        # Speech resumed: the utterance so far, as a partial result.
+        async with self._order:
+            await self._order.wait_for(lambda: self._finals_done >= utterance.number - 1)
+        if utterance.final_sent or utterance.end is not None:
+            return
+        await self._write(_response(recognition, utterance.start, final=False))
+        utterance.partial_sent = True
+        self.summary.partials += 1
+
     def _end_utterance(self, utterance: _Utterance, event: UtteranceEnded, now: float) -> None:
         utterance.end = event.end
         pcm = self._slice(utterance.start, event.end).copy()
@@ -521,7 +591,7 @@ class StreamingSession:
         # beginning long enough to hold words.
         half = min((event.end - utterance.start) // 2, 3 * TARGET_RATE)
         partial_end = half if half >= self._partial_interval else None
-        self._finals.append(_Final(utterance, pcm, partial_end, now))
+        self._finals.append(_Final(utterance, pcm, partial_end, now, utterance.speculation))
         if self._pending_partial is utterance:
             self._pending_partial = None
         self._utterance = None
@@ -544,6 +614,7 @@ class StreamingSession:
         wait for a partial result that is being recognised, on another worker, before it starts; it is
         only sent after it, so a client sees an utterance's partial results before its final one."""
         options = self._spec.text_options()
+        self._write = write
         loop = asyncio.get_running_loop()
         finals = loop.create_task(self._finals_in_order(options, write), name="finals")
         partials = loop.create_task(self._partials(options, write), name="partials")
@@ -553,9 +624,10 @@ class StreamingSession:
                 partials.result()  # it only ends by failing: raises its error
             finals.result()
         finally:
-            for task in (finals, partials):
+            speculations = list(self._speculations)
+            for task in (finals, partials, *speculations):
                 task.cancel()
-            await asyncio.gather(finals, partials, return_exceptions=True)
+            await asyncio.gather(finals, partials, *speculations, return_exceptions=True)
 
     async def _finals_in_order(self, options: TextOptions, write: WriteResponse) -> None:
         while True:
@@ -583,7 +655,12 @@ class StreamingSession:
                 await self._partial_ready.wait()
                 continue
             self._pending_partial = None
-            if utterance.end is not None or (utterance.partial_sent and not self._recognizer.has_idle_worker):
+            speculating = utterance.speculation is not None and not utterance.speculation.done.is_set()
+            if (
+                utterance.end is not None
+                or speculating  # the utterance so far is being recognised already
+                or (utterance.partial_sent and not self._recognizer.has_idle_worker)
+            ):
                 self.summary.partials_dropped += 1
                 continue
             pcm = self._slice(utterance.start, self._total).copy()
@@ -618,11 +695,16 @@ class StreamingSession:
     async def _final(self, final: _Final, options: TextOptions, write: WriteResponse) -> None:
         utterance = final.utterance
         started = time.monotonic()
-        try:
-            recognition = await self._recognizer.recognize(final.pcm, options, partial=False)
-        except RecognitionFailedError as exc:
-            raise SessionError(exc.code, exc.message) from None
-        _log_recognition("final", utterance, final.pcm, started, recognition)
+        recognition: Recognition | None = None
+        if final.speculation is not None:
+            await final.speculation.done.wait()
+            recognition = final.speculation.recognition
+        if recognition is None:
+            try:
+                recognition = await self._recognizer.recognize(final.pcm, options, partial=False)
+            except RecognitionFailedError as exc:
+                raise SessionError(exc.code, exc.message) from None
+            _log_recognition("final", utterance, final.pcm, started, recognition)
         await utterance.partial_idle.wait()  # a partial result still running is sent first
         utterance.final_sent = True
         # Noise that held no words gets no final, unless there is a partial result to take back.
@@ -633,6 +715,10 @@ class StreamingSession:
         async with self._order:
             self._finals_done = utterance.number
             self._order.notify_all()
+
+
+async def _no_write(response: pb.StreamingRecognitionResponse) -> None:  # pragma: no cover - replaced
+    raise RuntimeError("no results before the recognition starts")
 
 
 def _log_recognition(
