@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import io
 import logging
 import os
 import shutil
@@ -28,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Final, Literal, TextIO
+from typing import BinaryIO, Final, Literal, TextIO, cast
 
 import aiohttp
 
@@ -166,10 +167,22 @@ def _read_head(stream: BinaryIO, want: int, head: bytes = b"") -> bytes:
     return head
 
 
+def _unbuffered(stdin: BinaryIO) -> BinaryIO:
+    """Standard input read straight from its file descriptor: the reading thread may be blocked in
+    a read when the command ends, and a blocked BufferedReader makes the interpreter's exit abort
+    (SIGABRT, "could not acquire lock for <_io.BufferedReader name='<stdin>'>"). A stream without a
+    descriptor (a test's BytesIO) is read as it is."""
+    try:
+        fd = stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        return stdin
+    return cast(BinaryIO, io.FileIO(fd, "rb", closefd=False))
+
+
 def open_input(options: StreamOptions, stdin: BinaryIO) -> AudioInput:
     """Open and check the input; UsageError or StreamAudioError (exit 2) when it cannot be streamed."""
     if options.source == "-":
-        name, stream, size, closes = "stdin", stdin, None, False
+        name, stream, size, closes = "stdin", _unbuffered(stdin), None, False
     else:
         path = Path(options.source)
         try:

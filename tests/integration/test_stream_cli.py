@@ -389,6 +389,48 @@ async def test_real_time_pacing_and_ctrl_c_in_a_real_process(
     assert all(0.3 < gap < 0.55 for gap in gaps), gaps
 
 
+async def test_an_error_while_stdin_is_still_open_exits_1_not_abort(
+    fake: Server, subprocess_env: dict[str, str]
+) -> None:
+    """The reading thread is blocked on a pipe that stays open when the service ends the call: the
+    process must still exit with its status (a blocked BufferedReader made the exit abort, 134)."""
+    fake.servicer.error = (grpc.StatusCode.UNAUTHENTICATED, "The API key is not valid")
+    fake.servicer.error_after = 2
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "speechkit_operator",
+        "stream",
+        "-",
+        "--endpoint",
+        fake.endpoint,
+        "--fast",
+        "--encoding",
+        "lpcm",
+        "--sample-rate",
+        "8000",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=subprocess_env,
+    )
+    assert process.stdin is not None
+    try:
+        process.stdin.write(bytes(8000 * 2 * 2))  # 2 s of audio, and the pipe stays open
+        await process.stdin.drain()
+        await asyncio.wait_for(process.wait(), RUN_TIMEOUT)
+        assert process.stderr is not None
+        err = (await process.stderr.read()).decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        process.stdin.close()
+    assert process.returncode == 1, err
+    assert "UNAUTHENTICATED: The API key is not valid" in err
+    assert "Fatal Python error" not in err
+
+
 # --- The real self-hosted service ---------------------------------------------------------------------------
 
 
