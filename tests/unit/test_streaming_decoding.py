@@ -13,11 +13,13 @@ from numpy.typing import NDArray
 
 from speechkit_operator.selfhosted.decoding import decode_audio
 from speechkit_operator.selfhosted.streaming.decoding import (
+    AudioLimitError,
     LpcmDecoder,
     OggOpusDecoder,
     StreamDecodeError,
     StreamDecoder,
     ogg_crc,
+    opus_packet_samples,
 )
 from tests.support.audio import audio_dir
 
@@ -120,3 +122,62 @@ def test_ogg_that_holds_no_opus_is_refused() -> None:
     garbage_packet += page(b"\xff" * 200, 2, 0)
     with pytest.raises(StreamDecodeError, match="cannot be decoded"):
         stream(OggOpusDecoder(), garbage_packet, 100)
+
+
+# --- Limits: audio that decodes to more than the session may hold -------------------------------------------
+
+
+def opus_bomb(packet: bytes, pages: int) -> bytes:
+    """A valid Ogg Opus stream of tiny packets (255 a page): a TOC byte declares up to 120 ms of audio."""
+
+    def page(lacing: bytes, body: bytes, sequence: int, flags: int = 0) -> bytes:
+        header = struct.pack("<4sBBqIIIB", b"OggS", 0, flags, 0, 1, sequence, 0, len(lacing)) + lacing
+        crc = ogg_crc(header + body)
+        return header[:22] + struct.pack("<I", crc) + header[26:] + body
+
+    head = b"OpusHead" + bytes([1, 1]) + struct.pack("<HIhB", 312, 48000, 0, 0)
+    out = [page(bytes([len(head)]), head, 0, 0x02), page(b"\x10", b"OpusTags" + b"\0" * 8, 1)]
+    out += [page(bytes([len(packet)]) * 255, packet * 255, 2 + n) for n in range(pages)]
+    return b"".join(out)
+
+
+def test_opus_packet_durations_come_from_the_toc_byte() -> None:
+    assert opus_packet_samples(bytes([0x18])) == 2880  # SILK 60 ms, one frame
+    assert opus_packet_samples(bytes([0x19])) == 5760  # two frames of 60 ms
+    assert opus_packet_samples(bytes([0x80])) == 120  # CELT 2.5 ms
+    assert opus_packet_samples(bytes([0xFB, 0x03])) == 2880  # CELT 20 ms, code 3: three frames
+    assert opus_packet_samples(b"") == 0
+    for bad in (bytes([0x1B]), bytes([0x1B, 0x00]), bytes([0x1B, 0x03])):  # no count, 0 frames, 180 ms
+        with pytest.raises(ValueError):
+            opus_packet_samples(bad)
+
+
+def test_tiny_opus_packets_stop_at_the_limit_before_they_are_decoded() -> None:
+    """40 pages of 255 one-byte SILK 60 ms packets: 11 KB that decode to 612 s. With a limit of 10 s only
+    the packets within it are decoded (the rest of the message is not even parsed)."""
+    data = opus_bomb(bytes([0x18]), 40)
+    decoder = OggOpusDecoder(max_samples=10 * 16000)
+    with pytest.raises(AudioLimitError) as raised:
+        decoder.feed(data)
+    assert 9.9 * 16000 <= len(raised.value.pcm) <= 10 * 16000
+    assert decoder._pages.pages < 5
+    with pytest.raises(AudioLimitError):
+        decoder.feed(b"")
+
+
+def test_empty_opus_packets_count_toward_the_limit() -> None:
+    """Packets that declare no audio cannot be sent by the million: each counts as the shortest (2.5 ms)."""
+    with pytest.raises(AudioLimitError):
+        OggOpusDecoder(max_samples=16000).feed(opus_bomb(b"", 10))
+
+
+def test_lpcm_stops_at_the_limit_with_the_samples_up_to_it() -> None:
+    decoder = LpcmDecoder(16000, max_samples=1000)
+    assert len(decoder.feed(bytes(1600))) == 800
+    with pytest.raises(AudioLimitError) as raised:
+        decoder.feed(bytes(1600))
+    assert len(raised.value.pcm) == 200
+    at_8k = LpcmDecoder(8000, max_samples=16000)
+    with pytest.raises(AudioLimitError) as raised:
+        at_8k.feed(bytes(8000 * 2 * 3))
+    assert abs(len(raised.value.pcm) - 16000) < 100

@@ -263,6 +263,18 @@ async def test_more_than_10_mb_ends_the_session_naming_the_limit(streaming: Stre
 
 
 @module_loop
+async def test_one_message_over_10_mb_is_the_sessions_limit_not_grpcs(streaming: Streaming) -> None:
+    """gRPC's own limit would answer RESOURCE_EXHAUSTED "Received message larger than max", the code of
+    "too many sessions"; a message up to 16 MiB gets the session's limit, which names it."""
+    silence = bytes(10 * 1024 * 1024 + 512 * 1024)  # 48 kHz: 114 s
+    outcome = await call(
+        streaming, [lpcm_config(48000), pb.StreamingRecognitionRequest(audio_content=silence)]
+    )
+    assert outcome.code is grpc.StatusCode.INVALID_ARGUMENT, outcome.details
+    assert "larger than the limit of 10 MB (10485760 bytes) per session" in outcome.details
+
+
+@module_loop
 async def test_more_than_5_minutes_ends_the_session_naming_the_limit(streaming: Streaming) -> None:
     silence = bytes(8000 * 2 * 20)  # 20 s at 8 kHz: 5 minutes are 4.8 MB
     outcome = await call(

@@ -10,11 +10,18 @@
 Bytes that are not what the session declared raise :class:`StreamDecodeError`, whose message says what
 is wrong (the session ends with INVALID_ARGUMENT): never anything else for bad input. No I/O: bytes in,
 arrays out (the service runs :meth:`feed` off the event loop).
+
+A decoder is given the most audio it may produce (``max_samples``, the session's 5 minutes): past it,
+:meth:`feed` raises :class:`AudioLimitError` with the samples up to the limit, and decodes nothing more.
+Ogg Opus is checked packet by packet *before* decoding, from the duration each packet's TOC byte
+declares (RFC 6716, section 3.1), so a few bytes of tiny packets that would decode to hours of audio cost
+only the packets within the limit; the packets of a message are taken one page at a time.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import Final, Protocol
 
 import av
@@ -22,12 +29,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
+    "AudioLimitError",
     "LpcmDecoder",
     "OggOpusDecoder",
     "PcmArray",
     "StreamDecodeError",
     "StreamDecoder",
     "ogg_crc",
+    "opus_packet_samples",
 ]
 
 PcmArray = NDArray[np.int16]
@@ -49,16 +58,26 @@ _FIRST_PAGE: Final = 0x02
 
 
 class StreamDecodeError(Exception):
-    """The audio is not what the session declared; ``message`` is for the client."""
+    """The audio is not what the session declared; ``message`` is for the client, ``pcm`` the samples
+    decoded from the same piece before the damage."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, pcm: PcmArray = _EMPTY) -> None:
         super().__init__(message)
         self.message = message
+        self.pcm = pcm
+
+
+class AudioLimitError(Exception):
+    """The stream holds more audio than ``max_samples``; ``pcm``: the piece's samples up to the limit."""
+
+    def __init__(self, pcm: PcmArray) -> None:
+        super().__init__("the stream is longer than its limit")
+        self.pcm = pcm
 
 
 class StreamDecoder(Protocol):
     def feed(self, data: bytes) -> PcmArray:
-        """The samples (16 kHz mono) that ``data`` completes."""
+        """The samples (16 kHz mono) that ``data`` completes; :class:`AudioLimitError` past the limit."""
 
     def finish(self) -> PcmArray:
         """The samples still held back at the end of the stream."""
@@ -85,23 +104,36 @@ class _Resampler:
 class LpcmDecoder:
     """Headerless little-endian 16-bit mono PCM at ``sample_rate`` (8000, 16000 or 48000)."""
 
-    def __init__(self, sample_rate: int) -> None:
+    def __init__(self, sample_rate: int, max_samples: int | None = None) -> None:
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, not {sample_rate}")
         self.sample_rate = sample_rate
         self._odd = b""
         self._resampler = _Resampler() if sample_rate != TARGET_RATE else None
+        #: Input samples left within the limit.
+        self._left = None if max_samples is None else max_samples * sample_rate // TARGET_RATE
+        self._over = False
 
     def feed(self, data: bytes) -> PcmArray:
+        if self._over:
+            raise AudioLimitError(_EMPTY)
         data = self._odd + data
         whole = len(data) - len(data) % 2
         self._odd = data[whole:]
-        if whole == 0:
-            return _EMPTY
-        pcm = np.frombuffer(data, dtype="<i2", count=whole // 2).astype(np.int16)
-        if self._resampler is None:
-            return pcm
-        return self._resampler.samples(pcm, self.sample_rate)
+        count = whole // 2
+        over = self._left is not None and count > self._left
+        if self._left is not None:
+            count = min(count, self._left)
+            self._left -= count
+        pcm = _EMPTY
+        if count:
+            pcm = np.frombuffer(data, dtype="<i2", count=count).astype(np.int16)
+            if self._resampler is not None:
+                pcm = self._resampler.samples(pcm, self.sample_rate)
+        if over:
+            self._over = True
+            raise AudioLimitError(pcm)
+        return pcm
 
     def finish(self) -> PcmArray:
         # A byte left over is half a sample: dropped, as the async API drops a cut sample.
@@ -146,15 +178,15 @@ class _OggPages:
         self._ended = False
         self.pages = 0
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The packets that ``data`` completes, one page at a time (a consumer that stops early leaves
+        the rest unparsed)."""
         self._buffer += data
-        packets: list[bytes] = []
         while True:
             page = self._next_page()
             if page is None:
-                break
-            packets.extend(page)
-        return packets
+                return
+            yield from page
 
     def finish(self) -> None:
         if self._buffer:
@@ -226,20 +258,88 @@ class _OggPages:
         )
 
 
-class OggOpusDecoder:
-    """One Opus stream in Ogg, as its pages arrive."""
+#: An Opus frame's duration at 48 kHz by the TOC byte's configuration (RFC 6716, 3.1): SILK-only 10, 20,
+#: 40, 60 ms; hybrid 10, 20 ms; CELT-only 2.5, 5, 10, 20 ms.
+_FRAME_SAMPLES: Final = (
+    *(480, 960, 1920, 2880) * 3,
+    *(480, 960) * 2,
+    *(120, 240, 480, 960) * 4,
+)
+#: The longest Opus packet: 120 ms.
+_MAX_PACKET_SAMPLES: Final = 5760
 
-    def __init__(self) -> None:
+
+def opus_packet_samples(packet: bytes) -> int:
+    """The samples (at 48 kHz) an Opus packet decodes to, from its TOC byte and frame count, without
+    decoding it; :class:`ValueError` for a packet that cannot be valid (RFC 6716, 3.2: no frame count,
+    zero frames, more than 120 ms)."""
+    if not packet:
+        return 0
+    toc = packet[0]
+    code = toc & 0x03
+    if code == 0:
+        frames = 1
+    elif code in (1, 2):
+        frames = 2
+    else:
+        if len(packet) < 2 or not packet[1] & 0x3F:
+            raise ValueError("a code 3 packet without its frame count")
+        frames = packet[1] & 0x3F
+    samples = _FRAME_SAMPLES[toc >> 3] * frames
+    if samples > _MAX_PACKET_SAMPLES:
+        raise ValueError(f"{samples // 48} ms of audio in one packet, more than 120 ms")
+    return samples
+
+
+class OggOpusDecoder:
+    """One Opus stream in Ogg, as its pages arrive; at most ``max_samples`` (16 kHz) of audio."""
+
+    def __init__(self, max_samples: int | None = None) -> None:
         self._pages = _OggPages()
         self._packets = 0
         self._codec: av.AudioCodecContext | None = None
         self._resampler = _Resampler()
         self._skip = 0
+        #: Samples at 48 kHz the packets may still declare (their durations from the TOC, before they
+        #: are decoded); the pre-skip is added to it.
+        self._left = None if max_samples is None else max_samples * (OPUS_RATE // TARGET_RATE)
+        #: Packets the stream may still hold: as many as the shortest packets (2.5 ms) would fill the
+        #: limit with, so that packets that declare no audio (empty ones) cannot be sent by the million.
+        self._packets_left = None if self._left is None else self._left // 120 + 16
+        self._over = False
 
     def feed(self, data: bytes) -> PcmArray:
-        blocks = [self._decode(packet) for packet in self._pages.feed(data)]
-        blocks = [block for block in blocks if len(block)]
-        return np.concatenate(blocks) if blocks else _EMPTY
+        if self._over:
+            raise AudioLimitError(_EMPTY)
+        blocks: list[PcmArray] = []
+        try:
+            for packet in self._pages.feed(data):
+                self._charge(packet)
+                block = self._decode(packet)
+                if len(block):
+                    blocks.append(block)
+        except AudioLimitError:
+            self._over = True
+            raise AudioLimitError(_joined(blocks)) from None
+        except StreamDecodeError as exc:
+            raise StreamDecodeError(exc.message, _joined(blocks)) from None
+        return _joined(blocks)
+
+    def _charge(self, packet: bytes) -> None:
+        """:class:`AudioLimitError` when ``packet`` would go past the limit (before it is decoded)."""
+        if self._left is None or self._packets < 2:
+            return
+        assert self._packets_left is not None
+        try:
+            samples = opus_packet_samples(packet)
+        except ValueError as exc:
+            raise StreamDecodeError(
+                f"Opus packet {self._packets - 1} is not valid ({exc}): the audio is damaged"
+            ) from None
+        self._packets_left -= 1
+        if samples > self._left or self._packets_left < 0:
+            raise AudioLimitError(_EMPTY)
+        self._left -= samples
 
     def finish(self) -> PcmArray:
         self._pages.finish()
@@ -292,6 +392,8 @@ class OggOpusDecoder:
         codec.layout = "stereo" if channels == 2 else "mono"
         self._codec = codec
         self._skip = round(pre_skip * TARGET_RATE / OPUS_RATE)
+        if self._left is not None:
+            self._left += pre_skip  # decoded, then dropped: not the stream's audio
 
     def _trim(self, pcm: PcmArray) -> PcmArray:
         if self._skip and len(pcm):
@@ -299,6 +401,10 @@ class OggOpusDecoder:
             self._skip -= dropped
             return pcm[dropped:]
         return pcm
+
+
+def _joined(blocks: list[PcmArray]) -> PcmArray:
+    return np.concatenate(blocks) if blocks else _EMPTY
 
 
 def _reason(exc: Exception) -> str:

@@ -43,16 +43,17 @@ from speechkit_operator.selfhosted.streaming.session import (
 )
 from speechkit_operator.selfhosted.workers import RecognitionPool
 
-__all__ = ["StreamingServer", "StreamingStartError", "grpc_address"]
+__all__ = ["MAX_MESSAGE_BYTES", "StreamingServer", "StreamingStartError", "grpc_address"]
 
 logger = logging.getLogger(__name__)
 
 _AUTH_REQUIRED: Final = "Authentication required: send the metadata authorization: Api-Key <key>"
 #: How often the health status follows the workers' readiness.
 _HEALTH_INTERVAL: Final = 0.5
-#: A message may hold up to the session's whole byte budget (a larger one breaks the session's limit,
-#: which says so, rather than gRPC's own limit of 4 MiB, which would not).
-_MAX_MESSAGE_BYTES: Final = MAX_SESSION_BYTES + 64 * 1024
+#: A message may hold up to the session's whole byte budget and more: one up to 16 MiB breaks the
+#: session's limit of 10 MB, which says so (INVALID_ARGUMENT); only a larger one meets gRPC's own limit
+#: (RESOURCE_EXHAUSTED "Received message larger than max"), which keeps a session's memory bounded.
+MAX_MESSAGE_BYTES: Final = MAX_SESSION_BYTES + 6 * 1024 * 1024
 _SERVING: Final = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING: Final = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -216,7 +217,7 @@ class StreamingServer:
             options=[
                 # Refuse a port another process listens on, rather than sharing it with it.
                 ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ]
         )
         pb_grpc.add_SttServiceServicer_to_server(_Servicer(self), server)
