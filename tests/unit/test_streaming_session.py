@@ -4,7 +4,7 @@ limits and the errors. No processes, no gRPC: the session reads and writes throu
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -54,12 +54,21 @@ def chunks(pcm: NDArray[np.int16], seconds: float = 0.4) -> list[pb.StreamingRec
 
 
 class FakeRecognizer:
-    """Answers ``<seconds>s`` for each piece, after ``delay``; remembers what it was asked."""
+    """Answers ``<seconds>s`` for each piece, after ``delay``; remembers what it was asked. With
+    ``starved_partials`` a partial result never gets a worker (the queue is full of other jobs)."""
 
-    def __init__(self, delay: float = 0.0, *, idle: bool = True, fail: RecognitionFailedError | None = None):
+    def __init__(
+        self,
+        delay: float = 0.0,
+        *,
+        idle: bool = True,
+        fail: RecognitionFailedError | None = None,
+        starved_partials: bool = False,
+    ):
         self.delay = delay
         self.idle = idle
         self.fail = fail
+        self.starved_partials = starved_partials
         self.calls: list[tuple[float, bool]] = []
         self.options: list[TextOptions] = []
 
@@ -67,9 +76,25 @@ class FakeRecognizer:
     def has_idle_worker(self) -> bool:
         return self.idle
 
-    async def recognize(self, pcm: NDArray[np.int16], options: TextOptions, *, partial: bool) -> Recognition:
+    @property
+    def waiting_jobs(self) -> int:
+        """Other jobs wait for a worker when none is free."""
+        return 0 if self.idle else 100
+
+    async def recognize(
+        self,
+        pcm: NDArray[np.int16],
+        options: TextOptions,
+        *,
+        partial: bool,
+        on_start: Callable[[], None] | None = None,
+    ) -> Recognition:
         self.calls.append((round(len(pcm) / 16000, 2), partial))
         self.options.append(options)
+        if partial and self.starved_partials:
+            await asyncio.Event().wait()  # never given a worker
+        if on_start is not None:
+            on_start()
         await asyncio.sleep(self.delay)
         if self.fail is not None and (not partial or self.fail.code is GrpcCode.INTERNAL):
             raise self.fail
@@ -223,9 +248,10 @@ async def test_a_slow_recogniser_gets_the_finals_first_and_one_partial_per_utter
 
     kinds = [kind for kind, _ in client.results()]
     assert kinds == ["partial", "final"] * 3
-    partials = [seconds for seconds, partial in recognizer.calls if partial]
-    # The first utterance's partial ran while it went on; the others are the first halves of theirs.
-    assert partials[1:] == [1.25, 1.45]
+    # The first utterance's partial ran while it went on; the others are the first halves of theirs
+    # (asked for with a final's priority: not low-priority jobs).
+    assert recognizer.calls[0][1]
+    assert {1.25, 1.45} <= {seconds for seconds, partial in recognizer.calls if not partial}
     assert session.summary.partials == 3
 
 
@@ -349,3 +375,119 @@ async def test_a_pause_that_speech_resumes_gives_a_partial_result_not_a_final() 
     assert client.results() == [("partial", "1.46s"), ("final", "2.72s")]
     assert recognizer.calls == [(1.46, False), (2.72, False)]
     assert session.summary.finals == 1
+
+
+# --- Review of the streaming service: limits that keep the finals, priorities, empty messages ---------------
+
+
+class StallingClient(Client):
+    """Sends its messages, then neither ends its stream nor sends anything more."""
+
+    async def read(self) -> pb.StreamingRecognitionRequest | None:
+        if not self.messages:
+            await asyncio.Event().wait()
+        return await super().read()
+
+
+async def test_a_final_never_waits_for_a_partial_result_that_has_no_worker() -> None:
+    """The workers are busy with other jobs: partial results (low priority) never get one; the finals
+    come all the same, and the partial results waiting for a worker are dropped."""
+    client = Client([lpcm_config(partial_results=True), *chunks(two_utterances())], pause=0.01)
+    recognizer = FakeRecognizer(idle=False, starved_partials=True)
+    session = StreamingSession(recognizer, LANGUAGES)
+    async with asyncio.timeout(5):
+        await session.run(client.read, client.write)
+    assert client.results() == [("final", "2.46s"), ("final", "1.96s")]
+    assert session.summary.partials_dropped >= 1
+
+
+async def test_the_guaranteed_partial_result_is_skipped_when_no_worker_is_free() -> None:
+    """Audio much faster than real time and no free worker: no partial result is asked for before a final
+    (it would wait for a worker the final needs)."""
+    client = Client([lpcm_config(partial_results=True), *chunks(two_utterances())])
+    session = StreamingSession(FakeRecognizer(idle=False, starved_partials=True), LANGUAGES)
+    async with asyncio.timeout(5):
+        await session.run(client.read, client.write)
+    assert [kind for kind, _ in client.results()] == ["final", "final"]
+
+
+async def test_the_duration_limit_keeps_the_finals_of_the_audio_within_it() -> None:
+    pcm = np.concatenate([two_utterances(), noise(0.8), speech(2.0)])  # 8.1 s: the limit falls in the third
+    client = Client([lpcm_config(), *chunks(pcm)])
+    error = await failed(client, limits=SessionLimits(audio_seconds=7.0))
+    assert "longer than the limit of 7 s per session" in error.message
+    # Both utterances, and the third one up to the limit (0.3 s before its speech, 0.9 s of it).
+    assert client.results() == [("final", "2.46s"), ("final", "1.96s"), ("final", "1.20s")]
+
+
+async def test_a_stalled_client_gets_the_final_of_its_speech_then_the_limits_error() -> None:
+    client = StallingClient([lpcm_config(), *chunks(np.concatenate([noise(0.5), speech(1.0)]))])
+    error = await failed(client, limits=SessionLimits(message_interval_seconds=0.3))
+    assert error.message.startswith("No message arrived for 0.3 s")
+    assert client.results() == [("final", "1.30s")]
+
+
+async def test_the_size_limit_keeps_the_audio_up_to_it() -> None:
+    data = two_utterances().tobytes()
+    client = Client([lpcm_config(), audio(data)])  # one message across the limit
+    error = await failed(client, limits=SessionLimits(audio_bytes=len(data) - 16000))
+    assert "larger than the limit of" in error.message
+    assert [kind for kind, _ in client.results()] == ["final", "final"]
+
+
+async def test_the_finals_after_a_limit_are_bounded_in_time() -> None:
+    client = Client([lpcm_config(), *chunks(two_utterances())])
+    limits = SessionLimits(audio_seconds=4.0, drain_seconds=0.2)
+    error = await failed(client, FakeRecognizer(delay=1.0), limits=limits)
+    assert "longer than the limit of 4 s" in error.message
+    assert client.results() == []
+
+
+async def test_empty_messages_do_not_keep_a_session_open() -> None:
+    """An empty audio_content (or an empty message) is not an arrival for the rule of 5 s."""
+    empties = [audio(b""), pb.StreamingRecognitionRequest()] * 6
+    client = Client([lpcm_config(), *chunks(noise(0.4)), *empties], pause=0.1)
+    error = await failed(client, limits=SessionLimits(message_interval_seconds=0.35))
+    assert error.message.startswith("No message arrived for 0.35 s")
+
+
+async def test_a_session_lasts_at_most_its_wall_clock_limit() -> None:
+    client = Client([lpcm_config(), *[audio(b"\0\0")] * 40], pause=0.05)
+    error = await failed(client, limits=SessionLimits(session_seconds=0.6))
+    assert error.code is GrpcCode.INVALID_ARGUMENT
+    assert error.message.startswith(
+        "The session lasted longer than 0.6 s: a session carries at most 5 minutes"
+    )
+    assert SessionLimits().session_seconds == 360.0
+
+
+async def test_an_empty_first_message_is_told_so() -> None:
+    error = await failed(Client([pb.StreamingRecognitionRequest()]))
+    assert error.message.endswith("must carry the config (config.specification); the first message was empty")
+
+
+async def test_single_utterance_ends_the_session_after_the_first_final() -> None:
+    client = Client([lpcm_config(single_utterance=True, partial_results=True), *chunks(two_utterances())])
+    session, recognizer = await run(client)
+    assert [result for result in client.results() if result[0] == "final"] == [("final", "2.46s")]
+    assert client.results()[-1] == ("final", "2.46s")
+    assert all(seconds < 3 for seconds, _ in recognizer.calls)
+    assert session.summary.utterances == 1
+
+
+async def test_small_messages_waiting_are_decoded_together() -> None:
+    data = two_utterances().tobytes()
+    client = Client([lpcm_config(), *[audio(data[i : i + 320]) for i in range(0, len(data), 320)]])
+    decoded: list[int] = []
+    session = StreamingSession(FakeRecognizer(), LANGUAGES)
+    decode = session._decode
+
+    def counting(decoder: object, piece: bytes) -> object:
+        decoded.append(len(piece))
+        return decode(decoder, piece)  # type: ignore[arg-type]
+
+    session._decode = counting  # type: ignore[method-assign, assignment]
+    async with asyncio.timeout(10):
+        await session.run(client.read, client.write)
+    assert client.results() == [("final", "2.46s"), ("final", "1.96s")]
+    assert sum(decoded) == len(data) and len(decoded) < len(data) // 320 // 4

@@ -690,6 +690,11 @@ class RecognitionPool:
         return sum(1 for worker in self._idle if worker.alive())
 
     @property
+    def waiting_jobs(self) -> int:
+        """Jobs waiting for a worker, the low-priority ones left out."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
+    @property
     def stop_timeout(self) -> float:
         """Seconds running jobs get to finish when the pool closes."""
         return self._stop_timeout
@@ -889,7 +894,14 @@ class RecognitionPool:
 
     # --- jobs ---
 
-    async def run(self, audio: bytes, job: RecognitionJob, *, low_priority: bool = False) -> JobOutcome:
+    async def run(
+        self,
+        audio: bytes,
+        job: RecognitionJob,
+        *,
+        low_priority: bool = False,
+        on_start: Callable[[], None] | None = None,
+    ) -> JobOutcome:
         """Recognise ``audio`` in a worker, when one is free. A worker that dies fails this job only
         (INTERNAL, or RESOURCE_EXHAUSTED when it was killed) and is replaced; a job past its deadline ends
         with DEADLINE_EXCEEDED. Raises :class:`PoolClosedError` when the pool is closing.
@@ -898,8 +910,11 @@ class RecognitionPool:
         results, which a final result must not queue behind).
 
         Cancelling the caller does not stop the job: it finishes (or meets its deadline) in the background
-        and its worker is then free again; a job still waiting for a worker is dropped."""
+        and its worker is then free again; a job still waiting for a worker is dropped. ``on_start`` is
+        called when the job has its worker."""
         worker = await self._acquire(low_priority=low_priority)
+        if on_start is not None:
+            on_start()
         task = asyncio.get_running_loop().create_task(self._dispatch(worker, audio, job))
         self._jobs.add(task)
         task.add_done_callback(self._jobs.discard)

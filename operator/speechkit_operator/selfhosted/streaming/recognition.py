@@ -8,6 +8,7 @@ results ask for a worker with low priority, so finals never queue behind them.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -63,9 +64,20 @@ class Recognizer(Protocol):
     def has_idle_worker(self) -> bool:
         """Whether a recognition started now would start at once."""
 
+    @property
+    def waiting_jobs(self) -> int:
+        """Jobs (of every session and API) waiting for a worker with a final's priority."""
+
     async def recognize(
-        self, pcm: NDArray[np.int16], options: TextOptions, *, partial: bool
-    ) -> Recognition: ...
+        self,
+        pcm: NDArray[np.int16],
+        options: TextOptions,
+        *,
+        partial: bool,
+        on_start: Callable[[], None] | None = None,
+    ) -> Recognition:
+        """Recognise ``pcm``; ``on_start`` is called when a worker takes it (until then, cancelling
+        the call drops it from the queue)."""
 
 
 def wav_bytes(pcm: NDArray[np.int16]) -> bytes:
@@ -101,7 +113,18 @@ class PoolRecognizer:
     def has_idle_worker(self) -> bool:
         return self._pool.idle_workers > 0
 
-    async def recognize(self, pcm: NDArray[np.int16], options: TextOptions, *, partial: bool) -> Recognition:
+    @property
+    def waiting_jobs(self) -> int:
+        return self._pool.waiting_jobs
+
+    async def recognize(
+        self,
+        pcm: NDArray[np.int16],
+        options: TextOptions,
+        *,
+        partial: bool,
+        on_start: Callable[[], None] | None = None,
+    ) -> Recognition:
         job = RecognitionJob(
             language_code=options.language_code,
             encoding=AudioEncoding.LINEAR16_PCM,
@@ -116,7 +139,7 @@ class PoolRecognizer:
         )
         audio = wav_bytes(pcm)
         try:
-            outcome = await self._pool.run(audio, job, low_priority=partial)
+            outcome = await self._pool.run(audio, job, low_priority=partial, on_start=on_start)
         except PoolClosedError:
             raise RecognitionFailedError(GrpcCode.UNAVAILABLE, "The service is shutting down") from None
         if outcome.failure is not None:

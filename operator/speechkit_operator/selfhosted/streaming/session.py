@@ -12,20 +12,24 @@ and each utterance is recognised in the worker pool (:mod:`.recognition`):
 
 Finals and partial results are recognised side by side, each kind one at a time: a final starts as soon
 as its utterance has ended (on another worker than a partial result in progress, with priority over the
-partial results of every session) and is sent after that partial result, never before. A partial result
-due while the previous one runs waits, replaced by newer ones; it is dropped once its utterance has ended,
-or when no worker is free (the service is behind). A partial result is never sent before the final
-results of the utterances before it. Every utterance of at least twice the interval gets one partial
-result all the same, of its first half (3 s at most), even when the audio comes much faster than real
-time, so a client always sees partial results before a final one (that one short recognition runs
-before the final only when the partial results fell behind).
+partial results of every session) and is sent after that partial result, never before, when a worker
+recognises it; a partial result still waiting for a worker (low priority: behind every other job of the
+pool, the async APIs' too) is dropped when the final is ready, so a final never waits for one. A partial
+result due while the previous one runs waits, replaced by newer ones; it is dropped once its utterance
+has ended, or when no worker is free (the service is behind). A partial result is never sent before the
+final results of the utterances before it. Every utterance of at least twice the interval gets one
+partial result of its first half (3 s at most) beside its final when a worker is free then, even when the
+audio comes much faster than real time.
 
 The session ends with an error (:class:`SessionError`) when the client breaks a limit
-(:class:`SessionLimits`: 5 s between messages, 5 minutes of audio, 10 MB; all INVALID_ARGUMENT with a
-message naming the limit, the code SpeechKit documents for a client's mistakes), sends a second config,
-or sends audio that is not what it declared (INVALID_ARGUMENT); when a final recognition fails (its
-code: INTERNAL only for the service's own failures); or when the service stops (UNAVAILABLE, after the
-final of the utterance in progress).
+(:class:`SessionLimits`: 5 s between messages, empty ones not counted; 5 minutes of audio; 10 MB; and
+ours, 6 minutes from the start; all INVALID_ARGUMENT with a message naming the limit, the code SpeechKit
+documents for a client's mistakes), sends a second config, or sends audio that is not what it declared
+(INVALID_ARGUMENT): then it takes no more audio, ends the utterance in progress and sends the finals of
+the audio within the limits (for at most ``drain_seconds``) before the error. It also ends when a final
+recognition fails (its code: INTERNAL only for the service's own failures), or when the service stops
+(UNAVAILABLE, after the final of the utterance in progress). With ``single_utterance`` it ends (OK) after
+the first utterance's final.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from speechkit_operator.models.recognition import Word
 from speechkit_operator.selfhosted.protocol import ApiError, check_language, format_seconds
 from speechkit_operator.selfhosted.streaming.decoding import (
     TARGET_RATE,
+    AudioLimitError,
     LpcmDecoder,
     OggOpusDecoder,
     StreamDecodeError,
@@ -95,6 +100,8 @@ _SPEC: Final = "config.specification"
 _ENCODING = pb.RecognitionSpec.AudioEncoding
 #: Audio messages read ahead of the decoder (the client is held back beyond that).
 _READ_AHEAD: Final = 16
+#: Messages waiting are decoded together up to this size (about 2 s of LPCM at 16 kHz).
+_COALESCE_BYTES: Final = 64 * 1024
 
 ReadRequest = Callable[[], Awaitable["pb.StreamingRecognitionRequest | None"]]
 """The next message of the client, or None once it has ended its stream."""
@@ -121,6 +128,18 @@ class SessionLimits:
     message_interval_seconds: float = MAX_MESSAGE_INTERVAL_SECONDS
     audio_seconds: float = MAX_SESSION_AUDIO_SECONDS
     audio_bytes: int = MAX_SESSION_BYTES
+    #: The longest a session may last, from its start to the end of its audio (ours, not SpeechKit's: a
+    #: client that sends a byte every few seconds would hold a session for ever): its audio at real time
+    #: and a minute more.
+    session_seconds: float = MAX_SESSION_AUDIO_SECONDS + 60.0
+    #: After a client breaks a limit, how long the finals of the audio within the limits may take before
+    #: the session ends with the limit's error all the same.
+    drain_seconds: float = 60.0
+
+    @property
+    def audio_samples(self) -> int:
+        """The 5 minutes, in samples at 16 kHz."""
+        return int(self.audio_seconds * TARGET_RATE)
 
     def interval_error(self) -> SessionError:
         limit = format_seconds(self.message_interval_seconds)
@@ -133,6 +152,12 @@ class SessionLimits:
         return _invalid(
             f"The session's audio is longer than the limit of {_span(self.audio_seconds)} per session: "
             "start a new session for the rest"
+        )
+
+    def session_time_error(self) -> SessionError:
+        return _invalid(
+            f"The session lasted longer than {_span(self.session_seconds)}: a session carries at most "
+            f"{_span(self.audio_seconds)} of audio, sent at about real time; start a new session for the rest"
         )
 
     def size_error(self) -> SessionError:
@@ -166,6 +191,7 @@ class StreamingSpec:
     sample_rate_hertz: int = DEFAULT_SAMPLE_RATE
     raw_results: bool = False
     literature_text: bool = False
+    single_utterance: bool = False
 
     def text_options(self) -> TextOptions:
         return TextOptions(
@@ -175,28 +201,28 @@ class StreamingSpec:
             literature_text=self.literature_text,
         )
 
-    def decoder(self) -> StreamDecoder:
+    def decoder(self, max_samples: int | None = None) -> StreamDecoder:
         if self.encoding == "LINEAR16_PCM":
-            return LpcmDecoder(self.sample_rate_hertz)
-        return OggOpusDecoder()
+            return LpcmDecoder(self.sample_rate_hertz, max_samples)
+        return OggOpusDecoder(max_samples)
 
     def describe(self) -> str:
         audio = (
             f"LINEAR16_PCM {self.sample_rate_hertz} Hz" if self.encoding == "LINEAR16_PCM" else self.encoding
         )
         partial = ", partial results" if self.partial_results else ""
-        return f"{self.language_code}, {audio}{partial}"
+        single = ", single utterance" if self.single_utterance else ""
+        return f"{self.language_code}, {audio}{partial}{single}"
 
 
 def parse_config(request: pb.StreamingRecognitionRequest, languages: Collection[str]) -> StreamingSpec:
     """The session's config from its first message; INVALID_ARGUMENT (naming the field) for audio before
     the config and for anything this service does not do: MP3 or an unknown encoding, a sample rate other
     than 8000, 16000 or 48000 Hz for LINEAR16_PCM, more than one channel, a language the engine lacks."""
-    if request.WhichOneof("streaming_request") != "config":
-        raise _invalid(
-            "The first message of a session must carry the config (config.specification); "
-            "audio_content came first"
-        )
+    kind = request.WhichOneof("streaming_request")
+    if kind != "config":
+        came = "audio_content came first" if kind else "the first message was empty"
+        raise _invalid(f"The first message of a session must carry the config (config.specification); {came}")
     spec = request.config.specification
     language = spec.language_code.strip() or DEFAULT_LANGUAGE
     try:
@@ -235,6 +261,7 @@ def parse_config(request: pb.StreamingRecognitionRequest, languages: Collection[
         sample_rate_hertz=rate if encoding == "LINEAR16_PCM" else DEFAULT_SAMPLE_RATE,
         raw_results=spec.raw_results,
         literature_text=spec.literature_text,
+        single_utterance=spec.single_utterance,
     )
 
 
@@ -249,6 +276,7 @@ class _Marker:
         return self.name
 
 
+_NO_AUDIO: Final = np.zeros(0, dtype=np.int16)
 _END: Final = _Marker("end of stream")
 _TOO_LARGE: Final = _Marker("too many bytes")
 _Incoming = pb.StreamingRecognitionRequest | _Marker
@@ -261,14 +289,18 @@ class _Utterance:
     start: int
     end: int | None = None
     partial_sent: bool = False
-    #: Set while no partial result of it is being recognised (its final waits for that one).
-    partial_idle: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Its partial result in progress (the newest): waiting for a worker, or (``partial_started``) on one.
+    partial_task: asyncio.Task[None] | None = None
+    partial_started: bool = False
+    #: That partial result is the guaranteed one (a final's priority: its final waits for it).
+    partial_guaranteed: bool = False
     final_sent: bool = False
     #: The recognition started when the utterance paused (see :class:`_Speculation`).
     speculation: _Speculation | None = None
 
-    def __post_init__(self) -> None:
-        self.partial_idle.set()
+    @property
+    def partial_running(self) -> bool:
+        return self.partial_task is not None and not self.partial_task.done()
 
 
 @dataclass
@@ -370,7 +402,15 @@ class StreamingSession:
         self._finals: collections.deque[_Final] = collections.deque()
         self._input_done = False
         self._speculations: set[asyncio.Task[None]] = set()
+        self._partial_tasks: set[asyncio.Task[None]] = set()
         self._write: WriteResponse = _no_write
+        self._started_at = 0.0
+        #: A message taken from the queue while audio was put together, for the next round.
+        self._held: _Incoming | None = None
+        #: With ``single_utterance``: the first utterance has ended (no more audio is taken).
+        self._single_done = False
+        #: This session's recognitions with a final's priority that wait for a worker.
+        self._own_waiting = 0
 
     @property
     def spec(self) -> StreamingSpec:
@@ -385,7 +425,7 @@ class StreamingSession:
         """Read the client's messages and write the results until the client ends its stream (answers the
         summary) or the session fails (:class:`SessionError`)."""
         loop = asyncio.get_running_loop()
-        self._last_arrival = loop.time()
+        self._last_arrival = self._started_at = loop.time()
         reader = loop.create_task(self._read_all(read), name="streaming-read")
         recognizing: asyncio.Task[None] | None = None
         try:
@@ -397,11 +437,16 @@ class StreamingSession:
             self._spec = parse_config(first, self._languages)
             self.summary.spec = self._spec
             logger.info("Streaming session started: %s", self._spec.describe())
-            decoder = self._spec.decoder()
+            decoder = self._spec.decoder(self.limits.audio_samples)
             recognizing = loop.create_task(self._recognize_all(write), name="streaming-recognize")
-            stopped = await self._take_audio(decoder, recognizing)
+            error = await self._take_audio(decoder, recognizing)
+            stopped = self._stopping.is_set()
             self._input_done = True
             self._final_ready.set()
+            if error is not None:
+                reader.cancel()
+                await self._drain(recognizing)
+                raise error
             await recognizing
             if stopped:
                 raise SessionError(
@@ -416,6 +461,19 @@ class StreamingSession:
                 *(task for task in (reader, recognizing) if task is not None), return_exceptions=True
             )
 
+    async def _drain(self, recognizing: asyncio.Task[None]) -> None:
+        """After a client's error: the finals of the audio within the limits, for at most
+        ``drain_seconds`` (a recognition's failure then is only logged: the client's error is the one
+        it gets)."""
+        done, _ = await asyncio.wait({recognizing}, timeout=self.limits.drain_seconds)
+        if not done:
+            logger.info(
+                "The finals of a session that broke a limit took longer than %s s: not all were sent",
+                format_seconds(self.limits.drain_seconds),
+            )
+        elif not recognizing.cancelled() and (failure := recognizing.exception()) is not None:
+            logger.info("A session that broke a limit also failed to recognise its audio: %s", failure)
+
     # --- input ---
 
     async def _read_all(self, read: ReadRequest) -> None:
@@ -423,16 +481,27 @@ class StreamingSession:
         received = 0
         while True:
             request = await read()
-            self._last_arrival = loop.time()
             if request is None:
+                self._last_arrival = loop.time()
                 await self._queue.put(_END)
                 return
-            if request.WhichOneof("streaming_request") == "audio_content":
-                received += len(request.audio_content)
-                self.summary.audio_bytes = received
-                if received > self.limits.audio_bytes:
+            kind = request.WhichOneof("streaming_request")
+            if kind == "config" or request.audio_content:
+                # An empty message is not an arrival: it must not keep a session open for ever.
+                self._last_arrival = loop.time()
+            if kind == "audio_content":
+                size = len(request.audio_content)
+                self.summary.audio_bytes = received + size
+                if received + size > self.limits.audio_bytes:
+                    # The audio up to the limit is taken (its finals are sent), then the limit's error.
+                    allowed = self.limits.audio_bytes - received
+                    if allowed > 0:
+                        await self._queue.put(
+                            pb.StreamingRecognitionRequest(audio_content=request.audio_content[:allowed])
+                        )
                     await self._queue.put(_TOO_LARGE)
                     return
+                received += size
             await self._queue.put(request)
 
     async def _next(self, recognizing: asyncio.Task[None] | None) -> _Incoming:
@@ -444,11 +513,19 @@ class StreamingSession:
                 recognizing.result()  # raises its SessionError
             if self._stopping.is_set():
                 return _END
+            now = loop.time()
+            session_left = self._started_at + self.limits.session_seconds - now
+            if session_left <= 0:
+                raise self.limits.session_time_error()
+            if self._held is not None:
+                held, self._held = self._held, None
+                return held
             if not self._queue.empty():
                 return self._queue.get_nowait()
-            remaining = self._last_arrival + self.limits.message_interval_seconds - loop.time()
-            if remaining <= 0:
+            interval_left = self._last_arrival + self.limits.message_interval_seconds - now
+            if interval_left <= 0:
                 raise self.limits.interval_error()
+            remaining = min(interval_left, session_left)
             getting = loop.create_task(self._queue.get())
             stopping = loop.create_task(self._stopping.wait())
             waiting: set[asyncio.Future[Any]] = {getting, stopping}
@@ -468,47 +545,85 @@ class StreamingSession:
             return self.limits.size_error()
         return _invalid(f"Unexpected {marker}")  # pragma: no cover - every marker is handled
 
-    async def _take_audio(self, decoder: StreamDecoder, recognizing: asyncio.Task[None]) -> bool:
-        """Decode and end-point the audio until the client's stream ends; answer whether the service
-        stopped it."""
+    async def _take_audio(
+        self, decoder: StreamDecoder, recognizing: asyncio.Task[None]
+    ) -> SessionError | None:
+        """Decode and end-point the audio until the client's stream ends (None), the service stops it
+        (None), or the client breaks a rule: then its error, once the audio within the limits has been
+        taken and the utterance in progress ended (its final is sent before the error). Raises the
+        recognitions' failure."""
         loop = asyncio.get_running_loop()
-        while True:
-            message = await self._next(recognizing)
+        error: SessionError | None = None
+        while error is None:
+            try:
+                message = await self._next(recognizing)
+            except SessionError as exc:
+                if recognizing.done():
+                    raise
+                error = exc
+                break
             if message is _END:
                 break
             if isinstance(message, _Marker):
-                raise self._marker_error(message)
+                error = self._marker_error(message)
+                break
             if message.WhichOneof("streaming_request") == "config":
-                raise _invalid("A session takes one config, in its first message; a second one came")
-            if not message.audio_content:
+                error = _invalid("A session takes one config, in its first message; a second one came")
+                break
+            data = self._coalesce(message.audio_content)
+            if not data:
                 continue
-            pcm, events = await loop.run_in_executor(
-                self._executor, self._decode, decoder, message.audio_content
-            )
+            pcm, events, error = await loop.run_in_executor(self._executor, self._decode, decoder, data)
             self._take(pcm, events)
-        pcm, events = await loop.run_in_executor(self._executor, self._finish, decoder)
+            if self._single_done:
+                return None
+        if error is not None:
+            self._take(_NO_AUDIO, self._endpointer.finish())
+            return error
+        pcm, events, error = await loop.run_in_executor(self._executor, self._finish, decoder)
         self._take(pcm, events)
-        return self._stopping.is_set()
+        return error
 
-    def _decode(self, decoder: StreamDecoder, data: bytes) -> tuple[NDArray[np.int16], list[Event]]:
-        """In a thread: the samples of ``data`` and the end-pointer's decisions on them."""
+    def _coalesce(self, data: bytes) -> bytes:
+        """``data`` and the audio of the messages already waiting behind it, as one piece: a client that
+        sends many small messages quickly costs one decoding (and one trip to a thread) for them all."""
+        pieces = [data]
+        size = len(data)
+        while self._held is None and not self._queue.empty() and size < _COALESCE_BYTES:
+            item = self._queue.get_nowait()
+            if isinstance(item, _Marker) or item.WhichOneof("streaming_request") != "audio_content":
+                self._held = item
+                break
+            pieces.append(item.audio_content)
+            size += len(item.audio_content)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _decode(
+        self, decoder: StreamDecoder, data: bytes
+    ) -> tuple[NDArray[np.int16], list[Event], SessionError | None]:
+        """In a thread: the samples of ``data`` within the limits, the end-pointer's decisions on them,
+        and the error when ``data`` breaks a rule (the audio before it is taken all the same)."""
+        error: SessionError | None = None
         try:
             pcm = decoder.feed(data)
+        except AudioLimitError as exc:
+            pcm, error = exc.pcm, self.limits.duration_error()
         except StreamDecodeError as exc:
-            raise _invalid(exc.message) from None
-        if self._total + len(pcm) > self.limits.audio_seconds * TARGET_RATE:
-            raise self.limits.duration_error()
-        return pcm, self._endpointer.feed(pcm)
+            pcm, error = exc.pcm, _invalid(exc.message)
+        allowed = max(0, self.limits.audio_samples - self._total)
+        if len(pcm) > allowed:
+            pcm, error = pcm[:allowed], error or self.limits.duration_error()
+        return pcm, self._endpointer.feed(pcm) if len(pcm) else [], error
 
-    def _finish(self, decoder: StreamDecoder) -> tuple[NDArray[np.int16], list[Event]]:
+    def _finish(self, decoder: StreamDecoder) -> tuple[NDArray[np.int16], list[Event], SessionError | None]:
+        error: SessionError | None = None
         try:
             pcm = decoder.finish()
         except StreamDecodeError as exc:
-            raise _invalid(exc.message) from None
-        if self._total + len(pcm) > self.limits.audio_seconds * TARGET_RATE:
-            pcm = pcm[: max(0, int(self.limits.audio_seconds * TARGET_RATE) - self._total)]
+            pcm, error = exc.pcm, _invalid(exc.message)
+        pcm = pcm[: max(0, self.limits.audio_samples - self._total)]
         events = self._endpointer.feed(pcm) if len(pcm) else []
-        return pcm, [*events, *self._endpointer.finish()]
+        return pcm, [*events, *self._endpointer.finish()], error
 
     def _take(self, pcm: NDArray[np.int16], events: list[Event]) -> None:
         """On the event loop: keep the new samples, act on the end-pointer's events, ask for a partial
@@ -532,6 +647,9 @@ class StreamingSession:
                 if event.reason is EndReason.LENGTH:
                     self._drop_speculation(self._utterance)
                 self._end_utterance(self._utterance, event, now)
+                if self._spec.single_utterance:
+                    self._single_done = True  # its final ends the session; the rest is not recognised
+                    break
         utterance = self._utterance
         if self._spec.partial_results and utterance is not None and self._total >= self._partial_due:
             self._pending_partial = utterance
@@ -561,9 +679,7 @@ class StreamingSession:
     async def _run_speculation(self, utterance: _Utterance, speculation: _Speculation) -> None:
         started = time.monotonic()
         try:
-            speculation.recognition = await self._recognizer.recognize(
-                speculation.pcm, self._spec.text_options(), partial=False
-            )
+            speculation.recognition = await self._recognize(speculation.pcm, self._spec.text_options())
         except RecognitionFailedError as exc:
             # The final recognises the utterance itself (and reports a failure that persists).
             logger.info("A speculative final failed (%s): %s", exc.code.name, exc.message)
@@ -624,20 +740,26 @@ class StreamingSession:
                 partials.result()  # it only ends by failing: raises its error
             finals.result()
         finally:
-            speculations = list(self._speculations)
-            for task in (finals, partials, *speculations):
+            others = [*self._speculations, *self._partial_tasks]
+            for task in (finals, partials, *others):
                 task.cancel()
-            await asyncio.gather(finals, partials, *speculations, return_exceptions=True)
+            await asyncio.gather(finals, partials, *others, return_exceptions=True)
 
     async def _finals_in_order(self, options: TextOptions, write: WriteResponse) -> None:
         while True:
             if self._finals:
                 final = self._finals.popleft()
                 utterance = final.utterance
-                running = not utterance.partial_idle.is_set()
-                wanted = self._spec.partial_results and not (utterance.partial_sent or running)
-                if wanted and final.partial_end is not None:
-                    await self._partial(utterance, final.pcm[: final.partial_end], options, write)
+                wanted = self._spec.partial_results and not (
+                    utterance.partial_sent or utterance.partial_running
+                )
+                # The guaranteed partial result, beside the final, with a final's priority (the final waits
+                # for it): only when a worker is free or no other session's job waits for one.
+                if wanted and final.partial_end is not None and self._may_guarantee_partial():
+                    self._start_partial(
+                        utterance, final.pcm[: final.partial_end], options, write, guaranteed=True
+                    )
+                    await asyncio.sleep(0)  # it asks for its worker
                 await self._final(final, options, write)
                 continue
             if self._input_done:
@@ -664,22 +786,84 @@ class StreamingSession:
                 self.summary.partials_dropped += 1
                 continue
             pcm = self._slice(utterance.start, self._total).copy()
-            await self._partial(utterance, pcm, options, write)
+            task = self._start_partial(utterance, pcm, options, write)
+            await asyncio.wait({task})
+            if not task.cancelled():
+                task.result()  # raises its SessionError
+
+    def _may_guarantee_partial(self) -> bool:
+        """Whether a partial result asked for now with a final's priority would wait only for this
+        session's own recognitions (never behind other sessions' or the async APIs' jobs)."""
+        return self._recognizer.has_idle_worker or self._recognizer.waiting_jobs <= self._own_waiting
+
+    async def _recognize(
+        self,
+        pcm: NDArray[np.int16],
+        options: TextOptions,
+        *,
+        partial: bool = False,
+        on_start: Callable[[], None] | None = None,
+    ) -> Recognition:
+        """A recognition of this session; counts those with a final's priority still waiting for a
+        worker."""
+        waiting = True
+        self._own_waiting += 1
+
+        def started() -> None:
+            nonlocal waiting
+            if waiting:
+                waiting = False
+                self._own_waiting -= 1
+            if on_start is not None:
+                on_start()
+
+        try:
+            return await self._recognizer.recognize(pcm, options, partial=partial, on_start=started)
+        finally:
+            if waiting:
+                self._own_waiting -= 1
+
+    def _start_partial(
+        self,
+        utterance: _Utterance,
+        pcm: NDArray[np.int16],
+        options: TextOptions,
+        write: WriteResponse,
+        *,
+        guaranteed: bool = False,
+    ) -> asyncio.Task[None]:
+        utterance.partial_started = False
+        utterance.partial_guaranteed = guaranteed
+        task = asyncio.get_running_loop().create_task(
+            self._partial(utterance, pcm, options, write, urgent=guaranteed), name="streaming-partial"
+        )
+        utterance.partial_task = task
+        self._partial_tasks.add(task)
+        task.add_done_callback(self._partial_tasks.discard)
+        return task
 
     async def _partial(
-        self, utterance: _Utterance, pcm: NDArray[np.int16], options: TextOptions, write: WriteResponse
+        self,
+        utterance: _Utterance,
+        pcm: NDArray[np.int16],
+        options: TextOptions,
+        write: WriteResponse,
+        *,
+        urgent: bool = False,
     ) -> None:
+        """A partial result; ``urgent``: with a final's priority (the guaranteed one), else low."""
         started = time.monotonic()
-        utterance.partial_idle.clear()
+
+        def on_start() -> None:
+            utterance.partial_started = True
+
         try:
-            recognition = await self._recognizer.recognize(pcm, options, partial=True)
+            recognition = await self._recognize(pcm, options, partial=not urgent, on_start=on_start)
         except RecognitionFailedError as exc:
             if exc.code is GrpcCode.UNAVAILABLE:
                 raise SessionError(exc.code, exc.message) from None
             logger.info("A partial result failed (%s): %s", exc.code.name, exc.message)
             return
-        finally:
-            utterance.partial_idle.set()
         _log_recognition("partial", utterance, pcm, started, recognition)
         if not recognition.text:
             return
@@ -701,11 +885,11 @@ class StreamingSession:
             recognition = final.speculation.recognition
         if recognition is None:
             try:
-                recognition = await self._recognizer.recognize(final.pcm, options, partial=False)
+                recognition = await self._recognize(final.pcm, options)
             except RecognitionFailedError as exc:
                 raise SessionError(exc.code, exc.message) from None
             _log_recognition("final", utterance, final.pcm, started, recognition)
-        await utterance.partial_idle.wait()  # a partial result still running is sent first
+        await self._settle_partial(utterance)
         utterance.final_sent = True
         # Noise that held no words gets no final, unless there is a partial result to take back.
         if recognition.text or utterance.partial_sent:
@@ -715,6 +899,17 @@ class StreamingSession:
         async with self._order:
             self._finals_done = utterance.number
             self._order.notify_all()
+
+    async def _settle_partial(self, utterance: _Utterance) -> None:
+        """Before the final: a partial result of the utterance that a worker recognises is sent first; one
+        still waiting for a worker is dropped (a final never waits for a worker on a partial's behalf)."""
+        task = utterance.partial_task
+        if task is None or task.done():
+            return
+        if not utterance.partial_started and not utterance.partial_guaranteed:
+            task.cancel()
+            self.summary.partials_dropped += 1
+        await asyncio.wait({task})
 
 
 async def _no_write(response: pb.StreamingRecognitionResponse) -> None:  # pragma: no cover - replaced
