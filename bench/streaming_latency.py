@@ -4,7 +4,9 @@ Starts ``speechkit-operator serve`` on loopback (its default engine, Whisper whe
 processes) and streams ``librivox-all.wav`` (five utterances with 0.8 s of silence between them)
 through ``StreamingRecognize`` as LINEAR16_PCM at 16 kHz, paced at real time: ``--chunk-ms`` of
 audio every ``--chunk-ms`` (100 ms by default, so the measure is not rounded to the docs' 400 ms
-example). With ``--sessions 1,2,4`` it runs that many sessions at once, one round per figure.
+example). With ``--sessions 1,2,4`` it runs that many sessions at once, one round per figure; their
+starts are ``--stagger`` seconds apart (1.3 s: independent callers do not end their sentences in the
+same 100 ms; 0 makes every session's utterances end together, the worst case).
 
 End of speech: the end of the last 20 ms frame louder than -35 dBFS of each utterance's span
 (the spans are the manifest's: the five source files laid end to end with 0.8 s of silence), in
@@ -116,8 +118,9 @@ def normalized(text: str) -> list[str]:
 
 
 async def one_session(
-    endpoint: str, pcm: bytes, rate: int, spans: list[Utterance], chunk_ms: int
+    endpoint: str, pcm: bytes, rate: int, spans: list[Utterance], chunk_ms: int, *, delay: float = 0.0
 ) -> SessionResult:
+    await asyncio.sleep(delay)
     result = SessionResult()
     chunk = rate * 2 * chunk_ms // 1000
     started = 0.0
@@ -218,8 +221,15 @@ async def run(args: argparse.Namespace) -> int:
             for _ in range(args.rounds):
                 results += await asyncio.gather(
                     *(
-                        one_session(f"127.0.0.1:{grpc_port}", pcm, rate, spans, args.chunk_ms)
-                        for _ in range(sessions)
+                        one_session(
+                            f"127.0.0.1:{grpc_port}",
+                            pcm,
+                            rate,
+                            spans,
+                            args.chunk_ms,
+                            delay=index * args.stagger,
+                        )
+                        for index in range(sessions)
                     )
                 )
             latencies = [value for r in results for value in r.latencies]
@@ -255,6 +265,13 @@ def main() -> int:
     parser.add_argument("--sessions", default="1,2,4", help="comma-separated session counts, one figure each")
     parser.add_argument("--chunk-ms", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2, help="repetitions per session count")
+    parser.add_argument(
+        "--stagger",
+        type=float,
+        default=1.3,
+        help="seconds between the starts of concurrent sessions (independent callers do not speak in "
+        "unison; 0: all at once, every utterance ending at the same moment in every session)",
+    )
     args = parser.parse_args()
     args.sessions = [int(value) for value in args.sessions.split(",")]
     return asyncio.run(run(args))

@@ -410,6 +410,40 @@ def slow_engine() -> SlowEngine:
 
 
 @module_loop
+async def test_partial_results_leave_the_last_idle_worker_to_a_final() -> None:
+    """With two workers, one busy: a partial result waits although a worker is idle, so a final that
+    asks later starts at once; the partial runs when a worker is free and another stays idle."""
+    pool = RecognitionPool(WorkerSetup(engine_factory=slow_engine), workers=2, queue_size=4, stop_timeout=5)
+    recognizer = PoolRecognizer(pool)
+    options = TextOptions("en-US")
+    started: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            await pool.start()
+
+            async def recognize(name: str, seconds: float, *, partial: bool) -> None:
+                await recognizer.recognize(
+                    np.zeros(round(seconds * 16000), np.int16),
+                    options,
+                    partial=partial,
+                    on_start=lambda: started.append(name),
+                )
+
+            running = asyncio.create_task(recognize("first", 1.0, partial=False))
+            await asyncio.sleep(0.05)
+            partial = asyncio.create_task(recognize("partial", 2.0, partial=True))
+            await asyncio.sleep(0.1)
+            assert started == ["first"] and pool.idle_workers == 1  # the idle one is kept
+            final = asyncio.create_task(recognize("final", 3.0, partial=False))
+            await asyncio.sleep(0.05)
+            assert started == ["first", "final"]
+            await asyncio.gather(running, partial, final)
+    finally:
+        await pool.close()
+    assert started == ["first", "final", "partial"]
+
+
+@module_loop
 async def test_a_final_never_queues_behind_partial_results() -> None:
     """With one worker busy, a partial result (low priority) that asked first gets the worker after a final
     that asked later."""

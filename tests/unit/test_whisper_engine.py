@@ -30,6 +30,7 @@ from speechkit_operator.selfhosted.engines.whisper_engine import (
     SPEECHKIT_TO_WHISPER,
     WhisperEngine,
     WhisperOptions,
+    loop_period,
     normalize_words,
 )
 from tests.support.audio import audio_dir, manifest, reference_text
@@ -362,3 +363,19 @@ def test_the_short_path_hears_nothing_in_silence_and_hands_long_audio_to_the_nor
     assert len(whisper.recognize_short(long, "en-US")) == 1
     longer = np.concatenate([long, long[: 2 * RATE]])
     assert len(whisper.recognize_short(longer, "en-US")) > 1  # Whisper's segments: the normal path
+
+
+@pytest.mark.parametrize(
+    ("tokens", "period"),
+    [
+        ([1, 2, 3, 4, 5, 1, 2, 3, 4, 5], 5),  # said twice
+        ([1, 2, 3, 4, 5, 1, 2, 3, 4], 5),  # the second time cut short
+        ([1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1], 4),  # over and over
+        ([1, 2, 3, 4, 5, 1, 2], None),  # less than one and a half times: a phrase may begin so
+        ([1, 2, 3, 1, 2, 3], None),  # three tokens ("no no no") are not a loop
+        ([1, 2, 3, 4, 5, 6, 7, 8], None),
+        ([], None),
+    ],
+)
+def test_a_greedy_decoding_loop_is_cut_to_its_phrase(tokens: list[int], period: int | None) -> None:
+    assert loop_period(tokens) == period

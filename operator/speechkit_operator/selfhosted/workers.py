@@ -832,6 +832,8 @@ class RecognitionPool:
             self._retire(worker)
             return
         for waiters in (self._waiters, self._low_waiters):
+            if waiters is self._low_waiters and self.idle_workers < self.reserved_workers:
+                break  # the last idle worker is kept for a job that may not wait
             while waiters:
                 waiter = waiters.popleft()
                 if not waiter.done():
@@ -840,12 +842,18 @@ class RecognitionPool:
                     return
         self._idle.append(worker)
 
+    @property
+    def reserved_workers(self) -> int:
+        """Idle workers a low-priority job leaves alone: with two or more workers one stays free for a
+        job that may not wait (a streaming final), so partial results never hold every worker."""
+        return 1 if self.workers >= 2 else 0
+
     async def _acquire(self, *, low_priority: bool = False) -> _Worker:
         waiters = self._low_waiters if low_priority else self._waiters
         while True:
             if self._closed:
                 raise PoolClosedError("the recognition pool is closed")
-            while self._idle:
+            while self._idle and not (low_priority and self.idle_workers <= self.reserved_workers):
                 worker = self._idle.popleft()
                 if worker.alive():
                     worker.busy = True
@@ -906,8 +914,9 @@ class RecognitionPool:
         (INTERNAL, or RESOURCE_EXHAUSTED when it was killed) and is replaced; a job past its deadline ends
         with DEADLINE_EXCEEDED. Raises :class:`PoolClosedError` when the pool is closing.
 
-        A ``low_priority`` job gets a worker only when no other job waits for one (streaming's partial
-        results, which a final result must not queue behind).
+        A ``low_priority`` job gets a worker only when no other job waits for one, and never the last
+        idle one of two or more (streaming's partial results, which a final result must not queue
+        behind).
 
         Cancelling the caller does not stop the job: it finishes (or meets its deadline) in the background
         and its worker is then free again; a job still waiting for a worker is dropped. ``on_start`` is

@@ -49,7 +49,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -394,6 +394,7 @@ class WhisperEngine:
         average = float(result.scores[0]) * len(tokens) / (len(tokens) + 1) if tokens else -math.inf
         if not tokens or (result.no_speech_prob > _NO_SPEECH and average < _LOW_LOGPROB):
             return []
+        tokens = tokens[: loop_period(tokens) or len(tokens)]
         display = " ".join(tokenizer.decode(tokens).split())
         # The alignment looks at the speech's frames (100 a second), not the padding.
         raw_words = self._align(model, tokenizer, tokens, encoded, min(frames, math.ceil(seconds * 100)))
@@ -434,6 +435,18 @@ class WhisperEngine:
             _RawWord(str(word), float(start), float(end))
             for word, start, end in zip(words[:-1], starts, ends, strict=False)
         ]
+
+
+def loop_period(tokens: Sequence[int], *, shortest: int = 4) -> int | None:
+    """The length of the phrase that ``tokens`` repeat from their start, when all of them are that
+    phrase said over and over (the last time possibly cut short) and it comes at least one and a
+    half times; else None. Greedy decoding without Whisper's temperature fallback sometimes loops
+    like that on an utterance's trailing silence ("he was not … young man he was not … young")."""
+    count = len(tokens)
+    for period in range(shortest, count * 2 // 3 + 1):
+        if all(tokens[index] == tokens[index - period] for index in range(period, count)):
+            return period
+    return None
 
 
 @dataclass(frozen=True)
