@@ -16,6 +16,7 @@ that ends the utterance. A final that matches no utterance, or an utterance with
 reported. Each session also reports its word error rate against the manifest's text.
 
     python bench/streaming_latency.py [--workers 2] [--sessions 1,2,4] [--chunk-ms 100] [--rounds 2]
+                                      [--stagger 1.3] [--whisper-threads 1]
 
 Exits 1 when a session ended in an error.
 """
@@ -188,6 +189,7 @@ async def run(args: argparse.Namespace) -> int:
         "SPEECHKIT_SERVE_WORKERS": str(args.workers),
         "SPEECHKIT_SERVE_GRPC_PORT": str(grpc_port),
         "SPEECHKIT_SERVE_STREAMING_MAX_SESSIONS": str(max(args.sessions)),
+        "SPEECHKIT_SERVE_WHISPER_THREADS": str(args.whisper_threads),
     }
     failed = False
     log = Path(tempfile.gettempdir()) / f"speechkit-bench-stream-{port}.log"
@@ -211,7 +213,10 @@ async def run(args: argparse.Namespace) -> int:
             timeout=300,
             watch=[server],
         )
-        print(f"service ready: {args.workers} workers (cores: {os.cpu_count()}); streaming on :{grpc_port}")
+        print(
+            f"service ready: {args.workers} workers, {args.whisper_threads} Whisper thread(s) each "
+            f"(cores: {os.cpu_count()}); streaming on :{grpc_port}"
+        )
         print(
             f"{'sessions':>8} {'finals':>6} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7} "
             f"{'partials/s':>10} {'missed':>6} {'WER':>6} errors"
@@ -264,6 +269,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--sessions", default="1,2,4", help="comma-separated session counts, one figure each")
     parser.add_argument("--chunk-ms", type=int, default=100)
+    parser.add_argument(
+        "--whisper-threads", type=int, default=1, help="SPEECHKIT_SERVE_WHISPER_THREADS of the service"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="repetitions per session count")
     parser.add_argument(
         "--stagger",
