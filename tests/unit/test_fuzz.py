@@ -35,7 +35,7 @@ from speechkit_operator.logic.audio_probe import (
     TAIL_BYTES,
     AudioProbeError,
     DeclaredAudio,
-    _ogg_crc,
+    ogg_crc,
     probe_audio,
 )
 from speechkit_operator.logic.output_keys import output_base_key
@@ -160,7 +160,7 @@ def test_probe_of_any_ogg_granule_is_plausible_or_corrupt(granule: int, size_fac
     data = bytearray(shared_files()["librivox-all.ogg"])
     last = data.rfind(b"OggS")
     data[last + 6 : last + 14] = granule.to_bytes(8, "little")
-    data[last + 22 : last + 26] = _ogg_crc(
+    data[last + 22 : last + 26] = ogg_crc(
         bytes(data[last : last + 22]), bytes(4), bytes(data[last + 26 :])
     ).to_bytes(4, "little")
     size = len(data) * size_factor

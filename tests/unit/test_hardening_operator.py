@@ -44,7 +44,7 @@ from speechkit_operator.logic.audio_probe import (
     AudioProbeError,
     DeclaredAudio,
     _last_granule,
-    _ogg_crc,
+    ogg_crc,
     probe_audio,
 )
 from speechkit_operator.logic.credentials import (
@@ -196,7 +196,7 @@ def crafted_ogg(granule: int) -> bytes:
     last = data.rfind(b"OggS")
     data[last + 6 : last + 14] = granule.to_bytes(8, "little")
     data[last + 22 : last + 26] = bytes(4)
-    data[last + 22 : last + 26] = _ogg_crc(bytes(data[last:])).to_bytes(4, "little")
+    data[last + 22 : last + 26] = ogg_crc(bytes(data[last:])).to_bytes(4, "little")
     return bytes(data)
 
 
@@ -260,12 +260,12 @@ def test_crafted_ogg_tail_crowded_with_fake_pages_is_probed_in_milliseconds() ->
     assert time.perf_counter() - started < 1.0
 
 
-def test_crafted_ogg_crc_is_the_ogg_checksum() -> None:
+def test_craftedogg_crc_is_the_ogg_checksum() -> None:
     # A real page verifies, and the checksum of known data is the reference implementation's.
     data = (audio_dir() / "librivox-0870.ogg").read_bytes()
     page = data[: data.index(b"OggS", 4)]
-    assert _ogg_crc(page[:22], bytes(4), page[26:]) == int.from_bytes(page[22:26], "little")
-    assert _ogg_crc(b"123456789") == 0x89A1897F  # CRC-32/MPEG-2 parameters, initial value 0
+    assert ogg_crc(page[:22], bytes(4), page[26:]) == int.from_bytes(page[22:26], "little")
+    assert ogg_crc(b"123456789") == 0x89A1897F  # CRC-32/MPEG-2 parameters, initial value 0
 
 
 HUGE_POLICY = PollPolicy(

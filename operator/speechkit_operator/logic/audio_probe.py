@@ -381,7 +381,7 @@ _OPUS_MAX_SECONDS_PER_BYTE = 0.12
 _BIT_REVERSED = bytes(int(f"{byte:08b}"[::-1], 2) for byte in range(256))
 
 
-def _ogg_crc(*parts: bytes) -> int:
+def ogg_crc(*parts: bytes) -> int:
     """The Ogg page checksum of the concatenated ``parts``: CRC-32 with the polynomial 0x04C11DB7, not
     reflected, no initial value or final XOR. It is zlib's reflected CRC-32 over bit-reversed bytes,
     bit-reversed: C speed, so that a tail crowded with fake pages costs milliseconds, not seconds."""
@@ -472,7 +472,7 @@ def _last_granule(tail: bytes, serial: int) -> int | None:
         if int.from_bytes(page[14:18], "little") != serial or granule == _NO_GRANULE or granule >> 63:
             continue
         stored_crc = int.from_bytes(page[22:26], "little")
-        if _ogg_crc(page[:22], b"\x00\x00\x00\x00", page[26:]) != stored_crc:
+        if ogg_crc(page[:22], b"\x00\x00\x00\x00", page[26:]) != stored_crc:
             continue
         return granule
     return None

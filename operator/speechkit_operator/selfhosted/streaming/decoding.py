@@ -28,6 +28,8 @@ import av
 import numpy as np
 from numpy.typing import NDArray
 
+from speechkit_operator.logic.audio_probe import ogg_crc
+
 __all__ = [
     "AudioLimitError",
     "LpcmDecoder",
@@ -144,29 +146,6 @@ class LpcmDecoder:
 # --- Ogg ------------------------------------------------------------------------------------------------
 
 
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for index in range(256):
-        value = index << 24
-        for _ in range(8):
-            value = ((value << 1) ^ 0x04C11DB7) if value & 0x80000000 else value << 1
-        table.append(value & 0xFFFFFFFF)
-    return tuple(table)
-
-
-_CRC_TABLE: Final = _crc_table()
-
-
-def ogg_crc(page: bytes) -> int:
-    """The CRC of an Ogg page (polynomial 0x04C11DB7, not reflected, initial value 0), computed over the
-    page with its CRC field taken as zero."""
-    crc = 0
-    table = _CRC_TABLE
-    for byte in page:
-        crc = ((crc << 8) & 0xFFFFFFFF) ^ table[(crc >> 24) ^ byte]
-    return crc
-
-
 class _OggPages:
     """Puts the packets of one logical Ogg stream together from bytes that arrive in pieces."""
 
@@ -215,7 +194,7 @@ class _OggPages:
             return None
         page = bytes(buffer[:size])
         del buffer[:size]
-        if ogg_crc(page[:22] + b"\0\0\0\0" + page[26:]) != crc:
+        if ogg_crc(page[:22], b"\0\0\0\0", page[26:]) != crc:
             raise self._corrupt("a page's checksum does not match its bytes")
         self._check_order(flags, serial, sequence)
         self.pages += 1
