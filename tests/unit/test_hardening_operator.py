@@ -23,7 +23,12 @@ from typing import Any, cast
 
 import boto3
 import pytest
-from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+from botocore.exceptions import (
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 
 from speechkit_operator.clients import storage as storage_module
 from speechkit_operator.clients.kube import JobStore
@@ -493,6 +498,47 @@ async def test_ssrf_connection_failures_look_alike_whatever_the_ports_state() ->
     assert kind == "unavailable"
     assert message.startswith("s3://calls/a.wav: storage unreachable: the connection to the endpoint failed")
     assert "secret-key-value" not in message
+
+
+def _client_error(status: int, code: str) -> ClientError:
+    response: Any = {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, "PutObject")
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (499, ""),  # MinIO while it shuts down with requests in flight (seen in the chaos run)
+        (499, "ClientDisconnected"),
+        (400, "RequestTimeout"),  # S3: the socket was not read from in time
+        (408, ""),
+        (503, "SlowDownWrite"),
+        (429, ""),
+        (500, "InternalError"),
+    ],
+)
+def test_storage_answers_that_say_try_again_are_transient(status: int, code: str) -> None:
+    """A MinIO restart answered a write with 499, read as "refused", and failed a job that a retry
+    a moment later would have finished."""
+    error = _classify(_client_error(status, code), "s3://calls/out/a.json")
+    assert error.kind == "unavailable", error
+    assert error.transient
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "kind"),
+    [
+        (400, "InvalidArgument", "invalid"),
+        (400, "EntityTooLarge", "invalid"),
+        (403, "AccessDenied", "denied"),
+        (404, "NoSuchBucket", "not_found"),
+        (409, "BucketAlreadyExists", "invalid"),
+    ],
+)
+def test_storage_answers_that_a_retry_cannot_fix_stay_permanent(status: int, code: str, kind: str) -> None:
+    error = _classify(_client_error(status, code), "s3://calls/out/a.json")
+    assert error.kind == kind
+    assert not error.transient
 
 
 # --------------------------------------------------------------------------------------------------

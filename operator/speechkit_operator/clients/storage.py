@@ -58,6 +58,20 @@ MAX_LIST_KEYS = 1000
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED_CODES = {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+#: Answers that say "try again", not "this request is wrong". 408 and S3's ``RequestTimeout`` (a 400)
+#: are a connection too slow for the server; 499 is MinIO's ``ClientDisconnected``, which it answers
+#: while it shuts down with requests in flight. AWS's own SDKs retry all of these.
+_TRANSIENT_STATUSES = {408, 429, 499}
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "SlowDownRead",
+    "SlowDownWrite",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+    "ClientDisconnected",
+    "XMinioServerNotInitialized",
+}
 
 
 @dataclass(frozen=True)
@@ -109,7 +123,7 @@ def _classify(exc: Exception, what: str) -> StorageError:
             return StorageError("not_found", f"{what}: not found ({code or status})")
         if code in _DENIED_CODES or status == 403:
             return StorageError("denied", f"{what}: access denied ({code or status})")
-        if status >= 500 or status == 429 or code in {"SlowDown", "ServiceUnavailable", "InternalError"}:
+        if status >= 500 or status in _TRANSIENT_STATUSES or code in _TRANSIENT_CODES:
             return StorageError("unavailable", f"{what}: storage unavailable ({code or status})")
         return StorageError("invalid", f"{what}: storage refused the request ({code or status})")
     if isinstance(exc, SSLError):
