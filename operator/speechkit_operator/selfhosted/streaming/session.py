@@ -750,12 +750,21 @@ class StreamingSession:
             if self._finals:
                 final = self._finals.popleft()
                 utterance = final.utterance
-                wanted = self._spec.partial_results and not (
-                    utterance.partial_sent or utterance.partial_running
+                # A partial result still waiting for a worker would be dropped before the final: the
+                # guaranteed one takes its place (audio sent faster than real time ends utterances
+                # before their partial results get a worker).
+                waiting = utterance.partial_running and not utterance.partial_started
+                wanted = (
+                    self._spec.partial_results
+                    and not utterance.partial_sent
+                    and (waiting or not utterance.partial_running)
                 )
                 # The guaranteed partial result, beside the final, with a final's priority (the final waits
                 # for it): only when a worker is free or no other session's job waits for one.
                 if wanted and final.partial_end is not None and self._may_guarantee_partial():
+                    if waiting and utterance.partial_task is not None:
+                        utterance.partial_task.cancel()
+                        self.summary.partials_dropped += 1
                     self._start_partial(
                         utterance, final.pcm[: final.partial_end], options, write, guaranteed=True
                     )
