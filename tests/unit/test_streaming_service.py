@@ -358,6 +358,26 @@ def test_the_streaming_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings(ServiceSettings, engine="pocketsphinx")
 
 
+def test_the_streaming_whisper_model_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tiny.en beside the main model by default; none when streaming is off, the engine is not Whisper,
+    or the setting is empty or names the main model."""
+    for name in list(os.environ):
+        if name.startswith("SPEECHKIT_SERVE_"):
+            monkeypatch.delenv(name)
+    whisper = load_settings(ServiceSettings, engine="whisper")
+    assert (whisper.streaming_whisper_model, whisper.streaming_model_in_use) == ("tiny.en", "tiny.en")
+    assert load_settings(ServiceSettings, engine="pocketsphinx").streaming_model_in_use is None
+    assert load_settings(ServiceSettings, engine="whisper", grpc_port=0).streaming_model_in_use is None
+    monkeypatch.setenv("SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL", " ")
+    assert load_settings(ServiceSettings, engine="whisper").streaming_model_in_use is None
+    monkeypatch.setenv("SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL", "tiny.en")
+    monkeypatch.setenv("SPEECHKIT_SERVE_WHISPER_MODEL", "tiny.en")
+    assert load_settings(ServiceSettings, engine="whisper").streaming_model_in_use is None
+    monkeypatch.setenv("SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL", "/models/small.en")
+    monkeypatch.setenv("SPEECHKIT_SERVE_WHISPER_MODEL", "base")
+    assert load_settings(ServiceSettings, engine="whisper").streaming_model_in_use == "/models/small.en"
+
+
 def test_the_grpc_address_of_a_host() -> None:
     assert grpc_address("0.0.0.0", 8089) == "0.0.0.0:8089"
     assert grpc_address("::", 8089) == "[::]:8089"

@@ -53,6 +53,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -1012,7 +1013,18 @@ def default_engine_factory(settings: ServiceSettings) -> EngineFactory:
         settings.whisper_model, settings.whisper_cache_dir, memory_budget=settings.worker_memory_bytes
     )
     logger.info("Whisper model %s verified in %.2f s", resolved.describe(), resolved.seconds)
-    options = options_from_settings(settings, model_dir=resolved.path)
+    streaming_dir: Path | None = None
+    if (streaming := settings.streaming_model_in_use) is not None:
+        fast = resolve_model(
+            streaming, settings.whisper_cache_dir, memory_budget=settings.worker_memory_bytes
+        )
+        logger.info(
+            "Whisper model %s for streaming verified in %.2f s (SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL)",
+            fast.describe(),
+            fast.seconds,
+        )
+        streaming_dir = fast.path
+    options = options_from_settings(settings, model_dir=resolved.path, streaming_model_dir=streaming_dir)
     factory: EngineFactory = functools.partial(load_whisper_engine, options)
     return factory
 

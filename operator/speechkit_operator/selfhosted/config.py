@@ -139,6 +139,14 @@ class ServiceSettings(BaseSettings):
     whisper_threads: int = Field(default=1, ge=1, le=64)
     #: Beam width of Whisper's decoder; 1 is greedy (faster, less accurate).
     whisper_beam_size: int = Field(default=5, ge=1, le=16)
+    #: The model streaming sessions (``grpc_port``) use for the languages it knows, for latency:
+    #: ``tiny.en`` (the default; English) decodes an utterance in about half of base's time, so the
+    #: final result of a 7 s utterance comes within 0.5 s of the end of speech on 2 cores (base: 0.6 s;
+    #: docs/benchmarks.md), at some cost in accuracy. Other languages, and ``auto``, use
+    #: ``whisper_model``. Empty (or the same as ``whisper_model``): ``whisper_model`` for everything.
+    #: Loaded by every worker beside the main model (``tiny.en``: about 55 MiB more each) when
+    #: streaming is on. The same values as ``whisper_model``.
+    streaming_whisper_model: str = "tiny.en"
 
     # --- Operations ------------------------------------------------------------------------------
     #: How long a finished operation is kept; afterwards ``GET /operations/{id}`` answers 404.
@@ -228,7 +236,7 @@ class ServiceSettings(BaseSettings):
             parse_host_pattern(pattern)
         return value
 
-    @field_validator("engine", "whisper_model", mode="before")
+    @field_validator("engine", "whisper_model", "streaming_whisper_model", mode="before")
     @classmethod
     def _strip(cls, value: object) -> object:
         return value.strip() if isinstance(value, str) else value
@@ -269,6 +277,15 @@ class ServiceSettings(BaseSettings):
                 "holds the whole audio file while it decodes it"
             )
         return self
+
+    @property
+    def streaming_model_in_use(self) -> str | None:
+        """The Whisper model streaming uses beside ``whisper_model``: None when streaming is off, the
+        engine is not Whisper, or the setting is empty or names the main model."""
+        name = self.streaming_whisper_model
+        if not self.grpc_port or self.engine != "whisper" or not name or name == self.whisper_model:
+            return None
+        return name
 
     @property
     def api_key_values(self) -> tuple[str, ...]:

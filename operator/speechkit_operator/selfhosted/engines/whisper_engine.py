@@ -161,13 +161,20 @@ class WhisperOptions:
     #: Longest audio given to faster-whisper at once: its VAD and feature extraction hold the whole of it
     #: (about 1.2 MiB per second), so this bounds a worker's memory whatever the audio's duration.
     piece_seconds: float = 120.0
+    #: A second, faster model for :meth:`WhisperEngine.recognize_short` (streaming), used for the
+    #: languages it knows (``tiny.en``: ``en-US``; never for ``auto``); None: ``model`` for everything.
+    streaming_model: str | None = None
+    #: Its directory, already resolved and verified, like ``model_dir``.
+    streaming_model_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.cpu_threads < 1 or self.beam_size < 1 or self.piece_seconds < 30:
             raise ValueError(f"cpu_threads and beam_size must be at least 1, piece_seconds 30: {self}")
 
 
-def options_from_settings(settings: ServiceSettings, model_dir: Path | None = None) -> WhisperOptions:
+def options_from_settings(
+    settings: ServiceSettings, model_dir: Path | None = None, streaming_model_dir: Path | None = None
+) -> WhisperOptions:
     """The options ``SPEECHKIT_SERVE_WHISPER_*`` set (``ServiceSettings()`` reads them)."""
     return WhisperOptions(
         model=settings.whisper_model,
@@ -175,6 +182,8 @@ def options_from_settings(settings: ServiceSettings, model_dir: Path | None = No
         cache_dir=settings.whisper_cache_dir,
         cpu_threads=settings.whisper_threads,
         beam_size=settings.whisper_beam_size,
+        streaming_model=settings.streaming_model_in_use,
+        streaming_model_dir=streaming_model_dir,
     )
 
 
@@ -193,6 +202,8 @@ class WhisperEngine:
         self.options = options or WhisperOptions()
         self._model: WhisperModel | None = None
         self._languages: frozenset[str] | None = None
+        self._streaming_model: WhisperModel | None = None
+        self._streaming_languages: frozenset[str] = frozenset()
         self._lock = threading.Lock()
         #: Seconds the last :meth:`warm_up` took to load the model (None before).
         self.load_seconds: float | None = None
@@ -211,22 +222,51 @@ class WhisperEngine:
         return self._languages
 
     def warm_up(self) -> None:
-        """Load the model now (a worker process does at start); logs how long it took."""
+        """Load the model now (a worker process does at start), and the streaming model when there is
+        one; logs how long it took."""
         with self._lock:
             self._ensure_model()
+            self._ensure_streaming_model()
 
     def _ensure_model(self) -> WhisperModel:
         if self._model is not None:
             return self._model
-        from faster_whisper import WhisperModel  # noqa: PLC0415 - heavy; only in processes that recognise
-        from faster_whisper.vad import get_vad_model  # noqa: PLC0415
+        from faster_whisper.vad import get_vad_model  # noqa: PLC0415 - heavy; only in processes that recognise
 
         started = time.monotonic()
         directory = self.options.model_dir
         if directory is None:
             self.resolved = resolve_model(self.options.model, self.options.cache_dir)
             directory = self.resolved.path
-        model = WhisperModel(
+        model = self._load(directory)
+        if self.options.vad_filter:
+            get_vad_model()  # the Silero VAD's ONNX session, created once per process
+        self._languages = _model_languages(model)
+        self._model = model
+        self.load_seconds = time.monotonic() - started
+        self._log_loaded(self.options.model, directory, self.load_seconds, self._languages)
+        return model
+
+    def _ensure_streaming_model(self) -> WhisperModel | None:
+        """The streaming model (None when there is none, or it is the main one)."""
+        name = self.options.streaming_model
+        if self._streaming_model is not None or not name or name == self.options.model:
+            return self._streaming_model
+        started = time.monotonic()
+        directory = self.options.streaming_model_dir
+        if directory is None:
+            directory = resolve_model(name, self.options.cache_dir).path
+        model = self._load(directory)
+        self._streaming_languages = _model_languages(model) - {AUTO}
+        self._streaming_model = model
+        seconds = time.monotonic() - started
+        self._log_loaded(f"{name} (streaming)", directory, seconds, self._streaming_languages)
+        return model
+
+    def _load(self, directory: Path) -> WhisperModel:
+        from faster_whisper import WhisperModel  # noqa: PLC0415 - heavy; only in processes that recognise
+
+        return WhisperModel(
             str(directory),
             device="cpu",
             compute_type=self.options.compute_type,
@@ -234,21 +274,17 @@ class WhisperEngine:
             num_workers=1,
             local_files_only=True,
         )
-        if self.options.vad_filter:
-            get_vad_model()  # the Silero VAD's ONNX session, created once per process
-        self._languages = _model_languages(model)
-        self._model = model
-        self.load_seconds = time.monotonic() - started
+
+    def _log_loaded(self, name: str, directory: Path, seconds: float, languages: frozenset[str]) -> None:
         logger.info(
             "Whisper model %s loaded from %s in %.2f s (%s, %d thread(s), %d languages)",
-            self.options.model,
+            name,
             directory,
-            self.load_seconds,
+            seconds,
             self.options.compute_type,
             self.options.cpu_threads,
-            len(self._languages) - 1,
+            len(languages - {AUTO}),
         )
-        return model
 
     def recognize(self, pcm: NDArray[np.int16], language_code: str) -> list[Utterance]:
         """Recognise ``pcm`` (16 kHz mono int16); utterances in time order, one per Whisper segment."""
@@ -342,6 +378,9 @@ class WhisperEngine:
         faster-whisper does. Word times come from the cross-attention alignment, as with
         ``word_timestamps``. No VAD pass: the end-pointer found speech; Whisper's own no-speech
         probability (with its average log-probability, as Whisper's decoder decides) drops noise.
+
+        With a streaming model (``options.streaming_model``, ``tiny.en`` in the service) the languages
+        it knows are recognised with it, the others with the main model.
         """
         code = check_language(self, language_code)
         if pcm.dtype != np.int16 or pcm.ndim != 1:
@@ -353,6 +392,9 @@ class WhisperEngine:
             return []
         with self._lock:
             model = self._ensure_model()
+            fast = self._ensure_streaming_model()
+            if fast is not None and code in self._streaming_languages:
+                model = fast
             return self._recognize_short(model, pcm, code)
 
     def _recognize_short(self, model: WhisperModel, pcm: NDArray[np.int16], code: str) -> list[Utterance]:
