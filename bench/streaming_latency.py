@@ -1,6 +1,7 @@
 """Streaming recognition: latency from the end of speech to the final result, and concurrent sessions.
 
-Starts ``speechkit-operator serve`` on loopback (its default engine, Whisper when installed; N worker
+Starts ``speechkit-operator serve`` on loopback (its default engine, Whisper when installed, with its
+streaming model, tiny.en for English, unless ``--streaming-model`` names another; N worker
 processes) and streams ``librivox-all.wav`` (five utterances with 0.8 s of silence between them)
 through ``StreamingRecognize`` as LINEAR16_PCM at 16 kHz, paced at real time: ``--chunk-ms`` of
 audio every ``--chunk-ms`` (100 ms by default, so the measure is not rounded to the docs' 400 ms
@@ -16,7 +17,8 @@ that ends the utterance. A final that matches no utterance, or an utterance with
 reported. Each session also reports its word error rate against the manifest's text.
 
     python bench/streaming_latency.py [--workers 2] [--sessions 1,2,4] [--chunk-ms 100] [--rounds 2]
-                                      [--stagger 1.3] [--whisper-threads 1]
+                                      [--stagger 1.3] [--whisper-threads 1] [--streaming-model NAME]
+                                      [--per-utterance] [--verbose-service]
 
 Exits 1 when a session ended in an error.
 """
@@ -75,6 +77,8 @@ class Utterance:
 @dataclass
 class SessionResult:
     latencies: list[float] = field(default_factory=list)
+    #: The latency of each utterance's final, by its index in the spans.
+    by_utterance: dict[int, float] = field(default_factory=dict)
     partials: int = 0
     finals: list[str] = field(default_factory=list)
     unmatched: int = 0
@@ -163,6 +167,7 @@ async def one_session(
                     utterance = ended[0]
                     pending.remove(utterance)
                     result.latencies.append(arrived - utterance.end_of_speech)
+                    result.by_utterance[spans.index(utterance)] = arrived - utterance.end_of_speech
         except grpc.aio.AioRpcError as exc:
             result.error = f"{exc.code().name}: {exc.details()}"
     result.missed = len(pending)
@@ -191,6 +196,8 @@ async def run(args: argparse.Namespace) -> int:
         "SPEECHKIT_SERVE_STREAMING_MAX_SESSIONS": str(max(args.sessions)),
         "SPEECHKIT_SERVE_WHISPER_THREADS": str(args.whisper_threads),
     }
+    if args.streaming_model is not None:
+        env["SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL"] = args.streaming_model
     failed = False
     log = Path(tempfile.gettempdir()) / f"speechkit-bench-stream-{port}.log"
     command = [
@@ -203,6 +210,8 @@ async def run(args: argparse.Namespace) -> int:
         "--port",
         str(port),
     ]
+    if args.verbose_service:
+        command.append("--verbose")
     server = ManagedProcess("serve", command, log, env=env)
     server.start()
     try:
@@ -213,8 +222,10 @@ async def run(args: argparse.Namespace) -> int:
             timeout=300,
             watch=[server],
         )
+        model = "default" if args.streaming_model is None else repr(args.streaming_model)
         print(
-            f"service ready: {args.workers} workers, {args.whisper_threads} Whisper thread(s) each "
+            f"service ready: {args.workers} workers, {args.whisper_threads} Whisper thread(s) each, "
+            f"streaming model {model} "
             f"(cores: {os.cpu_count()}); streaming on :{grpc_port}"
         )
         print(
@@ -257,8 +268,16 @@ async def run(args: argparse.Namespace) -> int:
                 f"{partial_rate:>10.2f} {sum(r.missed + r.unmatched for r in results):>6} "
                 f"{100 * wer:>5.1f}% {'; '.join(errors) or '-'}"
             )
+            if args.per_utterance:
+                for index, span in enumerate(spans):
+                    values = sorted(r.by_utterance[index] for r in results if index in r.by_utterance)
+                    shown = " ".join(f"{1000 * value:.0f}" for value in values)
+                    spoken = span.end_of_speech - span.start
+                    print(f"{'':>8} utterance {index + 1} ({spoken:.1f} s): {shown} ms")
     finally:
         server.stop()
+        if args.verbose_service:
+            print(f"service log: {log}")
     return 1 if failed else 0
 
 
@@ -279,6 +298,19 @@ def main() -> int:
         default=1.3,
         help="seconds between the starts of concurrent sessions (independent callers do not speak in "
         "unison; 0: all at once, every utterance ending at the same moment in every session)",
+    )
+    parser.add_argument(
+        "--streaming-model",
+        help="SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL of the service (unset: its default, tiny.en; "
+        "'': the main model, base)",
+    )
+    parser.add_argument(
+        "--per-utterance", action="store_true", help="also print each utterance's latencies, sorted"
+    )
+    parser.add_argument(
+        "--verbose-service",
+        action="store_true",
+        help="run the service with --verbose (each recognition's time in its log, named at the end)",
     )
     args = parser.parse_args()
     args.sessions = [int(value) for value in args.sessions.split(",")]
