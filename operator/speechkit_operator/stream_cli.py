@@ -610,6 +610,10 @@ class Session:
             self._write(self.renderer.close())
         if self.outcome.interrupted:
             return EXIT_INTERRUPTED
+        if not self.outcome.bytes and not self.outcome.errors and not self.outcome.stopped:
+            # A WAV piped without its samples (cut after its header): nothing was recognised, and an exit
+            # status 0 would tell a script that it was.
+            self.outcome.errors.append(f"{self.audio.name} holds no audio samples: nothing was recognised")
         if self.outcome.errors or self.outcome.stopped:
             return EXIT_FAILED
         return EXIT_OK
