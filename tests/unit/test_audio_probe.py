@@ -693,6 +693,18 @@ def test_mpeg_2_5_at_8000_hz() -> None:
     assert info.duration_seconds == 7.2
 
 
+def test_headerless_pcm_that_starts_like_a_free_format_mpeg_header_is_pcm() -> None:
+    """Samples -1, 0, ... (``ff ff 00 00``: a free-format MPEG-1 Layer I header, which says nothing of
+    where its next frame is) were taken for MP3 and refused as Layer I audio."""
+    pcm = (b"\xff\xff\x00\x00" + bytes(4)) * 4000  # 16000 samples of near-silence: 1 s at 16 kHz
+    assert detect_container(pcm) is ContainerFormat.RAW
+    info = probe_file(pcm, DeclaredAudio(AudioEncoding.LINEAR16_PCM, 16000, None))
+    assert (info.encoding, info.container) == (AudioEncoding.LINEAR16_PCM, ContainerFormat.RAW)
+    assert info.duration_seconds == 1.0
+    # Nor is a run of free-format frames: they cannot be told from such PCM.
+    assert detect_container(mpeg_frame(bitrate_index=0) * 10) is ContainerFormat.RAW
+
+
 def test_mpeg_layer_2_is_unsupported() -> None:
     data = mpeg_frame(layer=2, bitrate_index=8, length=417) * 20  # 128 kbit/s at 44100 Hz: 417 bytes
     assert detect_container(data) is ContainerFormat.MP3

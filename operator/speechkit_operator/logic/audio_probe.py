@@ -557,11 +557,15 @@ def _parse_mpeg_header(buf: bytes, pos: int) -> _MpegHeader | None:
 
 
 def _is_stream_at(buf: bytes, pos: int) -> _MpegHeader | None:
-    """A frame header at ``pos`` whose successor, when it lies within ``buf``, agrees with it."""
+    """A frame header at ``pos`` whose successor, when it lies within ``buf``, agrees with it. A free-format
+    header (bitrate index 0) is not taken: nothing says where its next frame is, and four bytes such as
+    ``ff ff 00 00`` (headerless PCM starting with the samples -1 and 0) would pass for MPEG-1 Layer I."""
     header = _parse_mpeg_header(buf, pos)
     if header is None:
         return None
     length = header.frame_length
+    if length is None:
+        return None
     if length is not None and pos + length + 4 <= len(buf):
         following = _parse_mpeg_header(buf, pos + length)
         if following is None or (following.version, following.layer, following.sample_rate) != (
