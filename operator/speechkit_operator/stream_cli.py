@@ -213,7 +213,7 @@ def _inspect(name: str, stream: BinaryIO, size: int | None, options: StreamOptio
     if not head:
         raise StreamAudioError(f"{name} is empty")
     try:
-        container = detect_format(head)
+        container = detect_format(head, headerless=options.encoding == "lpcm")
     except StreamAudioError as exc:
         raise StreamAudioError(f"{name}: {exc}") from None
     if (

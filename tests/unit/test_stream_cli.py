@@ -763,6 +763,18 @@ def test_inputs_that_cannot_be_streamed_exit_2(tmp_path: Path) -> None:
     assert (status, "holds no samples" in err) == (EXIT_USAGE, True)
 
 
+def test_headerless_pcm_that_starts_like_an_mp3_frame_is_pcm_when_declared(tmp_path: Path) -> None:
+    """``ff fb`` is MP3's frame sync and also the sample -1025: with ``--encoding lpcm`` the input is what
+    the user said (it was refused as MP3); undeclared, it is still told to be MP3."""
+    raw = tmp_path / "a.pcm"
+    raw.write_bytes(b"\xff\xfb" + bytes(15998))  # 0.5 s at 16 kHz
+    audio = open_input(check_options(StreamOptions(str(raw), sample_rate=16000)), io.BytesIO())
+    audio.stream.close()
+    assert (audio.format.encoding, audio.format.sample_rate) == ("LINEAR16_PCM", 16000)
+    status, _, err = run_stream(StreamOptions(str(raw)))
+    assert (status, "MP3 audio cannot be streamed" in err) == (EXIT_USAGE, True)
+
+
 def test_files_past_the_session_limits_are_refused_before_anything_is_sent(tmp_path: Path) -> None:
     long_wav = tmp_path / "long.wav"
     long_wav.write_bytes(wav_bytes(bytes(8000 * 2 * 301), rate=8000))  # 5 min 1 s
