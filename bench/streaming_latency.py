@@ -302,7 +302,7 @@ def main() -> int:
     parser.add_argument(
         "--streaming-model",
         help="SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL of the service (unset: its default, tiny.en; "
-        "'': the main model, base)",
+        "main: the main model, base)",
     )
     parser.add_argument(
         "--per-utterance", action="store_true", help="also print each utterance's latencies, sorted"

@@ -736,8 +736,17 @@ async def test_settings_of_the_hardening(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert defaults.worker_memory_bytes == 512 * MIB
     # Whisper needs more: a larger default, and a larger minimum.
     assert ServiceSettings(engine="whisper").worker_memory_bytes == 1024 * MIB
-    with pytest.raises(ValueError, match=r"MAX_AUDIO_BYTES \+ 512 MiB \(641728512\) with the whisper engine"):
-        ServiceSettings(engine="whisper", worker_memory_bytes=512 * MIB)
+    with pytest.raises(
+        ValueError,
+        match=r"MAX_AUDIO_BYTES \+ 512 MiB \(641728512\) with the whisper engine: a worker holds",
+    ):
+        ServiceSettings(engine="whisper", worker_memory_bytes=512 * MIB, grpc_port=0)
+    # The streaming model (tiny.en beside base by default) needs its room too.
+    with pytest.raises(
+        ValueError, match=r"\+ 576 MiB \(708837376\) with the whisper engine and the streaming model tiny.en"
+    ):
+        ServiceSettings(engine="whisper", worker_memory_bytes=640 * MIB)
+    assert ServiceSettings(engine="whisper", worker_memory_bytes=640 * MIB, streaming_whisper_model="main")
     assert (defaults.recognition_timeout_seconds, defaults.recognition_timeout_factor) == (120, 2)
     assert defaults.state_dir is None and defaults.database_path is None
     monkeypatch.setenv("SPEECHKIT_SERVE_STATE_DIR", str(tmp_path))

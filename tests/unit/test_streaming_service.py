@@ -368,8 +368,9 @@ def test_the_streaming_whisper_model_setting(monkeypatch: pytest.MonkeyPatch) ->
     assert (whisper.streaming_whisper_model, whisper.streaming_model_in_use) == ("tiny.en", "tiny.en")
     assert load_settings(ServiceSettings, engine="pocketsphinx").streaming_model_in_use is None
     assert load_settings(ServiceSettings, engine="whisper", grpc_port=0).streaming_model_in_use is None
-    monkeypatch.setenv("SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL", " ")
-    assert load_settings(ServiceSettings, engine="whisper").streaming_model_in_use is None
+    for main in (" ", "main", "Main", "none"):  # a Helm value cannot be empty: the chart drops it
+        monkeypatch.setenv("SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL", main)
+        assert load_settings(ServiceSettings, engine="whisper").streaming_model_in_use is None
     monkeypatch.setenv("SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL", "tiny.en")
     monkeypatch.setenv("SPEECHKIT_SERVE_WHISPER_MODEL", "tiny.en")
     assert load_settings(ServiceSettings, engine="whisper").streaming_model_in_use is None

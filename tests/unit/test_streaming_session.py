@@ -424,6 +424,25 @@ async def test_a_partial_result_still_waiting_for_a_worker_gives_way_to_the_guar
     assert session.summary.partials == 2 and session.summary.partials_dropped >= 2
 
 
+class OneForeignJobWaiting(FakeRecognizer):
+    """No idle worker, and one job of another session (final priority) waits for one."""
+
+    @property
+    def waiting_jobs(self) -> int:
+        return 1
+
+
+async def test_a_waiting_partial_result_is_not_counted_as_the_sessions_own_final_priority_job() -> None:
+    """Only final-priority jobs count against the pool's ``waiting_jobs``: this session's low-priority
+    partial result waiting for a worker must not make room for a guaranteed one that would queue behind
+    another session's job (and hold this session's final behind it)."""
+    client = Client([lpcm_config(partial_results=True), *chunks(two_utterances())])
+    session = StreamingSession(OneForeignJobWaiting(idle=False, starved_partials=True), LANGUAGES)
+    async with asyncio.timeout(5):
+        await session.run(client.read, client.write)
+    assert [kind for kind, _ in client.results()] == ["final", "final"]
+
+
 async def test_the_duration_limit_keeps_the_finals_of_the_audio_within_it() -> None:
     pcm = np.concatenate([two_utterances(), noise(0.8), speech(2.0)])  # 8.1 s: the limit falls in the third
     client = Client([lpcm_config(), *chunks(pcm)])

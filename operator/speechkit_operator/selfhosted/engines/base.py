@@ -42,6 +42,7 @@ Adding another engine
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -161,14 +162,15 @@ def _pocketsphinx() -> Engine:
 
 def _whisper() -> Engine:
     # faster-whisper is imported when the engine loads its model, not here. The model and its options come
-    # from the SPEECHKIT_SERVE_WHISPER_* variables, as in the service.
+    # from the SPEECHKIT_SERVE_WHISPER_* variables, as in the service; without the service's streaming
+    # model (a second model loaded for nothing here: the service builds its workers' engines itself).
     from speechkit_operator.selfhosted.config import ServiceSettings  # noqa: PLC0415
     from speechkit_operator.selfhosted.engines.whisper_engine import (  # noqa: PLC0415
         WhisperEngine,
         options_from_settings,
     )
 
-    return WhisperEngine(options_from_settings(ServiceSettings()))
+    return WhisperEngine(dataclasses.replace(options_from_settings(ServiceSettings()), streaming_model=None))
 
 
 _BUILTIN_FACTORIES: dict[str, EngineFactory] = {"pocketsphinx": _pocketsphinx, "whisper": _whisper}

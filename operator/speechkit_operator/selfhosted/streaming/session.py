@@ -814,9 +814,10 @@ class StreamingSession:
         on_start: Callable[[], None] | None = None,
     ) -> Recognition:
         """A recognition of this session; counts those with a final's priority still waiting for a
-        worker."""
-        waiting = True
-        self._own_waiting += 1
+        worker (as the pool's ``waiting_jobs`` does: low-priority partial results are not counted)."""
+        waiting = not partial
+        if waiting:
+            self._own_waiting += 1
 
         def started() -> None:
             nonlocal waiting
