@@ -351,16 +351,21 @@ async def test_a_v3_job_of_stereo_audio_goes_through_api_v3_on_the_real_stack(e2
     e2e.assert_operator_log_clean()
 
 
+@pytest.mark.parametrize("api", ["v2", "v3"])
 @in_module_loop
-async def test_a_killed_operator_is_replaced_without_a_second_submission(e2e: E2E) -> None:
-    key = e2e.upload("librivox-0880.wav")
-    submits_before = e2e.speechkit.counts["submit"]
+async def test_a_killed_operator_is_replaced_without_a_second_submission(e2e: E2E, api: str) -> None:
+    """SIGKILL while SpeechKit runs the job, through either API: the new operator checks the same
+    operation (v3: ``getRecognition``) and never submits again."""
+    key = e2e.upload("librivox-0880.wav", key=f"incoming/{api}/librivox-0880.wav")
+    submit, check = ("submit", "operation") if api == "v2" else ("v3_submit", "v3_recognition")
+    submits_before = e2e.speechkit.counts[submit]
+    name = f"survivor-{api}"
     # Long enough for the job to still be running at SpeechKit while the operator is replaced.
     e2e.speechkit.completion_delay = 5.0
     try:
-        await e2e.create_job("survivor", key)
+        await e2e.create_job(name, key, recognition={"api": api, "languageCode": "en-US"})
         running = await e2e.wait_for_job(
-            "survivor",
+            name,
             lambda job: bool(job.get("status", {}).get("operationId")),
             "to record its operation id",
         )
@@ -369,23 +374,27 @@ async def test_a_killed_operator_is_replaced_without_a_second_submission(e2e: E2
 
         await e2e.operator.kill()
         assert not e2e.speechkit.operations[operation_id].done, "the operation finished too early"
-        checks_before = e2e.speechkit.counts["operation"]
+        checks_before = e2e.speechkit.counts[check]
         await e2e.operator.start()
 
-        status = await e2e.wait_for_phase("survivor", "Succeeded", "Failed", timeout=60)
+        status = await e2e.wait_for_phase(name, "Succeeded", "Failed", timeout=60)
     finally:
         e2e.speechkit.completion_delay = 0.3
 
     assert status["phase"] == "Succeeded", status
     assert status["operationId"] == operation_id
-    assert e2e.speechkit.counts["submit"] - submits_before == 1
-    assert len(e2e.submissions_for(key)) == 1
+    assert e2e.speechkit.counts[submit] - submits_before == 1
+    if api == "v2":
+        assert len(e2e.submissions_for(key)) == 1
+    else:
+        assert e2e.submissions_for(key) == []
+        assert len([body for body in e2e.speechkit.v3_submissions if key in str(body.get("uri", ""))]) == 1
     # The new operator picked the job up and checked the same operation.
-    assert e2e.speechkit.counts["operation"] > checks_before
+    assert e2e.speechkit.counts[check] > checks_before
     txt, _ = e2e.read_output(status["outputs"]["txt"])
     assert txt.strip() == reference_text("librivox-0880.wav")["1"]
-    await e2e.wait_for_event("survivor", "Succeeded")
-    reasons = [event["reason"] for event in await e2e.events("survivor")]
+    await e2e.wait_for_event(name, "Succeeded")
+    reasons = [event["reason"] for event in await e2e.events(name)]
     assert reasons.count("Submitted") == 1, reasons
     e2e.assert_operator_log_clean()
 
