@@ -701,8 +701,13 @@ def test_headerless_pcm_that_starts_like_a_free_format_mpeg_header_is_pcm() -> N
     info = probe_file(pcm, DeclaredAudio(AudioEncoding.LINEAR16_PCM, 16000, None))
     assert (info.encoding, info.container) == (AudioEncoding.LINEAR16_PCM, ContainerFormat.RAW)
     assert info.duration_seconds == 1.0
-    # Nor is a run of free-format frames: they cannot be told from such PCM.
-    assert detect_container(mpeg_frame(bitrate_index=0) * 10) is ContainerFormat.RAW
+    # Free-format Layer I frames neither (SpeechKit takes Layer III only, and they look like that PCM) ...
+    assert detect_container(mpeg_frame(layer=1, bitrate_index=0, length=1000) * 10) is ContainerFormat.RAW
+    # ... but a free-format MP3 (Layer III) is one: each header is followed by the next.
+    free = mpeg_frame(bitrate_index=0, length=1000) * 10
+    assert detect_container(free) is ContainerFormat.MP3
+    assert detect_container(id3_tag(100) + free) is ContainerFormat.MP3
+    assert probe_file(free).encoding is AudioEncoding.MP3
 
 
 def test_mpeg_layer_2_is_unsupported() -> None:

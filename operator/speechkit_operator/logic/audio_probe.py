@@ -557,15 +557,14 @@ def _parse_mpeg_header(buf: bytes, pos: int) -> _MpegHeader | None:
 
 
 def _is_stream_at(buf: bytes, pos: int) -> _MpegHeader | None:
-    """A frame header at ``pos`` whose successor, when it lies within ``buf``, agrees with it. A free-format
-    header (bitrate index 0) is not taken: nothing says where its next frame is, and four bytes such as
-    ``ff ff 00 00`` (headerless PCM starting with the samples -1 and 0) would pass for MPEG-1 Layer I."""
+    """A frame header at ``pos`` whose successor, when it lies within ``buf``, agrees with it (for a
+    free-format header, see :func:`_free_format_follows`)."""
     header = _parse_mpeg_header(buf, pos)
     if header is None:
         return None
     length = header.frame_length
     if length is None:
-        return None
+        return header if _free_format_follows(buf, pos, header) else None
     if length is not None and pos + length + 4 <= len(buf):
         following = _parse_mpeg_header(buf, pos + length)
         if following is None or (following.version, following.layer, following.sample_rate) != (
@@ -575,6 +574,32 @@ def _is_stream_at(buf: bytes, pos: int) -> _MpegHeader | None:
         ):
             return None
     return header
+
+
+#: The longest free-format frame looked for: Layer III at 640 kbit/s and 32 kHz is 2,880 bytes.
+_FREE_FORMAT_MAX_FRAME = 2881
+
+
+def _free_format_follows(buf: bytes, pos: int, header: _MpegHeader) -> bool:
+    """Whether a free-format header (bitrate index 0: it says nothing of its frame's length) at ``pos``
+    begins a stream: Layer III only, whose next free-format header of the same version and rate must
+    follow past the frame's side information (or the buffer ends before the longest frame could). A
+    free-format MPEG-1 Layer I header is also headerless PCM's samples -1, 0 (``ff ff 00 00``)."""
+    if header.layer != 3:
+        return False
+    limit = pos + _FREE_FORMAT_MAX_FRAME
+    candidate = buf.find(b"\xff", pos + 4 + header.side_info_length + 1)
+    while 0 <= candidate <= min(limit, len(buf) - 4):
+        following = _parse_mpeg_header(buf, candidate)
+        if following is not None and (
+            following.version,
+            following.layer,
+            following.sample_rate,
+            following.bitrate_kbps,
+        ) == (header.version, header.layer, header.sample_rate, 0):
+            return True
+        candidate = buf.find(b"\xff", candidate + 1)
+    return len(buf) - 4 < limit
 
 
 def _find_mpeg_stream(buf: bytes, start: int, *, scan: bool) -> tuple[int, _MpegHeader] | None:
