@@ -773,6 +773,11 @@ def test_headerless_pcm_that_starts_like_an_mp3_frame_is_pcm_when_declared(tmp_p
     assert (audio.format.encoding, audio.format.sample_rate) == ("LINEAR16_PCM", 16000)
     status, _, err = run_stream(StreamOptions(str(raw)))
     assert (status, "MP3 audio cannot be streamed" in err) == (EXIT_USAGE, True)
+    # Longer magics are no sample: FLAC stays refused with --encoding lpcm too.
+    flac = tmp_path / "a.flac"
+    flac.write_bytes(b"fLaC" + bytes(15996))
+    status, _, err = run_stream(StreamOptions(str(flac), sample_rate=16000))
+    assert (status, "FLAC audio cannot be streamed" in err) == (EXIT_USAGE, True)
 
 
 def test_files_past_the_session_limits_are_refused_before_anything_is_sent(tmp_path: Path) -> None:

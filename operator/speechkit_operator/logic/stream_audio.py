@@ -114,18 +114,18 @@ _FOREIGN: Final = (
 
 def detect_format(head: bytes, *, headerless: bool = False) -> Container | None:
     """``wav`` or ``ogg`` by the first bytes (at least :data:`MAGIC_BYTES` unless the input is shorter),
-    None when they are neither. A format SpeechKit streaming does not take is a StreamAudioError, unless
-    the input is declared ``headerless`` PCM: two bytes such as ``ff fb`` are then a sample (-1025), not
-    an MP3 frame (WAV and Ogg headers are still told, their magic being four bytes)."""
+    None when they are neither. A format SpeechKit streaming does not take is a StreamAudioError. For
+    input declared ``headerless`` PCM the two-byte frame syncs (``ff fb``...) are not taken for MP3 or
+    AAC: they are also a sample (-1025); the longer magics (ID3, fLaC, ...) still are."""
     if head[:4] in _RIFF_IDS and head[8:12] == b"WAVE":
         return "wav"
     if head[:4] == _OGG_MAGIC:
         return "ogg"
-    if headerless:
-        return None
     if head[4:8] == b"ftyp":
         raise StreamAudioError(f"MP4/M4A audio cannot be streamed: {CONVERT_HINT}")
     for magic, name in _FOREIGN:
+        if headerless and len(magic) == 2:
+            continue
         if head.startswith(magic):
             raise StreamAudioError(f"{name} audio cannot be streamed: {CONVERT_HINT}")
     return None
