@@ -468,3 +468,11 @@ def test_a_mounted_model_too_large_for_the_worker_budget_is_refused_naming_the_s
 
     fits = resolve_model(str(directory), tmp_path / "cache", memory_budget=1024 * mib)
     assert fits.path == directory
+
+    # Beside another model the worker holds (streaming's), the figure to raise the setting to counts it.
+    with pytest.raises(WhisperModelError) as beside:
+        resolve_model(str(directory), tmp_path / "cache", memory_budget=1024 * mib, beside_bytes=400 * mib)
+    message = str(beside.value)
+    assert "and the other model it holds (400 MiB)" in message
+    beside_needed = int(message.split("raise it to at least ")[1].split(maxsplit=1)[0])
+    assert abs(beside_needed - (needed + 400 * mib)) < 16 * mib  # two trial loads peak a little apart

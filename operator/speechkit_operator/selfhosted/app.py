@@ -75,9 +75,13 @@ from speechkit_operator.contracts.stt_v3 import OPERATION_DESCRIPTION as V3_DESC
 from speechkit_operator.logic.redaction import redact
 from speechkit_operator.models.recognition import Chunk
 from speechkit_operator.selfhosted.auth import Authenticator
-from speechkit_operator.selfhosted.config import ServiceSettings
+from speechkit_operator.selfhosted.config import STREAMING_MODEL_BYTES, ServiceSettings
 from speechkit_operator.selfhosted.engines import UnknownEngineError, available_engines
-from speechkit_operator.selfhosted.engines.whisper_models import WhisperModelError, resolve_model
+from speechkit_operator.selfhosted.engines.whisper_models import (
+    WhisperModelError,
+    model_weights_bytes,
+    resolve_model,
+)
 from speechkit_operator.selfhosted.operations import (
     API_V2,
     API_V3,
@@ -1011,20 +1015,24 @@ def default_engine_factory(settings: ServiceSettings) -> EngineFactory:
         options_from_settings,
     )
 
+    # A worker holds the streaming model beside the main one: each trial load (of a mounted or downloaded
+    # model) counts the other, the streaming model at its nominal share before it is known.
+    streaming = settings.streaming_model_in_use
     resolved = resolve_model(
-        settings.whisper_model, settings.whisper_cache_dir, memory_budget=settings.worker_memory_bytes
+        settings.whisper_model,
+        settings.whisper_cache_dir,
+        memory_budget=settings.worker_memory_bytes,
+        beside_bytes=STREAMING_MODEL_BYTES if streaming is not None else 0,
     )
     logger.info("Whisper model %s verified in %.2f s", resolved.describe(), resolved.seconds)
     streaming_dir: Path | None = None
-    if (streaming := settings.streaming_model_in_use) is not None:
-        # A worker holds both models: a streaming model that is trial-loaded gets what the main one leaves
-        # (its weights' size on disk, about what int8 weights take loaded).
-        main_bytes = sum(path.stat().st_size for path in resolved.path.glob("*.bin"))
+    if streaming is not None:
         try:
             fast = resolve_model(
                 streaming,
                 settings.whisper_cache_dir,
-                memory_budget=max(0, settings.worker_memory_bytes - main_bytes),
+                memory_budget=settings.worker_memory_bytes,
+                beside_bytes=model_weights_bytes(resolved.path),
             )
         except WhisperModelError as exc:
             raise WhisperModelError(

@@ -118,7 +118,8 @@ class ServiceSettings(BaseSettings):
     #: Resident memory one worker may use. Audio is decoded and recognised in windows, so a worker needs
     #: about 150 MiB (PocketSphinx; Whisper base: up to about 510 MiB) + the audio file + 60 MiB, whatever the
     #: duration and channel count; a job whose worker grows beyond this ends with RESOURCE_EXHAUSTED.
-    #: Default 512 MiB, 1 GiB with Whisper; at least ``max_audio_bytes`` + 256 MiB (Whisper: + 512 MiB).
+    #: Default 512 MiB, 1 GiB with Whisper; at least ``max_audio_bytes`` + 256 MiB (Whisper: + 512 MiB,
+    #: + 576 MiB with a streaming model).
     #: Give the container ``workers`` times this, plus the queue's audio.
     worker_memory_bytes: int = Field(default_factory=_default_worker_memory, ge=64 * MIB)
     #: A recognition running longer than ``max(recognition_timeout_seconds,

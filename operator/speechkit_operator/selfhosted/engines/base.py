@@ -42,7 +42,6 @@ Adding another engine
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -170,7 +169,7 @@ def _whisper() -> Engine:
         options_from_settings,
     )
 
-    return WhisperEngine(dataclasses.replace(options_from_settings(ServiceSettings()), streaming_model=None))
+    return WhisperEngine(options_from_settings(ServiceSettings(grpc_port=0)))
 
 
 _BUILTIN_FACTORIES: dict[str, EngineFactory] = {"pocketsphinx": _pocketsphinx, "whisper": _whisper}

@@ -245,11 +245,16 @@ def default_cache_dir() -> Path:
 
 
 def resolve_model(
-    setting: str, cache_dir: Path | None = None, *, memory_budget: int | None = None
+    setting: str,
+    cache_dir: Path | None = None,
+    *,
+    memory_budget: int | None = None,
+    beside_bytes: int = 0,
 ) -> ResolvedModel:
     """The directory of the model ``setting`` names, verified (see the module docstring). A model that
     no pinned digest covers is loaded once on trial (:func:`check_loadable`), which also checks that it
-    fits ``memory_budget`` (a worker's, in bytes).
+    fits ``memory_budget`` (a worker's, in bytes) beside ``beside_bytes`` of another model the same
+    worker holds (the streaming model and the main one).
 
     Raises :class:`WhisperModelError`.
     """
@@ -262,10 +267,10 @@ def resolve_model(
         path = _bundled(BUNDLED_MODELS[name], cache)
         source: Literal["bundled", "directory", "download"] = "bundled"
     elif _looks_like_path(name):
-        path = check_loadable(check_model_directory(Path(name).expanduser()), memory_budget)
+        path = check_loadable(check_model_directory(Path(name).expanduser()), memory_budget, beside_bytes)
         source = "directory"
     else:
-        path = check_loadable(check_model_directory(_download(name, cache)), memory_budget)
+        path = check_loadable(check_model_directory(_download(name, cache)), memory_budget, beside_bytes)
         source = "download"
     return ResolvedModel(name, path, source, time.monotonic() - started)
 
@@ -282,7 +287,16 @@ _TRIAL_LOAD = (
 RECOGNITION_HEADROOM_BYTES: Final = 512 * 1024 * 1024
 
 
-def check_loadable(path: Path, memory_budget: int | None = None) -> Path:
+def model_weights_bytes(path: Path) -> int:
+    """The size of a model directory's weights (``*.bin``): about what they take loaded (int8); 0 when
+    they cannot be read (the model's own check reports that)."""
+    try:
+        return sum(part.stat().st_size for part in path.glob("*.bin"))
+    except OSError:
+        return 0
+
+
+def check_loadable(path: Path, memory_budget: int | None = None, beside_bytes: int = 0) -> Path:
     """``path``, once CTranslate2 loaded the model in it, in a short-lived process of its own.
 
     A mounted or downloaded model has no pinned digests (a ``SHA256SUMS`` is optional), so a truncated
@@ -290,7 +304,8 @@ def check_loadable(path: Path, memory_budget: int | None = None) -> Path:
     ever; loading it once here turns that into a startup error that names the file. A model whose
     loaded size plus :data:`RECOGNITION_HEADROOM_BYTES` exceeds ``memory_budget`` (a large model under
     the default worker budget) would fail every job with RESOURCE_EXHAUSTED: that is refused here too,
-    naming the setting to raise. Raises :class:`WhisperModelError`.
+    naming the setting to raise; ``beside_bytes`` is another model the worker holds too. Raises
+    :class:`WhisperModelError`.
     """
     try:
         result = subprocess.run(  # noqa: S603 - this interpreter, a fixed program, the path as argv
@@ -315,12 +330,13 @@ def check_loadable(path: Path, memory_budget: int | None = None) -> Path:
         )
     loaded_kib = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     if memory_budget is not None and loaded_kib.isdigit():
-        needed = int(loaded_kib) * 1024 + RECOGNITION_HEADROOM_BYTES
+        needed = int(loaded_kib) * 1024 + RECOGNITION_HEADROOM_BYTES + beside_bytes
         if needed > memory_budget:
             mib = 1024 * 1024
+            beside = f" and the other model it holds ({beside_bytes // mib} MiB)" if beside_bytes else ""
             raise WhisperModelError(
                 f"the Whisper model in {path} takes {int(loaded_kib) // 1024} MiB loaded; with what "
-                f"recognition needs besides, a worker needs about {needed // mib} MiB, more than "
+                f"recognition needs besides{beside}, a worker needs about {needed // mib} MiB, more than "
                 f"SPEECHKIT_SERVE_WORKER_MEMORY_BYTES ({memory_budget // mib} MiB): raise it to at least "
                 f"{needed} (and the container's memory limit to workers times that), or use a smaller model"
             )
