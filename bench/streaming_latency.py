@@ -18,7 +18,7 @@ reported. Each session also reports its word error rate against the manifest's t
 
     python bench/streaming_latency.py [--workers 2] [--sessions 1,2,4] [--chunk-ms 100] [--rounds 2]
                                       [--stagger 1.3] [--whisper-threads 1] [--streaming-model NAME]
-                                      [--per-utterance] [--verbose-service]
+                                      [--per-utterance] [--verbose-service] [--russian]
 
 Exits 1 when a session ended in an error.
 """
@@ -63,6 +63,15 @@ PARTS = (
     "librivox-0930.wav",
 )
 GAP_SECONDS = 0.8
+EXAMPLES_DIR = ROOT / "examples" / "audio"
+RUSSIAN_PARTS = (
+    ("ru-greeting.wav", "добрый день спасибо что позвонили в нашу компанию чем я могу вам помочь"),
+    (
+        "ru-courier.wav",
+        "курьер привезёт вашу посылку завтра пожалуйста не выключайте телефон он позвонит вам за час до "
+        "приезда",
+    ),
+)
 FRAME_SECONDS = 0.02
 LOUD_DBFS = -35.0
 
@@ -118,12 +127,35 @@ def utterances() -> list[Utterance]:
     return found
 
 
+def russian() -> tuple[bytes, int, list[Utterance]]:
+    """The demo's two Russian samples (synthesised; texts in their ATTRIBUTION.md) laid end to end with
+    ``GAP_SECONDS`` of zeros, as librivox-all is made: the stream, its rate and its utterances."""
+    pieces: list[bytes] = []
+    found: list[Utterance] = []
+    offset = 0.0
+    rate = 16000
+    for name, text in RUSSIAN_PARTS:
+        pcm, rate = read_pcm(EXAMPLES_DIR / name)
+        found.append(Utterance(offset, offset + speech_end(pcm, rate), text))
+        pieces += [pcm, bytes(2 * round(GAP_SECONDS * rate))]
+        offset += len(pcm) / 2 / rate + GAP_SECONDS
+    return b"".join(pieces[:-1]), rate, found
+
+
 def normalized(text: str) -> list[str]:
-    return "".join(c if c.isalnum() or c.isspace() else " " for c in text.lower()).split()
+    lowered = text.lower().replace("ё", "е")  # noqa: RUF001 - Cyrillic io as ie
+    return "".join(c if c.isalnum() or c.isspace() else " " for c in lowered).split()
 
 
 async def one_session(
-    endpoint: str, pcm: bytes, rate: int, spans: list[Utterance], chunk_ms: int, *, delay: float = 0.0
+    endpoint: str,
+    pcm: bytes,
+    rate: int,
+    spans: list[Utterance],
+    chunk_ms: int,
+    *,
+    delay: float = 0.0,
+    language: str = "en-US",
 ) -> SessionResult:
     await asyncio.sleep(delay)
     result = SessionResult()
@@ -133,7 +165,7 @@ async def one_session(
     async def requests() -> AsyncIterator[pb.StreamingRecognitionRequest]:
         nonlocal started
         spec = pb.RecognitionSpec(
-            language_code="en-US",
+            language_code=language,
             model="general",
             partial_results=True,
             audio_encoding=pb.RecognitionSpec.LINEAR16_PCM,
@@ -184,8 +216,11 @@ def percentile(values: list[float], share: float) -> float:
 
 
 async def run(args: argparse.Namespace) -> int:
-    pcm, rate = read_pcm(AUDIO_DIR / "librivox-all.wav")
-    spans = utterances()
+    if args.russian:
+        pcm, rate, spans = russian()
+    else:
+        pcm, rate = read_pcm(AUDIO_DIR / "librivox-all.wav")
+        spans = utterances()
     port, grpc_port = free_port(), free_port()
     while grpc_port == port:
         grpc_port = free_port()
@@ -244,6 +279,7 @@ async def run(args: argparse.Namespace) -> int:
                             spans,
                             args.chunk_ms,
                             delay=index * args.stagger,
+                            language="ru-RU" if args.russian else "en-US",
                         )
                         for index in range(sessions)
                     )
@@ -303,6 +339,12 @@ def main() -> int:
         "--streaming-model",
         help="SPEECHKIT_SERVE_STREAMING_WHISPER_MODEL of the service (unset: its default, tiny.en; "
         "main: the main model, base)",
+    )
+    parser.add_argument(
+        "--russian",
+        action="store_true",
+        help="stream the demo's two Russian samples (ru-RU, 16.7 s, two utterances) instead of "
+        "librivox-all: the main model's latency, which Russian streams get",
     )
     parser.add_argument(
         "--per-utterance", action="store_true", help="also print each utterance's latencies, sorted"
