@@ -565,7 +565,7 @@ def _is_stream_at(buf: bytes, pos: int) -> _MpegHeader | None:
     length = header.frame_length
     if length is None:
         return header if _free_format_follows(buf, pos, header) else None
-    if length is not None and pos + length + 4 <= len(buf):
+    if pos + length + 4 <= len(buf):
         following = _parse_mpeg_header(buf, pos + length)
         if following is None or (following.version, following.layer, following.sample_rate) != (
             header.version,

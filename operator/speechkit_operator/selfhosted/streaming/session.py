@@ -762,9 +762,7 @@ class StreamingSession:
                 # The guaranteed partial result, beside the final, with a final's priority (the final waits
                 # for it): only when a worker is free or no other session's job waits for one.
                 if wanted and final.partial_end is not None and self._may_guarantee_partial():
-                    if waiting and utterance.partial_task is not None:
-                        utterance.partial_task.cancel()
-                        self.summary.partials_dropped += 1
+                    self._drop_waiting_partial(utterance)
                     self._start_partial(
                         utterance, final.pcm[: final.partial_end], options, write, guaranteed=True
                     )
@@ -916,10 +914,17 @@ class StreamingSession:
         task = utterance.partial_task
         if task is None or task.done():
             return
-        if not utterance.partial_started and not utterance.partial_guaranteed:
-            task.cancel()
-            self.summary.partials_dropped += 1
+        self._drop_waiting_partial(utterance)
         await asyncio.wait({task})
+
+    def _drop_waiting_partial(self, utterance: _Utterance) -> None:
+        """Cancel the utterance's partial result while it still waits for a worker (the guaranteed one,
+        which its final waits for, is kept)."""
+        task = utterance.partial_task
+        if task is None or task.done() or utterance.partial_started or utterance.partial_guaranteed:
+            return
+        task.cancel()
+        self.summary.partials_dropped += 1
 
 
 async def _no_write(response: pb.StreamingRecognitionResponse) -> None:  # pragma: no cover - replaced
